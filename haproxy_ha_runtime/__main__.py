@@ -1,0 +1,92 @@
+"""Node commands: `check` and `render` a node config document, and run the resident `agent`.
+
+    python3 -m haproxy_ha_runtime check  --config /etc/haproxy-ha/node.json
+    python3 -m haproxy_ha_runtime render --config /etc/haproxy-ha/node.json
+    python3 -m haproxy_ha_runtime agent  --config /etc/haproxy-ha/node.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import List, Optional
+
+from . import agent, routes
+from .config import ConfigError, NodeConfig, load_config
+from .imds import Imds, ImdsError
+from .render import render_haproxy, render_keepalived, write_atomically
+
+DEFAULT_CONFIG = "/etc/haproxy-ha/node.json"
+
+
+def interface_for(local_ip: str) -> str:
+    """The name of the interface that holds `local_ip`."""
+    out = subprocess.run(["ip", "-j", "-4", "addr", "show"], check=True, capture_output=True, text=True).stdout
+    for link in json.loads(out):
+        for addr in link.get("addr_info", []):
+            if addr.get("local") == local_ip:
+                return str(link["ifname"])
+    raise ConfigError([f"local_ip: got {local_ip!r}; allowed: an address on one of this host's interfaces"])
+
+
+def resolved(cfg: NodeConfig) -> NodeConfig:
+    if cfg.interface:
+        return cfg
+    return dataclasses.replace(cfg, interface=interface_for(cfg.local_ip))
+
+
+def _render(cfg: NodeConfig, source: str) -> None:
+    cfg = resolved(cfg)
+    # HAProxy's stats socket, the track file and the notify FIFO live here.
+    os.makedirs(cfg.paths.run_dir, mode=0o755, exist_ok=True)
+    write_atomically(cfg.paths.keepalived_conf, render_keepalived(cfg, source))
+    write_atomically(cfg.paths.haproxy_conf, render_haproxy(cfg, source))
+    print(f"rendered {cfg.paths.keepalived_conf} and {cfg.paths.haproxy_conf} for node {cfg.node_name}")
+
+
+def _agent(cfg: NodeConfig) -> None:
+    eni_id = cfg.eni_id or Imds().primary_eni_id()
+    client = routes.make_client(cfg.region, cfg.endpoint_url)
+    # The VIP must sit on the node before it can answer; the route decides who gets traffic.
+    agent.ensure_vip(cfg.vip)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    agent.run(cfg, client, eni_id, stop)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m haproxy_ha_runtime", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("check", "validate the node config document"),
+                       ("render", "write keepalived.conf and haproxy.cfg from the document"),
+                       ("agent", "run the resident agent")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", default=DEFAULT_CONFIG, help=f"node config document (default {DEFAULT_CONFIG})")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        if args.command == "check":
+            print(f"{args.config}: valid (node {cfg.node_name}, {len(cfg.route_table_ids)} route tables, "
+                  f"{len(cfg.listeners)} listeners, profile {cfg.profile})")
+        elif args.command == "render":
+            _render(cfg, args.config)
+        else:
+            _agent(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ImdsError as e:
+        print(f"error: cannot learn this node's ENI: {e}; set eni_id in {args.config}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

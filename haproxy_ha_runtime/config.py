@@ -1,0 +1,410 @@
+"""The node config document: one JSON object that tells a node everything it needs.
+
+The construct writes it into user data, the lab writes it with namespace addresses, and the
+boot script, the renderer and the agent read it.  `load_config` validates the whole document
+and reports every problem at once, each naming the field, the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+SCHEMA_VERSION = 1
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+_ENI_RE = re.compile(r"^eni-[0-9a-f]{8,17}$")
+_RTB_RE = re.compile(r"^rtb-[0-9a-f]{8,17}$")
+_HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
+_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_PATH_RE = re.compile(r"^/[!-~]*$")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How fast a node notices a fault and how long it keeps trying to move the routes."""
+
+    advert_int_s: float
+    health_interval_s: float
+    health_fall: int
+    health_rise: int
+    repair_interval_s: float
+    takeover_deadline_s: float
+
+
+# `default` matches keepalived's usual one-second adverts; `fast` uses VRRPv3's sub-second
+# adverts.  Failover after a silent node loss takes about 3 x advert_int plus skew.
+PROFILES: Dict[str, Timing] = {
+    "default": Timing(
+        advert_int_s=1.0,
+        health_interval_s=0.1,
+        health_fall=3,
+        health_rise=3,
+        repair_interval_s=5.0,
+        takeover_deadline_s=20.0,
+    ),
+    "fast": Timing(
+        advert_int_s=0.1,
+        health_interval_s=0.05,
+        health_fall=2,
+        health_rise=3,
+        repair_interval_s=2.0,
+        takeover_deadline_s=10.0,
+    ),
+}
+
+# Bounds for timing overrides: (minimum, maximum).
+_TIMING_BOUNDS: Dict[str, Tuple[float, float]] = {
+    "advert_int_s": (0.01, 255.0),
+    "health_interval_s": (0.01, 10.0),
+    "health_fall": (1, 100),
+    "health_rise": (1, 100),
+    "repair_interval_s": (0.1, 3600.0),
+    "takeover_deadline_s": (0.5, 600.0),
+}
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str
+    port: int
+    mode: str = "http"
+    backends: Tuple[Backend, ...] = ()
+    check_path: str = "/"
+    static_reply: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    ip: str
+    eni_id: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where a node keeps its files.  The lab points these into a per-node folder."""
+
+    run_dir: str = "/run/haproxy-ha"
+    keepalived_conf: str = "/etc/keepalived/keepalived.conf"
+    haproxy_conf: str = "/etc/haproxy/haproxy.cfg"
+    # HAProxy logs to the journal through the syslog socket.
+    log_socket: str = "/dev/log"
+
+    @property
+    def notify_fifo(self) -> str:
+        return self.run_dir + "/keepalived.fifo"
+
+    @property
+    def track_file(self) -> str:
+        return self.run_dir + "/haproxy-health"
+
+    @property
+    def haproxy_socket(self) -> str:
+        return self.run_dir + "/haproxy.sock"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_name: str
+    vip: str
+    local_ip: str
+    peers: Tuple[Peer, ...]
+    route_table_ids: Tuple[str, ...]
+    region: str
+    listeners: Tuple[Listener, ...]
+    priority: int
+    timing: Timing
+    profile: str = "default"
+    eni_id: Optional[str] = None
+    interface: Optional[str] = None
+    endpoint_url: Optional[str] = None
+    vpc_id: Optional[str] = None
+    preempt: bool = False
+    virtual_router_id: int = 51
+    stats_port: int = 8404
+    paths: Paths = field(default_factory=Paths)
+
+    @property
+    def vip_cidr(self) -> str:
+        return self.vip + "/32"
+
+
+class ConfigError(ValueError):
+    """The node config document is invalid.  `problems` lists every problem found."""
+
+    def __init__(self, problems: List[str], source: str = "node config") -> None:
+        self.problems = list(problems)
+        lines = "\n".join("  - " + p for p in self.problems)
+        super().__init__(f"{source} is invalid ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class _Checker:
+    """Collects problems so that one run reports all of them."""
+
+    def __init__(self) -> None:
+        self.problems: List[str] = []
+
+    def bad(self, where: str, value: Any, allowed: str) -> None:
+        self.problems.append(f"{where}: got {value!r}; allowed: {allowed}")
+
+    def get(self, doc: Mapping[str, Any], key: str, where: str, required: bool = True) -> Any:
+        if key not in doc or doc[key] is None:
+            if required:
+                self.problems.append(f"{where}{key}: missing; it is required")
+            return None
+        return doc[key]
+
+    def string(self, value: Any, where: str, pattern: "re.Pattern[str]", allowed: str) -> Optional[str]:
+        if not isinstance(value, str) or not pattern.match(value):
+            self.bad(where, value, allowed)
+            return None
+        return value
+
+    def integer(self, value: Any, where: str, low: int, high: int) -> Optional[int]:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.bad(where, value, f"a whole number from {low} to {high}")
+            return None
+        return value
+
+    def number(self, value: Any, where: str, low: float, high: float) -> Optional[float]:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            self.bad(where, value, f"a number from {low:g} to {high:g}")
+            return None
+        return float(value)
+
+    def ipv4(self, value: Any, where: str, unicast: bool = True) -> Optional[str]:
+        try:
+            addr = ipaddress.IPv4Address(value)
+        except (ipaddress.AddressValueError, ValueError, TypeError):
+            self.bad(where, value, "a single IPv4 address such as 10.0.1.10")
+            return None
+        if unicast and (addr.is_multicast or addr.is_unspecified or addr.is_loopback or addr.is_link_local
+                        or addr == ipaddress.IPv4Address("255.255.255.255")):
+            self.bad(where, value, "a unicast IPv4 address (not loopback, link-local, multicast or 0.0.0.0)")
+            return None
+        return str(addr)
+
+
+def _listeners(c: _Checker, raw: Any) -> Tuple[Listener, ...]:
+    if not isinstance(raw, list) or not raw:
+        c.bad("listeners", raw, "a non-empty list of listener objects")
+        return ()
+    out: List[Listener] = []
+    ports: Dict[int, str] = {}
+    names: Dict[str, str] = {}
+    for i, item in enumerate(raw):
+        w = f"listeners[{i}]"
+        if not isinstance(item, dict):
+            c.bad(w, item, "an object with name, port, mode and backends")
+            continue
+        name = c.string(c.get(item, "name", w + "."), w + ".name", _NAME_RE,
+                        "1-32 lower-case letters, digits or '-'")
+        port = c.integer(c.get(item, "port", w + "."), w + ".port", 1, 65535)
+        mode = item.get("mode", "http")
+        if mode not in ("http", "tcp"):
+            c.bad(w + ".mode", mode, "'http' or 'tcp'")
+        check_path = item.get("check_path", "/")
+        if not isinstance(check_path, str) or not _PATH_RE.match(check_path):
+            c.bad(w + ".check_path", check_path, "an absolute URL path such as /healthz, printable ASCII, no spaces")
+        static_reply = item.get("static_reply")
+        if static_reply is not None and (not isinstance(static_reply, str) or not static_reply
+                                         or '"' in static_reply or "\n" in static_reply):
+            c.bad(w + ".static_reply", static_reply, "a non-empty one-line string without double quotes")
+        if static_reply is not None and mode != "http":
+            c.bad(w + ".static_reply", static_reply, "only with mode 'http'")
+        backends = _backends(c, item.get("backends", []), w, static_reply is not None)
+        if port is not None:
+            if port in ports:
+                c.bad(w + ".port", port, f"a port no other listener uses ({ports[port]} already listens on it)")
+            ports[port] = w
+        if name is not None:
+            if name in names:
+                c.bad(w + ".name", name, f"a name no other listener uses ({names[name]} has it)")
+            names[name] = w
+        if name is not None and port is not None and mode in ("http", "tcp"):
+            out.append(Listener(name=name, port=port, mode=mode, backends=backends,
+                                check_path=check_path if isinstance(check_path, str) else "/",
+                                static_reply=static_reply))
+    return tuple(out)
+
+
+def _backends(c: _Checker, raw: Any, w: str, has_static_reply: bool) -> Tuple[Backend, ...]:
+    if not isinstance(raw, list):
+        c.bad(w + ".backends", raw, "a list of {name, host, port} objects")
+        return ()
+    if not raw and not has_static_reply:
+        c.bad(w + ".backends", raw, "at least one backend, or a static_reply")
+        return ()
+    out: List[Backend] = []
+    for j, b in enumerate(raw):
+        bw = f"{w}.backends[{j}]"
+        if not isinstance(b, dict):
+            c.bad(bw, b, "an object with name, host and port")
+            continue
+        name = c.string(c.get(b, "name", bw + "."), bw + ".name", _NAME_RE, "1-32 lower-case letters, digits or '-'")
+        host = c.string(c.get(b, "host", bw + "."), bw + ".host", _HOST_RE, "an IPv4 address or a DNS name")
+        port = c.integer(c.get(b, "port", bw + "."), bw + ".port", 1, 65535)
+        if name is not None and host is not None and port is not None:
+            out.append(Backend(name=name, host=host, port=port))
+    return tuple(out)
+
+
+def _timing(c: _Checker, profile: Any, overrides: Any) -> Timing:
+    if profile not in PROFILES:
+        c.bad("profile", profile, " or ".join(repr(p) for p in PROFILES))
+        profile = "default"
+    base = PROFILES[profile].__dict__.copy()
+    if overrides is None:
+        overrides = {}
+    if not isinstance(overrides, dict):
+        c.bad("timing", overrides, "an object of timing overrides")
+        overrides = {}
+    for key, value in overrides.items():
+        if key not in _TIMING_BOUNDS:
+            c.bad("timing." + key, value, "one of the keys " + ", ".join(sorted(_TIMING_BOUNDS)))
+            continue
+        low, high = _TIMING_BOUNDS[key]
+        if key in ("health_fall", "health_rise"):
+            checked: Optional[float] = c.integer(value, "timing." + key, int(low), int(high))
+        else:
+            checked = c.number(value, "timing." + key, low, high)
+        if checked is not None:
+            base[key] = checked
+    return Timing(**base)
+
+
+def _peers(c: _Checker, raw: Any) -> Tuple[Peer, ...]:
+    if not isinstance(raw, list) or not raw:
+        c.bad("peers", raw, "a non-empty list of {name, ip, eni_id} objects")
+        return ()
+    out: List[Peer] = []
+    for i, p in enumerate(raw):
+        w = f"peers[{i}]"
+        if not isinstance(p, dict):
+            c.bad(w, p, "an object with name, ip and eni_id")
+            continue
+        name = c.string(c.get(p, "name", w + "."), w + ".name", _NAME_RE, "1-32 lower-case letters, digits or '-'")
+        ip = c.ipv4(c.get(p, "ip", w + "."), w + ".ip")
+        eni = p.get("eni_id")
+        if eni is not None:
+            eni = c.string(eni, w + ".eni_id", _ENI_RE, "an ENI ID such as eni-0123456789abcdef0")
+        if name is not None and ip is not None:
+            out.append(Peer(name=name, ip=ip, eni_id=eni))
+    return tuple(out)
+
+
+def _paths(c: _Checker, raw: Any) -> Paths:
+    if raw is None:
+        return Paths()
+    if not isinstance(raw, dict):
+        c.bad("paths", raw, "an object of file paths")
+        return Paths()
+    known = Paths.__dataclass_fields__  # type: ignore[attr-defined]
+    kwargs: Dict[str, str] = {}
+    for key, value in raw.items():
+        if key not in known:
+            c.bad("paths." + key, value, "one of the keys " + ", ".join(sorted(known)))
+        elif not isinstance(value, str) or not _PATH_RE.match(value):
+            c.bad("paths." + key, value, "an absolute path without spaces")
+        else:
+            kwargs[key] = value.rstrip("/") if key == "run_dir" else value
+    return Paths(**kwargs)
+
+
+def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
+    """Validate a decoded node config document and return it typed.  Raises ConfigError."""
+    c = _Checker()
+    if not isinstance(doc, dict):
+        raise ConfigError([f"the document: got {type(doc).__name__}; allowed: a JSON object"], source)
+    allowed_keys = {
+        "version", "node_name", "vip", "eni_id", "local_ip", "interface", "peers", "route_table_ids",
+        "region", "endpoint_url", "vpc_id", "priority", "preempt", "virtual_router_id", "profile",
+        "timing", "listeners", "stats_port", "paths",
+    }
+    for key in sorted(set(doc) - allowed_keys):
+        c.bad(key, doc[key], "no such field; known fields are " + ", ".join(sorted(allowed_keys)))
+    version = doc.get("version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        c.bad("version", version, str(SCHEMA_VERSION))
+    node_name = c.string(c.get(doc, "node_name", ""), "node_name", _NAME_RE, "1-32 lower-case letters, digits or '-'")
+    vip = c.ipv4(c.get(doc, "vip", ""), "vip")
+    local_ip = c.ipv4(c.get(doc, "local_ip", ""), "local_ip")
+    eni_id = doc.get("eni_id")
+    if eni_id is not None:
+        eni_id = c.string(eni_id, "eni_id", _ENI_RE, "an ENI ID such as eni-0123456789abcdef0, or null to read it from IMDS")
+    interface = doc.get("interface")
+    if interface is not None:
+        interface = c.string(interface, "interface", re.compile(r"^[A-Za-z0-9_.@-]{1,15}$"),
+                             "a Linux interface name (1-15 characters), or null for the one that holds local_ip")
+    peers = _peers(c, c.get(doc, "peers", ""))
+    tables_raw = c.get(doc, "route_table_ids", "")
+    tables: Tuple[str, ...] = ()
+    if not isinstance(tables_raw, list) or not tables_raw:
+        if tables_raw is not None:
+            c.bad("route_table_ids", tables_raw, "a non-empty list of route table IDs")
+    else:
+        checked = [c.string(t, f"route_table_ids[{i}]", _RTB_RE, "a route table ID such as rtb-0123456789abcdef0")
+                   for i, t in enumerate(tables_raw)]
+        tables = tuple(dict.fromkeys(t for t in checked if t is not None))
+    region = c.string(c.get(doc, "region", ""), "region", _REGION_RE, "an AWS region name such as eu-west-1")
+    endpoint_url = doc.get("endpoint_url")
+    if endpoint_url is not None and (not isinstance(endpoint_url, str)
+                                     or not re.match(r"^https?://[^\s/]+(/\S*)?$", endpoint_url)):
+        c.bad("endpoint_url", endpoint_url, "an http(s) URL, or null for the region's EC2 endpoint")
+    vpc_id = doc.get("vpc_id")
+    if vpc_id is not None:
+        vpc_id = c.string(vpc_id, "vpc_id", re.compile(r"^vpc-[0-9a-f]{8,17}$"), "a VPC ID such as vpc-0123456789abcdef0")
+    priority = c.integer(doc.get("priority", 100), "priority", 1, 254)
+    preempt = doc.get("preempt", False)
+    if not isinstance(preempt, bool):
+        c.bad("preempt", preempt, "true or false")
+    vrid = c.integer(doc.get("virtual_router_id", 51), "virtual_router_id", 1, 255)
+    profile = doc.get("profile", "default")
+    timing = _timing(c, profile, doc.get("timing"))
+    listeners = _listeners(c, c.get(doc, "listeners", ""))
+    stats_port = c.integer(doc.get("stats_port", 8404), "stats_port", 1, 65535)
+    if stats_port is not None and any(lst.port == stats_port for lst in listeners):
+        c.bad("stats_port", stats_port, "a port that no listener uses")
+    paths = _paths(c, doc.get("paths"))
+
+    if vip is not None and local_ip is not None and vip == local_ip:
+        c.bad("vip", vip, "an address other than local_ip")
+    if vip is not None and any(p.ip == vip for p in peers):
+        c.bad("vip", vip, "an address other than every peer's ip")
+    if node_name is not None and any(p.name == node_name for p in peers):
+        c.bad("peers", [p.name for p in peers], f"peer names other than this node's own name {node_name!r}")
+    if local_ip is not None and any(p.ip == local_ip for p in peers):
+        c.bad("peers", [p.ip for p in peers], f"peer addresses other than local_ip {local_ip}")
+
+    if c.problems:
+        raise ConfigError(c.problems, source)
+    assert node_name and vip and local_ip and region and priority and vrid and stats_port
+    return NodeConfig(
+        node_name=node_name, vip=vip, local_ip=local_ip, peers=peers, route_table_ids=tables,
+        region=region, listeners=listeners, priority=priority, timing=timing, profile=profile,
+        eni_id=eni_id, interface=interface, endpoint_url=endpoint_url, vpc_id=vpc_id,
+        preempt=preempt, virtual_router_id=vrid, stats_port=stats_port, paths=paths,
+    )
+
+
+def load_config(path: str) -> NodeConfig:
+    """Read and validate the node config document at `path`.  Raises ConfigError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except OSError as e:
+        raise ConfigError([f"cannot read the file: {e.strerror}"], path) from e
+    except json.JSONDecodeError as e:
+        raise ConfigError([f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"], path) from e
+    return parse_config(doc, path)

@@ -1,0 +1,60 @@
+"""A minimal IMDSv2 client: session tokens only, and a token is never used past its TTL."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from typing import Callable, Optional
+
+DEFAULT_ENDPOINT = "http://169.254.169.254"
+TOKEN_TTL_S = 21600
+# Renew this long before expiry, so a request never carries a token that expires in flight.
+REFRESH_MARGIN_S = 60
+
+
+class ImdsError(RuntimeError):
+    pass
+
+
+class Imds:
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, ttl_s: int = TOKEN_TTL_S, timeout_s: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not 1 <= ttl_s <= TOKEN_TTL_S:
+            raise ValueError(f"ttl_s: got {ttl_s}; allowed: 1 to {TOKEN_TTL_S} seconds")
+        self.endpoint = endpoint.rstrip("/")
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self._clock = clock
+        self._token: Optional[str] = None
+        self._expires_at = 0.0
+
+    def _fresh_token(self) -> str:
+        margin = min(REFRESH_MARGIN_S, self.ttl_s / 2)
+        if self._token is None or self._clock() >= self._expires_at - margin:
+            requested_at = self._clock()
+            req = urllib.request.Request(
+                self.endpoint + "/latest/api/token", method="PUT",
+                headers={"X-aws-ec2-metadata-token-ttl-seconds": str(self.ttl_s)})
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                    self._token = resp.read().decode().strip()
+            except OSError as e:
+                raise ImdsError(f"IMDSv2 token request to {self.endpoint} failed: {e}") from e
+            # Count the TTL from before the request, so our idea of expiry is never late.
+            self._expires_at = requested_at + self.ttl_s
+        return self._token
+
+    def get(self, path: str) -> str:
+        req = urllib.request.Request(
+            self.endpoint + "/latest/meta-data/" + path.lstrip("/"),
+            headers={"X-aws-ec2-metadata-token": self._fresh_token()})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                return str(resp.read().decode().strip())
+        except OSError as e:
+            raise ImdsError(f"IMDS read of {path} failed: {e}") from e
+
+    def primary_eni_id(self) -> str:
+        """The ID of the ENI that carries this instance's primary MAC address."""
+        mac = self.get("mac")
+        return self.get(f"network/interfaces/macs/{mac}/interface-id")

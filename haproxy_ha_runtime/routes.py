@@ -1,0 +1,387 @@
+"""The one place that moves VIP routes: parallel, idempotent, verified, retried within a bound.
+
+The node agent, the Lambda and the operator CLI all call this module.  It only ever touches
+the VIP's /32 route, and only ever targets an ENI (never an instance ID).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+ROUTE_MISSING = "missing"
+ROUTE_ACTIVE = "active"
+ROUTE_BLACKHOLE = "blackhole"
+
+# Error codes that mean "the route is not there" / "the route is already there".  ReplaceRoute on
+# a missing route answers InvalidParameterValue ("There is no route defined for ..."), so that
+# code counts as not-found only with that message.
+_NOT_FOUND = {"InvalidRoute.NotFound"}
+_EXISTS = {"RouteAlreadyExists"}
+_TABLE_GONE = {"InvalidRouteTableID.NotFound", "InvalidRouteTableId.NotFound"}
+
+MAX_WORKERS = 32
+_FILTER_CHUNK = 100
+
+
+def make_client(region: str, endpoint_url: Optional[str] = None, *, max_attempts: int = 3,
+                connect_timeout: float = 2.0, read_timeout: float = 5.0) -> Any:
+    """An EC2 client with botocore's standard retry mode and a pool big enough for parallel calls."""
+    config = Config(
+        region_name=region,
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_pool_connections=MAX_WORKERS,
+    )
+    return boto3.session.Session().client("ec2", endpoint_url=endpoint_url, config=config)
+
+
+class CallCounter:
+    """Counts the HTTP requests a client sends (retries included), by operation."""
+
+    def __init__(self, client: Any) -> None:
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        client.meta.events.register("before-send.ec2", self._on_send)
+
+    def _on_send(self, request: Any = None, **_: Any) -> None:
+        # The operation name is not on the request; read it from the Action form field.
+        body = getattr(request, "body", b"") or b""
+        if isinstance(body, str):
+            body = body.encode()
+        action = "unknown"
+        for part in body.split(b"&"):
+            if part.startswith(b"Action="):
+                action = part[len(b"Action="):].decode()
+                break
+        with self._lock:
+            self.counts[action] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class VipRoute:
+    """What one route table says about the VIP."""
+
+    route_table_id: str
+    state: str  # active, blackhole or missing
+    eni_id: Optional[str] = None
+    # A target that is not an ENI (instance, gateway...), shown by status; take_over replaces it.
+    other_target: Optional[str] = None
+    vpc_id: Optional[str] = None
+
+
+@dataclass
+class TableResult:
+    route_table_id: str
+    ok: bool
+    action: str  # unchanged, replaced, created, deleted, absent, failed, cancelled
+    attempts: int = 0
+    elapsed_s: float = 0.0
+    error: Optional[str] = None
+
+
+@dataclass
+class MoveResult:
+    eni_id: Optional[str]
+    tables: List[TableResult]
+    elapsed_s: float
+    cancelled: bool = False
+    errors: List[str] = field(default_factory=list)
+
+    @property
+    def converged(self) -> bool:
+        return not self.cancelled and all(t.ok for t in self.tables)
+
+    @property
+    def moved(self) -> List[str]:
+        return [t.route_table_id for t in self.tables if t.action in ("replaced", "created")]
+
+
+def _code(err: ClientError) -> str:
+    return str(err.response.get("Error", {}).get("Code", ""))
+
+
+def _route_not_found(err: ClientError) -> bool:
+    code = _code(err)
+    message = str(err.response.get("Error", {}).get("Message", ""))
+    return code in _NOT_FOUND or (code == "InvalidParameterValue" and "no route defined" in message)
+
+
+def _describe_error(err: Exception) -> str:
+    if isinstance(err, ClientError):
+        return f"{_code(err)}: {err.response.get('Error', {}).get('Message', '')}".strip()
+    return f"{type(err).__name__}: {err}"
+
+
+def _route_view(table: Dict[str, Any], vip_cidr: str) -> VipRoute:
+    rtb = table["RouteTableId"]
+    for route in table.get("Routes", []):
+        if route.get("DestinationCidrBlock") != vip_cidr:
+            continue
+        state = route.get("State", ROUTE_ACTIVE)
+        eni = route.get("NetworkInterfaceId")
+        other = None
+        if not eni:
+            for key in ("InstanceId", "GatewayId", "NatGatewayId", "TransitGatewayId",
+                        "VpcPeeringConnectionId", "LocalGatewayId", "CarrierGatewayId"):
+                if route.get(key):
+                    other = f"{key}={route[key]}"
+                    break
+        return VipRoute(rtb, state, eni_id=eni, other_target=other, vpc_id=table.get("VpcId"))
+    return VipRoute(rtb, ROUTE_MISSING, vpc_id=table.get("VpcId"))
+
+
+def describe_vip_routes(client: Any, vip: str, route_table_ids: Sequence[str]) -> Dict[str, VipRoute]:
+    """The VIP route in each listed table.  A table that does not exist is left out of the result."""
+    vip_cidr = vip + "/32"
+    out: Dict[str, VipRoute] = {}
+    ids = list(dict.fromkeys(route_table_ids))
+    paginator = client.get_paginator("describe_route_tables")
+    for i in range(0, len(ids), _FILTER_CHUNK):
+        chunk = ids[i:i + _FILTER_CHUNK]
+        for page in paginator.paginate(Filters=[{"Name": "route-table-id", "Values": chunk}]):
+            for table in page.get("RouteTables", []):
+                out[table["RouteTableId"]] = _route_view(table, vip_cidr)
+    return out
+
+
+def find_vip_route_tables(client: Any, vip: str, vpc_id: Optional[str] = None) -> Dict[str, VipRoute]:
+    """Every route table (in `vpc_id`, if given) that holds a route for the VIP's /32."""
+    filters = [{"Name": "route.destination-cidr-block", "Values": [vip + "/32"]}]
+    if vpc_id:
+        filters.append({"Name": "vpc-id", "Values": [vpc_id]})
+    out: Dict[str, VipRoute] = {}
+    for page in client.get_paginator("describe_route_tables").paginate(Filters=filters):
+        for table in page.get("RouteTables", []):
+            view = _route_view(table, vip + "/32")
+            if view.state != ROUTE_MISSING:
+                out[view.route_table_id] = view
+    return out
+
+
+def instance_states_by_eni(client: Any, eni_ids: Iterable[str]) -> Dict[str, Optional[str]]:
+    """The state of the instance each ENI is attached to (None: no such ENI, or not attached)."""
+    enis = sorted(set(eni_ids))
+    result: Dict[str, Optional[str]] = {eni: None for eni in enis}
+    if not enis:
+        return result
+    attached: Dict[str, str] = {}
+    try:
+        resp = client.describe_network_interfaces(
+            Filters=[{"Name": "network-interface-id", "Values": enis}])
+    except ClientError as e:
+        if "NotFound" not in _code(e):
+            raise
+        return result
+    for ni in resp.get("NetworkInterfaces", []):
+        instance_id = (ni.get("Attachment") or {}).get("InstanceId")
+        if instance_id:
+            attached[ni["NetworkInterfaceId"]] = instance_id
+    if not attached:
+        return result
+    states: Dict[str, str] = {}
+    resp = client.describe_instances(
+        Filters=[{"Name": "instance-id", "Values": sorted(set(attached.values()))}])
+    for reservation in resp.get("Reservations", []):
+        for inst in reservation.get("Instances", []):
+            states[inst["InstanceId"]] = inst.get("State", {}).get("Name", "unknown")
+    for eni, instance_id in attached.items():
+        result[eni] = states.get(instance_id)
+    return result
+
+
+def needs_repair(view: VipRoute, live_enis: Set[str]) -> bool:
+    """A route needs repair if it is missing, blackholed, or points at no live node's ENI.
+
+    A route that points at a live node is never "repaired": two healthy masters must not take
+    turns moving routes, since each move drops established connections.
+    """
+    return view.state != ROUTE_ACTIVE or view.eni_id is None or view.eni_id not in live_enis
+
+
+def choose_target(views: Iterable[VipRoute], live_enis_in_order: Sequence[str]) -> Optional[str]:
+    """Where repaired routes should point: the live ENI that most healthy routes already use,
+    ties broken by the given preference order; else the first live ENI."""
+    live = list(live_enis_in_order)
+    if not live:
+        return None
+    votes = Counter(v.eni_id for v in views if v.state == ROUTE_ACTIVE and v.eni_id in live)
+    if votes:
+        best = max(votes.values())
+        return next(eni for eni in live if votes.get(eni) == best)
+    return live[0]
+
+
+def _point_route(client: Any, table_id: str, vip_cidr: str, eni_id: str) -> str:
+    """Make one table's VIP route target `eni_id`; returns replaced or created."""
+    try:
+        client.replace_route(RouteTableId=table_id, DestinationCidrBlock=vip_cidr, NetworkInterfaceId=eni_id)
+        return "replaced"
+    except ClientError as e:
+        if not _route_not_found(e):
+            raise
+    try:
+        client.create_route(RouteTableId=table_id, DestinationCidrBlock=vip_cidr, NetworkInterfaceId=eni_id)
+        return "created"
+    except ClientError as e:
+        if _code(e) not in _EXISTS:
+            raise
+    # Someone created it between our two calls: replace it.
+    client.replace_route(RouteTableId=table_id, DestinationCidrBlock=vip_cidr, NetworkInterfaceId=eni_id)
+    return "replaced"
+
+
+def _always() -> bool:
+    return True
+
+
+def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str, *,
+              deadline_s: float = 10.0,
+              should_continue: Callable[[], bool] = _always,
+              on_first_write: Optional[Callable[[], None]] = None) -> MoveResult:
+    """Make the VIP route in every table point at `eni_id`, and verify it.
+
+    Writes go to all tables in parallel first (ReplaceRoute, or CreateRoute where the route is
+    missing), then one DescribeRouteTables verifies them.  Tables that do not verify are
+    written again with a growing pause, until all converge or `deadline_s` has passed.  Each
+    call also has botocore's standard retries.  `should_continue` is checked before every
+    write; once it returns False nothing more is written and the result says `cancelled`.
+    """
+    start = time.monotonic()
+    deadline = start + deadline_s
+    vip_cidr = vip + "/32"
+    tables = list(dict.fromkeys(route_table_ids))
+    results = {t: TableResult(t, ok=False, action="failed") for t in tables}
+    pending = list(tables)
+    errors: List[str] = []
+    first_write = threading.Event()
+    pause = 0.05
+
+    def write(table_id: str) -> None:
+        res = results[table_id]
+        if not should_continue():
+            return
+        if not first_write.is_set():
+            first_write.set()
+            if on_first_write is not None:
+                on_first_write()
+        res.attempts += 1
+        try:
+            res.action = _point_route(client, table_id, vip_cidr, eni_id)
+            res.error = None
+        except (ClientError, BotoCoreError) as e:
+            res.action = "failed"
+            res.error = _describe_error(e)
+
+    workers = max(1, min(MAX_WORKERS, len(tables)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="route") as pool:
+        while pending:
+            if not should_continue():
+                break
+            list(pool.map(write, pending))
+            if not should_continue():
+                break
+            try:
+                views = describe_vip_routes(client, vip, pending)
+            except (ClientError, BotoCoreError) as e:
+                errors.append("verify: " + _describe_error(e))
+                views = {}
+            still: List[str] = []
+            for t in pending:
+                view = views.get(t)
+                res = results[t]
+                if view is not None and view.state == ROUTE_ACTIVE and view.eni_id == eni_id:
+                    res.ok = True
+                    res.elapsed_s = time.monotonic() - start
+                    if res.action == "failed":
+                        # The write failed but the route is right (an earlier try, or another writer).
+                        res.action = "unchanged" if res.attempts == 0 else "replaced"
+                else:
+                    if view is None and t not in views and res.error is None:
+                        res.error = "route table not found"
+                    still.append(t)
+            pending = still
+            if not pending:
+                break
+            now = time.monotonic()
+            if now + pause >= deadline:
+                break
+            time.sleep(pause * random.uniform(0.5, 1.0))
+            pause = min(pause * 2, 1.0)
+
+    cancelled = bool(pending) and not should_continue()
+    for t in pending:
+        res = results[t]
+        res.elapsed_s = time.monotonic() - start
+        if cancelled:
+            res.action = "cancelled"
+        elif res.error is None:
+            res.error = "route did not point at the ENI when verified"
+    return MoveResult(eni_id, [results[t] for t in tables], time.monotonic() - start, cancelled, errors)
+
+
+def ensure_routes(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str) -> MoveResult:
+    """Create the VIP route where it is missing, pointing at `eni_id`.  Never re-points a route
+    that exists (failover may have moved it).  Safe to run twice at once."""
+    start = time.monotonic()
+    vip_cidr = vip + "/32"
+    tables = list(dict.fromkeys(route_table_ids))
+    views = describe_vip_routes(client, vip, tables)
+
+    def one(table_id: str) -> TableResult:
+        t0 = time.monotonic()
+        view = views.get(table_id)
+        if view is None:
+            return TableResult(table_id, False, "failed", 0, 0.0, "route table not found")
+        if view.state != ROUTE_MISSING:
+            return TableResult(table_id, True, "unchanged", 0, 0.0)
+        try:
+            client.create_route(RouteTableId=table_id, DestinationCidrBlock=vip_cidr, NetworkInterfaceId=eni_id)
+            return TableResult(table_id, True, "created", 1, time.monotonic() - t0)
+        except ClientError as e:
+            if _code(e) in _EXISTS:
+                return TableResult(table_id, True, "unchanged", 1, time.monotonic() - t0)
+            return TableResult(table_id, False, "failed", 1, time.monotonic() - t0, _describe_error(e))
+        except BotoCoreError as e:
+            return TableResult(table_id, False, "failed", 1, time.monotonic() - t0, _describe_error(e))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(MAX_WORKERS, len(tables)))) as pool:
+        results = list(pool.map(one, tables))
+    return MoveResult(eni_id, results, time.monotonic() - start)
+
+
+def delete_routes(client: Any, vip: str, route_table_ids: Sequence[str]) -> MoveResult:
+    """Delete the VIP route from each table.  A route or table that is already gone is fine."""
+    start = time.monotonic()
+    vip_cidr = vip + "/32"
+    tables = list(dict.fromkeys(route_table_ids))
+
+    def one(table_id: str) -> TableResult:
+        t0 = time.monotonic()
+        try:
+            client.delete_route(RouteTableId=table_id, DestinationCidrBlock=vip_cidr)
+            return TableResult(table_id, True, "deleted", 1, time.monotonic() - t0)
+        except ClientError as e:
+            if _route_not_found(e) or _code(e) in _TABLE_GONE:
+                return TableResult(table_id, True, "absent", 1, time.monotonic() - t0)
+            return TableResult(table_id, False, "failed", 1, time.monotonic() - t0, _describe_error(e))
+        except BotoCoreError as e:
+            return TableResult(table_id, False, "failed", 1, time.monotonic() - t0, _describe_error(e))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(MAX_WORKERS, len(tables)))) as pool:
+        results = list(pool.map(one, tables))
+    return MoveResult(None, results, time.monotonic() - start)
