@@ -1,0 +1,613 @@
+"""The HaproxyHa construct: two HAProxy nodes in two AZs behind one overlay VIP, with the VIP routes they move."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jsii
+from aws_cdk import (
+    Acknowledgment,
+    Annotations,
+    ArnFormat,
+    CfnElement,
+    CustomResource,
+    Duration,
+    Fn,
+    IStableStringProducer,
+    Lazy,
+    Stack,
+    Token,
+    Validations,
+)
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3_assets as s3_assets
+from constructs import Construct, IConstruct
+
+from haproxy_ha.assets import NODE_CONFIG_PATH, NODE_FILES_DIR, lambda_code_dir, node_files_dir
+from haproxy_ha.listener import Listener
+from haproxy_ha.node_config import NodeAddress, node_config_document
+from haproxy_ha.validation import (
+    TIMING_PROFILES,
+    HaproxyHaPropsError,
+    Problems,
+    check_cidrs,
+    check_listeners,
+    check_port,
+    check_route_table_ids,
+    check_vip_outside,
+    is_token,
+    parse_vip,
+)
+
+DEFAULT_INSTANCE_TYPE = "t4g.small"
+DEFAULT_VPC_CIDR = "10.0.0.0/16"
+DEFAULT_MAX_AZS = 2
+DEFAULT_NAT_GATEWAYS = 1
+DEFAULT_LISTENERS: tuple[Listener, ...] = (Listener(port=80, static_reply="haproxy-ha: served by node {node}"),)
+NODE_NAMES = ("a", "b")
+# keepalived priorities: node "a" wins the first election, which matches where the routes start.
+NODE_PRIORITIES = (150, 100)
+INSTANCE_STOP_STATES = ("stopping", "stopped", "shutting-down", "terminated")
+
+# cloud-init runs user-data scripts once per instance by default.  A props change updates the
+# user data of a stopped-and-started instance, so the script must run on every boot to apply it.
+CLOUD_CONFIG_EVERY_BOOT = "#cloud-config\ncloud_final_modules:\n- [scripts-user, always]\n"
+
+# The first commands of each node's user data, before the node's config document is written.
+# Commands that callers add with `node.user_data.add_commands(...)` run after boot.sh.
+NODE_PREPARE_COMMANDS: tuple[str, ...] = (
+    "set -euo pipefail",
+    f"install -d -m 0755 {NODE_FILES_DIR} /etc/haproxy-ha /var/lib/haproxy-ha",
+)
+
+
+@dataclass(frozen=True)
+class HaproxyHaNode:
+    """One HAProxy node: its name ("a" or "b"), instance, ENI and AZ."""
+
+    name: str
+    instance: ec2.Instance
+    network_interface: ec2.CfnNetworkInterface
+    availability_zone: str
+    # The shell script part of the user data; commands added here run after boot.sh.
+    user_data: ec2.UserData
+
+    @property
+    def eni_id(self) -> str:
+        """The ENI the VIP routes target when this node is active."""
+        return self.network_interface.ref
+
+    @property
+    def private_ip(self) -> str:
+        return self.network_interface.attr_primary_private_ip_address
+
+    @property
+    def instance_id(self) -> str:
+        return self.instance.instance_id
+
+
+@jsii.implements(ec2.IConnectable)
+class HaproxyHa(Construct):
+    """A highly available HAProxy pair on an overlay VIP.
+
+    Two Amazon Linux 2023 instances in two AZs run HAProxy and keepalived (unicast VRRPv3).  Each
+    node has its own ENI with source/dest check off.  Every client route table holds a /32 route
+    for the VIP that targets the active node's ENI; the active node moves the routes on failover,
+    and a Lambda owns the routes (creates them on deploy, removes them on delete) and repairs
+    routes that point at a stopped node.
+
+    Allow a client in: ``lb.connections.allow_from(app_sg, ec2.Port.tcp(80))``.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        vip: str,
+        vpc: ec2.IVpc | None = None,
+        listeners: Sequence[Listener] | None = None,
+        allowed_cidrs: Sequence[str] | None = None,
+        instance_type: ec2.InstanceType | None = None,
+        machine_image: ec2.IMachineImage | None = None,
+        node_subnets: ec2.SubnetSelection | None = None,
+        client_subnets: ec2.SubnetSelection | None = None,
+        extra_route_table_ids: Sequence[str] = (),
+        reserved_cidrs: Sequence[str] = (),
+        timing_profile: Literal["default", "fast"] = "default",
+        preempt: bool = False,
+        virtual_router_id: int = 51,
+        stats_port: int = 8404,
+        max_azs: int | None = None,
+        vpc_cidr: str | None = None,
+        nat_gateways: int | None = None,
+    ) -> None:
+        """Create the pair.
+
+        :param vip: The overlay VIP, one IPv4 address outside every CIDR of the VPC.
+        :param vpc: The VPC to run in. Default: a new VPC (``max_azs`` AZs, public and private
+            subnets, one route table per subnet, ``nat_gateways`` NAT gateways).
+        :param listeners: What HAProxy serves on the VIP. Default: port 80 answering
+            "haproxy-ha: served by node <a|b>".
+        :param allowed_cidrs: Who may reach the listener ports. Default: the VPC's primary CIDR.
+        :param instance_type: Node instance type; the AMI architecture follows it. Default: t4g.small (Graviton).
+        :param machine_image: Node AMI. Default: the latest Amazon Linux 2023 for the instance
+            type's architecture, cached in cdk.context.json when the stack has an account and region.
+        :param node_subnets: Where the nodes run; the first subnet of two different AZs is used.
+            Default: the VPC's private subnets (with egress if any, else isolated).
+        :param client_subnets: Subnets whose route tables get the VIP route. Default: every subnet of the VPC.
+        :param extra_route_table_ids: More route tables that need the VIP route, e.g. the main route
+            table when subnets are implicitly associated with it. Default: none.
+        :param reserved_cidrs: More CIDRs the VIP must stay out of (secondary VPC CIDRs, peered
+            networks). Default: none besides the VPC's primary CIDR.
+        :param timing_profile: "default" (1 s VRRP adverts) or "fast" (VRRPv3 0.1 s adverts). Default: "default".
+        :param preempt: Let node "a" take the VIP back when it recovers. Default: false (nopreempt;
+            each move drops established connections).
+        :param virtual_router_id: VRRP router ID, 1-255, unique among VRRP pairs that can hear each other. Default: 51.
+        :param stats_port: HAProxy's stats/health port, reachable only from the nodes. Default: 8404.
+        :param max_azs: Only without ``vpc``: AZs of the new VPC, at least 2. Default: 2.
+        :param vpc_cidr: Only without ``vpc``: CIDR of the new VPC. Default: 10.0.0.0/16.
+        :param nat_gateways: Only without ``vpc``: NAT gateways of the new VPC. Default: 1.
+        """
+        super().__init__(scope, id)
+        stack = Stack.of(self)
+        problems = Problems()
+        listeners = tuple(listeners) if listeners is not None else DEFAULT_LISTENERS
+
+        vpc_only = {"max_azs": max_azs, "vpc_cidr": vpc_cidr, "nat_gateways": nat_gateways}
+        if vpc is not None:
+            for prop, value in vpc_only.items():
+                if value is not None:
+                    problems.bad(prop, value, "nothing when vpc is given: it only shapes the VPC the construct builds")
+        vip_addr = parse_vip(problems, vip)
+        if max_azs is not None and (isinstance(max_azs, bool) or not isinstance(max_azs, int) or max_azs < 2):
+            problems.bad("max_azs", max_azs, "a whole number of at least 2: the nodes run in two different AZs")
+        if nat_gateways is not None and (isinstance(nat_gateways, bool) or not isinstance(nat_gateways, int)
+                                         or nat_gateways < 0):
+            problems.bad("nat_gateways", nat_gateways, "a whole number of 0 or more")
+        if vpc_cidr is not None:
+            check_cidrs(problems, "vpc_cidr", [vpc_cidr])
+        check_cidrs(problems, "reserved_cidrs", list(reserved_cidrs))
+        if allowed_cidrs is not None:
+            if not allowed_cidrs:
+                problems.bad("allowed_cidrs", list(allowed_cidrs), "at least one CIDR (omit it for the VPC CIDR)")
+            check_cidrs(problems, "allowed_cidrs", list(allowed_cidrs))
+        check_route_table_ids(problems, "extra_route_table_ids", list(extra_route_table_ids))
+        if timing_profile not in TIMING_PROFILES:
+            problems.bad("timing_profile", timing_profile, " or ".join(repr(p) for p in TIMING_PROFILES))
+        if not isinstance(preempt, bool):
+            problems.bad("preempt", preempt, "True or False")
+        if isinstance(virtual_router_id, bool) or not isinstance(virtual_router_id, int) \
+                or not 1 <= virtual_router_id <= 255:
+            problems.bad("virtual_router_id", virtual_router_id, "a whole number from 1 to 255")
+        check_port(problems, "stats_port", stats_port)
+        check_listeners(problems, listeners, stats_port)
+
+        # Problems that need the VPC: only look at it once the props that shape it are sound.
+        built_vpc = vpc is None
+        if problems.items and built_vpc:
+            raise HaproxyHaPropsError(self.node.path, problems.items)
+        if vpc is None:
+            vpc = self._build_vpc(max_azs or DEFAULT_MAX_AZS, vpc_cidr or DEFAULT_VPC_CIDR,
+                                  DEFAULT_NAT_GATEWAYS if nat_gateways is None else nat_gateways)
+        self.vpc: ec2.IVpc = vpc
+
+        if vip_addr is not None:
+            cidrs = [("the VPC CIDR", vpc.vpc_cidr_block)] + [("reserved_cidrs", c) for c in reserved_cidrs]
+            check_vip_outside(problems, vip_addr, [(s, c) for s, c in cidrs if not is_token(c)])
+            if is_token(vpc.vpc_cidr_block) and not built_vpc:
+                Annotations.of(self).add_warning_v2(
+                    "haproxy-ha:vpc-cidr-unknown",
+                    "The VPC CIDR is not known at synth time, so the VIP could not be checked against it. "
+                    "Make sure the VIP lies outside every VPC CIDR.",
+                )
+            if not vip_addr.is_private:
+                Annotations.of(self).add_warning_v2(
+                    "haproxy-ha:public-vip",
+                    f"vip {vip_addr} is a public address: clients in the VPC can no longer reach the real host "
+                    "with that address. A private address outside the VPC CIDRs is usually the better choice.",
+                )
+
+        node_subnets_selected = vpc.select_subnets(**_selection_kwargs(node_subnets))
+        placement = _one_subnet_per_az(node_subnets_selected.subnets)
+        if len(placement) < 2:
+            azs = ", ".join(s.availability_zone for s in placement) or "none"
+            problems.add(
+                f"node_subnets: got subnets in {len(placement)} availability zone(s) ({azs}); "
+                "allowed: a selection with subnets in at least two AZs, so that each node runs in its own AZ"
+            )
+        client_subnet_list = _client_subnets(vpc, client_subnets)
+        route_table_ids: list[str] = []
+        for subnet in client_subnet_list:
+            rtb = subnet.route_table.route_table_id if subnet.route_table is not None else None
+            if rtb is None:
+                problems.add(
+                    f"client_subnets: subnet {subnet.subnet_id} has no route table ID; allowed: subnets whose "
+                    "route table is known (pass the *_subnet_route_table_ids to Vpc.from_vpc_attributes), "
+                    "or list the tables in extra_route_table_ids"
+                )
+                continue
+            route_table_ids.append(rtb)
+        route_table_ids.extend(extra_route_table_ids)
+        route_table_ids = list(dict.fromkeys(route_table_ids))
+        if not route_table_ids:
+            problems.add("client_subnets: got no route tables; allowed: a selection with at least one subnet, "
+                         "or route tables in extra_route_table_ids")
+        if problems.items:
+            raise HaproxyHaPropsError(self.node.path, problems.items)
+        if node_subnets_selected.subnets and all(
+            s in vpc.isolated_subnets for s in node_subnets_selected.subnets
+        ):
+            Annotations.of(self).add_warning_v2(
+                "haproxy-ha:isolated-nodes",
+                "The nodes run in isolated subnets. They need VPC endpoints to boot and to move routes: "
+                "an S3 gateway endpoint (node files and the Amazon Linux repositories) and interface "
+                "endpoints for ec2, ssm, ssmmessages and ec2messages.",
+            )
+
+        assert vip_addr is not None
+        self.vip: str = str(vip_addr)
+        self.listeners: tuple[Listener, ...] = listeners
+        self.route_table_ids: tuple[str, ...] = tuple(route_table_ids)
+        self.timing_profile: str = timing_profile
+        self.route_table_arns: tuple[str, ...] = tuple(
+            stack.format_arn(service="ec2", resource="route-table", resource_name=rtb,
+                             arn_format=ArnFormat.SLASH_RESOURCE_NAME)
+            for rtb in self.route_table_ids
+        )
+
+        self.security_group = self._security_group(vpc, listeners, allowed_cidrs, stats_port)
+        self.connections = ec2.Connections(security_groups=[self.security_group])
+
+        instance_type = instance_type or ec2.InstanceType(DEFAULT_INSTANCE_TYPE)
+        machine_image = machine_image or _default_image(stack, instance_type)
+        self.node_role = self._node_role()
+        self.node_files = s3_assets.Asset(self, "NodeFiles", path=str(node_files_dir()))
+        self.node_files.grant_read(self.node_role)
+
+        enis = [self._network_interface(name, subnet) for name, subnet in zip(NODE_NAMES, placement[:2], strict=True)]
+        addresses = [NodeAddress(name=name, eni_id=eni.ref, ip=eni.attr_primary_private_ip_address)
+                     for name, eni in zip(NODE_NAMES, enis, strict=True)]
+        nodes: list[HaproxyHaNode] = []
+        for i, (name, eni, subnet) in enumerate(zip(NODE_NAMES, enis, placement[:2], strict=True)):
+            document = node_config_document(
+                me=addresses[i],
+                peers=[a for a in addresses if a.name != name],
+                vip=self.vip,
+                route_table_ids=self.route_table_ids,
+                region=stack.region,
+                vpc_id=vpc.vpc_id,
+                priority=NODE_PRIORITIES[i],
+                preempt=preempt,
+                virtual_router_id=virtual_router_id,
+                profile=timing_profile,
+                listeners=listeners,
+                stats_port=stats_port,
+            )
+            instance, script = self._instance(name, eni, subnet, instance_type, machine_image,
+                                              stack.to_json_string(document))
+            nodes.append(HaproxyHaNode(name=name, instance=instance, network_interface=eni,
+                                       availability_zone=subnet.availability_zone, user_data=script))
+        # One node at a time: a props change stops and starts each instance, and the other must keep serving.
+        nodes[1].instance.node.add_dependency(nodes[0].instance)
+        self.nodes: tuple[HaproxyHaNode, ...] = tuple(nodes)
+
+        self._route_owner()
+
+    # --- VPC and security group -------------------------------------------------------------------
+
+    def _build_vpc(self, max_azs: int, cidr: str, nat_gateways: int) -> ec2.Vpc:
+        vpc = ec2.Vpc(
+            self,
+            "Vpc",
+            ip_addresses=ec2.IpAddresses.cidr(cidr),
+            max_azs=max_azs,
+            nat_gateways=nat_gateways,
+            subnet_configuration=[
+                ec2.SubnetConfiguration(name="Public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24),
+                ec2.SubnetConfiguration(name="Private", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS,
+                                        cidr_mask=24),
+            ],
+            # Rejected packets are what a wrong security group (VRRP, listeners) looks like.
+            flow_logs={"Rejects": ec2.FlowLogOptions(traffic_type=ec2.FlowLogTrafficType.REJECT)},
+        )
+        return vpc
+
+    def _security_group(
+        self, vpc: ec2.IVpc, listeners: Sequence[Listener], allowed_cidrs: Sequence[str] | None, stats_port: int
+    ) -> ec2.SecurityGroup:
+        sg = ec2.SecurityGroup(
+            self,
+            "SecurityGroup",
+            vpc=vpc,
+            description="haproxy-ha nodes: VRRP between the nodes, listeners from allowed CIDRs",
+            # Backends may live anywhere; the nodes also reach S3, EC2, SSM and the package repositories.
+            allow_all_outbound=True,
+        )
+        sg.add_ingress_rule(sg, ec2.Port(protocol=ec2.Protocol.VRRP, string_representation="VRRP"),
+                            "VRRP (IP protocol 112) between the haproxy-ha nodes")
+        sg.add_ingress_rule(sg, ec2.Port.tcp(stats_port), "HAProxy stats and health, between the nodes only")
+        for cidr in allowed_cidrs if allowed_cidrs is not None else [vpc.vpc_cidr_block]:
+            for lst in listeners:
+                sg.add_ingress_rule(ec2.Peer.ipv4(cidr), ec2.Port.tcp(lst.port),
+                                    f"haproxy-ha listener {lst.resolved_name}")
+        return sg
+
+    # --- nodes ------------------------------------------------------------------------------------
+
+    def _node_role(self) -> iam.Role:
+        role = iam.Role(
+            self,
+            "NodeRole",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description="haproxy-ha node: move the VIP routes of this stack's route tables",
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")],
+        )
+        self._grant_routes(role, ["ec2:CreateRoute", "ec2:ReplaceRoute"])
+        Validations.of(role).acknowledge(
+            _ack("AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore]",
+                 "Session Manager access instead of SSH: AWS maintains this minimal policy for the SSM agent."),
+            _ack("AwsSolutions-IAM5[Resource::*]",
+                 "ec2:DescribeRouteTables, DescribeInstances and DescribeNetworkInterfaces support no "
+                 "resource-level permissions; the mutating route calls are scoped to this stack's tables."),
+            _ack("AwsSolutions-IAM5[Action::s3:GetObject*]",
+                 "CDK's Asset.grant_read: read-only access to the node files asset."),
+            _ack("AwsSolutions-IAM5[Action::s3:GetBucket*]",
+                 "CDK's Asset.grant_read: read-only access to the node files asset."),
+            _ack("AwsSolutions-IAM5[Action::s3:List*]",
+                 "CDK's Asset.grant_read: read-only access to the node files asset."),
+        )
+        return role
+
+    def _grant_routes(self, role: iam.IRole, actions: list[str]) -> None:
+        role.add_to_principal_policy(iam.PolicyStatement(actions=actions, resources=list(self.route_table_arns)))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["ec2:DescribeRouteTables", "ec2:DescribeInstances", "ec2:DescribeNetworkInterfaces"],
+            resources=["*"],
+        ))
+
+    def _network_interface(self, name: str, subnet: ec2.ISubnet) -> ec2.CfnNetworkInterface:
+        scope = self._node_scope(name)
+        return ec2.CfnNetworkInterface(
+            scope,
+            "Eni",
+            subnet_id=subnet.subnet_id,
+            group_set=[self.security_group.security_group_id],
+            # The node receives traffic for the VIP, which is not its own address.
+            source_dest_check=False,
+            description=f"haproxy-ha node {name}: the VIP routes target this ENI while the node is active",
+        )
+
+    def _node_scope(self, name: str) -> Construct:
+        existing = self.node.try_find_child(f"Node{name.upper()}")
+        return existing if isinstance(existing, Construct) else Construct(self, f"Node{name.upper()}")
+
+    def _instance(
+        self,
+        name: str,
+        eni: ec2.CfnNetworkInterface,
+        subnet: ec2.ISubnet,
+        instance_type: ec2.InstanceType,
+        machine_image: ec2.IMachineImage,
+        document_json: str,
+    ) -> tuple[ec2.Instance, ec2.UserData]:
+        script = ec2.UserData.for_linux()
+        script.add_commands(*NODE_PREPARE_COMMANDS)
+        zip_path = "/var/lib/haproxy-ha/node-files.zip"
+        script.add_commands(
+            "export AWS_RETRY_MODE=standard AWS_MAX_ATTEMPTS=10",
+            f"aws s3 cp --only-show-errors --region {Stack.of(self).region} "
+            f"{self.node_files.s3_object_url} {zip_path}",
+            f"rm -rf {NODE_FILES_DIR}.new",
+            f"python3 -m zipfile -e {zip_path} {NODE_FILES_DIR}.new",
+            f"rm -rf {NODE_FILES_DIR} && mv {NODE_FILES_DIR}.new {NODE_FILES_DIR}",
+            f"cat > {NODE_CONFIG_PATH} <<'HAPROXY_HA_NODE_CONFIG'",
+            document_json,
+            "HAPROXY_HA_NODE_CONFIG",
+            f"bash {NODE_FILES_DIR}/boot.sh",
+        )
+        user_data = ec2.MultipartUserData()
+        user_data.add_part(ec2.MultipartBody.from_raw_body(
+            content_type='text/cloud-config; charset="utf-8"', body=CLOUD_CONFIG_EVERY_BOOT))
+        # A raw part, not add_user_data_part: that one base64-encodes the script, which costs a
+        # third more of the 16 KB.  Rendered lazily, so commands added to `script` later still count.
+        user_data.add_part(ec2.MultipartBody.from_raw_body(
+            content_type='text/x-shellscript; charset="utf-8"', body=Lazy.string(_RenderUserData(script))))
+
+        instance = ec2.Instance(
+            self._node_scope(name),
+            "Instance",
+            vpc=self.vpc,
+            vpc_subnets=ec2.SubnetSelection(subnets=[subnet]),
+            instance_type=instance_type,
+            machine_image=machine_image,
+            role=self.node_role,
+            security_group=self.security_group,
+            user_data=user_data,
+            http_tokens=ec2.HttpTokens.REQUIRED,
+            http_endpoint=True,
+            http_put_response_hop_limit=1,
+            block_devices=[ec2.BlockDevice(
+                device_name="/dev/xvda",
+                volume=ec2.BlockDeviceVolume.ebs(8, encrypted=True, volume_type=ec2.EbsDeviceVolumeType.GP3),
+            )],
+        )
+        cfn = instance.node.default_child
+        assert isinstance(cfn, ec2.CfnInstance)
+        # The node's own ENI is device 0, so its primary IP is the node's address and the VIP
+        # routes target an ENI that survives an instance stop.  Subnet and groups come from the ENI.
+        cfn.add_property_override("NetworkInterfaces", [{"DeviceIndex": "0", "NetworkInterfaceId": eni.ref}])
+        cfn.add_property_deletion_override("SubnetId")
+        cfn.add_property_deletion_override("SecurityGroupIds")
+        Validations.of(instance).acknowledge(
+            _ack("AwsSolutions-EC28",
+                 "Failover is decided by VRRP in under a few seconds; one-minute CloudWatch metrics would add "
+                 "cost without helping it. Basic monitoring stays on."),
+            _ack("AwsSolutions-EC29",
+                 "The pair is a fixed two-node HA group with ENIs the routes target, not an Auto Scaling group; "
+                 "termination protection would block stack updates and deletes."),
+        )
+        return instance, script
+
+    # --- VIP routes: the Lambda that owns and repairs them -----------------------------------------
+
+    def _route_owner(self) -> None:
+        scope = Construct(self, "Routes")
+        role = iam.Role(
+            scope,
+            "Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description="haproxy-ha route Lambda: own and repair the VIP routes of this stack's route tables",
+        )
+        self._grant_routes(role, ["ec2:CreateRoute", "ec2:ReplaceRoute", "ec2:DeleteRoute"])
+        code = lambda_.Code.from_asset(str(lambda_code_dir()))
+        nodes_json = Stack.of(self).to_json_string([
+            {"name": n.name, "eni_id": n.eni_id, "instance_id": n.instance_id} for n in self.nodes
+        ])
+        functions: dict[str, lambda_.Function] = {}
+        for fid, handler, timeout, env in (
+            ("OnEvent", "handler.on_event", Duration.minutes(2), {}),
+            ("Reconcile", "handler.reconcile", Duration.seconds(50), {
+                "VIP": self.vip,
+                "ROUTE_TABLE_IDS": Fn.join(",", list(self.route_table_ids)),
+                "NODES": nodes_json,
+            }),
+        ):
+            log_group = logs.LogGroup(scope, f"{fid}Logs", retention=logs.RetentionDays.ONE_MONTH)
+            fn = lambda_.Function(
+                scope,
+                f"{fid}Function",
+                runtime=lambda_.Runtime.PYTHON_3_12,
+                architecture=lambda_.Architecture.ARM_64,
+                handler=handler,
+                code=code,
+                role=role,
+                timeout=timeout,
+                memory_size=256,
+                environment=env or None,
+                log_group=log_group,
+                description=f"haproxy-ha {handler}: VIP routes of {self.node.path}",
+            )
+            log_group.grant_write(role)
+            functions[fid] = fn
+        self.route_function = functions["OnEvent"]
+        self.reconcile_function = functions["Reconcile"]
+        Validations.of(scope).acknowledge(
+            _ack("AwsSolutions-IAM5[Resource::*]",
+                 "ec2:DescribeRouteTables, DescribeInstances and DescribeNetworkInterfaces support no "
+                 "resource-level permissions; the mutating route calls are scoped to this stack's tables."),
+            *[_ack(f"AwsSolutions-IAM5[Resource::<{Stack.of(self).get_logical_id(_cfn(lg))}.Arn>:*]",
+                   "Log streams of this function's own log group.")
+              for lg in (scope.node.find_child("OnEventLogs"), scope.node.find_child("ReconcileLogs"))],
+            _ack("AwsSolutions-L1",
+                 "Pinned to Python 3.12, the runtime the shared route module is tested against; the same "
+                 "code also runs on the nodes' Python 3.9."),
+        )
+
+        self.vip_routes = CustomResource(
+            scope,
+            "VipRoutes",
+            # The handler answers CloudFormation itself: no Provider framework in between.
+            service_token=self.route_function.function_arn,
+            resource_type="Custom::HaproxyHaVipRoutes",
+            properties={
+                "Vip": self.vip,
+                "RouteTableIds": list(self.route_table_ids),
+                "EniId": self.nodes[0].eni_id,
+            },
+        )
+        # Routes are created after both nodes exist and removed before they go.
+        for n in self.nodes:
+            self.vip_routes.node.add_dependency(n.instance)
+
+        state_rule = events.Rule(
+            scope,
+            "NodeStateChange",
+            description="haproxy-ha: move the VIP routes away from a node that stops",
+            event_pattern=events.EventPattern(
+                source=["aws.ec2"],
+                detail_type=["EC2 Instance State-change Notification"],
+                detail={"instance-id": [n.instance_id for n in self.nodes],
+                        "state": list(INSTANCE_STOP_STATES)},
+            ),
+        )
+        state_rule.add_target(targets.LambdaFunction(self.reconcile_function))
+        schedule = events.Rule(
+            scope,
+            "Schedule",
+            description="haproxy-ha: repair blackholed or missing VIP routes",
+            schedule=events.Schedule.rate(Duration.minutes(1)),
+        )
+        schedule.add_target(targets.LambdaFunction(self.reconcile_function))
+
+
+@jsii.implements(IStableStringProducer)
+class _RenderUserData:
+    """Renders a UserData at synth time, after every command has been added."""
+
+    def __init__(self, user_data: ec2.UserData) -> None:
+        self._user_data = user_data
+
+    def produce(self) -> str:
+        return self._user_data.render()
+
+
+def _ack(rule_id: str, reason: str) -> Acknowledgment:
+    return Acknowledgment(id=rule_id, reason=reason)
+
+
+def _cfn(construct: IConstruct) -> CfnElement:
+    child = construct.node.default_child
+    assert isinstance(child, CfnElement)
+    return child
+
+
+def _selection_kwargs(selection: ec2.SubnetSelection | None) -> dict[str, Any]:
+    if selection is None:
+        return {}
+    return {
+        "availability_zones": selection.availability_zones,
+        "one_per_az": selection.one_per_az,
+        "subnet_filters": selection.subnet_filters,
+        "subnet_group_name": selection.subnet_group_name,
+        "subnets": selection.subnets,
+        "subnet_type": selection.subnet_type,
+    }
+
+
+def _one_subnet_per_az(subnets: Sequence[ec2.ISubnet]) -> list[ec2.ISubnet]:
+    """The first subnet of each AZ, in the VPC's order."""
+    seen: dict[str, ec2.ISubnet] = {}
+    for subnet in subnets:
+        seen.setdefault(subnet.availability_zone, subnet)
+    return list(seen.values())
+
+
+def _client_subnets(vpc: ec2.IVpc, selection: ec2.SubnetSelection | None) -> list[ec2.ISubnet]:
+    if selection is None:
+        return [*vpc.public_subnets, *vpc.private_subnets, *vpc.isolated_subnets]
+    return list(vpc.select_subnets(**_selection_kwargs(selection)).subnets)
+
+
+def _default_image(stack: Stack, instance_type: ec2.InstanceType) -> ec2.IMachineImage:
+    cpu = (ec2.AmazonLinuxCpuType.ARM_64 if instance_type.architecture == ec2.InstanceArchitecture.ARM_64
+           else ec2.AmazonLinuxCpuType.X86_64)
+    # A deploy-time lookup would pick up each new AMI release and replace the nodes; replacing a
+    # node whose ENI is device 0 fails while the old instance holds it.  Pin it in the context
+    # instead, which needs a stack with a known account and region.
+    env_known = not Token.is_unresolved(stack.account) and not Token.is_unresolved(stack.region)
+    if not env_known:
+        Annotations.of(stack).add_warning_v2(
+            "haproxy-ha:ami-not-pinned",
+            "The stack has no account/region, so the Amazon Linux 2023 AMI is resolved at deploy time: "
+            "a later deploy after a new AMI release will try to replace the nodes. Give the stack an env, "
+            "or pass machine_image.",
+        )
+    return ec2.MachineImage.latest_amazon_linux2023(cpu_type=cpu, cached_in_context=env_known)

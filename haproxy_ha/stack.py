@@ -1,0 +1,55 @@
+"""The deployable haproxy-ha stack: a new VPC, the HAProxy pair, and outputs that say how to reach it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from aws_cdk import CfnOutput, Environment, Fn, Stack
+from constructs import Construct
+
+from haproxy_ha.construct import HaproxyHa
+from haproxy_ha.listener import Listener
+
+# Outside the new VPC's 10.0.0.0/16, and outside the 172.31.0.0/16 of default VPCs it may be peered with.
+DEFAULT_VIP = "192.168.254.10"
+# Offline synth (no credentials) uses this env; cdk.context.json pins its AZs and AMI so no lookup is needed.
+PLACEHOLDER_ENV = Environment(account="123456789012", region="eu-west-1")
+
+
+def app_env(environ: Mapping[str, str] | None = None) -> Environment:
+    """The account and region the CDK CLI found (CDK_DEFAULT_*), or the placeholder env when it found none."""
+    environ = os.environ if environ is None else environ
+    account = environ.get("CDK_DEFAULT_ACCOUNT")
+    region = environ.get("CDK_DEFAULT_REGION")
+    if account and region:
+        return Environment(account=account, region=region)
+    return PLACEHOLDER_ENV
+
+
+class HaproxyHaStack(Stack):
+    """The haproxy-ha app: a new two-AZ VPC and a pair that answers `curl http://VIP/` from inside it."""
+
+    def __init__(self, scope: Construct, id: str, *, vip: str = DEFAULT_VIP, **kwargs: Any) -> None:
+        super().__init__(scope, id, description="haproxy-ha: HA HAProxy pair on an overlay VIP", **kwargs)
+        self.haproxy = HaproxyHa(
+            self,
+            "HaproxyHa",
+            vip=vip,
+            listeners=[Listener(port=80, name="hello", static_reply="haproxy-ha: served by node {node}")],
+        )
+        lb = self.haproxy
+        CfnOutput(self, "Vip", value=lb.vip, description="The VIP: curl http://VIP/ from inside the VPC")
+        CfnOutput(self, "RouteTableIds", value=Fn.join(",", list(lb.route_table_ids)),
+                  description="Route tables that hold the VIP /32 route")
+        for n in lb.nodes:
+            label = n.name.upper()
+            CfnOutput(self, f"Node{label}InstanceId", value=n.instance_id, description=f"Node {n.name} instance")
+            CfnOutput(self, f"Node{label}EniId", value=n.eni_id, description=f"Node {n.name} ENI (VIP route target)")
+            CfnOutput(
+                self,
+                f"Node{label}SsmSession",
+                value=Fn.join("", ["aws ssm start-session --region ", self.region, " --target ", n.instance_id]),
+                description=f"Shell on node {n.name} over SSM Session Manager (no SSH)",
+            )
