@@ -249,6 +249,13 @@ def _always() -> bool:
     return True
 
 
+def _pause(seconds: float, should_continue: Callable[[], bool]) -> None:
+    """Sleep, but wake as soon as `should_continue` turns False."""
+    end = time.monotonic() + seconds
+    while should_continue() and time.monotonic() < end:
+        time.sleep(min(0.02, max(0.0, end - time.monotonic())))
+
+
 def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str, *,
               deadline_s: float = 10.0,
               should_continue: Callable[[], bool] = _always,
@@ -320,7 +327,7 @@ def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str
             now = time.monotonic()
             if now + pause >= deadline:
                 break
-            time.sleep(pause * random.uniform(0.5, 1.0))
+            _pause(pause * random.uniform(0.5, 1.0), should_continue)
             pause = min(pause * 2, 1.0)
 
     cancelled = bool(pending) and not should_continue()
