@@ -1,0 +1,58 @@
+"""Tiny HTTP backends for the lab: each answers every GET with its own name.
+
+    python -m tests.lab.backend 192.0.2.201:8080=be1 192.0.2.202:8080=be2
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, List, Type
+
+
+def handler_for(name: str) -> Type[BaseHTTPRequestHandler]:
+    body = f"backend {name}\n".encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Backend", name)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+def main(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("servers", nargs="+", metavar="HOST:PORT=NAME")
+    args = parser.parse_args(argv)
+    servers = []
+    for spec in args.servers:
+        addr, _, name = spec.partition("=")
+        host, _, port = addr.rpartition(":")
+        server = ThreadingHTTPServer((host, int(port)), handler_for(name))
+        server.daemon_threads = True
+        servers.append(server)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for t in threads:
+        t.start()
+    print("backends ready", flush=True)
+    stop.wait()
+    for s in servers:
+        s.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

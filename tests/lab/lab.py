@@ -1,0 +1,567 @@
+"""The failover lab: builds the namespaces, runs moto, the VPC-router emulator, the backends and
+two real nodes (HAProxy, the agent, keepalived, all from rendered node config documents),
+injects faults, measures, and tears everything down by PID and by namespace name.
+
+    with Lab(workdir, LabOptions(profile="fast")) as lab:
+        result = lab.failover(lambda: lab.kill_haproxy("a"), survivor="b")
+
+What runs on the nodes is what ships: `python -m haproxy_ha_runtime render|agent` on the node's
+document.  The lab adds only what AWS would be: the API (moto), the VPC router (emulator.py),
+and a client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, IO, List, Optional
+
+import boto3
+
+from haproxy_ha_runtime import routes
+
+from . import cloud, topology
+from .topology import NODES, ROUTER, VIP
+
+REPO = Path(__file__).resolve().parents[2]
+MOTO_PORT = 5000
+PROXY_PORT = 5001
+HTTP_PORT = 80
+STATS_PORT = 8404
+PRIORITY = {"a": 150, "b": 100}
+MOTO_URL = f"http://{topology.API_IP}:{MOTO_PORT}"
+PROXY_URL = f"http://{topology.API_IP}:{PROXY_PORT}"
+
+
+class LabError(RuntimeError):
+    """The lab could not be built, or a wait ran out."""
+
+
+@dataclass(frozen=True)
+class LabOptions:
+    profile: str = "fast"
+    tables: int = 3
+    preempt: bool = False
+    poll_s: float = 0.02
+    # Point the nodes at the fault proxy (in the router namespace) instead of moto itself.
+    fault_proxy: bool = False
+    # The emulator reads every table on every poll below this many tables; above it, every
+    # tenth poll, so that polling does not swamp moto (the client's table is read every poll).
+    full_poll_max_tables: int = 10
+
+
+@dataclass
+class Failover:
+    """One measured failover.  All times are wall-clock seconds; durations are from the fault."""
+
+    scenario: str
+    fault_ts: float
+    survivor: str
+    fault_to_route_s: Optional[float]
+    fault_to_client_s: Optional[float]
+    fault_to_master_s: Optional[float]
+    failed_requests: int
+    answered: Dict[str, int]
+    route_moves: int
+    agent_route_move: Optional[Dict[str, Any]] = None
+
+
+def _wait(pred: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise LabError(f"timed out after {timeout_s:g}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def _json_lines(path: Path) -> List[Dict[str, Any]]:
+    out: List[Dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("{") and line.endswith("\n"):
+                    with contextlib.suppress(ValueError):
+                        out.append(json.loads(line))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def _children(pid: int) -> List[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name is in parentheses and may hold spaces; the PPID follows the state.
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            kids.append(int(entry))
+    return kids
+
+
+class ClientRun:
+    """One run of the client process in the client namespace."""
+
+    def __init__(self, lab: "Lab", interval_s: float, max_s: float, timeout_s: float) -> None:
+        lab._client_runs += 1
+        self.path = lab.workdir / f"client-{lab._client_runs}.jsonl"
+        self.proc = lab._spawn(f"client-{lab._client_runs}", topology.CLIENT, [
+            sys.executable, "-m", "tests.lab.client", "--url", f"http://{VIP}:{HTTP_PORT}/",
+            "--interval-s", str(interval_s), "--max-s", str(max_s), "--timeout-s", str(timeout_s),
+            "--max-requests", str(int(max_s / interval_s) + 1), "--out", str(self.path)])
+
+    def records(self) -> List[Dict[str, Any]]:
+        return _json_lines(self.path)
+
+    def answered_by(self, node: str, after: float = 0.0) -> List[Dict[str, Any]]:
+        return [r for r in self.records() if r.get("node") == node and r["done"] >= after and not r.get("error")]
+
+    def stop(self) -> List[Dict[str, Any]]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.records()
+
+
+class Lab:
+    def __init__(self, workdir: Path, options: Optional[LabOptions] = None) -> None:
+        self.workdir = Path(workdir)
+        self.options = options or LabOptions()
+        self.procs: List[subprocess.Popen[bytes]] = []
+        self.named: Dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: List[IO[bytes]] = []
+        self._lock: Optional[contextlib.ExitStack] = None
+        self._client_runs = 0
+        self.state: Optional[cloud.CloudState] = None
+        self._api: Any = None
+        self._partitioned = False
+        self.env = dict(os.environ)
+        for key in [k for k in self.env if k.startswith("AWS_")]:
+            del self.env[key]
+        self.env.update({
+            "AWS_ACCESS_KEY_ID": "lab", "AWS_SECRET_ACCESS_KEY": "lab", "AWS_DEFAULT_REGION": cloud.REGION,
+            "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
+            "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+        })
+
+    # -- processes -------------------------------------------------------------------------
+    def _spawn(self, name: str, namespace: str, cmd: List[str], log_name: Optional[str] = None,
+               stderr_name: Optional[str] = None) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / (log_name or f"{name}.log"), "ab")
+        self._logs.append(log)
+        err: Any = subprocess.STDOUT
+        if stderr_name:
+            err = open(self.workdir / stderr_name, "ab")
+            self._logs.append(err)
+        # `ip netns exec` execs the command, so the PID is the command's own.
+        proc = subprocess.Popen(["ip", "netns", "exec", namespace, *cmd], stdout=log, stderr=err,
+                                stdin=subprocess.DEVNULL, cwd=REPO, env=self.env)
+        self.procs.append(proc)
+        self.named[name] = proc
+        return proc
+
+    def _end(self, proc: Optional[subprocess.Popen[bytes]], sig: int = signal.SIGTERM, grace_s: float = 3.0) -> None:
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    # -- building --------------------------------------------------------------------------
+    def __enter__(self) -> "Lab":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        problems = self.stop()
+        if problems and exc[0] is None:
+            raise LabError("teardown left things behind: " + "; ".join(problems))
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(topology.exclusive_lab())
+        leftovers = topology.remove_leftovers()
+        if leftovers:
+            print(f"lab: removed leftovers of an earlier run: {', '.join(leftovers)}", file=sys.stderr)
+        topology.build()
+        moto = self._spawn("moto", ROUTER, [str(Path(sys.executable).with_name("moto_server")),
+                                            "-H", topology.API_IP, "-p", str(MOTO_PORT)])
+        self._spawn("backends", ROUTER, [sys.executable, "-m", "tests.lab.backend"]
+                    + [f"{ip}:8080=be{i + 1}" for i, ip in enumerate(topology.BACKEND_IPS)])
+        if self.options.fault_proxy:
+            self._spawn("fault-proxy", ROUTER, [sys.executable, "-m", "tests.support.fault_proxy",
+                                                "--listen", f"{topology.API_IP}:{PROXY_PORT}",
+                                                "--upstream", MOTO_URL])
+        _wait(lambda: self._reachable(MOTO_URL + "/moto-api/") or moto.poll() is not None, 30, "moto to start")
+        if moto.poll() is not None:
+            raise LabError(f"moto exited with {moto.returncode}; see {self.workdir / 'moto.log'}")
+        # Dummy credentials of its own: the harness never signs with whatever the caller has.
+        self._api = boto3.session.Session(aws_access_key_id="lab", aws_secret_access_key="lab").client(
+            "ec2", region_name=cloud.REGION, endpoint_url=MOTO_URL)
+        with topology.entered(ROUTER):
+            self.state = cloud.create(self._api, VIP, self.options.tables)
+        self._start_emulator()
+        for node in NODES:
+            self._write_document(node)
+        renders = [subprocess.Popen(["ip", "netns", "exec", NODES[n].namespace, sys.executable, "-m",
+                                     "haproxy_ha_runtime", "render", "--config", str(self.document(n))],
+                                    cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                   for n in NODES]
+        for r in renders:
+            out, _ = r.communicate(30)
+            if r.returncode != 0:
+                raise LabError(f"render failed: {out.decode(errors='replace')}")
+        if self.options.fault_proxy:
+            _wait(lambda: self._reachable(PROXY_URL + "/_stats"), 15, "the fault proxy to start")
+        for node in NODES:
+            self.start_haproxy(node)
+            self._start_agent(node)
+        # Node a first, alone, so that it wins the first election whatever the timing profile.
+        self._wait_healthy("a")
+        self.start_keepalived("a")
+        self.wait_master("a", timeout_s=10 + 4 * self.timing_advert_s)
+        self.wait_routes("a", timeout_s=15)
+        self._wait_healthy("b")
+        self.start_keepalived("b")
+        _wait(lambda: self.vrrp_state("b") == "BACKUP", 10 + 4 * self.timing_advert_s, "node b to become BACKUP")
+
+    @property
+    def timing_advert_s(self) -> float:
+        return 1.0 if self.options.profile == "default" else 0.1
+
+    def _reachable(self, url: str) -> bool:
+        with topology.entered(ROUTER):
+            try:
+                urllib.request.urlopen(url, timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+    def _start_emulator(self) -> None:
+        assert self.state is not None
+        tables = self.state.route_table_ids
+        full_every = 1 if len(tables) <= self.options.full_poll_max_tables else 10
+        self._spawn("emulator", ROUTER, [
+            sys.executable, "-m", "tests.lab.emulator", "--endpoint", MOTO_URL, "--vip", VIP,
+            "--client-table", self.state.client_table, "--tables", ",".join(tables),
+            "--poll-s", str(self.options.poll_s), "--full-every", str(full_every),
+            *[a for n in NODES for a in ("--eni", f"{self.state.eni[n]}={NODES[n].ip}")]],
+            log_name="emulator.jsonl", stderr_name="emulator.err")
+        _wait(lambda: any(r.get("event") == "routes" for r in self.emulator_log()), 15, "the emulator's first poll")
+
+    def node_dir(self, node: str) -> Path:
+        return self.workdir / node
+
+    def document(self, node: str) -> Path:
+        return self.node_dir(node) / "node.json"
+
+    def _write_document(self, node: str) -> None:
+        assert self.state is not None
+        d = self.node_dir(node)
+        (d / "run").mkdir(parents=True, exist_ok=True)
+        peer = "b" if node == "a" else "a"
+        doc = {
+            "version": 1,
+            "node_name": node,
+            "vip": VIP,
+            "eni_id": self.state.eni[node],
+            "local_ip": NODES[node].ip,
+            "interface": topology.NODE_IFACE,
+            "peers": [{"name": peer, "ip": NODES[peer].ip, "eni_id": self.state.eni[peer]}],
+            "route_table_ids": self.state.route_table_ids,
+            "region": cloud.REGION,
+            "endpoint_url": PROXY_URL if self.options.fault_proxy else MOTO_URL,
+            "vpc_id": self.state.vpc_id,
+            "priority": PRIORITY[node],
+            "preempt": self.options.preempt,
+            "profile": self.options.profile,
+            "listeners": [{
+                "name": "web", "port": HTTP_PORT, "mode": "http", "check_path": "/",
+                "backends": [{"name": f"be{i + 1}", "host": ip, "port": 8080}
+                             for i, ip in enumerate(topology.BACKEND_IPS)],
+            }],
+            "stats_port": STATS_PORT,
+            "paths": {"run_dir": str(d / "run"), "keepalived_conf": str(d / "keepalived.conf"),
+                      "haproxy_conf": str(d / "haproxy.cfg"), "log_socket": str(d / "log.sock")},
+        }
+        self.document(node).write_text(json.dumps(doc, indent=2) + "\n")
+
+    def start_haproxy(self, node: str) -> None:
+        self._spawn(f"haproxy-{node}", NODES[node].namespace,
+                    ["haproxy", "-db", "-f", str(self.node_dir(node) / "haproxy.cfg")],
+                    log_name=f"{node}/haproxy.log")
+
+    def _start_agent(self, node: str) -> None:
+        self._spawn(f"agent-{node}", NODES[node].namespace,
+                    [sys.executable, "-m", "haproxy_ha_runtime", "agent", "--config", str(self.document(node))],
+                    log_name=f"{node}/agent.jsonl", stderr_name=f"{node}/agent.err")
+
+    def start_keepalived(self, node: str) -> None:
+        run = self.node_dir(node) / "run"
+        _wait(lambda: any(e["event"] == "agent_start" for e in self.agent_events(node)), 15,
+              f"the agent on node {node} to start")
+        self._spawn(f"keepalived-{node}", NODES[node].namespace, [
+            "keepalived", "-f", str(self.node_dir(node) / "keepalived.conf"), "-p", str(run / "keepalived.pid"),
+            "-r", str(run / "vrrp.pid"), "-P", "-l", "-D", "-n"], log_name=f"{node}/keepalived.log")
+
+    def _wait_healthy(self, node: str) -> None:
+        _wait(lambda: self.agent_health(node) is True, 20, f"the agent on node {node} to see HAProxy healthy")
+
+    # -- observing -------------------------------------------------------------------------
+    def agent_events(self, node: str) -> List[Dict[str, Any]]:
+        return _json_lines(self.node_dir(node) / "agent.jsonl")
+
+    def agent_health(self, node: str) -> Optional[bool]:
+        health = [e for e in self.agent_events(node) if e["event"] == "health"]
+        return health[-1]["healthy"] if health else None
+
+    def vrrp_state(self, node: str) -> str:
+        """The last state keepalived told the agent about."""
+        moves = [e for e in self.agent_events(node) if e["event"] == "transition"]
+        return str(moves[-1]["new"]) if moves else "UNKNOWN"
+
+    def transitions(self, node: str, after: float = 0.0) -> List[Dict[str, Any]]:
+        return [e for e in self.agent_events(node) if e["event"] == "transition" and e["ts"] >= after]
+
+    def wait_master(self, node: str, timeout_s: float = 10.0) -> None:
+        _wait(lambda: self.vrrp_state(node) == "MASTER", timeout_s, f"node {node} to become MASTER")
+
+    def emulator_log(self) -> List[Dict[str, Any]]:
+        return _json_lines(self.workdir / "emulator.jsonl")
+
+    def route_changes(self, after: float = 0.0) -> List[Dict[str, Any]]:
+        """Each time the emulator saw the watched tables agree on a different ENI than before
+        (after `after`): the route moves as the API shows them."""
+        out: List[Dict[str, Any]] = []
+        current = None
+        for r in self.emulator_log():
+            if r.get("event") != "routes":
+                continue
+            agreed = r.get("all")
+            if agreed and agreed != current:
+                if current is not None and r["ts"] >= after:
+                    out.append(r)
+                current = agreed
+        return out
+
+    def views(self) -> Dict[str, routes.VipRoute]:
+        assert self.state is not None
+        with topology.entered(ROUTER):
+            return routes.describe_vip_routes(self._api, VIP, self.state.route_table_ids)
+
+    def route_owner(self) -> Optional[str]:
+        """The node every table points at, or None if they do not agree."""
+        assert self.state is not None
+        views = self.views()
+        enis = {v.eni_id if v.state == routes.ROUTE_ACTIVE else v.state for v in views.values()}
+        if len(views) != len(self.state.route_table_ids) or len(enis) != 1:
+            return None
+        eni = enis.pop()
+        return self.state.node_of(eni) if eni else None
+
+    def wait_routes(self, node: str, timeout_s: float = 10.0) -> None:
+        _wait(lambda: self.route_owner() == node, timeout_s, f"every route table to point at node {node}",
+              interval_s=0.05)
+
+    def haproxy_healthy(self, node: str) -> bool:
+        with topology.entered(NODES[node].namespace):
+            conn = http.client.HTTPConnection("127.0.0.1", STATS_PORT, timeout=1)
+            try:
+                conn.request("GET", "/healthz")
+                return conn.getresponse().status == 200
+            except (OSError, http.client.HTTPException):
+                return False
+            finally:
+                conn.close()
+
+    def ask_vip(self) -> Optional[str]:
+        """One request from the client namespace; the node that answered, or None."""
+        with topology.entered(topology.CLIENT):
+            conn = http.client.HTTPConnection(VIP, HTTP_PORT, timeout=1)
+            try:
+                conn.request("GET", "/")
+                resp = conn.getresponse()
+                resp.read()
+                return resp.getheader("X-Haproxy-Node") if resp.status == 200 else None
+            except (OSError, http.client.HTTPException):
+                return None
+            finally:
+                conn.close()
+
+    def fault_proxy(self, path: str, body: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(PROXY_URL + path, data=data, method="GET" if data is None else "POST",
+                                     headers={"Content-Type": "application/json"})
+        with topology.entered(ROUTER):
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                result: Dict[str, Any] = json.loads(resp.read())
+                return result
+
+    # -- faults ----------------------------------------------------------------------------
+    def kill_haproxy(self, node: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.named[f"haproxy-{node}"]
+        proc.send_signal(sig)
+        proc.wait(5)
+
+    def kill_keepalived(self, node: str, sig: int = signal.SIGKILL) -> None:
+        """SIGTERM: a clean stop.  SIGKILL: a crash of the whole keepalived process tree.  The
+        parent is frozen first: killed alone, it would let its VRRP child stop cleanly (which
+        sends a priority-0 advert), and a killed child alone would be restarted by the parent."""
+        proc = self.named[f"keepalived-{node}"]
+        if sig == signal.SIGKILL:
+            os.kill(proc.pid, signal.SIGSTOP)
+            for child in _children(proc.pid):
+                os.kill(child, signal.SIGKILL)
+        proc.send_signal(sig)
+        proc.wait(5)
+
+    def link_down(self, node: str) -> None:
+        topology.ip("link", "set", topology.NODE_IFACE, "down", namespace=NODES[node].namespace)
+
+    def link_up(self, node: str) -> None:
+        net = NODES[node]
+        topology.ip_batch(net.namespace, [f"link set {topology.NODE_IFACE} up",
+                                          f"route replace default via {net.gateway}"])
+
+    def partition(self) -> None:
+        """Cut everything between the nodes in the router; both still reach the API."""
+        a, b = NODES["a"].ip, NODES["b"].ip
+        topology.ip_batch(ROUTER, [f"rule add from {a} to {b} blackhole pref 100",
+                                   f"rule add from {b} to {a} blackhole pref 101"])
+        self._partitioned = True
+
+    def heal(self) -> None:
+        topology.ip_batch(ROUTER, ["rule del pref 100", "rule del pref 101"])
+        self._partitioned = False
+
+    # -- measuring -------------------------------------------------------------------------
+    def client(self, interval_s: float = 0.01, max_s: float = 30.0, timeout_s: float = 1.0) -> ClientRun:
+        return ClientRun(self, interval_s, max_s, timeout_s)
+
+    def failover(self, inject: Callable[[], None], survivor: str, scenario: str = "",
+                 timeout_s: float = 20.0, settle_s: float = 0.3) -> Failover:
+        """Run the client, inject the fault, wait until the survivor owns every route and answers
+        the client, and measure.  The fault time is taken just before the fault is injected."""
+        assert self.state is not None
+        other = "a" if survivor == "b" else "b"
+        run = self.client(max_s=timeout_s + 10)
+        try:
+            _wait(lambda: len(run.answered_by(other)) >= 20, 10, f"the client to be answered by node {other}")
+            fault_ts = time.time()
+            inject()
+            eni = self.state.eni[survivor]
+
+            def route_ts() -> Optional[float]:
+                for r in self.emulator_log():
+                    if r.get("event") == "routes" and r["ts"] >= fault_ts and r.get("all") == eni:
+                        return float(r["ts"])
+                return None
+
+            def client_ts() -> Optional[float]:
+                answers = run.answered_by(survivor, after=fault_ts)
+                return min(r["done"] for r in answers) if answers else None
+
+            _wait(lambda: route_ts() and client_ts(), timeout_s, f"failover to node {survivor}", interval_s=0.05)
+            time.sleep(settle_s)
+        finally:
+            records = run.stop()
+        answered: Dict[str, int] = {}
+        for r in records:
+            key = r.get("node") or "error:" + str(r.get("error"))
+            answered[key] = answered.get(key, 0) + 1
+        masters = [e for e in self.transitions(survivor, fault_ts) if e["new"] == "MASTER"]
+        moves = [e for e in self.agent_events(survivor) if e["event"] == "route_move" and e["ts"] >= fault_ts]
+        r_ts, c_ts = route_ts(), client_ts()
+        return Failover(
+            scenario=scenario, fault_ts=fault_ts, survivor=survivor,
+            fault_to_route_s=round(r_ts - fault_ts, 4) if r_ts else None,
+            fault_to_client_s=round(c_ts - fault_ts, 4) if c_ts else None,
+            fault_to_master_s=round(masters[0]["ts"] - fault_ts, 4) if masters else None,
+            failed_requests=sum(1 for r in records if r.get("error")),
+            answered=answered, route_moves=len(self.route_changes(fault_ts)),
+            agent_route_move=moves[0] if moves else None)
+
+    # -- the checks that hold after every scenario -----------------------------------------
+    def check_converged(self, timeout_s: float = 10.0) -> str:
+        """Every table points at one node whose HAProxy is healthy, and the client reaches it
+        through the VIP.  Returns that node; raises LabError otherwise."""
+        def ok() -> Optional[str]:
+            owner = self.route_owner()
+            if owner in NODES and self.haproxy_healthy(owner) and self.ask_vip() == owner:
+                return owner
+            return None
+        try:
+            return str(_wait(ok, timeout_s, "the routes to converge on a healthy node", interval_s=0.1))
+        except LabError:
+            views = {t: (v.eni_id, v.state) for t, v in self.views().items()}
+            health = {n: self.haproxy_healthy(n) for n in NODES}
+            raise LabError(f"not converged: routes {views}, HAProxy healthy {health}, "
+                           f"VIP answered by {self.ask_vip()}") from None
+
+    # -- teardown --------------------------------------------------------------------------
+    def stop(self) -> List[str]:
+        """End every process by PID and remove every namespace.  Returns what was left behind."""
+        problems: List[str] = []
+        try:
+            order = ["client", "keepalived", "agent", "haproxy", "emulator", "backends", "fault-proxy", "moto"]
+            ranked = sorted(self.procs, key=lambda p: next(
+                (i for i, prefix in enumerate(order) if any(
+                    n.startswith(prefix) and q is p for n, q in self.named.items())), len(order)))
+            for proc in ranked:
+                self._end(proc)
+            for proc in self.procs:
+                if proc.poll() is None:
+                    problems.append(f"process {proc.pid} ({proc.args}) still running")
+            for ns in topology.lab_namespaces():
+                stray = topology.kill_namespace_processes(ns)
+                if stray:
+                    problems.append(f"namespace {ns} still held processes {stray} after teardown")
+            left = topology.destroy()
+            if left:
+                problems.append(f"namespaces left: {left}")
+        finally:
+            for log in self._logs:
+                log.close()
+            self._logs = []
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
+        return problems
+
+
+def summarize(values: List[float]) -> Dict[str, Optional[float]]:
+    if not values:
+        return {"median": None, "min": None, "max": None}
+    return {"median": round(statistics.median(values), 4), "min": round(min(values), 4),
+            "max": round(max(values), 4)}
