@@ -1,0 +1,107 @@
+"""Helpers for the construct tests: apps with the repo's CDK context, and a stand-in for CloudFormation."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+# jsii prints a large banner on Node 20; the tests do not need it.
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+import aws_cdk as cdk
+
+from haproxy_ha.stack import PLACEHOLDER_ENV
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG_MARKER = "HAPROXY_HA_NODE_CONFIG"
+
+
+def repo_context() -> dict[str, Any]:
+    """The same context `cdk synth` uses: feature flags from cdk.json plus cdk.context.json."""
+    context = dict(json.loads((REPO / "cdk.json").read_text())["context"])
+    context.update(json.loads((REPO / "cdk.context.json").read_text()))
+    return context
+
+
+def new_app() -> cdk.App:
+    return cdk.App(context=repo_context(), analytics_reporting=False)
+
+
+def new_stack(app: cdk.App | None = None, id: str = "Test") -> cdk.Stack:
+    return cdk.Stack(app or new_app(), id, env=PLACEHOLDER_ENV)
+
+
+class Resolver:
+    """Stands in for CloudFormation: gives each Ref/GetAtt a realistic concrete value."""
+
+    def __init__(self, template: dict[str, Any]) -> None:
+        self.resources: dict[str, Any] = template.get("Resources", {})
+        self.ips: dict[str, str] = {}
+
+    def _hex(self, logical_id: str) -> str:
+        return hashlib.sha1(logical_id.encode()).hexdigest()[:17]
+
+    def ref(self, name: str) -> str:
+        pseudo = {"AWS::Region": "eu-west-1", "AWS::AccountId": "123456789012", "AWS::Partition": "aws",
+                  "AWS::URLSuffix": "amazonaws.com", "AWS::StackName": "Test"}
+        if name in pseudo:
+            return pseudo[name]
+        rtype = self.resources.get(name, {}).get("Type", "")
+        prefix = {"AWS::EC2::NetworkInterface": "eni", "AWS::EC2::RouteTable": "rtb", "AWS::EC2::VPC": "vpc",
+                  "AWS::EC2::Instance": "i", "AWS::EC2::Subnet": "subnet"}.get(rtype)
+        if prefix is None:
+            return f"ref-{name}"
+        return f"{prefix}-{self._hex(name)}"
+
+    def get_att(self, name: str, attribute: str) -> str:
+        if attribute == "PrimaryPrivateIpAddress":
+            n = len(self.ips) + 1
+            return self.ips.setdefault(name, f"10.0.{100 + n}.{200 + n}")
+        return f"att-{name}-{attribute}"
+
+    def resolve(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list):
+            return [self.resolve(v) for v in value]
+        if isinstance(value, dict) and len(value) == 1:
+            (key, arg), = value.items()
+            if key == "Ref":
+                return self.ref(arg)
+            if key == "Fn::GetAtt":
+                return self.get_att(arg[0], arg[1])
+            if key == "Fn::Join":
+                return arg[0].join(str(self.resolve(p)) for p in arg[1])
+            if key == "Fn::Base64":
+                return base64.b64encode(str(self.resolve(arg)).encode()).decode()
+        raise AssertionError(f"cannot resolve {value!r}")
+
+
+def raw_user_data(template: dict[str, Any], logical_id: str) -> str:
+    """The user data of an instance as EC2 receives it (before the transport base64)."""
+    encoded = template["Resources"][logical_id]["Properties"]["UserData"]
+    assert set(encoded) == {"Fn::Base64"}
+    text: str = Resolver(template).resolve(encoded["Fn::Base64"])
+    return text
+
+
+def node_documents(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each instance's config document (intrinsics resolved), by logical ID."""
+    docs: dict[str, dict[str, Any]] = {}
+    resolver = Resolver(template)
+    for logical_id, res in template["Resources"].items():
+        if res["Type"] != "AWS::EC2::Instance":
+            continue
+        text = resolver.resolve(res["Properties"]["UserData"]["Fn::Base64"])
+        start = text.index(f"<<'{CONFIG_MARKER}'\n") + len(CONFIG_MARKER) + 5
+        end = text.index(f"\n{CONFIG_MARKER}\n", start)
+        docs[logical_id] = json.loads(text[start:end])
+    return docs
+
+
+def instance_ids(template: dict[str, Any]) -> list[str]:
+    return sorted(k for k, v in template["Resources"].items() if v["Type"] == "AWS::EC2::Instance")

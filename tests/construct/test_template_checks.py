@@ -1,0 +1,76 @@
+"""Whole-template checks on the default app: syrupy snapshot, cdk-nag AwsSolutions, cfn-lint."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_cdk import Validations
+from cdk_nag import AwsSolutionsChecks
+from syrupy.assertion import SnapshotAssertion
+from syrupy.extensions.json import JSONSnapshotExtension
+from template_tools import PLACEHOLDER_ENV, new_app
+
+from haproxy_ha.stack import HaproxyHaStack
+
+ASSET_HASH = re.compile(r"[0-9a-f]{64}")
+
+# cfn-lint rules ignored on the synthesized template, each with its reason.  Empty: none is.
+CFN_LINT_IGNORED: dict[str, str] = {}
+
+
+def scrub(value: Any) -> Any:
+    """Asset hashes change whenever the runtime or Lambda code changes; the snapshot is about the template."""
+    if isinstance(value, str):
+        return ASSET_HASH.sub("<asset-hash>", value)
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    if isinstance(value, dict):
+        return {scrub(k): scrub(v) for k, v in value.items()}
+    return value
+
+
+@pytest.fixture
+def snapshot_json(snapshot: SnapshotAssertion) -> SnapshotAssertion:
+    return snapshot.use_extension(JSONSnapshotExtension)
+
+
+def test_app_template_matches_snapshot(app_doc: dict[str, Any], snapshot_json: SnapshotAssertion) -> None:
+    assert scrub(app_doc) == snapshot_json
+
+
+def test_app_has_no_unacknowledged_cdk_nag_findings() -> None:
+    app = new_app()
+    stack = HaproxyHaStack(app, "HaproxyHa", env=PLACEHOLDER_ENV)
+    Validations.of(app)  # the same registry `cdk synth` would use
+    report = AwsSolutionsChecks(app, verbose=True).validate_scope(stack)
+    findings = [
+        f"{v.rule_name} at {', '.join(r.construct_path for r in v.violating_resources)}: {v.description}"
+        for v in report.violations
+    ]
+    assert report.success, "unacknowledged cdk-nag findings:\n" + "\n".join(findings)
+
+
+def test_app_template_passes_cfn_lint(app_template_json: str, tmp_path: Path) -> None:
+    template = tmp_path / "HaproxyHa.template.json"
+    template.write_text(app_template_json)
+    args = [sys.executable, "-m", "cfnlint", "--format", "parseable"]
+    for rule in CFN_LINT_IGNORED:
+        args += ["--ignore-checks", rule]
+    result = subprocess.run([*args, "--", str(template)], capture_output=True, text=True, check=False)
+    errors = [line for line in result.stdout.splitlines() if ":E" in line or line.split(":")[-2:-1] == ["E"]]
+    # Exit code bit 2 is set for errors; warnings (4) and informational findings (8) are reported, not failed.
+    assert not result.returncode & 2, f"cfn-lint errors:\n{result.stdout}{result.stderr}"
+    assert not errors, "\n".join(errors)
+
+
+def test_app_template_json_is_stable_across_synths(app_template_json: str) -> None:
+    again = HaproxyHaStack(new_app(), "HaproxyHa", env=PLACEHOLDER_ENV)
+    from aws_cdk.assertions import Template
+
+    assert json.loads(app_template_json) == Template.from_stack(again).to_json()
