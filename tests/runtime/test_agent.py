@@ -1,0 +1,196 @@
+"""The resident agent's decisions, against a moto server over HTTP (and a fault proxy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from haproxy_ha_runtime import agent
+from haproxy_ha_runtime.config import NodeConfig, parse_config
+from tests.conftest import VIP, World, client_for, make_world, targets
+from tests.runtime.samples import doc
+
+
+class Log:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        self.events.append({"event": event, **fields})
+
+    def of(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == name]
+
+
+def _cfg(world: World, tmp: Path, **changes: Any) -> NodeConfig:
+    base: dict[str, Any] = {"eni_id": world.eni_a, "route_table_ids": world.tables, "profile": "fast",
+                            "peers": [{"name": "b", "ip": "192.0.2.20", "eni_id": world.eni_b}],
+                            "paths": {"run_dir": str(tmp / "run")}}
+    d = doc(**{**base, **changes})
+    return parse_config(d)
+
+
+def _wait(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def test_master_takes_over_every_table(moto: str, tmp_path: Path) -> None:
+    world = make_world(client_for(moto), 5)
+    world.client.stop_instances(InstanceIds=[world.instance_a])
+    log = Log()
+    # Node b becomes MASTER; its ENI is the target.
+    a = agent.Agent(_cfg(world, tmp_path), world.client, world.eni_b, log)
+    a.on_state(agent.MASTER)
+    _wait(lambda: bool(log.of("route_move")))
+    a.shutdown()
+    move = log.of("route_move")[0]
+    assert move["converged"] and move["moved"] == 5 and move["duration_s"] > 0
+    assert set(targets(world.client, world.tables).values()) == {world.eni_b}
+
+
+def test_agent_stops_writing_the_moment_it_is_not_master(proxy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url, max_attempts=1), 4)
+    proxy.state.set_fault("5xx", 1_000_000, ["ReplaceRoute"])
+    log = Log()
+    a = agent.Agent(_cfg(world, tmp_path), world.client, world.eni_b, log)
+    a.on_state(agent.MASTER)
+    _wait(lambda: proxy.state.stats()["calls"].get("ReplaceRoute", 0) >= 8)  # it is retrying
+    a.on_state(agent.FAULT)
+    time.sleep(0.3)  # let a write that was already in flight land
+    settled = proxy.state.stats()["calls"]["ReplaceRoute"]
+    time.sleep(1.5)
+    assert proxy.state.stats()["calls"]["ReplaceRoute"] == settled
+    a.shutdown()
+    assert any(e["cancelled"] for e in log.of("route_move"))
+    assert set(targets(world.client, world.tables).values()) == {world.eni_a}
+
+
+def test_repair_fixes_missing_blackholed_and_dead_node_routes_only(proxy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    c = client_for(proxy.url)
+    world = make_world(c, 4)
+    dead = make_world(c, 0)  # another node's ENI whose instance we stop
+    c.stop_instances(InstanceIds=[dead.instance_a])
+    c.replace_route(RouteTableId=world.tables[0], DestinationCidrBlock=VIP + "/32", NetworkInterfaceId=dead.eni_a)
+    c.delete_route(RouteTableId=world.tables[1], DestinationCidrBlock=VIP + "/32")
+    c.replace_route(RouteTableId=world.tables[2], DestinationCidrBlock=VIP + "/32", NetworkInterfaceId=dead.eni_b)
+    proxy.state.blackhole = {dead.eni_b}  # tables[2]: blackhole
+    # tables[3] points at world.eni_a, a running node: split brain, leave it alone.
+    log = Log()
+    a = agent.Agent(_cfg(world, tmp_path), c, world.eni_b, log)
+    with a._lock:
+        a.state, a.generation = agent.MASTER, 1
+    a.repair(1)
+    a.shutdown()
+    assert targets(c, world.tables) == {world.tables[0]: world.eni_b, world.tables[1]: world.eni_b,
+                                        world.tables[2]: world.eni_b, world.tables[3]: world.eni_a}
+    assert sorted(log.of("route_repair")[0]["tables"]) == sorted(world.tables[:3])
+
+
+def test_losing_an_election_hands_routes_to_the_peer(moto: str, tmp_path: Path) -> None:
+    world = make_world(client_for(moto), 3)
+    log = Log()
+    # This agent is node b; routes point at node a (its peer in this config is world.eni_a).
+    cfg = _cfg(world, tmp_path, peers=[{"name": "a", "ip": "192.0.2.20", "eni_id": world.eni_a}], node_name="b")
+    b = agent.Agent(cfg, world.client, world.eni_b, log)
+    b.on_state(agent.MASTER)
+    _wait(lambda: bool(log.of("route_move")))
+    assert set(targets(world.client, world.tables).values()) == {world.eni_b}
+    b.on_state(agent.BACKUP)  # the partition healed and node a won
+    _wait(lambda: bool(log.of("route_hand_over")))
+    b.shutdown()
+    assert set(targets(world.client, world.tables).values()) == {world.eni_a}
+
+
+def test_fifo_lines_become_states(tmp_path: Path) -> None:
+    assert agent.parse_fifo_line('INSTANCE "haproxy_ha" MASTER 150') == agent.MASTER
+    assert agent.parse_fifo_line('INSTANCE "haproxy_ha" FAULT 0') == agent.FAULT
+    assert agent.parse_fifo_line('GROUP "g" MASTER') is None
+    assert agent.parse_fifo_line("garbage") is None
+    reader = agent.FifoReader(str(tmp_path / "run" / "fifo"))
+    reader.open()
+    writer = os.open(reader.path, os.O_WRONLY)
+    os.write(writer, b'INSTANCE "haproxy_ha" BACKUP 150\nINSTANCE "haproxy_ha" MAS')
+    assert reader.read_states() == [agent.BACKUP]
+    os.write(writer, b'TER 150\n')
+    assert reader.read_states() == [agent.MASTER]
+    assert reader.read_states() == []
+    os.close(writer)
+    assert reader.read_states() is None  # keepalived went away
+    reader.close()
+
+
+def test_health_verdict_needs_fall_and_rise_in_a_row() -> None:
+    h = agent.HealthCheck(port=1, timeout_s=0.1, fall=2, rise=3)
+    assert [h.update(ok) for ok in (True, True, True)] == [False, False, True] and h.healthy
+    assert [h.update(ok) for ok in (False, True, False, False)] == [False, False, False, True]
+    assert not h.healthy
+
+
+class _Health:
+    """A stand-in for HAProxy's /healthz on loopback, which the test can turn off."""
+
+    def __init__(self) -> None:
+        self.ok = True
+        health = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200 if health.ok and self.path == "/healthz" else 503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def health() -> Iterator[_Health]:
+    h = _Health()
+    yield h
+    h.server.shutdown()
+    h.server.server_close()
+
+
+def test_run_loop_feeds_the_track_file_and_acts_on_the_fifo(moto: str, tmp_path: Path, health: _Health) -> None:
+    world = make_world(client_for(moto), 3)
+    cfg = _cfg(world, tmp_path, stats_port=health.port)
+    log = Log()
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(cfg, world.client, world.eni_b, stop, log))
+    thread.start()
+    try:
+        track = Path(cfg.paths.track_file)
+        _wait(lambda: track.exists() and track.read_text() == "0\n")
+        track.write_text("1\n")  # what keepalived does at start (init_file ... overwrite)
+        _wait(lambda: track.read_text() == "0\n")
+        health.ok = False
+        _wait(lambda: track.read_text() == "1\n")
+        health.ok = True
+        _wait(lambda: track.read_text() == "0\n")
+        writer = os.open(cfg.paths.notify_fifo, os.O_WRONLY)
+        os.write(writer, b'INSTANCE "haproxy_ha" MASTER 150\n')
+        _wait(lambda: bool(log.of("route_move")))
+        assert set(targets(world.client, world.tables).values()) == {world.eni_b}
+        os.close(writer)
+        _wait(lambda: any(e["event"] == "transition" and e["new"] == agent.UNKNOWN for e in log.events))
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert json.dumps(log.events)  # every event is one JSON-serializable record

@@ -1,0 +1,97 @@
+"""Validation of the node config document."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from haproxy_ha_runtime.config import PROFILES, ConfigError, load_config, parse_config
+from tests.runtime.samples import BASE, MANY_LISTENERS, doc
+
+
+def test_accepts_the_sample_documents() -> None:
+    cfg = parse_config(BASE)
+    assert cfg.vip_cidr == "203.0.113.10/32"
+    assert cfg.timing == PROFILES["default"]
+    assert cfg.paths.notify_fifo == "/run/haproxy-ha/keepalived.fifo"
+    many = parse_config(MANY_LISTENERS)
+    assert [lst.mode for lst in many.listeners] == ["http", "http", "tcp", "tcp"]
+    assert many.preempt is True
+
+
+def test_timing_overrides_apply_on_top_of_the_profile() -> None:
+    cfg = parse_config(doc(profile="fast", timing={"advert_int_s": 0.2, "health_fall": 4}))
+    assert cfg.timing.advert_int_s == 0.2 and cfg.timing.health_fall == 4
+    assert cfg.timing.health_interval_s == PROFILES["fast"].health_interval_s
+
+
+def _problems(d: dict[str, object]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(d)
+    return info.value.problems
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"vip": "203.0.113.300"}, "vip: got '203.0.113.300'; allowed: a single IPv4 address"),
+    ({"vip": "224.0.0.5"}, "vip: got '224.0.0.5'; allowed: a unicast IPv4 address"),
+    ({"vip": "192.0.2.10"}, "vip: got '192.0.2.10'; allowed: an address other than local_ip"),
+    ({"eni_id": "i-0123456789abcdef0"}, "eni_id: got 'i-0123456789abcdef0'; allowed: an ENI ID"),
+    ({"route_table_ids": []}, "route_table_ids: got []; allowed: a non-empty list"),
+    ({"route_table_ids": ["rtb-1"]}, "route_table_ids[0]: got 'rtb-1'; allowed: a route table ID"),
+    ({"priority": 255}, "priority: got 255; allowed: a whole number from 1 to 254"),
+    ({"profile": "turbo"}, "profile: got 'turbo'; allowed: 'default' or 'fast'"),
+    ({"timing": {"advert_int_s": 0}}, "timing.advert_int_s: got 0; allowed: a number from 0.01 to 255"),
+    ({"timing": {"speed": 1}}, "timing.speed: got 1; allowed: one of the keys"),
+    ({"region": "mars"}, "region: got 'mars'; allowed: an AWS region name"),
+    ({"endpoint_url": "ftp://x"}, "endpoint_url: got 'ftp://x'; allowed: an http(s) URL"),
+    ({"peers": []}, "peers: got []; allowed: a non-empty list"),
+    ({"stats_port": 80}, "stats_port: got 80; allowed: a port that no listener uses"),
+    ({"surprise": True}, "surprise: got True; allowed: no such field"),
+    ({"paths": {"run_dir": "relative"}}, "paths.run_dir: got 'relative'; allowed: an absolute path"),
+])
+def test_fails_when_a_field_is_bad(changes: dict[str, object], expected: str) -> None:
+    problems = _problems(doc(**changes))
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize(("listeners", "expected"), [
+    ([{"name": "web", "port": 0, "backends": [{"name": "b", "host": "h", "port": 1}]}],
+     "listeners[0].port: got 0; allowed: a whole number from 1 to 65535"),
+    ([{"name": "a", "port": 80, "backends": [{"name": "b", "host": "h", "port": 1}]},
+      {"name": "b", "port": 80, "backends": [{"name": "b", "host": "h", "port": 1}]}],
+     "listeners[1].port: got 80; allowed: a port no other listener uses (listeners[0] already listens on it)"),
+    ([{"name": "web", "port": 80, "backends": []}],
+     "listeners[0].backends: got []; allowed: at least one backend, or a static_reply"),
+    ([{"name": "web", "port": 80, "backends": [{"name": "b", "host": "bad host", "port": 80}]}],
+     "listeners[0].backends[0].host: got 'bad host'; allowed: an IPv4 address or a DNS name"),
+    ([{"name": "web", "port": 80, "backends": [{"name": "b", "host": "h", "port": 70000}]}],
+     "listeners[0].backends[0].port: got 70000"),
+    ([{"name": "web", "port": 80, "mode": "udp", "backends": [{"name": "b", "host": "h", "port": 1}]}],
+     "listeners[0].mode: got 'udp'; allowed: 'http' or 'tcp'"),
+    ([{"name": "web", "port": 80, "static_reply": 'say "hi"'}],
+     "listeners[0].static_reply"),
+])
+def test_fails_when_a_listener_is_bad(listeners: list[object], expected: str) -> None:
+    problems = _problems(doc(listeners=listeners))
+    assert any(expected in p for p in problems), problems
+
+
+def test_fails_with_every_problem_at_once() -> None:
+    problems = _problems(doc(vip="nope", priority=0, region="x", listeners=[]))
+    assert len(problems) == 4
+    assert [p.split(":")[0] for p in problems] == ["vip", "region", "priority", "listeners"]
+
+
+def test_fails_when_the_file_is_not_json(tmp_path: Path) -> None:
+    path = tmp_path / "node.json"
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match=r"(?s)node.json is invalid .*not valid JSON"):
+        load_config(str(path))
+
+
+def test_load_config_reads_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "node.json"
+    path.write_text(json.dumps(BASE))
+    assert load_config(str(path)).node_name == "a"
