@@ -198,8 +198,10 @@ class HaproxyHa(Construct):
                                   DEFAULT_NAT_GATEWAYS if nat_gateways is None else nat_gateways)
         self.vpc: ec2.IVpc = vpc
 
+        # The literal CIDR of a VPC built here, rather than its token, keeps the checks and rules readable.
+        known_cidr = (vpc_cidr or DEFAULT_VPC_CIDR) if built_vpc else vpc.vpc_cidr_block
         if vip_addr is not None:
-            cidrs = [("the VPC CIDR", vpc.vpc_cidr_block)] + [("reserved_cidrs", c) for c in reserved_cidrs]
+            cidrs = [("the VPC CIDR", known_cidr)] + [("reserved_cidrs", c) for c in reserved_cidrs]
             check_vip_outside(problems, vip_addr, [(s, c) for s, c in cidrs if not is_token(c)])
             if is_token(vpc.vpc_cidr_block) and not built_vpc:
                 Annotations.of(self).add_warning_v2(
@@ -225,7 +227,7 @@ class HaproxyHa(Construct):
         client_subnet_list = _client_subnets(vpc, client_subnets)
         route_table_ids: list[str] = []
         for subnet in client_subnet_list:
-            rtb = subnet.route_table.route_table_id if subnet.route_table is not None else None
+            rtb = _route_table_id(subnet)
             if rtb is None:
                 problems.add(
                     f"client_subnets: subnet {subnet.subnet_id} has no route table ID; allowed: subnets whose "
@@ -241,9 +243,8 @@ class HaproxyHa(Construct):
                          "or route tables in extra_route_table_ids")
         if problems.items:
             raise HaproxyHaPropsError(self.node.path, problems.items)
-        if node_subnets_selected.subnets and all(
-            s in vpc.isolated_subnets for s in node_subnets_selected.subnets
-        ):
+        isolated_ids = {s.subnet_id for s in vpc.isolated_subnets}
+        if placement and all(s.subnet_id in isolated_ids for s in placement):
             Annotations.of(self).add_warning_v2(
                 "haproxy-ha:isolated-nodes",
                 "The nodes run in isolated subnets. They need VPC endpoints to boot and to move routes: "
@@ -262,10 +263,8 @@ class HaproxyHa(Construct):
             for rtb in self.route_table_ids
         )
 
-        # The literal CIDR of a VPC built here, rather than its token, keeps the rule checkable.
-        known_cidr = (vpc_cidr or DEFAULT_VPC_CIDR) if built_vpc else vpc.vpc_cidr_block
         self.security_group = self._security_group(vpc, known_cidr, listeners, allowed_cidrs, stats_port)
-        self.connections = ec2.Connections(security_groups=[self.security_group])
+        self._connections = ec2.Connections(security_groups=[self.security_group])
 
         instance_type = instance_type or ec2.InstanceType(DEFAULT_INSTANCE_TYPE)
         machine_image = machine_image or _default_image(stack, instance_type)
@@ -305,6 +304,11 @@ class HaproxyHa(Construct):
         self.nodes: tuple[HaproxyHaNode, ...] = tuple(nodes)
 
         self._route_owner()
+
+    @property
+    def connections(self) -> ec2.Connections:
+        """The nodes' security group, as `ec2.IConnectable`: `lb.connections.allow_from(app_sg, ec2.Port.tcp(80))`."""
+        return self._connections
 
     # --- VPC and security group -------------------------------------------------------------------
 
@@ -453,10 +457,11 @@ class HaproxyHa(Construct):
         cfn = instance.node.default_child
         assert isinstance(cfn, ec2.CfnInstance)
         # The node's own ENI is device 0, so its primary IP is the node's address and the VIP
-        # routes target an ENI that survives an instance stop.  Subnet and groups come from the ENI.
+        # routes target an ENI that survives an instance stop.  Subnet, AZ and groups come from the ENI.
         cfn.add_property_override("NetworkInterfaces", [{"DeviceIndex": "0", "NetworkInterfaceId": eni.ref}])
         cfn.add_property_deletion_override("SubnetId")
         cfn.add_property_deletion_override("SecurityGroupIds")
+        cfn.add_property_deletion_override("AvailabilityZone")
         Validations.of(instance).acknowledge(
             _ack("AwsSolutions-EC28",
                  "Failover is decided by VRRP in under a few seconds; one-minute CloudWatch metrics would add "
@@ -569,6 +574,15 @@ class _RenderUserData:
 
 def _ack(rule_id: str, reason: str) -> Acknowledgment:
     return Acknowledgment(id=rule_id, reason=reason)
+
+
+def _route_table_id(subnet: ec2.ISubnet) -> str | None:
+    """The subnet's route table ID; None for an imported subnet that was given none."""
+    try:
+        table = subnet.route_table
+        return table.route_table_id if table is not None else None
+    except RuntimeError:  # jsii refuses to hand back the undefined ID of an imported subnet
+        return None
 
 
 def _selection_kwargs(selection: ec2.SubnetSelection | None) -> dict[str, Any]:

@@ -38,10 +38,10 @@ install_units() {
 }
 
 main() {
+  install_packages
   log "checking $CONFIG"
   # Exits 2 with a message naming each bad field: stop before touching any service.
   python3 -m haproxy_ha_runtime check --config "$CONFIG"
-  install_packages
   install_units
   log "rendering keepalived and haproxy configuration"
   python3 -m haproxy_ha_runtime render --config "$CONFIG"

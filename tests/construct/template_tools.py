@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,8 @@ class Resolver:
                 return self.get_att(arg[0], arg[1])
             if key == "Fn::Join":
                 return arg[0].join(str(self.resolve(p)) for p in arg[1])
+            if key == "Fn::Sub" and isinstance(arg, str):
+                return re.sub(r"\$\{([^}!]+)\}", lambda m: self.ref(m.group(1)), arg)
             if key == "Fn::Base64":
                 return base64.b64encode(str(self.resolve(arg)).encode()).decode()
         raise AssertionError(f"cannot resolve {value!r}")

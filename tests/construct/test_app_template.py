@@ -53,9 +53,12 @@ def by_sorted_json(items: list[Any]) -> list[str]:
 # --- nodes ---------------------------------------------------------------------------------------
 
 def test_two_nodes_in_two_azs(app_doc: dict[str, Any]) -> None:
-    instances = resources(app_doc, "AWS::EC2::Instance")
-    assert len(instances) == 2
-    azs = {v["Properties"]["AvailabilityZone"] for v in instances.values()}
+    assert len(resources(app_doc, "AWS::EC2::Instance")) == 2
+    # An instance's AZ is its ENI's, which is its subnet's.
+    azs = set()
+    for eni in resources(app_doc, "AWS::EC2::NetworkInterface").values():
+        subnet = app_doc["Resources"][eni["Properties"]["SubnetId"]["Ref"]]
+        azs.add(subnet["Properties"]["AvailabilityZone"])
     assert azs == {"eu-west-1a", "eu-west-1b"}
 
 
@@ -69,7 +72,7 @@ def test_each_instance_uses_its_own_eni_as_device_0(app_doc: dict[str, Any]) -> 
     used = []
     for inst in resources(app_doc, "AWS::EC2::Instance").values():
         props = inst["Properties"]
-        assert "SubnetId" not in props and "SecurityGroupIds" not in props
+        assert not {"SubnetId", "SecurityGroupIds", "AvailabilityZone"} & set(props)
         (nic,) = props["NetworkInterfaces"]
         assert nic["DeviceIndex"] == "0"
         used.append(nic["NetworkInterfaceId"]["Ref"])

@@ -1,0 +1,138 @@
+"""The construct used from other apps: a caller's three-AZ VPC, an isolated-only VPC, a large config, no env."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from types import ModuleType
+from typing import Any
+
+from aws_cdk import App, Stack
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk.assertions import Annotations, Match, Template
+from template_tools import REPO, instance_ids, new_app, new_stack, node_documents, raw_user_data
+
+from haproxy_ha import HaproxyHa, Listener
+from haproxy_ha_runtime.config import parse_config
+
+USER_DATA_LIMIT = 16384
+
+
+def load_consumer_app() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("consumer_example_app", REPO / "consumer_example" / "app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def template_json(stack: Stack) -> dict[str, Any]:
+    doc: dict[str, Any] = Template.from_stack(stack).to_json()
+    return doc
+
+
+def test_consumer_app_with_three_az_imported_vpc() -> None:
+    consumer = load_consumer_app()
+    stack = consumer.ConsumerStack(new_app(), "Consumer", env={"account": "123456789012", "region": "eu-west-1"})
+    doc = template_json(stack)
+    (cr,) = [v for v in doc["Resources"].values() if v["Type"] == "Custom::HaproxyHaVipRoutes"]
+    tables = [f"rtb-0{t}00000000000000{az}" for t in "ab" for az in "abc"] + ["rtb-0c00000000000000a"]
+    assert cr["Properties"]["RouteTableIds"] == tables
+    # Nodes in the first two AZs' private subnets.
+    subnets = sorted(v["Properties"]["SubnetId"] for v in doc["Resources"].values()
+                     if v["Type"] == "AWS::EC2::NetworkInterface")
+    assert subnets == ["subnet-0b00000000000000a", "subnet-0b00000000000000b"]
+    # IAM scoped to exactly the caller's tables.
+    template = Template.from_json(doc)
+    template.has_resource_properties("AWS::IAM::Policy", {"PolicyDocument": {"Statement": Match.array_with([{
+        "Action": ["ec2:CreateRoute", "ec2:ReplaceRoute"], "Effect": "Allow",
+        "Resource": [f"arn:aws:ec2:eu-west-1:123456789012:route-table/{t}" for t in tables]}])}})
+    # connections.allow_from opened the listener port to the caller's app security group.
+    template.has_resource_properties("AWS::EC2::SecurityGroupIngress", {
+        "IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "SourceSecurityGroupId": "sg-0123456789abcdef0"})
+    for document in node_documents(doc).values():
+        config = parse_config(document)
+        assert config.vpc_id == "vpc-0a1b2c3d4e5f60718"
+        assert [lst.name for lst in config.listeners] == ["web", "db"]
+        assert config.listeners[0].backends[1].host == "10.20.11.11"
+
+
+def test_isolated_only_vpc_puts_nodes_in_isolated_subnets_and_warns_about_endpoints(stack: Stack) -> None:
+    vpc = ec2.Vpc.from_vpc_attributes(
+        stack, "Isolated", vpc_id="vpc-0123456789abcdef0", vpc_cidr_block="10.30.0.0/16",
+        availability_zones=["eu-west-1a", "eu-west-1b"],
+        isolated_subnet_ids=["subnet-0d00000000000000a", "subnet-0d00000000000000b"],
+        isolated_subnet_route_table_ids=["rtb-0d00000000000000a", "rtb-0d00000000000000b"],
+    )
+    lb = HaproxyHa(stack, "Lb", vip="192.168.254.10", vpc=vpc)
+    assert lb.route_table_ids == ("rtb-0d00000000000000a", "rtb-0d00000000000000b")
+    assert [n.availability_zone for n in lb.nodes] == ["eu-west-1a", "eu-west-1b"]
+    Annotations.from_stack(stack).has_warning("/Test/Lb", Match.string_like_regexp("VPC endpoints"))
+    Template.from_stack(stack).has_resource_properties("AWS::EC2::NetworkInterface", {
+        "SubnetId": "subnet-0d00000000000000a", "SourceDestCheck": False})
+
+
+def test_built_vpc_with_three_azs_routes_every_table_and_uses_two_azs(stack: Stack) -> None:
+    lb = HaproxyHa(stack, "Lb", vip="192.168.254.10", max_azs=3, vpc_cidr="10.40.0.0/16", nat_gateways=0,
+                   node_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PUBLIC))
+    assert len(lb.route_table_ids) == 6
+    assert len({n.availability_zone for n in lb.nodes}) == 2
+    doc = template_json(stack)
+    (cr,) = [v for v in doc["Resources"].values() if v["Type"] == "Custom::HaproxyHaVipRoutes"]
+    assert len(cr["Properties"]["RouteTableIds"]) == 6
+
+
+def test_large_config_stays_under_the_user_data_limit(stack: Stack) -> None:
+    listeners = [Listener(port=8000 + i, name=f"service-{i:02d}", check_path="/health/ready",
+                          backends=tuple(f"backend-{i:02d}-{j}.apps.example.internal:{9000 + j}" for j in range(6)))
+                 for i in range(8)]
+    tables = [f"rtb-{i:017x}" for i in range(50)]
+    HaproxyHa(stack, "Lb", vip="192.168.254.10", listeners=listeners, extra_route_table_ids=tables,
+              timing_profile="fast", preempt=True, virtual_router_id=200)
+    doc = template_json(stack)
+    for logical_id in instance_ids(doc):
+        size = len(raw_user_data(doc, logical_id).encode())
+        assert size < USER_DATA_LIMIT, f"{logical_id} user data is {size} bytes"
+    for document in node_documents(doc).values():
+        config = parse_config(document)
+        assert len(config.route_table_ids) == 54 and len(config.listeners) == 8
+        assert config.profile == "fast" and config.preempt is True and config.virtual_router_id == 200
+
+
+def test_user_data_limit_check_would_catch_an_oversized_config(stack: Stack) -> None:
+    # The same measure as above, fed 800 route tables: it must exceed the limit, or the check proves nothing.
+    HaproxyHa(stack, "Lb", vip="192.168.254.10", extra_route_table_ids=[f"rtb-{i:017x}" for i in range(800)])
+    doc = template_json(stack)
+    assert len(raw_user_data(doc, instance_ids(doc)[0]).encode()) >= USER_DATA_LIMIT
+
+
+def test_env_agnostic_stack_resolves_region_at_deploy_and_warns_about_the_ami() -> None:
+    stack = Stack(App(), "Agnostic")
+    HaproxyHa(stack, "Lb", vip="192.168.254.10")
+    doc = template_json(stack)
+    for document in node_documents(doc).values():
+        assert parse_config(document).region == "eu-west-1"  # {"Ref": "AWS::Region"} resolved by the stand-in
+    Annotations.from_stack(stack).has_warning("/Agnostic", Match.string_like_regexp("AMI is resolved at deploy"))
+
+
+def test_callers_can_extend_node_user_data_after_the_boot_script() -> None:
+    stack = new_stack()
+    lb = HaproxyHa(stack, "Lb", vip="192.168.254.10")
+    lb.nodes[0].user_data.add_commands("echo extra-step")
+    doc = template_json(stack)
+    text = raw_user_data(doc, instance_ids(doc)[0])
+    assert text.index("bash /opt/haproxy-ha/boot.sh") < text.index("echo extra-step")
+
+
+def test_public_attributes(stack: Stack) -> None:
+    lb = HaproxyHa(stack, "Lb", vip="192.168.254.10")
+    assert lb.vip == "192.168.254.10"
+    assert [n.name for n in lb.nodes] == ["a", "b"]
+    assert isinstance(lb.nodes[0].instance, ec2.Instance)
+    assert isinstance(lb.connections, ec2.Connections)
+    assert lb.connections.security_groups == [lb.security_group]
+    assert len(lb.route_table_ids) == 4
+    # HaproxyHa itself is an IConnectable.
+    other = ec2.SecurityGroup(stack, "Other", vpc=lb.vpc)
+    other.connections.allow_to(lb, ec2.Port.tcp(80))
+    json.dumps(template_json(stack))
