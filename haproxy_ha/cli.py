@@ -50,7 +50,7 @@ def _client(region: str | None) -> Any:
     region = session.region_name
     if not region:
         raise UsageError("no AWS region is configured; set AWS_REGION or use --region")
-    return session.client("ec2", config=Config(retries={"mode": "standard", "max_attempts": 5},
+    return session.client("ec2", config=Config(retries={"mode": "standard", "total_max_attempts": 5},
                                                max_pool_connections=routes.MAX_WORKERS))
 
 
@@ -117,7 +117,7 @@ def _status(client: Any, args: argparse.Namespace) -> int:
                              r["instance_state"] or "-", r["route_state"]) for r in rows]
         widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
         for line in lines:
-            print("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)).rstrip())
+            print("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=False)).rstrip())
         print(f"\nVIP {args.vip}: {len(rows)} table(s); "
               + ("all point at the same target" if agree else "TABLES DISAGREE")
               + ("" if healthy else "; NOT ALL ROUTES ARE ACTIVE AT A RUNNING NODE"))
@@ -173,9 +173,9 @@ def _failover(client: Any, args: argparse.Namespace) -> int:
                           "elapsed_s": round(result.elapsed_s, 4),
                           "tables": [t.__dict__ for t in result.tables]}, indent=2))
     else:
-        for t in result.tables:
-            line = f"{t.route_table_id}  {t.action:<9} {t.elapsed_s * 1000:7.1f} ms"
-            print(line + (f"  {t.error}" if t.error else ""))
+        for res in result.tables:
+            line = f"{res.route_table_id}  {res.action:<9} {res.elapsed_s * 1000:7.1f} ms"
+            print(line + (f"  {res.error}" if res.error else ""))
         print(f"{'converged' if result.converged else 'NOT CONVERGED'}: {len(tables)} table(s) -> {label} "
               f"in {result.elapsed_s:.3f} s")
     return 0 if result.converged else 1

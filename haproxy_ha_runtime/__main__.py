@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import List, Optional
 
 from . import agent, routes
 from .config import ConfigError, NodeConfig, load_config
@@ -61,7 +60,7 @@ def _agent(cfg: NodeConfig) -> None:
     agent.run(cfg, client, eni_id, stop)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m haproxy_ha_runtime", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("check", "validate the node config document"),

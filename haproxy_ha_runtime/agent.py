@@ -15,7 +15,8 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import IO, Any, Callable, Dict, List, Optional
+from functools import partial
+from typing import IO, Any, Callable
 
 from . import routes
 from .config import NodeConfig
@@ -30,16 +31,16 @@ UNKNOWN = "UNKNOWN"
 _STATES = {MASTER, BACKUP, FAULT, STOP}
 
 
-def log_event(event: str, stream: Optional[IO[str]] = None, **fields: Any) -> None:
+def log_event(event: str, stream: IO[str] | None = None, **fields: Any) -> None:
     """One structured line per event, to stdout (the journal, under systemd)."""
-    record: Dict[str, Any] = {"ts": round(time.time(), 3), "event": event}
+    record: dict[str, Any] = {"ts": round(time.time(), 3), "event": event}
     record.update(fields)
     out = stream if stream is not None else sys.stdout
     out.write(json.dumps(record, sort_keys=False, default=str) + "\n")
     out.flush()
 
 
-def parse_fifo_line(line: str) -> Optional[str]:
+def parse_fifo_line(line: str) -> str | None:
     """The state in a keepalived notify line such as `INSTANCE "haproxy_ha" MASTER 150`."""
     parts = line.split()
     if len(parts) >= 3 and parts[0] == "INSTANCE" and parts[2] in _STATES:
@@ -86,7 +87,7 @@ class FifoReader:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.fd: Optional[int] = None
+        self.fd: int | None = None
         self._buf = b""
 
     def open(self) -> int:
@@ -99,7 +100,7 @@ class FifoReader:
         self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         return self.fd
 
-    def read_states(self) -> Optional[List[str]]:
+    def read_states(self) -> list[str] | None:
         """States from the lines available now; None on EOF (the writer closed the FIFO)."""
         assert self.fd is not None
         try:
@@ -122,7 +123,11 @@ class FifoReader:
         self._buf = b""
 
 
-def _read(path: str) -> Optional[str]:
+def _stamp(into: list[float]) -> None:
+    into.append(time.monotonic())
+
+
+def _read(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
@@ -149,7 +154,7 @@ class Agent:
         self.generation = 0
         self._lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="routes")
-        self._job: Optional[Future[None]] = None
+        self._job: Future[None] | None = None
         self._state_changed_at = time.monotonic()
 
     # -- state -------------------------------------------------------------------------------
@@ -188,11 +193,11 @@ class Agent:
         while still_master():
             attempt += 1
             t0 = time.monotonic()
-            first_write: List[float] = []
+            first_write: list[float] = []
             result = routes.take_over(
                 self.client, self.cfg.vip, self.cfg.route_table_ids, self.eni_id,
                 deadline_s=self.cfg.timing.takeover_deadline_s, should_continue=still_master,
-                on_first_write=lambda: first_write.append(time.monotonic()))
+                on_first_write=partial(_stamp, first_write))
             self.log(
                 "route_move", node=self.cfg.node_name, to_eni=self.eni_id, attempt=attempt,
                 converged=result.converged, cancelled=result.cancelled,
@@ -268,7 +273,7 @@ class Agent:
         self._worker.shutdown(wait=True)
 
 
-def run(cfg: NodeConfig, client: Any, eni_id: str, stop: Optional[threading.Event] = None,
+def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None = None,
         log: Callable[..., None] = log_event) -> None:
     """The agent's main loop: health ticks, FIFO lines, repair ticks, until `stop` is set."""
     stop = stop or threading.Event()
@@ -276,7 +281,7 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: Optional[threading.Even
     agent = Agent(cfg, client, eni_id, log)
     health = HealthCheck(cfg.stats_port, timeout_s=max(0.05, min(0.5, t.health_interval_s)),
                          fall=t.health_fall, rise=t.health_rise)
-    track_value: Optional[str] = None
+    track_value: str | None = None
     fifo = FifoReader(cfg.paths.notify_fifo)
     sel = selectors.DefaultSelector()
     sel.register(fifo.open(), selectors.EVENT_READ)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any
 
 SCHEMA_VERSION = 1
 
@@ -37,7 +38,7 @@ class Timing:
 
 # `default` matches keepalived's usual one-second adverts; `fast` uses VRRPv3's sub-second
 # adverts.  Failover after a silent node loss takes about 3 x advert_int plus skew.
-PROFILES: Dict[str, Timing] = {
+PROFILES: dict[str, Timing] = {
     "default": Timing(
         advert_int_s=1.0,
         health_interval_s=0.1,
@@ -57,7 +58,7 @@ PROFILES: Dict[str, Timing] = {
 }
 
 # Bounds for timing overrides: (minimum, maximum).
-_TIMING_BOUNDS: Dict[str, Tuple[float, float]] = {
+_TIMING_BOUNDS: dict[str, tuple[float, float]] = {
     "advert_int_s": (0.01, 255.0),
     "health_interval_s": (0.01, 10.0),
     "health_fall": (1, 100),
@@ -79,16 +80,16 @@ class Listener:
     name: str
     port: int
     mode: str = "http"
-    backends: Tuple[Backend, ...] = ()
+    backends: tuple[Backend, ...] = ()
     check_path: str = "/"
-    static_reply: Optional[str] = None
+    static_reply: str | None = None
 
 
 @dataclass(frozen=True)
 class Peer:
     name: str
     ip: str
-    eni_id: Optional[str] = None
+    eni_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,17 +120,17 @@ class NodeConfig:
     node_name: str
     vip: str
     local_ip: str
-    peers: Tuple[Peer, ...]
-    route_table_ids: Tuple[str, ...]
+    peers: tuple[Peer, ...]
+    route_table_ids: tuple[str, ...]
     region: str
-    listeners: Tuple[Listener, ...]
+    listeners: tuple[Listener, ...]
     priority: int
     timing: Timing
     profile: str = "default"
-    eni_id: Optional[str] = None
-    interface: Optional[str] = None
-    endpoint_url: Optional[str] = None
-    vpc_id: Optional[str] = None
+    eni_id: str | None = None
+    interface: str | None = None
+    endpoint_url: str | None = None
+    vpc_id: str | None = None
     preempt: bool = False
     virtual_router_id: int = 51
     stats_port: int = 8404
@@ -143,7 +144,7 @@ class NodeConfig:
 class ConfigError(ValueError):
     """The node config document is invalid.  `problems` lists every problem found."""
 
-    def __init__(self, problems: List[str], source: str = "node config") -> None:
+    def __init__(self, problems: list[str], source: str = "node config") -> None:
         self.problems = list(problems)
         lines = "\n".join("  - " + p for p in self.problems)
         super().__init__(f"{source} is invalid ({len(self.problems)} problem(s)):\n{lines}")
@@ -153,7 +154,7 @@ class _Checker:
     """Collects problems so that one run reports all of them."""
 
     def __init__(self) -> None:
-        self.problems: List[str] = []
+        self.problems: list[str] = []
 
     def bad(self, where: str, value: Any, allowed: str) -> None:
         self.problems.append(f"{where}: got {value!r}; allowed: {allowed}")
@@ -165,25 +166,25 @@ class _Checker:
             return None
         return doc[key]
 
-    def string(self, value: Any, where: str, pattern: "re.Pattern[str]", allowed: str) -> Optional[str]:
+    def string(self, value: Any, where: str, pattern: re.Pattern[str], allowed: str) -> str | None:
         if not isinstance(value, str) or not pattern.match(value):
             self.bad(where, value, allowed)
             return None
         return value
 
-    def integer(self, value: Any, where: str, low: int, high: int) -> Optional[int]:
+    def integer(self, value: Any, where: str, low: int, high: int) -> int | None:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             self.bad(where, value, f"a whole number from {low} to {high}")
             return None
         return value
 
-    def number(self, value: Any, where: str, low: float, high: float) -> Optional[float]:
+    def number(self, value: Any, where: str, low: float, high: float) -> float | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
             self.bad(where, value, f"a number from {low:g} to {high:g}")
             return None
         return float(value)
 
-    def ipv4(self, value: Any, where: str, unicast: bool = True) -> Optional[str]:
+    def ipv4(self, value: Any, where: str, unicast: bool = True) -> str | None:
         try:
             addr = ipaddress.IPv4Address(value)
         except (ipaddress.AddressValueError, ValueError, TypeError):
@@ -196,13 +197,13 @@ class _Checker:
         return str(addr)
 
 
-def _listeners(c: _Checker, raw: Any) -> Tuple[Listener, ...]:
+def _listeners(c: _Checker, raw: Any) -> tuple[Listener, ...]:
     if not isinstance(raw, list) or not raw:
         c.bad("listeners", raw, "a non-empty list of listener objects")
         return ()
-    out: List[Listener] = []
-    ports: Dict[int, str] = {}
-    names: Dict[str, str] = {}
+    out: list[Listener] = []
+    ports: dict[int, str] = {}
+    names: dict[str, str] = {}
     for i, item in enumerate(raw):
         w = f"listeners[{i}]"
         if not isinstance(item, dict):
@@ -239,14 +240,14 @@ def _listeners(c: _Checker, raw: Any) -> Tuple[Listener, ...]:
     return tuple(out)
 
 
-def _backends(c: _Checker, raw: Any, w: str, has_static_reply: bool) -> Tuple[Backend, ...]:
+def _backends(c: _Checker, raw: Any, w: str, has_static_reply: bool) -> tuple[Backend, ...]:
     if not isinstance(raw, list):
         c.bad(w + ".backends", raw, "a list of {name, host, port} objects")
         return ()
     if not raw and not has_static_reply:
         c.bad(w + ".backends", raw, "at least one backend, or a static_reply")
         return ()
-    out: List[Backend] = []
+    out: list[Backend] = []
     for j, b in enumerate(raw):
         bw = f"{w}.backends[{j}]"
         if not isinstance(b, dict):
@@ -276,7 +277,7 @@ def _timing(c: _Checker, profile: Any, overrides: Any) -> Timing:
             continue
         low, high = _TIMING_BOUNDS[key]
         if key in ("health_fall", "health_rise"):
-            checked: Optional[float] = c.integer(value, "timing." + key, int(low), int(high))
+            checked: float | None = c.integer(value, "timing." + key, int(low), int(high))
         else:
             checked = c.number(value, "timing." + key, low, high)
         if checked is not None:
@@ -284,11 +285,11 @@ def _timing(c: _Checker, profile: Any, overrides: Any) -> Timing:
     return Timing(**base)
 
 
-def _peers(c: _Checker, raw: Any) -> Tuple[Peer, ...]:
+def _peers(c: _Checker, raw: Any) -> tuple[Peer, ...]:
     if not isinstance(raw, list) or not raw:
         c.bad("peers", raw, "a non-empty list of {name, ip, eni_id} objects")
         return ()
-    out: List[Peer] = []
+    out: list[Peer] = []
     for i, p in enumerate(raw):
         w = f"peers[{i}]"
         if not isinstance(p, dict):
@@ -310,8 +311,8 @@ def _paths(c: _Checker, raw: Any) -> Paths:
     if not isinstance(raw, dict):
         c.bad("paths", raw, "an object of file paths")
         return Paths()
-    known = Paths.__dataclass_fields__  # type: ignore[attr-defined]
-    kwargs: Dict[str, str] = {}
+    known = Paths.__dataclass_fields__
+    kwargs: dict[str, str] = {}
     for key, value in raw.items():
         if key not in known:
             c.bad("paths." + key, value, "one of the keys " + ", ".join(sorted(known)))
@@ -342,14 +343,15 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
     local_ip = c.ipv4(c.get(doc, "local_ip", ""), "local_ip")
     eni_id = doc.get("eni_id")
     if eni_id is not None:
-        eni_id = c.string(eni_id, "eni_id", _ENI_RE, "an ENI ID such as eni-0123456789abcdef0, or null to read it from IMDS")
+        eni_id = c.string(eni_id, "eni_id", _ENI_RE,
+                          "an ENI ID such as eni-0123456789abcdef0, or null to read it from IMDS")
     interface = doc.get("interface")
     if interface is not None:
         interface = c.string(interface, "interface", re.compile(r"^[A-Za-z0-9_.@-]{1,15}$"),
                              "a Linux interface name (1-15 characters), or null for the one that holds local_ip")
     peers = _peers(c, c.get(doc, "peers", ""))
     tables_raw = c.get(doc, "route_table_ids", "")
-    tables: Tuple[str, ...] = ()
+    tables: tuple[str, ...] = ()
     if not isinstance(tables_raw, list) or not tables_raw:
         if tables_raw is not None:
             c.bad("route_table_ids", tables_raw, "a non-empty list of route table IDs")
@@ -364,7 +366,8 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
         c.bad("endpoint_url", endpoint_url, "an http(s) URL, or null for the region's EC2 endpoint")
     vpc_id = doc.get("vpc_id")
     if vpc_id is not None:
-        vpc_id = c.string(vpc_id, "vpc_id", re.compile(r"^vpc-[0-9a-f]{8,17}$"), "a VPC ID such as vpc-0123456789abcdef0")
+        vpc_id = c.string(vpc_id, "vpc_id", re.compile(r"^vpc-[0-9a-f]{8,17}$"),
+                          "a VPC ID such as vpc-0123456789abcdef0")
     priority = c.integer(doc.get("priority", 100), "priority", 1, 254)
     preempt = doc.get("preempt", False)
     if not isinstance(preempt, bool):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from typing import Callable, Optional
+from typing import Callable
 
 DEFAULT_ENDPOINT = "http://169.254.169.254"
 TOKEN_TTL_S = 21600
@@ -25,7 +25,7 @@ class Imds:
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self._clock = clock
-        self._token: Optional[str] = None
+        self._token: str | None = None
         self._expires_at = 0.0
 
     def _fresh_token(self) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import List
 
 from .config import Listener, NodeConfig
 
@@ -80,7 +79,7 @@ def render_keepalived(cfg: NodeConfig, source: str = "the node config document")
     )
 
 
-def _frontend(cfg: NodeConfig, lst: Listener) -> List[str]:
+def _frontend(cfg: NodeConfig, lst: Listener) -> list[str]:
     lines = [
         f"frontend {lst.name}",
         f"    bind :{lst.port}",
@@ -100,7 +99,7 @@ def _frontend(cfg: NodeConfig, lst: Listener) -> List[str]:
     return lines
 
 
-def _backend(lst: Listener) -> List[str]:
+def _backend(lst: Listener) -> list[str]:
     lines = [
         f"backend {lst.name}",
         f"    mode {lst.mode}",
@@ -140,9 +139,9 @@ def render_haproxy(cfg: NodeConfig, source: str = "the node config document") ->
         "    stats refresh 10s",
     ]
     for lst in cfg.listeners:
-        out += [""] + _frontend(cfg, lst)
+        out += ["", *_frontend(cfg, lst)]
         if lst.backends and lst.static_reply is None:
-            out += [""] + _backend(lst)
+            out += ["", *_backend(lst)]
     return "\n".join(out) + "\n"
 
 

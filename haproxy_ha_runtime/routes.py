@@ -10,9 +10,10 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set
+from typing import Any, Callable
 
 import boto3
 from botocore.config import Config
@@ -33,12 +34,16 @@ MAX_WORKERS = 32
 _FILTER_CHUNK = 100
 
 
-def make_client(region: str, endpoint_url: Optional[str] = None, *, max_attempts: int = 3,
+def make_client(region: str, endpoint_url: str | None = None, *, max_attempts: int = 3,
                 connect_timeout: float = 2.0, read_timeout: float = 5.0) -> Any:
-    """An EC2 client with botocore's standard retry mode and a pool big enough for parallel calls."""
+    """An EC2 client with botocore's standard retry mode and a pool big enough for parallel calls.
+
+    `max_attempts` counts every attempt of one call, the first included (botocore's
+    `total_max_attempts`; its own `max_attempts` key counts retries only).
+    """
     config = Config(
         region_name=region,
-        retries={"mode": "standard", "max_attempts": max_attempts},
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         max_pool_connections=MAX_WORKERS,
@@ -78,10 +83,10 @@ class VipRoute:
 
     route_table_id: str
     state: str  # active, blackhole or missing
-    eni_id: Optional[str] = None
+    eni_id: str | None = None
     # A target that is not an ENI (instance, gateway...), shown by status; take_over replaces it.
-    other_target: Optional[str] = None
-    vpc_id: Optional[str] = None
+    other_target: str | None = None
+    vpc_id: str | None = None
 
 
 @dataclass
@@ -91,23 +96,23 @@ class TableResult:
     action: str  # unchanged, replaced, created, deleted, absent, failed, cancelled
     attempts: int = 0
     elapsed_s: float = 0.0
-    error: Optional[str] = None
+    error: str | None = None
 
 
 @dataclass
 class MoveResult:
-    eni_id: Optional[str]
-    tables: List[TableResult]
+    eni_id: str | None
+    tables: list[TableResult]
     elapsed_s: float
     cancelled: bool = False
-    errors: List[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
     @property
     def converged(self) -> bool:
         return not self.cancelled and all(t.ok for t in self.tables)
 
     @property
-    def moved(self) -> List[str]:
+    def moved(self) -> list[str]:
         return [t.route_table_id for t in self.tables if t.action in ("replaced", "created")]
 
 
@@ -127,7 +132,7 @@ def _describe_error(err: Exception) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _route_view(table: Dict[str, Any], vip_cidr: str) -> VipRoute:
+def _route_view(table: dict[str, Any], vip_cidr: str) -> VipRoute:
     rtb = table["RouteTableId"]
     for route in table.get("Routes", []):
         if route.get("DestinationCidrBlock") != vip_cidr:
@@ -145,10 +150,10 @@ def _route_view(table: Dict[str, Any], vip_cidr: str) -> VipRoute:
     return VipRoute(rtb, ROUTE_MISSING, vpc_id=table.get("VpcId"))
 
 
-def describe_vip_routes(client: Any, vip: str, route_table_ids: Sequence[str]) -> Dict[str, VipRoute]:
+def describe_vip_routes(client: Any, vip: str, route_table_ids: Sequence[str]) -> dict[str, VipRoute]:
     """The VIP route in each listed table.  A table that does not exist is left out of the result."""
     vip_cidr = vip + "/32"
-    out: Dict[str, VipRoute] = {}
+    out: dict[str, VipRoute] = {}
     ids = list(dict.fromkeys(route_table_ids))
     paginator = client.get_paginator("describe_route_tables")
     for i in range(0, len(ids), _FILTER_CHUNK):
@@ -159,12 +164,12 @@ def describe_vip_routes(client: Any, vip: str, route_table_ids: Sequence[str]) -
     return out
 
 
-def find_vip_route_tables(client: Any, vip: str, vpc_id: Optional[str] = None) -> Dict[str, VipRoute]:
+def find_vip_route_tables(client: Any, vip: str, vpc_id: str | None = None) -> dict[str, VipRoute]:
     """Every route table (in `vpc_id`, if given) that holds a route for the VIP's /32."""
     filters = [{"Name": "route.destination-cidr-block", "Values": [vip + "/32"]}]
     if vpc_id:
         filters.append({"Name": "vpc-id", "Values": [vpc_id]})
-    out: Dict[str, VipRoute] = {}
+    out: dict[str, VipRoute] = {}
     for page in client.get_paginator("describe_route_tables").paginate(Filters=filters):
         for table in page.get("RouteTables", []):
             view = _route_view(table, vip + "/32")
@@ -173,13 +178,13 @@ def find_vip_route_tables(client: Any, vip: str, vpc_id: Optional[str] = None) -
     return out
 
 
-def instance_states_by_eni(client: Any, eni_ids: Iterable[str]) -> Dict[str, Optional[str]]:
+def instance_states_by_eni(client: Any, eni_ids: Iterable[str]) -> dict[str, str | None]:
     """The state of the instance each ENI is attached to (None: no such ENI, or not attached)."""
     enis = sorted(set(eni_ids))
-    result: Dict[str, Optional[str]] = {eni: None for eni in enis}
+    result: dict[str, str | None] = {eni: None for eni in enis}
     if not enis:
         return result
-    attached: Dict[str, str] = {}
+    attached: dict[str, str] = {}
     try:
         resp = client.describe_network_interfaces(
             Filters=[{"Name": "network-interface-id", "Values": enis}])
@@ -193,7 +198,7 @@ def instance_states_by_eni(client: Any, eni_ids: Iterable[str]) -> Dict[str, Opt
             attached[ni["NetworkInterfaceId"]] = instance_id
     if not attached:
         return result
-    states: Dict[str, str] = {}
+    states: dict[str, str] = {}
     resp = client.describe_instances(
         Filters=[{"Name": "instance-id", "Values": sorted(set(attached.values()))}])
     for reservation in resp.get("Reservations", []):
@@ -204,7 +209,7 @@ def instance_states_by_eni(client: Any, eni_ids: Iterable[str]) -> Dict[str, Opt
     return result
 
 
-def needs_repair(view: VipRoute, live_enis: Set[str]) -> bool:
+def needs_repair(view: VipRoute, live_enis: set[str]) -> bool:
     """A route needs repair if it is missing, blackholed, or points at no live node's ENI.
 
     A route that points at a live node is never "repaired": two healthy masters must not take
@@ -213,7 +218,7 @@ def needs_repair(view: VipRoute, live_enis: Set[str]) -> bool:
     return view.state != ROUTE_ACTIVE or view.eni_id is None or view.eni_id not in live_enis
 
 
-def choose_target(views: Iterable[VipRoute], live_enis_in_order: Sequence[str]) -> Optional[str]:
+def choose_target(views: Iterable[VipRoute], live_enis_in_order: Sequence[str]) -> str | None:
     """Where repaired routes should point: the live ENI that most healthy routes already use,
     ties broken by the given preference order; else the first live ENI."""
     live = list(live_enis_in_order)
@@ -259,7 +264,7 @@ def _pause(seconds: float, should_continue: Callable[[], bool]) -> None:
 def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str, *,
               deadline_s: float = 10.0,
               should_continue: Callable[[], bool] = _always,
-              on_first_write: Optional[Callable[[], None]] = None) -> MoveResult:
+              on_first_write: Callable[[], None] | None = None) -> MoveResult:
     """Make the VIP route in every table point at `eni_id`, and verify it.
 
     Writes go to all tables in parallel first (ReplaceRoute, or CreateRoute where the route is
@@ -274,7 +279,7 @@ def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str
     tables = list(dict.fromkeys(route_table_ids))
     results = {t: TableResult(t, ok=False, action="failed") for t in tables}
     pending = list(tables)
-    errors: List[str] = []
+    errors: list[str] = []
     first_write = threading.Event()
     pause = 0.05
 
@@ -307,7 +312,7 @@ def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str
             except (ClientError, BotoCoreError) as e:
                 errors.append("verify: " + _describe_error(e))
                 views = {}
-            still: List[str] = []
+            still: list[str] = []
             for t in pending:
                 view = views.get(t)
                 res = results[t]

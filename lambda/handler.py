@@ -10,7 +10,7 @@ import os
 import sys
 import time
 import urllib.request
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from haproxy_ha_runtime import routes
 
@@ -29,7 +29,7 @@ def _ec2() -> Any:
 
 
 def _log(event: str, **fields: Any) -> None:
-    record: Dict[str, Any] = {"ts": round(time.time(), 3), "event": event}
+    record: dict[str, Any] = {"ts": round(time.time(), 3), "event": event}
     record.update(fields)
     print(json.dumps(record, default=str), file=sys.stdout, flush=True)
 
@@ -42,7 +42,7 @@ def physical_id(vip: str) -> str:
     return f"haproxy-ha-vip-routes-{vip}"
 
 
-def _props(props: Dict[str, Any]) -> Tuple[str, List[str], str]:
+def _props(props: dict[str, Any]) -> tuple[str, list[str], str]:
     problems = []
     vip = props.get("Vip")
     tables = props.get("RouteTableIds")
@@ -59,7 +59,7 @@ def _props(props: Dict[str, Any]) -> Tuple[str, List[str], str]:
     return vip, tables, eni
 
 
-def _summary(result: routes.MoveResult) -> Dict[str, str]:
+def _summary(result: routes.MoveResult) -> dict[str, str]:
     return {t.route_table_id: t.action for t in result.tables}
 
 
@@ -69,7 +69,7 @@ def _raise_unless_converged(what: str, result: routes.MoveResult) -> None:
         raise RuntimeError(f"{what} failed for {len(failed)} route table(s): {json.dumps(failed)}")
 
 
-def handle_custom_resource(event: Dict[str, Any], client: Any) -> Tuple[str, Dict[str, Any]]:
+def handle_custom_resource(event: dict[str, Any], client: Any) -> tuple[str, dict[str, Any]]:
     """Create: add the VIP route where missing.  Update: never re-point a route (failover may
     have moved it); add it to new tables and remove it from dropped ones.  Delete: remove it."""
     request = event["RequestType"]
@@ -94,8 +94,8 @@ def handle_custom_resource(event: Dict[str, Any], client: Any) -> Tuple[str, Dic
     return physical_id(vip), {"RouteTableCount": str(len(tables))}
 
 
-def send_response(event: Dict[str, Any], context: Any, status: str, physical: str,
-                  data: Optional[Dict[str, Any]] = None, reason: str = "") -> None:
+def send_response(event: dict[str, Any], context: Any, status: str, physical: str,
+                  data: dict[str, Any] | None = None, reason: str = "") -> None:
     stream = getattr(context, "log_stream_name", "the function's log")
     body = json.dumps({
         "Status": status,
@@ -113,7 +113,7 @@ def send_response(event: Dict[str, Any], context: Any, status: str, physical: st
         resp.read()
 
 
-def on_event(event: Dict[str, Any], context: Any) -> None:
+def on_event(event: dict[str, Any], context: Any) -> None:
     """Entry point for the custom resource.  Always answers CloudFormation, even on error, so a
     stack never hangs waiting for it."""
     vip = str(event.get("ResourceProperties", {}).get("Vip", "unknown"))
@@ -129,14 +129,14 @@ def on_event(event: Dict[str, Any], context: Any) -> None:
 
 # -- reconciler ---------------------------------------------------------------------------------
 
-def _nodes_from_env() -> Tuple[str, List[str], List[Dict[str, str]]]:
+def _nodes_from_env() -> tuple[str, list[str], list[dict[str, str]]]:
     nodes = json.loads(os.environ["NODES"])
     tables = [t for t in os.environ["ROUTE_TABLE_IDS"].split(",") if t]
     return os.environ["VIP"], tables, nodes
 
 
-def reconcile_routes(client: Any, vip: str, tables: List[str], nodes: List[Dict[str, str]],
-                     deadline_s: float = RECONCILE_DEADLINE_S) -> Dict[str, Any]:
+def reconcile_routes(client: Any, vip: str, tables: list[str], nodes: list[dict[str, str]],
+                     deadline_s: float = RECONCILE_DEADLINE_S) -> dict[str, Any]:
     """Move routes that are missing, blackholed, or point at a node that is not running, to a
     running node.  Routes at a running node are never moved.  Safe to run twice at once: both
     runs pick the same target from the same facts."""
@@ -144,7 +144,7 @@ def reconcile_routes(client: Any, vip: str, tables: List[str], nodes: List[Dict[
     resp = client.describe_instances(Filters=[{"Name": "instance-id", "Values": [n["instance_id"] for n in nodes]}])
     state_of = {i["InstanceId"]: i["State"]["Name"] for r in resp["Reservations"] for i in r["Instances"]}
     live = [n["eni_id"] for n in nodes if state_of.get(n["instance_id"]) == "running"]
-    report: Dict[str, Any] = {
+    report: dict[str, Any] = {
         "vip": vip,
         "node_states": {n["name"]: state_of.get(n["instance_id"], "absent") for n in nodes},
         "tables_not_found": [t for t in tables if t not in views],
@@ -161,7 +161,7 @@ def reconcile_routes(client: Any, vip: str, tables: List[str], nodes: List[Dict[
     return report
 
 
-def reconcile(event: Dict[str, Any], context: Any) -> Dict[str, Any]:
+def reconcile(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Entry point for EC2 state-change events and the schedule."""
     vip, tables, nodes = _nodes_from_env()
     detail = event.get("detail") or {}

@@ -56,7 +56,7 @@ def test_failover_dry_run_changes_nothing(endpoint: str, capsys: pytest.CaptureF
 
 def test_failover_exits_1_when_a_table_does_not_converge(proxy, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-    world = make_world(client_for(proxy.url), 2)
+    make_world(client_for(proxy.url), 2)
     proxy.state.set_fault("5xx", 10_000, ["ReplaceRoute"])
     assert main(["failover", "--vip", VIP, "--to", "b", "--deadline", "0.5"]) == 1
     assert "NOT CONVERGED" in capsys.readouterr().out

@@ -78,7 +78,7 @@ def test_token_is_renewed_before_it_expires(imds: FakeImds) -> None:
 
 
 def test_fails_clearly_when_imds_is_unreachable() -> None:
-    with pytest.raises(ImdsError, match="IMDSv2 token request to http://127.0.0.1:9 failed"):
+    with pytest.raises(ImdsError, match=r"IMDSv2 token request to http://127\.0\.0\.1:9 failed"):
         Imds("http://127.0.0.1:9", timeout_s=0.5).primary_eni_id()
 
 
