@@ -36,6 +36,8 @@ class FaultState:
         self.lock = threading.Lock()
         self.calls: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
+        # When each call arrived (time.time()), by action: the benchmarks read these.
+        self.arrivals: dict[str, list[float]] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -47,6 +49,7 @@ class FaultState:
             self.blackhole: set[str] = set()
             self.calls.clear()
             self.faults.clear()
+            self.arrivals.clear()
 
     def set_fault(self, mode: str, count: int, actions: list[str], delay_s: float = 0.0) -> None:
         if mode not in ("none", "delay", *_ERRORS):
@@ -58,6 +61,7 @@ class FaultState:
         """Count a call; return the fault to inject for it, if any."""
         with self.lock:
             self.calls[action] += 1
+            self.arrivals.setdefault(action, []).append(time.time())
             if self.mode == "none" or self.remaining <= 0 or (self.actions and action not in self.actions):
                 return None
             self.remaining -= 1
