@@ -48,7 +48,6 @@ from haproxy_ha.validation import (
 DEFAULT_INSTANCE_TYPE = "t4g.small"
 DEFAULT_VPC_CIDR = "10.0.0.0/16"
 DEFAULT_MAX_AZS = 2
-DEFAULT_NAT_GATEWAYS = 1
 DEFAULT_LISTENERS: tuple[Listener, ...] = (Listener(port=80, static_reply="haproxy-ha: served by node {node}"),)
 NODE_NAMES = ("a", "b")
 # keepalived priorities: node "a" wins the first election, which matches where the routes start.
@@ -131,8 +130,8 @@ class HaproxyHa(Construct):
         """Create the pair.
 
         :param vip: The overlay VIP, one IPv4 address outside every CIDR of the VPC.
-        :param vpc: The VPC to run in. Default: a new VPC (``max_azs`` AZs, public and private
-            subnets, one route table per subnet, ``nat_gateways`` NAT gateways).
+        :param vpc: The VPC to run in. Default: a new VPC (``max_azs`` AZs, a public and a private
+            subnet per AZ, one route table per subnet, one NAT gateway per AZ).
         :param listeners: What HAProxy serves on the VIP. Default: port 80 answering
             "haproxy-ha: served by node <a|b>".
         :param allowed_cidrs: Who may reach the listener ports. Default: the VPC's primary CIDR.
@@ -153,7 +152,8 @@ class HaproxyHa(Construct):
         :param stats_port: HAProxy's stats/health port, reachable only from the nodes. Default: 8404.
         :param max_azs: Only without ``vpc``: AZs of the new VPC, at least 2. Default: 2.
         :param vpc_cidr: Only without ``vpc``: CIDR of the new VPC. Default: 10.0.0.0/16.
-        :param nat_gateways: Only without ``vpc``: NAT gateways of the new VPC. Default: 1.
+        :param nat_gateways: Only without ``vpc``: NAT gateways of the new VPC. Default: one per AZ,
+            so that the surviving node still reaches the EC2 API when an AZ fails.
         """
         super().__init__(scope, id)
         stack = Stack.of(self)
@@ -194,8 +194,7 @@ class HaproxyHa(Construct):
         if problems.items and built_vpc:
             raise HaproxyHaPropsError(self.node.path, problems.items)
         if vpc is None:
-            vpc = self._build_vpc(max_azs or DEFAULT_MAX_AZS, vpc_cidr or DEFAULT_VPC_CIDR,
-                                  DEFAULT_NAT_GATEWAYS if nat_gateways is None else nat_gateways)
+            vpc = self._build_vpc(max_azs or DEFAULT_MAX_AZS, vpc_cidr or DEFAULT_VPC_CIDR, nat_gateways)
         self.vpc: ec2.IVpc = vpc
 
         # The literal CIDR of a VPC built here, rather than its token, keeps the checks and rules readable.
@@ -312,12 +311,14 @@ class HaproxyHa(Construct):
 
     # --- VPC and security group -------------------------------------------------------------------
 
-    def _build_vpc(self, max_azs: int, cidr: str, nat_gateways: int) -> ec2.Vpc:
+    def _build_vpc(self, max_azs: int, cidr: str, nat_gateways: int | None) -> ec2.Vpc:
         vpc = ec2.Vpc(
             self,
             "Vpc",
             ip_addresses=ec2.IpAddresses.cidr(cidr),
             max_azs=max_azs,
+            # None: one NAT gateway per AZ.  A node moves the routes through the EC2 API, so the
+            # survivor of an AZ failure must not reach that API through a NAT in the failed AZ.
             nat_gateways=nat_gateways,
             subnet_configuration=[
                 ec2.SubnetConfiguration(name="Public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24),
