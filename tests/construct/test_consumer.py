@@ -136,3 +136,10 @@ def test_public_attributes(stack: Stack) -> None:
     other = ec2.SecurityGroup(stack, "Other", vpc=lb.vpc)
     other.connections.allow_to(lb, ec2.Port.tcp(80))
     json.dumps(template_json(stack))
+
+
+def test_x86_instance_type_gets_the_x86_ami(stack: Stack) -> None:
+    HaproxyHa(stack, "Lb", vip="192.168.254.10", instance_type=ec2.InstanceType("t3.small"))
+    # cdk.context.json pins the x86_64 AL2023 parameter to this placeholder AMI.
+    Template.from_stack(stack).all_resources_properties("AWS::EC2::Instance", {
+        "ImageId": "ami-0b0b0b0b0b0b0b0b0", "InstanceType": "t3.small"})
