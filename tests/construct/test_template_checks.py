@@ -55,17 +55,29 @@ def test_app_has_no_unacknowledged_cdk_nag_findings() -> None:
     assert report.success, "unacknowledged cdk-nag findings:\n" + "\n".join(findings)
 
 
+def cfn_lint(template: Path) -> subprocess.CompletedProcess[str]:
+    cli = Path(sys.executable).parent / "cfn-lint"
+    args = [str(cli), "--format", "parseable"]
+    for rule in CFN_LINT_IGNORED:
+        args += ["--ignore-checks", rule]
+    return subprocess.run([*args, "--", str(template)], capture_output=True, text=True, check=False)
+
+
 def test_app_template_passes_cfn_lint(app_template_json: str, tmp_path: Path) -> None:
     template = tmp_path / "HaproxyHa.template.json"
     template.write_text(app_template_json)
-    args = [sys.executable, "-m", "cfnlint", "--format", "parseable"]
-    for rule in CFN_LINT_IGNORED:
-        args += ["--ignore-checks", rule]
-    result = subprocess.run([*args, "--", str(template)], capture_output=True, text=True, check=False)
-    # cfn-lint's exit code is a bit mask: 2 errors, 4 warnings, 8 informational.  Warnings (W3005 on
-    # CDK's own DependsOn) are reported in the output but do not fail the test; any error does.
-    assert not result.returncode & 2, f"cfn-lint errors:\n{result.stdout}{result.stderr}"
+    result = cfn_lint(template)
+    # cfn-lint's exit code is a bit mask: 1 it failed to run, 2 errors, 4 warnings, 8 informational.
+    # Warnings (W3005 on CDK's own DependsOn) are printed but do not fail the test; errors do.
     assert not result.returncode & 1, f"cfn-lint failed to run:\n{result.stderr}"
+    assert not result.returncode & 2, f"cfn-lint errors:\n{result.stdout}{result.stderr}"
+
+    # The same run on a broken copy must report an error, or the check above proves nothing.
+    broken = json.loads(app_template_json)
+    instance = next(v for v in broken["Resources"].values() if v["Type"] == "AWS::EC2::Instance")
+    instance["Properties"]["MetadataOptions"]["HttpTokens"] = "sometimes"
+    template.write_text(json.dumps(broken))
+    assert cfn_lint(template).returncode & 2
 
 
 def test_app_template_json_is_stable_across_synths(app_template_json: str) -> None:
