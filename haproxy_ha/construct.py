@@ -275,11 +275,13 @@ class HaproxyHa(Construct):
             resources=[self.node_files.bucket.arn_for_objects(self.node_files.s3_object_key)],
         ))
 
-        enis = [self._network_interface(name, subnet) for name, subnet in zip(NODE_NAMES, placement[:2], strict=True)]
-        addresses = [NodeAddress(name=name, eni_id=eni.ref, ip=eni.attr_primary_private_ip_address)
-                     for name, eni in zip(NODE_NAMES, enis, strict=True)]
+        # Index loops rather than zip(strict=...): the construct also runs on Python 3.9.
+        enis = [self._network_interface(name, placement[i]) for i, name in enumerate(NODE_NAMES)]
+        addresses = [NodeAddress(name=name, eni_id=enis[i].ref, ip=enis[i].attr_primary_private_ip_address)
+                     for i, name in enumerate(NODE_NAMES)]
         nodes: list[HaproxyHaNode] = []
-        for i, (name, eni, subnet) in enumerate(zip(NODE_NAMES, enis, placement[:2], strict=True)):
+        for i, name in enumerate(NODE_NAMES):
+            eni, subnet = enis[i], placement[i]
             document = node_config_document(
                 me=addresses[i],
                 peers=[a for a in addresses if a.name != name],
