@@ -67,7 +67,8 @@ def bench_take_over(url: str, sizes: list[int], runs: int) -> list[dict[str, Any
             calls.append(counter.total)
             if not result.converged:
                 raise SystemExit(f"take_over did not converge for {n} tables: {result.tables}")
-        rows.append({"tables": n, "runs": runs, "converge_s": _stats(times), "api_calls": _stats([float(c) for c in calls])})
+        rows.append({"tables": n, "runs": runs, "converge_s": _stats(times),
+                     "api_calls": _stats([float(c) for c in calls])})
     return rows
 
 
@@ -97,8 +98,9 @@ def bench_fifo_to_write(moto_url: str, runs: int, n_tables: int = 10) -> dict[st
             "paths": {"run_dir": str(tmp / "run")},
         }
         (tmp / "node.json").write_text(json.dumps(doc))
-        proc = subprocess.Popen([sys.executable, "-c", AGENT, str(tmp / "node.json")], cwd=REPO,
-                                stdout=open(tmp / "agent.log", "w"), stderr=subprocess.STDOUT)
+        with open(tmp / "agent.log", "w") as agent_log:
+            proc = subprocess.Popen([sys.executable, "-c", AGENT, str(tmp / "node.json")], cwd=REPO,
+                                    stdout=agent_log, stderr=subprocess.STDOUT)
         fifo = tmp / "run" / "keepalived.fifo"
         for _ in range(100):
             if fifo.exists():
@@ -106,7 +108,7 @@ def bench_fifo_to_write(moto_url: str, runs: int, n_tables: int = 10) -> dict[st
             time.sleep(0.05)
         writer = os.open(fifo, os.O_WRONLY)
         latencies, converge = [], []
-        for i in range(runs):
+        for _ in range(runs):
             proxy.state.reset()
             os.write(writer, b'INSTANCE "haproxy_ha" BACKUP 100\n')
             time.sleep(0.3)
@@ -151,7 +153,8 @@ def main() -> None:
     print(f"{'tables':>6}  {'median s':>9}  {'min s':>7}  {'max s':>7}  {'API calls':>9}")
     for r in rows:
         c = r["converge_s"]
-        print(f"{r['tables']:>6}  {c['median']:>9.3f}  {c['min']:>7.3f}  {c['max']:>7.3f}  {r['api_calls']['median']:>9.0f}")
+        calls = r["api_calls"]["median"]
+        print(f"{r['tables']:>6}  {c['median']:>9.3f}  {c['min']:>7.3f}  {c['max']:>7.3f}  {calls:>9.0f}")
     f = fifo["fifo_to_first_replace_route_s"]
     v = fifo["fifo_to_verify_call_s"]
     print(f"\nMASTER written to the notify FIFO -> first ReplaceRoute at the API ({fifo['tables']} tables): "

@@ -17,9 +17,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
+from haproxy_ha.tags import NODE_TAG
 from haproxy_ha_runtime import routes
-
-NODE_TAG = "haproxy-ha:node"
 
 
 class UsageError(Exception):

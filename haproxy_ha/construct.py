@@ -11,12 +11,14 @@ from aws_cdk import (
     Acknowledgment,
     Annotations,
     ArnFormat,
+    CfnTag,
     CustomResource,
     Duration,
     Fn,
     IStableStringProducer,
     Lazy,
     Stack,
+    Tags,
     Token,
     Validations,
 )
@@ -32,6 +34,7 @@ from constructs import Construct
 from haproxy_ha.assets import NODE_CONFIG_PATH, NODE_FILES_DIR, lambda_code_dir, node_files_dir
 from haproxy_ha.listener import Listener
 from haproxy_ha.node_config import NodeAddress, node_config_document
+from haproxy_ha.tags import NODE_TAG
 from haproxy_ha.validation import (
     TIMING_PROFILES,
     HaproxyHaPropsError,
@@ -401,6 +404,8 @@ class HaproxyHa(Construct):
             # The node receives traffic for the VIP, which is not its own address.
             source_dest_check=False,
             description=f"haproxy-ha node {name}: the VIP routes target this ENI while the node is active",
+            # The operator CLI finds a node by this tag: `haproxy-ha failover --to a`.
+            tags=[CfnTag(key=NODE_TAG, value=name)],
         )
 
     def _node_scope(self, name: str) -> Construct:
@@ -457,6 +462,7 @@ class HaproxyHa(Construct):
                 volume=ec2.BlockDeviceVolume.ebs(8, encrypted=True, volume_type=ec2.EbsDeviceVolumeType.GP3),
             )],
         )
+        Tags.of(instance).add(NODE_TAG, name)
         cfn = instance.node.default_child
         assert isinstance(cfn, ec2.CfnInstance)
         # The node's own ENI is device 0, so its primary IP is the node's address and the VIP

@@ -67,6 +67,13 @@ def test_each_node_eni_has_source_dest_check_off(app_template: Template) -> None
     app_template.all_resources_properties("AWS::EC2::NetworkInterface", {"SourceDestCheck": False})
 
 
+def test_enis_and_instances_carry_the_node_tag_the_cli_reads(app_doc: dict[str, Any]) -> None:
+    for rtype in ("AWS::EC2::NetworkInterface", "AWS::EC2::Instance"):
+        names = sorted(t["Value"] for r in resources(app_doc, rtype).values()
+                       for t in r["Properties"]["Tags"] if t["Key"] == "haproxy-ha:node")
+        assert names == ["a", "b"], rtype
+
+
 def test_each_instance_uses_its_own_eni_as_device_0(app_doc: dict[str, Any]) -> None:
     enis = sorted(resources(app_doc, "AWS::EC2::NetworkInterface"))
     used = []
