@@ -92,7 +92,7 @@ def _frontend(cfg: NodeConfig, lst: Listener) -> list[str]:
     if lst.static_reply is not None:
         lines.append(
             "    http-request return status 200 content-type text/plain "
-            f'string "{lst.static_reply} (node {cfg.node_name})\\n"'
+            f'string "{lst.static_reply}\\n"'
         )
     else:
         lines.append(f"    default_backend {lst.name}")

@@ -52,7 +52,7 @@ def test_haproxy_has_listeners_backends_checks_health_and_journal_logging(tmp_pa
     assert "monitor-uri /healthz" in text and "bind :8404" in text
     assert "option httpchk GET /healthz" in text
     assert "server w2 app.internal:8080" in text
-    assert 'string "hello from haproxy-ha (node a)\\n"' in text
+    assert 'string "hello from haproxy-ha\\n"' in text
     assert "frontend pg\n    bind :5432\n    mode tcp" in text
     assert "default-server check" in text
 
