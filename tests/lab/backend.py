@@ -10,10 +10,10 @@ import signal
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, List, Type
+from typing import Any
 
 
-def handler_for(name: str) -> Type[BaseHTTPRequestHandler]:
+def handler_for(name: str) -> type[BaseHTTPRequestHandler]:
     body = f"backend {name}\n".encode()
 
     class Handler(BaseHTTPRequestHandler):
@@ -31,7 +31,7 @@ def handler_for(name: str) -> Type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("servers", nargs="+", metavar="HOST:PORT=NAME")
     args = parser.parse_args(argv)

@@ -18,23 +18,23 @@ import signal
 import sys
 import time
 import urllib.parse
-from typing import IO, Any, Dict, List, Optional
+from typing import IO, Any
 
 
-async def _request(host: str, port: int, path: str, timeout_s: float) -> Dict[str, Any]:
+async def _request(host: str, port: int, path: str, timeout_s: float) -> dict[str, Any]:
     writer = None
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
         writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: hhalab-client\r\n\r\n".encode())
         data = await asyncio.wait_for(reader.read(65536), timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return {"error": "timeout"}
     except OSError as e:
         return {"error": type(e).__name__}
     finally:
         if writer is not None:
             writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _, _body = data.partition(b"\r\n\r\n")
     lines = head.decode(errors="replace").split("\r\n")
     if not lines or not lines[0].startswith("HTTP/"):
         return {"error": "bad-response"}
@@ -51,7 +51,7 @@ async def run(url: str, interval_s: float, max_requests: int, max_s: float, time
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
-    tasks: List[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[None]] = []
 
     async def one(i: int) -> None:
         sent = time.time()
@@ -70,7 +70,7 @@ async def run(url: str, interval_s: float, max_requests: int, max_s: float, time
             try:
                 await asyncio.wait_for(stopping.wait(), delay)
                 break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         tasks.append(asyncio.ensure_future(one(i)))
         tasks = [t for t in tasks if not t.done()] if i % 100 == 0 else tasks
@@ -79,7 +79,7 @@ async def run(url: str, interval_s: float, max_requests: int, max_s: float, time
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True)
     parser.add_argument("--interval-s", type=float, default=0.01)

@@ -9,7 +9,7 @@ node a, created by the same route module the Lambda uses.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from typing import Any
 
 from haproxy_ha_runtime import routes
 
@@ -20,9 +20,9 @@ VPC_CIDR = "10.0.0.0/16"
 @dataclass(frozen=True)
 class CloudState:
     vpc_id: str
-    eni: Dict[str, str]  # node name -> ENI ID
-    instance: Dict[str, str]  # node name -> instance ID
-    route_table_ids: List[str]
+    eni: dict[str, str]  # node name -> ENI ID
+    instance: dict[str, str]  # node name -> instance ID
+    route_table_ids: list[str]
 
     @property
     def client_table(self) -> str:
@@ -38,8 +38,8 @@ def create(client: Any, vip: str, n_tables: int) -> CloudState:
         raise ValueError(f"n_tables: got {n_tables}; allowed: 1 to 200")
     vpc = client.create_vpc(CidrBlock=VPC_CIDR)["Vpc"]["VpcId"]
     ami = client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    eni: Dict[str, str] = {}
-    instance: Dict[str, str] = {}
+    eni: dict[str, str] = {}
+    instance: dict[str, str] = {}
     for i, (name, az) in enumerate((("a", REGION + "a"), ("b", REGION + "b"))):
         subnet = client.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i + 1}.0/24",
                                       AvailabilityZone=az)["Subnet"]["SubnetId"]
@@ -57,7 +57,7 @@ def create(client: Any, vip: str, n_tables: int) -> CloudState:
         )["Instances"][0]["InstanceId"]
         eni[name] = nic
         instance[name] = inst
-    tables: List[str] = []
+    tables: list[str] = []
     for i in range(n_tables):
         subnet = client.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{100 + i // 4}.{(i % 4) * 64}/26",
                                       AvailabilityZone=REGION + "ab"[i % 2])["Subnet"]["SubnetId"]

@@ -19,12 +19,12 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from haproxy_ha_runtime import routes
 
 
-def _view_value(view: Optional[routes.VipRoute]) -> str:
+def _view_value(view: routes.VipRoute | None) -> str:
     if view is None:
         return "no-table"
     if view.state == routes.ROUTE_ACTIVE and view.eni_id:
@@ -32,7 +32,7 @@ def _view_value(view: Optional[routes.VipRoute]) -> str:
     return view.state
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--region", default="us-east-1")
@@ -60,9 +60,9 @@ def main(argv: List[str]) -> int:
         sys.stdout.write(json.dumps(record) + "\n")
         sys.stdout.flush()
 
-    kernel: Optional[str] = None
-    last: Dict[str, str] = {}
-    agreed: Optional[str] = None
+    kernel: str | None = None
+    last: dict[str, str] = {}
+    agreed: str | None = None
     polls = 0
     errors = 0
     end = time.monotonic() + args.max_s

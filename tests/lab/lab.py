@@ -22,9 +22,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, IO, List, Optional
+from typing import Any
 
 import boto3
 
@@ -67,13 +68,13 @@ class Failover:
     scenario: str
     fault_ts: float
     survivor: str
-    fault_to_route_s: Optional[float]
-    fault_to_client_s: Optional[float]
-    fault_to_master_s: Optional[float]
+    fault_to_route_s: float | None
+    fault_to_client_s: float | None
+    fault_to_master_s: float | None
     failed_requests: int
-    answered: Dict[str, int]
+    answered: dict[str, int]
     route_moves: int
-    agent_route_move: Optional[Dict[str, Any]] = None
+    agent_route_move: dict[str, Any] | None = None
 
 
 def _wait(pred: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.02) -> Any:
@@ -87,8 +88,8 @@ def _wait(pred: Callable[[], Any], timeout_s: float, what: str, interval_s: floa
         time.sleep(interval_s)
 
 
-def _json_lines(path: Path) -> List[Dict[str, Any]]:
-    out: List[Dict[str, Any]] = []
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     try:
         with open(path, encoding="utf-8") as f:
             for line in f:
@@ -100,7 +101,7 @@ def _json_lines(path: Path) -> List[Dict[str, Any]]:
     return out
 
 
-def _children(pid: int) -> List[int]:
+def _children(pid: int) -> list[int]:
     kids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -120,7 +121,7 @@ def _children(pid: int) -> List[int]:
 class ClientRun:
     """One run of the client process in the client namespace."""
 
-    def __init__(self, lab: "Lab", interval_s: float, max_s: float, timeout_s: float) -> None:
+    def __init__(self, lab: Lab, interval_s: float, max_s: float, timeout_s: float) -> None:
         lab._client_runs += 1
         self.path = lab.workdir / f"client-{lab._client_runs}.jsonl"
         self.proc = lab._spawn(f"client-{lab._client_runs}", topology.CLIENT, [
@@ -128,13 +129,13 @@ class ClientRun:
             "--interval-s", str(interval_s), "--max-s", str(max_s), "--timeout-s", str(timeout_s),
             "--max-requests", str(int(max_s / interval_s) + 1), "--out", str(self.path)])
 
-    def records(self) -> List[Dict[str, Any]]:
+    def records(self) -> list[dict[str, Any]]:
         return _json_lines(self.path)
 
-    def answered_by(self, node: str, after: float = 0.0) -> List[Dict[str, Any]]:
+    def answered_by(self, node: str, after: float = 0.0) -> list[dict[str, Any]]:
         return [r for r in self.records() if r.get("node") == node and r["done"] >= after and not r.get("error")]
 
-    def stop(self) -> List[Dict[str, Any]]:
+    def stop(self) -> list[dict[str, Any]]:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -146,15 +147,14 @@ class ClientRun:
 
 
 class Lab:
-    def __init__(self, workdir: Path, options: Optional[LabOptions] = None) -> None:
+    def __init__(self, workdir: Path, options: LabOptions | None = None) -> None:
         self.workdir = Path(workdir)
         self.options = options or LabOptions()
-        self.procs: List[subprocess.Popen[bytes]] = []
-        self.named: Dict[str, subprocess.Popen[bytes]] = {}
-        self._logs: List[IO[bytes]] = []
-        self._lock: Optional[contextlib.ExitStack] = None
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.named: dict[str, subprocess.Popen[bytes]] = {}
+        self._lock: contextlib.ExitStack | None = None
         self._client_runs = 0
-        self.state: Optional[cloud.CloudState] = None
+        self.state: cloud.CloudState | None = None
         self._api: Any = None
         self._partitioned = False
         self.env = dict(os.environ)
@@ -167,22 +167,21 @@ class Lab:
         })
 
     # -- processes -------------------------------------------------------------------------
-    def _spawn(self, name: str, namespace: str, cmd: List[str], log_name: Optional[str] = None,
-               stderr_name: Optional[str] = None) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / (log_name or f"{name}.log"), "ab")
-        self._logs.append(log)
-        err: Any = subprocess.STDOUT
-        if stderr_name:
-            err = open(self.workdir / stderr_name, "ab")
-            self._logs.append(err)
-        # `ip netns exec` execs the command, so the PID is the command's own.
-        proc = subprocess.Popen(["ip", "netns", "exec", namespace, *cmd], stdout=log, stderr=err,
-                                stdin=subprocess.DEVNULL, cwd=REPO, env=self.env)
+    def _spawn(self, name: str, namespace: str, cmd: list[str], log_name: str | None = None,
+               stderr_name: str | None = None) -> subprocess.Popen[bytes]:
+        out_path = self.workdir / (log_name or f"{name}.log")
+        err_path = self.workdir / stderr_name if stderr_name else None
+        # The child keeps its own copies of the log descriptors; ours close at once.
+        with open(out_path, "ab") as out, open(err_path or os.devnull, "ab") as err:
+            # `ip netns exec` execs the command, so the PID is the command's own.
+            proc = subprocess.Popen(["ip", "netns", "exec", namespace, *cmd], stdout=out,
+                                    stderr=err if err_path else subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, cwd=REPO, env=self.env)
         self.procs.append(proc)
         self.named[name] = proc
         return proc
 
-    def _end(self, proc: Optional[subprocess.Popen[bytes]], sig: int = signal.SIGTERM, grace_s: float = 3.0) -> None:
+    def _end(self, proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, grace_s: float = 3.0) -> None:
         if proc is None or proc.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -194,7 +193,7 @@ class Lab:
             proc.wait()
 
     # -- building --------------------------------------------------------------------------
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         try:
             self.start()
         except BaseException:
@@ -339,10 +338,10 @@ class Lab:
         _wait(lambda: self.agent_health(node) is True, 20, f"the agent on node {node} to see HAProxy healthy")
 
     # -- observing -------------------------------------------------------------------------
-    def agent_events(self, node: str) -> List[Dict[str, Any]]:
+    def agent_events(self, node: str) -> list[dict[str, Any]]:
         return _json_lines(self.node_dir(node) / "agent.jsonl")
 
-    def agent_health(self, node: str) -> Optional[bool]:
+    def agent_health(self, node: str) -> bool | None:
         health = [e for e in self.agent_events(node) if e["event"] == "health"]
         return health[-1]["healthy"] if health else None
 
@@ -351,19 +350,19 @@ class Lab:
         moves = [e for e in self.agent_events(node) if e["event"] == "transition"]
         return str(moves[-1]["new"]) if moves else "UNKNOWN"
 
-    def transitions(self, node: str, after: float = 0.0) -> List[Dict[str, Any]]:
+    def transitions(self, node: str, after: float = 0.0) -> list[dict[str, Any]]:
         return [e for e in self.agent_events(node) if e["event"] == "transition" and e["ts"] >= after]
 
     def wait_master(self, node: str, timeout_s: float = 10.0) -> None:
         _wait(lambda: self.vrrp_state(node) == "MASTER", timeout_s, f"node {node} to become MASTER")
 
-    def emulator_log(self) -> List[Dict[str, Any]]:
+    def emulator_log(self) -> list[dict[str, Any]]:
         return _json_lines(self.workdir / "emulator.jsonl")
 
-    def route_changes(self, after: float = 0.0) -> List[Dict[str, Any]]:
+    def route_changes(self, after: float = 0.0) -> list[dict[str, Any]]:
         """Each time the emulator saw the watched tables agree on a different ENI than before
         (after `after`): the route moves as the API shows them."""
-        out: List[Dict[str, Any]] = []
+        out: list[dict[str, Any]] = []
         current = None
         for r in self.emulator_log():
             if r.get("event") != "routes":
@@ -375,12 +374,12 @@ class Lab:
                 current = agreed
         return out
 
-    def views(self) -> Dict[str, routes.VipRoute]:
+    def views(self) -> dict[str, routes.VipRoute]:
         assert self.state is not None
         with topology.entered(ROUTER):
             return routes.describe_vip_routes(self._api, VIP, self.state.route_table_ids)
 
-    def route_owner(self) -> Optional[str]:
+    def route_owner(self) -> str | None:
         """The node every table points at, or None if they do not agree."""
         assert self.state is not None
         views = self.views()
@@ -405,7 +404,7 @@ class Lab:
             finally:
                 conn.close()
 
-    def ask_vip(self) -> Optional[str]:
+    def ask_vip(self) -> str | None:
         """One request from the client namespace; the node that answered, or None."""
         with topology.entered(topology.CLIENT):
             conn = http.client.HTTPConnection(VIP, HTTP_PORT, timeout=1)
@@ -419,14 +418,13 @@ class Lab:
             finally:
                 conn.close()
 
-    def fault_proxy(self, path: str, body: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    def fault_proxy(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(PROXY_URL + path, data=data, method="GET" if data is None else "POST",
                                      headers={"Content-Type": "application/json"})
-        with topology.entered(ROUTER):
-            with urllib.request.urlopen(req, timeout=5) as resp:
-                result: Dict[str, Any] = json.loads(resp.read())
-                return result
+        with topology.entered(ROUTER), urllib.request.urlopen(req, timeout=5) as resp:
+            result: dict[str, Any] = json.loads(resp.read())
+            return result
 
     # -- faults ----------------------------------------------------------------------------
     def kill_haproxy(self, node: str, sig: int = signal.SIGKILL) -> None:
@@ -482,13 +480,13 @@ class Lab:
             inject()
             eni = self.state.eni[survivor]
 
-            def route_ts() -> Optional[float]:
+            def route_ts() -> float | None:
                 for r in self.emulator_log():
                     if r.get("event") == "routes" and r["ts"] >= fault_ts and r.get("all") == eni:
                         return float(r["ts"])
                 return None
 
-            def client_ts() -> Optional[float]:
+            def client_ts() -> float | None:
                 answers = run.answered_by(survivor, after=fault_ts)
                 return min(r["done"] for r in answers) if answers else None
 
@@ -496,7 +494,7 @@ class Lab:
             time.sleep(settle_s)
         finally:
             records = run.stop()
-        answered: Dict[str, int] = {}
+        answered: dict[str, int] = {}
         for r in records:
             key = r.get("node") or "error:" + str(r.get("error"))
             answered[key] = answered.get(key, 0) + 1
@@ -516,7 +514,7 @@ class Lab:
     def check_converged(self, timeout_s: float = 10.0) -> str:
         """Every table points at one node whose HAProxy is healthy, and the client reaches it
         through the VIP.  Returns that node; raises LabError otherwise."""
-        def ok() -> Optional[str]:
+        def ok() -> str | None:
             owner = self.route_owner()
             if owner in NODES and self.haproxy_healthy(owner) and self.ask_vip() == owner:
                 return owner
@@ -530,9 +528,9 @@ class Lab:
                            f"VIP answered by {self.ask_vip()}") from None
 
     # -- teardown --------------------------------------------------------------------------
-    def stop(self) -> List[str]:
+    def stop(self) -> list[str]:
         """End every process by PID and remove every namespace.  Returns what was left behind."""
-        problems: List[str] = []
+        problems: list[str] = []
         try:
             order = ["client", "keepalived", "agent", "haproxy", "emulator", "backends", "fault-proxy", "moto"]
             ranked = sorted(self.procs, key=lambda p: next(
@@ -551,16 +549,13 @@ class Lab:
             if left:
                 problems.append(f"namespaces left: {left}")
         finally:
-            for log in self._logs:
-                log.close()
-            self._logs = []
             if self._lock is not None:
                 self._lock.close()
                 self._lock = None
         return problems
 
 
-def summarize(values: List[float]) -> Dict[str, Optional[float]]:
+def summarize(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"median": None, "min": None, "max": None}
     return {"median": round(statistics.median(values), 4), "min": round(min(values), 4),

@@ -18,8 +18,9 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Dict, Iterator, List, Optional
+from typing import IO
 
 PREFIX = "hhalab-"
 ROUTER = PREFIX + "router"
@@ -45,7 +46,7 @@ class NodeNet:
     router_iface: str
 
 
-NODES: Dict[str, NodeNet] = {
+NODES: dict[str, NodeNet] = {
     "a": NodeNet("a", NODE_NS["a"], "192.0.2.10", "192.0.2.1", 26, "to-a"),
     "b": NodeNet("b", NODE_NS["b"], "192.0.2.74", "192.0.2.65", 26, "to-b"),
 }
@@ -55,12 +56,12 @@ _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def ip(*args: str, namespace: Optional[str] = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def ip(*args: str, namespace: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     cmd = ["ip"] + (["-n", namespace] if namespace else []) + list(args)
     return subprocess.run(cmd, check=check, capture_output=True, text=True)
 
 
-def ip_batch(namespace: Optional[str], commands: List[str]) -> None:
+def ip_batch(namespace: str | None, commands: list[str]) -> None:
     """Run several `ip` commands in one process: much faster than one process each."""
     cmd = ["ip"] + (["-n", namespace] if namespace else []) + ["-batch", "-"]
     proc = subprocess.run(cmd, input="\n".join(commands) + "\n", capture_output=True, text=True)
@@ -68,22 +69,22 @@ def ip_batch(namespace: Optional[str], commands: List[str]) -> None:
         raise RuntimeError(f"ip -batch in {namespace or 'host'} failed: {proc.stderr.strip()}")
 
 
-def sysctl(namespace: str, settings: Dict[str, str]) -> None:
+def sysctl(namespace: str, settings: dict[str, str]) -> None:
     args = [f"{k}={v}" for k, v in settings.items()]
     subprocess.run(["ip", "netns", "exec", namespace, "sysctl", "-qw", *args], check=True, capture_output=True)
 
 
-def lab_namespaces() -> List[str]:
+def lab_namespaces() -> list[str]:
     out = ip("netns", "list").stdout
     return [line.split()[0] for line in out.splitlines() if line.startswith(PREFIX)]
 
 
-def namespace_pids(namespace: str) -> List[int]:
+def namespace_pids(namespace: str) -> list[int]:
     out = ip("netns", "pids", namespace, check=False).stdout
     return [int(p) for p in out.split()]
 
 
-def kill_namespace_processes(namespace: str, grace_s: float = 2.0) -> List[int]:
+def kill_namespace_processes(namespace: str, grace_s: float = 2.0) -> list[int]:
     """End every process in `namespace` by PID (TERM, then KILL).  Returns the PIDs found."""
     pids = namespace_pids(namespace)
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -98,7 +99,7 @@ def kill_namespace_processes(namespace: str, grace_s: float = 2.0) -> List[int]:
     return pids
 
 
-def remove_leftovers() -> List[str]:
+def remove_leftovers() -> list[str]:
     """Remove the namespaces (and their processes) of an earlier run that did not clean up."""
     found = lab_namespaces()
     for ns in found:
@@ -108,13 +109,19 @@ def remove_leftovers() -> List[str]:
 
 
 @contextlib.contextmanager
-def exclusive_lab() -> Iterator[IO[str]]:
-    """One lab at a time per machine: the names are fixed, so that leftovers can be found."""
+def exclusive_lab(wait_s: float = 600.0) -> Iterator[IO[str]]:
+    """One lab at a time per machine (the names are fixed, so that leftovers can be found by
+    name): wait up to `wait_s` for another run to finish."""
     with open(_LOCK_PATH, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"another lab run holds {_LOCK_PATH}; wait for it to finish") from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"another lab run has held {_LOCK_PATH} for {wait_s:g}s") from None
+                time.sleep(0.2)
         try:
             yield lock
         finally:
@@ -158,7 +165,7 @@ def build() -> None:
     ])
 
 
-def destroy() -> List[str]:
+def destroy() -> list[str]:
     """Delete the lab's namespaces.  Returns what could not be deleted."""
     for ns in lab_namespaces():
         ip("netns", "delete", ns, check=False)
