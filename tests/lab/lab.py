@@ -150,13 +150,13 @@ class Lab:
     def __init__(self, workdir: Path, options: LabOptions | None = None) -> None:
         self.workdir = Path(workdir)
         self.options = options or LabOptions()
-        self.procs: list[subprocess.Popen[bytes]] = []
+        # Every process the lab started, by name, restarts included; `named` has the latest.
+        self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.named: dict[str, subprocess.Popen[bytes]] = {}
         self._lock: contextlib.ExitStack | None = None
         self._client_runs = 0
         self.state: cloud.CloudState | None = None
         self._api: Any = None
-        self._partitioned = False
         self.env = dict(os.environ)
         for key in [k for k in self.env if k.startswith("AWS_")]:
             del self.env[key]
@@ -177,20 +177,9 @@ class Lab:
             proc = subprocess.Popen(["ip", "netns", "exec", namespace, *cmd], stdout=out,
                                     stderr=err if err_path else subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, cwd=REPO, env=self.env)
-        self.procs.append(proc)
+        self.started.append((name, proc))
         self.named[name] = proc
         return proc
-
-    def _end(self, proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, grace_s: float = 3.0) -> None:
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
     # -- building --------------------------------------------------------------------------
     def __enter__(self) -> Lab:
@@ -457,11 +446,9 @@ class Lab:
         a, b = NODES["a"].ip, NODES["b"].ip
         topology.ip_batch(ROUTER, [f"rule add from {a} to {b} blackhole pref 100",
                                    f"rule add from {b} to {a} blackhole pref 101"])
-        self._partitioned = True
 
     def heal(self) -> None:
         topology.ip_batch(ROUTER, ["rule del pref 100", "rule del pref 101"])
-        self._partitioned = False
 
     # -- measuring -------------------------------------------------------------------------
     def client(self, interval_s: float = 0.01, max_s: float = 30.0, timeout_s: float = 1.0) -> ClientRun:
@@ -532,15 +519,28 @@ class Lab:
         """End every process by PID and remove every namespace.  Returns what was left behind."""
         problems: list[str] = []
         try:
-            order = ["client", "keepalived", "agent", "haproxy", "emulator", "backends", "fault-proxy", "moto"]
-            ranked = sorted(self.procs, key=lambda p: next(
-                (i for i, prefix in enumerate(order) if any(
-                    n.startswith(prefix) and q is p for n, q in self.named.items())), len(order)))
-            for proc in ranked:
-                self._end(proc)
-            for proc in self.procs:
+            # The standby's keepalived first, then the master's: stopping the master first would
+            # hand the standby a priority-0 advert, and so a needless failover, during teardown.
+            keepalived = sorted((n for n, _ in self.started if n.startswith("keepalived-")),
+                                key=lambda n: self.vrrp_state(n.split("-")[1]) == "MASTER")
+            rest = ["agent", "haproxy", "emulator", "backends", "fault-proxy", "moto"]
+            stages = [["client"], *[[k] for k in keepalived], rest]
+            for stage in stages:
+                group = [p for prefix in stage for n, p in self.started if n.startswith(prefix)]
+                for proc in group:
+                    if proc.poll() is None:
+                        with contextlib.suppress(ProcessLookupError):
+                            proc.send_signal(signal.SIGTERM)
+                deadline = time.monotonic() + 3.0
+                for proc in group:
+                    try:
+                        proc.wait(max(0.0, deadline - time.monotonic()))
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+            for name, proc in self.started:
                 if proc.poll() is None:
-                    problems.append(f"process {proc.pid} ({proc.args}) still running")
+                    problems.append(f"process {proc.pid} ({name}) still running")
             for ns in topology.lab_namespaces():
                 stray = topology.kill_namespace_processes(ns)
                 if stray:

@@ -10,11 +10,13 @@ process or namespace is left.
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 
 import pytest
 
+from . import topology
 from .lab import Lab, LabError
 
 pytestmark = pytest.mark.lab
@@ -183,3 +185,17 @@ def lab_wait(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise LabError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(0.05)
+
+
+def test_leftovers_of_a_crashed_run_are_removed_by_name(make_lab: Callable[..., Lab]) -> None:
+    # A crashed run leaves a namespace with a process in it; the next run must still start.
+    topology.ip("netns", "add", topology.CLIENT)
+    stray = subprocess.Popen(["ip", "netns", "exec", topology.CLIENT, "sleep", "120"])
+    try:
+        lab = make_lab()
+        assert stray.wait(5) is not None, "the leftover process was not ended"
+        assert lab.ask_vip() == "a"
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+            stray.wait()
