@@ -227,7 +227,7 @@ class Lab:
                                     cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                    for n in NODES]
         for r in renders:
-            out, _ = r.communicate(30)
+            out, _ = r.communicate(timeout=30)
             if r.returncode != 0:
                 raise LabError(f"render failed: {out.decode(errors='replace')}")
         if self.options.fault_proxy:
