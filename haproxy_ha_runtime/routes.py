@@ -35,11 +35,12 @@ _FILTER_CHUNK = 100
 
 
 def make_client(region: str, endpoint_url: str | None = None, *, max_attempts: int = 3,
-                connect_timeout: float = 2.0, read_timeout: float = 5.0) -> Any:
+                connect_timeout: float = 2.0, read_timeout: float = 5.0, session: Any = None) -> Any:
     """An EC2 client with botocore's standard retry mode and a pool big enough for parallel calls.
 
     `max_attempts` counts every attempt of one call, the first included (botocore's
-    `total_max_attempts`; its own `max_attempts` key counts retries only).
+    `total_max_attempts`; its own `max_attempts` key counts retries only).  A given boto3
+    `session` saves parsing the EC2 model again (tests make many clients; a node makes one).
     """
     config = Config(
         region_name=region,
@@ -48,7 +49,7 @@ def make_client(region: str, endpoint_url: str | None = None, *, max_attempts: i
         read_timeout=read_timeout,
         max_pool_connections=MAX_WORKERS,
     )
-    return boto3.session.Session().client("ec2", endpoint_url=endpoint_url, config=config)
+    return (session or boto3.session.Session()).client("ec2", endpoint_url=endpoint_url, config=config)
 
 
 class CallCounter:

@@ -30,6 +30,7 @@ from typing import Any
 import boto3
 
 from haproxy_ha_runtime import routes
+from haproxy_ha_runtime.agent import HealthCheck
 
 from . import cloud, topology
 from .topology import NODES, ROUTER, VIP
@@ -383,15 +384,9 @@ class Lab:
               interval_s=0.05)
 
     def haproxy_healthy(self, node: str) -> bool:
+        # The agent's own probe, run inside the node's namespace.
         with topology.entered(NODES[node].namespace):
-            conn = http.client.HTTPConnection("127.0.0.1", STATS_PORT, timeout=1)
-            try:
-                conn.request("GET", "/healthz")
-                return conn.getresponse().status == 200
-            except (OSError, http.client.HTTPException):
-                return False
-            finally:
-                conn.close()
+            return HealthCheck(STATS_PORT, timeout_s=1.0, fall=1, rise=1).probe()
 
     def ask_vip(self) -> str | None:
         """One request from the client namespace; the node that answered, or None."""
