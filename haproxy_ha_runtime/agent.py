@@ -20,7 +20,7 @@ from typing import IO, Any, Callable
 
 from . import routes
 from .config import NodeConfig
-from .render import write_atomically
+from .render import marker_address, write_atomically
 
 MASTER = "MASTER"
 BACKUP = "BACKUP"
@@ -57,6 +57,9 @@ class HealthCheck:
         self.fall = fall
         self.rise = rise
         self.healthy = False
+        # The first probe decides at once: an agent restarted on a healthy node must not report
+        # it unhealthy while it waits for `rise` successes (that would cause a failover).
+        self.known = False
         self._streak = 0
 
     def probe(self) -> bool:
@@ -71,6 +74,9 @@ class HealthCheck:
 
     def update(self, ok: bool) -> bool:
         """Feed one probe result; returns True when the health verdict changes."""
+        if not self.known:
+            self.known, self.healthy = True, ok
+            return True
         if ok == self.healthy:
             self._streak = 0
             return False
@@ -133,6 +139,35 @@ def _read(path: str) -> str | None:
             return f.read()
     except OSError:
         return None
+
+
+def marker_on_lo(marker_cidr: str) -> bool:
+    """Is keepalived's marker address on lo?  keepalived adds it only while MASTER."""
+    out = subprocess.run(["ip", "-j", "-4", "addr", "show", "dev", "lo"], check=True,
+                         capture_output=True, text=True).stdout
+    ip = marker_cidr.split("/")[0]
+    return any(a.get("local") == ip for link in json.loads(out) for a in link.get("addr_info", []))
+
+
+def fifo_held_by_another_process(path: str) -> bool:
+    """Does a process other than this one hold the FIFO open (keepalived, when it runs)?"""
+    target = os.stat(path)
+    me = str(os.getpid())
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or pid == me:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if st.st_ino == target.st_ino and st.st_dev == target.st_dev:
+                return True
+    return False
 
 
 def ensure_vip(vip: str) -> None:
@@ -289,12 +324,18 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
     next_repair = time.monotonic() + t.repair_interval_s
     log("agent_start", node=cfg.node_name, eni=eni_id, vip=cfg.vip, tables=len(cfg.route_table_ids),
         profile=cfg.profile, advert_int_s=t.advert_int_s, health_interval_s=t.health_interval_s)
+    # keepalived reports a state only when it changes.  If this agent was restarted while
+    # keepalived is MASTER, no line will come: recognise that state from keepalived's marker
+    # address on lo, but only while a running keepalived holds the FIFO (a crashed one leaves
+    # the marker behind).
+    if marker_on_lo(marker_address(cfg)) and fifo_held_by_another_process(cfg.paths.notify_fifo):
+        agent.on_state(MASTER, reason="keepalived was already MASTER when the agent started")
     try:
         while not stop.is_set():
             now = time.monotonic()
             if now >= next_health:
                 ok = health.probe()
-                if health.update(ok) or track_value is None:
+                if health.update(ok):
                     log("health", node=cfg.node_name, healthy=health.healthy)
                 track_value = "0\n" if health.healthy else "1\n"
                 # keepalived resets the file when it starts (init_file ... overwrite): re-check

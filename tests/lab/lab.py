@@ -89,6 +89,9 @@ def _wait(pred: Callable[[], Any], timeout_s: float, what: str, interval_s: floa
         time.sleep(interval_s)
 
 
+wait_until = _wait
+
+
 def _json_lines(path: Path) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     try:
@@ -427,6 +430,18 @@ class Lab:
                 os.kill(child, signal.SIGKILL)
         proc.send_signal(sig)
         proc.wait(5)
+
+    def restart_agent(self, node: str) -> None:
+        """Kill the agent (SIGKILL) and start it again, leaving keepalived and HAProxy running."""
+        proc = self.named[f"agent-{node}"]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(5)
+        self._start_agent(node)
+
+    def delete_vip_route(self, table_id: str) -> None:
+        with topology.entered(ROUTER):
+            result = routes.delete_routes(self._api, VIP, [table_id])
+        assert result.converged, result.tables
 
     def link_down(self, node: str) -> None:
         topology.ip("link", "set", topology.NODE_IFACE, "down", namespace=NODES[node].namespace)

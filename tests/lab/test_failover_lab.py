@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from . import topology
-from .lab import Lab, LabError
+from .lab import Lab, LabError, wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -185,6 +185,20 @@ def lab_wait(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise LabError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(0.05)
+
+
+def test_agent_restarted_on_the_active_node_resumes_as_master_and_repairs(make_lab: Callable[..., Lab]) -> None:
+    lab = make_lab()
+    since = time.time()
+    lab.restart_agent("a")
+    # keepalived does not report an unchanged state; the agent must recognise MASTER by itself.
+    wait_until(lambda: any("already MASTER" in str(e.get("reason")) for e in lab.transitions("a", since)),
+              10, "the restarted agent on node a to resume as MASTER")
+    assert lab.vrrp_state("b") == "BACKUP"
+    assert lab.state is not None
+    lab.delete_vip_route(lab.state.route_table_ids[0])
+    lab.wait_routes("a", timeout_s=10)  # the MASTER's repair tick puts the route back
+    assert not lab.route_changes(since), "routes must not move away from a healthy master"
 
 
 def test_leftovers_of_a_crashed_run_are_removed_by_name(make_lab: Callable[..., Lab]) -> None:

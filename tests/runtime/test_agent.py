@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -133,9 +134,16 @@ def test_fifo_lines_become_states(tmp_path: Path) -> None:
 
 def test_health_verdict_needs_fall_and_rise_in_a_row() -> None:
     h = agent.HealthCheck(port=1, timeout_s=0.1, fall=2, rise=3)
+    assert h.update(False) and not h.healthy  # the first probe decides at once
     assert [h.update(ok) for ok in (True, True, True)] == [False, False, True] and h.healthy
     assert [h.update(ok) for ok in (False, True, False, False)] == [False, False, False, True]
     assert not h.healthy
+
+
+def test_first_probe_of_a_healthy_node_reports_healthy_at_once() -> None:
+    # An agent restarted on a healthy active node must not write "unhealthy" first.
+    h = agent.HealthCheck(port=1, timeout_s=0.1, fall=2, rise=3)
+    assert h.update(True) and h.healthy
 
 
 class _Health:
@@ -194,3 +202,19 @@ def test_run_loop_feeds_the_track_file_and_acts_on_the_fifo(moto: str, tmp_path:
         thread.join(10)
     assert not thread.is_alive()
     assert json.dumps(log.events)  # every event is one JSON-serializable record
+
+
+def test_fifo_held_by_another_process_sees_a_writer_come_and_go(tmp_path: Path) -> None:
+    reader = agent.FifoReader(str(tmp_path / "run" / "fifo"))
+    reader.open()
+    try:
+        assert not agent.fifo_held_by_another_process(reader.path)  # our own read end does not count
+        writer = subprocess.Popen(["sh", "-c", f'exec 3>"{reader.path}"; exec sleep 30'])
+        try:
+            _wait(lambda: agent.fifo_held_by_another_process(reader.path), timeout=5)
+        finally:
+            writer.kill()
+            writer.wait(5)
+        assert not agent.fifo_held_by_another_process(reader.path)
+    finally:
+        reader.close()
