@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from haproxy_ha.listener import Listener, split_backend
-
-SCHEMA_VERSION = 1
+from haproxy_ha_runtime.config import SCHEMA_VERSION
 
 
 @dataclass(frozen=True)

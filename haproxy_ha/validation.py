@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,14 +10,10 @@ from typing import Any
 from aws_cdk import Token
 
 from haproxy_ha.listener import Listener, split_backend
+from haproxy_ha_runtime.config import HOST_RE, NAME_RE, PATH_RE, PROFILES, RTB_RE
 
-TIMING_PROFILES = ("default", "fast")
-
-# The same patterns the node runtime checks the document with (haproxy_ha_runtime.config).
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
-_HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
-_PATH_RE = re.compile(r"^/[!-~]*$")
-_RTB_RE = re.compile(r"^rtb-[0-9a-f]{8,17}$")
+# The node runtime checks the document with the same patterns and profiles: one source for both.
+TIMING_PROFILES = tuple(PROFILES)
 
 
 class HaproxyHaPropsError(ValueError):
@@ -115,7 +110,7 @@ def check_listeners(problems: Problems, listeners: Sequence[Listener], stats_por
                 problems.bad(where + ".port", lst.port, f"a port other than stats_port {stats_port}")
         if lst.mode not in ("http", "tcp"):
             problems.bad(where + ".mode", lst.mode, "'http' or 'tcp'")
-        if lst.name is not None and (not isinstance(lst.name, str) or not _NAME_RE.match(lst.name)):
+        if lst.name is not None and (not isinstance(lst.name, str) or not NAME_RE.match(lst.name)):
             problems.bad(where + ".name", lst.name, "1-32 lower-case letters, digits or '-', starting with one "
                                                     "of the first two")
         name = lst.resolved_name
@@ -123,7 +118,7 @@ def check_listeners(problems: Problems, listeners: Sequence[Listener], stats_por
             if name in names:
                 problems.bad(where + ".name", name, f"a name no other listener uses ({names[name]} has it)")
             names[name] = where
-        if not isinstance(lst.check_path, str) or not _PATH_RE.match(lst.check_path):
+        if not isinstance(lst.check_path, str) or not PATH_RE.match(lst.check_path):
             problems.bad(where + ".check_path", lst.check_path, "an absolute URL path such as /healthz, no spaces")
         if lst.static_reply is not None:
             if (not isinstance(lst.static_reply, str) or not lst.static_reply
@@ -149,7 +144,7 @@ def check_backends(problems: Problems, where: str, lst: Listener) -> None:
             problems.bad(bw, backend, '"host:port", e.g. "10.0.2.15:8080" or "app.internal:80"')
             continue
         host, port = parts
-        if not _HOST_RE.match(host):
+        if not HOST_RE.match(host):
             problems.bad(bw, backend, "a host that is an IPv4 address or a DNS name, then :port")
         if not 1 <= port <= 65535:
             problems.bad(bw, backend, "a port from 1 to 65535 after the ':'")
@@ -159,5 +154,5 @@ def check_route_table_ids(problems: Problems, prop: str, ids: Sequence[str]) -> 
     for i, rtb in enumerate(ids):
         if is_token(rtb):
             continue
-        if not isinstance(rtb, str) or not _RTB_RE.match(rtb):
+        if not isinstance(rtb, str) or not RTB_RE.match(rtb):
             problems.bad(f"{prop}[{i}]", rtb, "a route table ID such as rtb-0123456789abcdef0")

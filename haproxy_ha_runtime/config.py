@@ -16,12 +16,12 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 _ENI_RE = re.compile(r"^eni-[0-9a-f]{8,17}$")
-_RTB_RE = re.compile(r"^rtb-[0-9a-f]{8,17}$")
-_HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
+RTB_RE = re.compile(r"^rtb-[0-9a-f]{8,17}$")
+HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
 _REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
-_PATH_RE = re.compile(r"^/[!-~]*$")
+PATH_RE = re.compile(r"^/[!-~]*$")
 
 
 @dataclass(frozen=True)
@@ -209,14 +209,14 @@ def _listeners(c: _Checker, raw: Any) -> tuple[Listener, ...]:
         if not isinstance(item, dict):
             c.bad(w, item, "an object with name, port, mode and backends")
             continue
-        name = c.string(c.get(item, "name", w + "."), w + ".name", _NAME_RE,
+        name = c.string(c.get(item, "name", w + "."), w + ".name", NAME_RE,
                         "1-32 lower-case letters, digits or '-'")
         port = c.integer(c.get(item, "port", w + "."), w + ".port", 1, 65535)
         mode = item.get("mode", "http")
         if mode not in ("http", "tcp"):
             c.bad(w + ".mode", mode, "'http' or 'tcp'")
         check_path = item.get("check_path", "/")
-        if not isinstance(check_path, str) or not _PATH_RE.match(check_path):
+        if not isinstance(check_path, str) or not PATH_RE.match(check_path):
             c.bad(w + ".check_path", check_path, "an absolute URL path such as /healthz, printable ASCII, no spaces")
         static_reply = item.get("static_reply")
         if static_reply is not None and (not isinstance(static_reply, str) or not static_reply
@@ -253,8 +253,8 @@ def _backends(c: _Checker, raw: Any, w: str, has_static_reply: bool) -> tuple[Ba
         if not isinstance(b, dict):
             c.bad(bw, b, "an object with name, host and port")
             continue
-        name = c.string(c.get(b, "name", bw + "."), bw + ".name", _NAME_RE, "1-32 lower-case letters, digits or '-'")
-        host = c.string(c.get(b, "host", bw + "."), bw + ".host", _HOST_RE, "an IPv4 address or a DNS name")
+        name = c.string(c.get(b, "name", bw + "."), bw + ".name", NAME_RE, "1-32 lower-case letters, digits or '-'")
+        host = c.string(c.get(b, "host", bw + "."), bw + ".host", HOST_RE, "an IPv4 address or a DNS name")
         port = c.integer(c.get(b, "port", bw + "."), bw + ".port", 1, 65535)
         if name is not None and host is not None and port is not None:
             out.append(Backend(name=name, host=host, port=port))
@@ -295,7 +295,7 @@ def _peers(c: _Checker, raw: Any) -> tuple[Peer, ...]:
         if not isinstance(p, dict):
             c.bad(w, p, "an object with name, ip and eni_id")
             continue
-        name = c.string(c.get(p, "name", w + "."), w + ".name", _NAME_RE, "1-32 lower-case letters, digits or '-'")
+        name = c.string(c.get(p, "name", w + "."), w + ".name", NAME_RE, "1-32 lower-case letters, digits or '-'")
         ip = c.ipv4(c.get(p, "ip", w + "."), w + ".ip")
         eni = p.get("eni_id")
         if eni is not None:
@@ -316,7 +316,7 @@ def _paths(c: _Checker, raw: Any) -> Paths:
     for key, value in raw.items():
         if key not in known:
             c.bad("paths." + key, value, "one of the keys " + ", ".join(sorted(known)))
-        elif not isinstance(value, str) or not _PATH_RE.match(value):
+        elif not isinstance(value, str) or not PATH_RE.match(value):
             c.bad("paths." + key, value, "an absolute path without spaces")
         else:
             kwargs[key] = value.rstrip("/") if key == "run_dir" else value
@@ -338,7 +338,7 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
     version = doc.get("version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
         c.bad("version", version, str(SCHEMA_VERSION))
-    node_name = c.string(c.get(doc, "node_name", ""), "node_name", _NAME_RE, "1-32 lower-case letters, digits or '-'")
+    node_name = c.string(c.get(doc, "node_name", ""), "node_name", NAME_RE, "1-32 lower-case letters, digits or '-'")
     vip = c.ipv4(c.get(doc, "vip", ""), "vip")
     local_ip = c.ipv4(c.get(doc, "local_ip", ""), "local_ip")
     eni_id = doc.get("eni_id")
@@ -356,7 +356,7 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
         if tables_raw is not None:
             c.bad("route_table_ids", tables_raw, "a non-empty list of route table IDs")
     else:
-        checked = [c.string(t, f"route_table_ids[{i}]", _RTB_RE, "a route table ID such as rtb-0123456789abcdef0")
+        checked = [c.string(t, f"route_table_ids[{i}]", RTB_RE, "a route table ID such as rtb-0123456789abcdef0")
                    for i, t in enumerate(tables_raw)]
         tables = tuple(dict.fromkeys(t for t in checked if t is not None))
     region = c.string(c.get(doc, "region", ""), "region", _REGION_RE, "an AWS region name such as eu-west-1")
