@@ -12,7 +12,6 @@ import ipaddress
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
@@ -23,14 +22,6 @@ from haproxy_ha_runtime import routes
 
 class UsageError(Exception):
     """Bad input from the operator: exit 2 with this message."""
-
-
-@dataclass
-class Owner:
-    eni_id: str
-    node: str | None
-    instance_id: str | None
-    instance_state: str | None
 
 
 def _vip(text: str) -> str:
@@ -53,32 +44,10 @@ def _client(region: str | None) -> Any:
                                                max_pool_connections=routes.MAX_WORKERS))
 
 
-def owners(client: Any, eni_ids: Sequence[str]) -> dict[str, Owner]:
-    """Which node (tag haproxy-ha:node, else the instance's Name) and instance each ENI belongs to."""
-    ids = sorted(set(eni_ids))
-    out = {eni: Owner(eni, None, None, None) for eni in ids}
-    if not ids:
-        return out
-    resp = client.describe_network_interfaces(Filters=[{"Name": "network-interface-id", "Values": ids}])
-    by_instance: dict[str, str] = {}
-    for ni in resp.get("NetworkInterfaces", []):
-        eni = ni["NetworkInterfaceId"]
-        tags = {t["Key"]: t["Value"] for t in ni.get("TagSet", [])}
-        out[eni].node = tags.get(NODE_TAG)
-        instance_id = (ni.get("Attachment") or {}).get("InstanceId")
-        if instance_id:
-            out[eni].instance_id = instance_id
-            by_instance[instance_id] = eni
-    if by_instance:
-        resp = client.describe_instances(Filters=[{"Name": "instance-id", "Values": sorted(by_instance)}])
-        for reservation in resp.get("Reservations", []):
-            for inst in reservation.get("Instances", []):
-                owner = out[by_instance[inst["InstanceId"]]]
-                owner.instance_state = inst.get("State", {}).get("Name")
-                if owner.node is None:
-                    tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
-                    owner.node = tags.get(NODE_TAG) or tags.get("Name")
-    return out
+def node_name(owner: routes.EniOwner) -> str | None:
+    """The node an ENI belongs to: its haproxy-ha:node tag, else its instance's, else the instance's Name."""
+    return (owner.eni_tags.get(NODE_TAG) or owner.instance_tags.get(NODE_TAG)
+            or owner.instance_tags.get("Name"))
 
 
 def _tables_for(client: Any, vip: str, vpc_id: str | None) -> dict[str, routes.VipRoute]:
@@ -92,7 +61,7 @@ def _tables_for(client: Any, vip: str, vpc_id: str | None) -> dict[str, routes.V
 
 def _status(client: Any, args: argparse.Namespace) -> int:
     views = _tables_for(client, args.vip, args.vpc_id)
-    who = owners(client, [v.eni_id for v in views.values() if v.eni_id])
+    who = routes.eni_owners(client, [v.eni_id for v in views.values() if v.eni_id])
     rows = []
     for table_id in sorted(views):
         v = views[table_id]
@@ -101,7 +70,7 @@ def _status(client: Any, args: argparse.Namespace) -> int:
             "route_table_id": table_id,
             "vpc_id": v.vpc_id,
             "target": v.eni_id or v.other_target,
-            "node": o.node if o else None,
+            "node": node_name(o) if o else None,
             "instance_id": o.instance_id if o else None,
             "instance_state": o.instance_state if o else None,
             "route_state": v.state,
@@ -134,7 +103,7 @@ def resolve_target(client: Any, to: str, vpc_ids: set[str]) -> tuple[str, str | 
         vpc = resp["NetworkInterfaces"][0].get("VpcId")
         if vpc_ids and vpc not in vpc_ids:
             raise UsageError(f"--to: got {to!r}; that ENI is in {vpc}, not in {', '.join(sorted(vpc_ids))}")
-        return to, owners(client, [to])[to].node
+        return to, node_name(routes.eni_owners(client, [to])[to])
     resp = client.describe_network_interfaces(Filters=[{"Name": f"tag:{NODE_TAG}", "Values": [to]}, *vpc_filter])
     enis = [ni["NetworkInterfaceId"] for ni in resp.get("NetworkInterfaces", [])]
     if not enis:

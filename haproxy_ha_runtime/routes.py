@@ -179,35 +179,60 @@ def find_vip_route_tables(client: Any, vip: str, vpc_id: str | None = None) -> d
     return out
 
 
-def instance_states_by_eni(client: Any, eni_ids: Iterable[str]) -> dict[str, str | None]:
-    """The state of the instance each ENI is attached to (None: no such ENI, or not attached)."""
+@dataclass(frozen=True)
+class EniOwner:
+    """Who an ENI belongs to: the instance it is attached to, that instance's state, and tags."""
+
+    eni_id: str
+    instance_id: str | None = None
+    instance_state: str | None = None
+    eni_tags: dict[str, str] = field(default_factory=dict)
+    instance_tags: dict[str, str] = field(default_factory=dict)
+
+
+def _tags(items: list[dict[str, str]] | None) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in items or []}
+
+
+def eni_owners(client: Any, eni_ids: Iterable[str]) -> dict[str, EniOwner]:
+    """For each ENI, the instance it is attached to and that instance's state (None for an ENI
+    that does not exist or is not attached).  Two calls, both filtered by ID."""
     enis = sorted(set(eni_ids))
-    result: dict[str, str | None] = {eni: None for eni in enis}
     if not enis:
-        return result
-    attached: dict[str, str] = {}
+        return {}
     try:
         resp = client.describe_network_interfaces(
             Filters=[{"Name": "network-interface-id", "Values": enis}])
     except ClientError as e:
         if "NotFound" not in _code(e):
             raise
-        return result
-    for ni in resp.get("NetworkInterfaces", []):
-        instance_id = (ni.get("Attachment") or {}).get("InstanceId")
-        if instance_id:
-            attached[ni["NetworkInterfaceId"]] = instance_id
-    if not attached:
-        return result
-    states: dict[str, str] = {}
-    resp = client.describe_instances(
-        Filters=[{"Name": "instance-id", "Values": sorted(set(attached.values()))}])
-    for reservation in resp.get("Reservations", []):
-        for inst in reservation.get("Instances", []):
-            states[inst["InstanceId"]] = inst.get("State", {}).get("Name", "unknown")
-    for eni, instance_id in attached.items():
-        result[eni] = states.get(instance_id)
-    return result
+        resp = {}
+    found = {ni["NetworkInterfaceId"]: ni for ni in resp.get("NetworkInterfaces", [])}
+    attached = {eni: (ni.get("Attachment") or {}).get("InstanceId") for eni, ni in found.items()}
+    instances: dict[str, dict[str, Any]] = {}
+    instance_ids = sorted({i for i in attached.values() if i})
+    if instance_ids:
+        resp = client.describe_instances(Filters=[{"Name": "instance-id", "Values": instance_ids}])
+        for reservation in resp.get("Reservations", []):
+            for inst in reservation.get("Instances", []):
+                instances[inst["InstanceId"]] = inst
+    out: dict[str, EniOwner] = {}
+    for eni in enis:
+        instance_id = attached.get(eni)
+        inst = instances.get(instance_id or "", {})
+        out[eni] = EniOwner(
+            eni_id=eni,
+            instance_id=instance_id,
+            instance_state=inst.get("State", {}).get("Name") if inst else None,
+            eni_tags=_tags(found.get(eni, {}).get("TagSet")),
+            instance_tags=_tags(inst.get("Tags")),
+        )
+    return out
+
+
+def instance_states_by_eni(client: Any, eni_ids: Iterable[str]) -> dict[str, str | None]:
+    """The state of the instance each ENI is attached to (None: no such ENI, or not attached)."""
+    return {eni: owner.instance_state for eni, owner in eni_owners(client, eni_ids).items()}
 
 
 def needs_repair(view: VipRoute, live_enis: set[str]) -> bool:
