@@ -56,10 +56,9 @@ class HealthCheck:
         self.timeout_s = timeout_s
         self.fall = fall
         self.rise = rise
-        self.healthy = False
-        # The first probe decides at once: an agent restarted on a healthy node must not report
-        # it unhealthy while it waits for `rise` successes (that would cause a failover).
-        self.known = False
+        # None until the first probe, which decides at once: an agent restarted on a healthy node
+        # must not report it unhealthy while it waits for `rise` successes (that would cause a failover).
+        self.healthy: bool | None = None
         self._streak = 0
 
     def probe(self) -> bool:
@@ -74,8 +73,8 @@ class HealthCheck:
 
     def update(self, ok: bool) -> bool:
         """Feed one probe result; returns True when the health verdict changes."""
-        if not self.known:
-            self.known, self.healthy = True, ok
+        if self.healthy is None:
+            self.healthy = ok
             return True
         if ok == self.healthy:
             self._streak = 0

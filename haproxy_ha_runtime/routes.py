@@ -349,7 +349,7 @@ def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str
                         # The write failed but the route is right (an earlier try, or another writer).
                         res.action = "unchanged" if res.attempts == 0 else "replaced"
                 else:
-                    if view is None and t not in views and res.error is None:
+                    if view is None and res.error is None:
                         res.error = "route table not found"
                     still.append(t)
             pending = still
