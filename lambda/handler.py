@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import time
 import urllib.request
 from typing import Any
 
 from haproxy_ha_runtime import routes
+from haproxy_ha_runtime.agent import log_event
 
 _client: Any = None
 
@@ -26,12 +25,6 @@ def _ec2() -> Any:
         # The endpoint comes from boto3's own settings (AWS_ENDPOINT_URL), so tests can aim it.
         _client = routes.make_client(os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
     return _client
-
-
-def _log(event: str, **fields: Any) -> None:
-    record: dict[str, Any] = {"ts": round(time.time(), 3), "event": event}
-    record.update(fields)
-    print(json.dumps(record, default=str), file=sys.stdout, flush=True)
 
 
 # -- custom resource ----------------------------------------------------------------------------
@@ -77,7 +70,7 @@ def handle_custom_resource(event: dict[str, Any], client: Any) -> tuple[str, dic
     if request == "Delete":
         result = routes.delete_routes(client, vip, tables)
         _raise_unless_converged("deleting VIP routes", result)
-        _log("custom_resource", request=request, vip=vip, tables=_summary(result))
+        log_event("custom_resource", request=request, vip=vip, tables=_summary(result))
         return event.get("PhysicalResourceId") or physical_id(vip), {}
     result = routes.ensure_routes(client, vip, tables, eni)
     _raise_unless_converged("creating VIP routes", result)
@@ -90,7 +83,7 @@ def handle_custom_resource(event: dict[str, Any], client: Any) -> tuple[str, dic
             _raise_unless_converged("removing VIP routes from dropped tables", removed)
             summary.update(_summary(removed))
         # A changed VIP gets a new physical ID; CloudFormation then deletes the old routes.
-    _log("custom_resource", request=request, vip=vip, tables=summary)
+    log_event("custom_resource", request=request, vip=vip, tables=summary)
     return physical_id(vip), {"RouteTableCount": str(len(tables))}
 
 
@@ -121,7 +114,7 @@ def on_event(event: dict[str, Any], context: Any) -> None:
     try:
         physical, data = handle_custom_resource(event, _ec2())
     except Exception as e:
-        _log("custom_resource_failed", request=event.get("RequestType"), error=str(e))
+        log_event("custom_resource_failed", request=event.get("RequestType"), error=str(e))
         send_response(event, context, "FAILED", fallback, reason=f"{type(e).__name__}: {e}")
         return
     send_response(event, context, "SUCCESS", physical, data)
@@ -166,7 +159,7 @@ def reconcile(event: dict[str, Any], context: Any) -> dict[str, Any]:
     vip, tables, nodes = _nodes_from_env()
     detail = event.get("detail") or {}
     report = reconcile_routes(_ec2(), vip, tables, nodes)
-    _log("reconcile", trigger=event.get("detail-type", "schedule"), instance=detail.get("instance-id"),
+    log_event("reconcile", trigger=event.get("detail-type", "schedule"), instance=detail.get("instance-id"),
          instance_state=detail.get("state"), **report)
     if report.get("error") or report.get("failed"):
         # Fail the invocation so it shows in the function's error metric (and is retried for events).
