@@ -27,28 +27,14 @@ sys.path.insert(0, str(REPO))
 os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_EC2_METADATA_DISABLED": "true"})
 
 from haproxy_ha_runtime import routes  # noqa: E402
-from tests.conftest import VIP, client_for, free_port, make_world  # noqa: E402
+from tests.conftest import VIP, client_for, make_world  # noqa: E402
+from tests.support import moto_server  # noqa: E402
 from tests.support.fault_proxy import FaultProxy  # noqa: E402
+from tests.support.moto_server import free_port  # noqa: E402
 
 
 def _stats(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def start_moto() -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    client = client_for(url)
-    for _ in range(200):
-        try:
-            client.describe_vpcs()
-            return proc, url
-        except Exception:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("moto server did not start")
 
 
 def bench_take_over(url: str, sizes: list[int], runs: int) -> list[dict[str, Any]]:
@@ -141,13 +127,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,10,50,100")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
-    moto, url = start_moto()
+    moto, url = moto_server.start()
     try:
         rows = bench_take_over(url, [int(s) for s in args.sizes.split(",")], args.runs)
         fifo = bench_fifo_to_write(url, args.runs)
     finally:
-        moto.terminate()
-        moto.wait(10)
+        moto_server.stop(moto)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     print(f"take_over against moto on loopback ({machine}), {args.runs} runs each")
     print(f"{'tables':>6}  {'median s':>9}  {'min s':>7}  {'max s':>7}  {'API calls':>9}")

@@ -6,11 +6,7 @@ Nothing here reaches AWS: credentials are dummies, and every client is pointed a
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +17,7 @@ import boto3
 import pytest
 
 from haproxy_ha_runtime import routes
+from tests.support import moto_server
 from tests.support.fault_proxy import FaultProxy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,12 +33,6 @@ os.environ.update({
 os.environ.pop("AWS_PROFILE", None)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def require(what: str, ok: bool) -> None:
     """Skip when a prerequisite is missing, but only outside CI: in CI it must be there."""
     if ok:
@@ -53,32 +44,11 @@ def require(what: str, ok: bool) -> None:
 
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
-    port = free_port()
-    exe = Path(sys.executable).with_name("moto_server")
-    # Without its ~1000 default AMIs, moto rebuilds its EC2 state in 0.1 s instead of 1.4 s
-    # after each reset.  The nodes' instances use MOTO_AMI, which moto does not check.
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
-                            env={**os.environ, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = moto_server.start()
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        moto_server.stop(proc)
 
 
 @pytest.fixture
