@@ -90,14 +90,10 @@ class World:
     tables: list[str]
 
 
-# An image ID for the nodes' instances; moto does not check that it exists.
-MOTO_AMI = "ami-03cf127a"
-
-
 def make_world(client: Any, n_tables: int, vip: str = VIP, with_routes: bool = True) -> World:
     vpc = client.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     subnet = client.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
-    ami = MOTO_AMI
+    ami = moto_server.IMAGE_ID
     enis, instances = [], []
     for name in ("a", "b"):
         eni = client.create_network_interface(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from haproxy_ha_runtime import routes
+from tests.support import moto_server
 
 REGION = "us-east-1"
 VPC_CIDR = "10.0.0.0/16"
@@ -37,7 +38,6 @@ def create(client: Any, vip: str, n_tables: int) -> CloudState:
     if not 1 <= n_tables <= 200:
         raise ValueError(f"n_tables: got {n_tables}; allowed: 1 to 200")
     vpc = client.create_vpc(CidrBlock=VPC_CIDR)["Vpc"]["VpcId"]
-    ami = client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     eni: dict[str, str] = {}
     instance: dict[str, str] = {}
     for i, (name, az) in enumerate((("a", REGION + "a"), ("b", REGION + "b"))):
@@ -51,7 +51,7 @@ def create(client: Any, vip: str, n_tables: int) -> CloudState:
         # The node forwards traffic for the VIP, an address that is not its own.
         client.modify_network_interface_attribute(NetworkInterfaceId=nic, SourceDestCheck={"Value": False})
         inst = client.run_instances(
-            ImageId=ami, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+            ImageId=moto_server.IMAGE_ID, MinCount=1, MaxCount=1, InstanceType="t3.micro",
             NetworkInterfaces=[{"DeviceIndex": 0, "NetworkInterfaceId": nic}],
             TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": f"haproxy-ha-{name}"}]}],
         )["Instances"][0]["InstanceId"]

@@ -31,6 +31,8 @@ import boto3
 
 from haproxy_ha_runtime import routes
 from haproxy_ha_runtime.agent import HealthCheck
+from haproxy_ha_runtime.config import PROFILES
+from tests.support import moto_server
 
 from . import cloud, topology
 from .topology import NODES, ROUTER, VIP
@@ -164,6 +166,7 @@ class Lab:
         self.env = dict(os.environ)
         for key in [k for k in self.env if k.startswith("AWS_")]:
             del self.env[key]
+        self.env.update(moto_server.NO_DEFAULT_AMIS)
         self.env.update({
             "AWS_ACCESS_KEY_ID": "lab", "AWS_SECRET_ACCESS_KEY": "lab", "AWS_DEFAULT_REGION": cloud.REGION,
             "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
@@ -250,7 +253,7 @@ class Lab:
 
     @property
     def timing_advert_s(self) -> float:
-        return 1.0 if self.options.profile == "default" else 0.1
+        return PROFILES[self.options.profile].advert_int_s
 
     def _reachable(self, url: str) -> bool:
         with topology.entered(ROUTER):
