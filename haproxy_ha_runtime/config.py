@@ -10,13 +10,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from typing import Any
+
+from .problems import InvalidInput, Problems
 
 SCHEMA_VERSION = 1
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+NAME_ALLOWED = "1-32 lower-case letters, digits or '-', starting with one of the first two"
 _ENI_RE = re.compile(r"^eni-[0-9a-f]{8,17}$")
 RTB_RE = re.compile(r"^rtb-[0-9a-f]{8,17}$")
 HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
@@ -70,6 +72,8 @@ _TIMING_BOUNDS: dict[str, tuple[float, float]] = {
 
 @dataclass(frozen=True)
 class Backend:
+    """One server HAProxy sends a listener's traffic to."""
+
     name: str
     host: str
     port: int
@@ -77,6 +81,8 @@ class Backend:
 
 @dataclass(frozen=True)
 class Listener:
+    """One HAProxy front end on the VIP, and its backend servers (or a static reply)."""
+
     name: str
     port: int
     mode: str = "http"
@@ -87,6 +93,8 @@ class Listener:
 
 @dataclass(frozen=True)
 class Peer:
+    """The other node: its name, its address for VRRP unicast, and its ENI (the hand-over target)."""
+
     name: str
     ip: str
     eni_id: str | None = None
@@ -104,19 +112,25 @@ class Paths:
 
     @property
     def notify_fifo(self) -> str:
+        """keepalived writes its state changes here; the agent reads them."""
         return self.run_dir + "/keepalived.fifo"
 
     @property
     def track_file(self) -> str:
+        """The agent writes HAProxy's health here (0 healthy, 1 not); keepalived tracks it."""
         return self.run_dir + "/haproxy-health"
 
     @property
     def haproxy_socket(self) -> str:
+        """HAProxy's admin socket."""
         return self.run_dir + "/haproxy.sock"
 
 
 @dataclass(frozen=True)
 class NodeConfig:
+    """A validated node config document.  Its fields are the document's keys (plus `version`),
+    in the order the document is written, and their defaults are the document's defaults."""
+
     node_name: str
     vip: str
     local_ip: str
@@ -124,96 +138,97 @@ class NodeConfig:
     route_table_ids: tuple[str, ...]
     region: str
     listeners: tuple[Listener, ...]
-    priority: int
-    timing: Timing
-    profile: str = "default"
+    # null: read it from IMDS (the ENI of the primary MAC).
     eni_id: str | None = None
+    # null: the interface that holds local_ip.
     interface: str | None = None
+    # null: the region's EC2 endpoint.
     endpoint_url: str | None = None
     vpc_id: str | None = None
+    priority: int = 100
     preempt: bool = False
     virtual_router_id: int = 51
+    profile: str = "default"
+    # In the document: overrides of the profile's values.
+    timing: Timing = PROFILES["default"]
     stats_port: int = 8404
+    # In the document: only the paths that differ from the defaults.
     paths: Paths = field(default_factory=Paths)
 
     @property
     def vip_cidr(self) -> str:
+        """The VIP's /32, the only destination the routes module ever writes."""
         return self.vip + "/32"
 
 
-class ConfigError(ValueError):
+DOCUMENT_KEYS: tuple[str, ...] = ("version", *(f.name for f in fields(NodeConfig)))
+
+
+def default(key: str) -> Any:
+    """The document's default for `key` (the construct uses it for the matching prop)."""
+    f = NodeConfig.__dataclass_fields__[key]
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    if f.default is MISSING:
+        raise KeyError(f"{key} has no default: it is required")
+    return f.default
+
+
+def to_document(cfg: NodeConfig) -> dict[str, Any]:
+    """The JSON-ready document that `parse_config` reads back as `cfg`."""
+    doc: dict[str, Any] = {"version": SCHEMA_VERSION}
+    for f in fields(NodeConfig):
+        value = getattr(cfg, f.name)
+        if f.name == "timing":
+            profile = asdict(PROFILES[cfg.profile])
+            value = {k: v for k, v in asdict(value).items() if v != profile[k]}
+        elif f.name == "paths":
+            value = {k: v for k, v in asdict(value).items() if v != asdict(Paths())[k]}
+        doc[f.name] = _plain(value)
+    return doc
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: dataclasses become objects, tuples lists."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class ConfigError(InvalidInput):
     """The node config document is invalid.  `problems` lists every problem found."""
 
     def __init__(self, problems: list[str], source: str = "node config") -> None:
-        self.problems = list(problems)
-        lines = "\n".join("  - " + p for p in self.problems)
-        super().__init__(f"{source} is invalid ({len(self.problems)} problem(s)):\n{lines}")
+        super().__init__(problems, f"{source} is invalid ({len(problems)} problem(s))")
 
 
-class _Checker:
-    """Collects problems so that one run reports all of them."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def bad(self, where: str, value: Any, allowed: str) -> None:
-        self.problems.append(f"{where}: got {value!r}; allowed: {allowed}")
-
-    def get(self, doc: Mapping[str, Any], key: str, where: str, required: bool = True) -> Any:
-        if key not in doc or doc[key] is None:
-            if required:
-                self.problems.append(f"{where}{key}: missing; it is required")
-            return None
-        return doc[key]
-
-    def string(self, value: Any, where: str, pattern: re.Pattern[str], allowed: str) -> str | None:
-        if not isinstance(value, str) or not pattern.match(value):
-            self.bad(where, value, allowed)
-            return None
-        return value
-
-    def integer(self, value: Any, where: str, low: int, high: int) -> int | None:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            self.bad(where, value, f"a whole number from {low} to {high}")
-            return None
-        return value
-
-    def number(self, value: Any, where: str, low: float, high: float) -> float | None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            self.bad(where, value, f"a number from {low:g} to {high:g}")
-            return None
-        return float(value)
-
-    def ipv4(self, value: Any, where: str, unicast: bool = True) -> str | None:
-        try:
-            addr = ipaddress.IPv4Address(value)
-        except (ipaddress.AddressValueError, ValueError, TypeError):
-            self.bad(where, value, "a single IPv4 address such as 10.0.1.10")
-            return None
-        if unicast and (addr.is_multicast or addr.is_unspecified or addr.is_loopback or addr.is_link_local
-                        or addr == ipaddress.IPv4Address("255.255.255.255")):
-            self.bad(where, value, "a unicast IPv4 address (not loopback, link-local, multicast or 0.0.0.0)")
-            return None
-        return str(addr)
+def check_vip(c: Problems, value: Any, where: str = "vip") -> ipaddress.IPv4Address | None:
+    """The VIP rule, for the document and the construct's `vip` prop alike."""
+    return c.ipv4(value, where, example="192.168.254.10", refuse_reserved=True)
 
 
-def _listeners(c: _Checker, raw: Any) -> tuple[Listener, ...]:
+def check_listeners(c: Problems, raw: Any, stats_port: int | None, where: str = "listeners") -> tuple[Listener, ...]:
+    """The listeners rules, for the document and the construct's `listeners` prop alike.
+
+    `stats_port` is the already checked stats port (None if it was bad): no listener may use it.
+    """
     if not isinstance(raw, list) or not raw:
-        c.bad("listeners", raw, "a non-empty list of listener objects")
+        c.bad(where, raw, "a non-empty list of listener objects")
         return ()
     out: list[Listener] = []
     ports: dict[int, str] = {}
     names: dict[str, str] = {}
     for i, item in enumerate(raw):
-        w = f"listeners[{i}]"
+        w = f"{where}[{i}]"
         if not isinstance(item, dict):
             c.bad(w, item, "an object with name, port, mode and backends")
             continue
-        name = c.string(c.get(item, "name", w + "."), w + ".name", NAME_RE,
-                        "1-32 lower-case letters, digits or '-'")
+        name = c.string(c.get(item, "name", w + "."), w + ".name", NAME_RE, NAME_ALLOWED)
         port = c.integer(c.get(item, "port", w + "."), w + ".port", 1, 65535)
         mode = item.get("mode", "http")
-        if mode not in ("http", "tcp"):
+        if not isinstance(mode, str) or mode not in ("http", "tcp"):
             c.bad(w + ".mode", mode, "'http' or 'tcp'")
         check_path = item.get("check_path", "/")
         if not isinstance(check_path, str) or not PATH_RE.match(check_path):
@@ -221,14 +236,16 @@ def _listeners(c: _Checker, raw: Any) -> tuple[Listener, ...]:
         static_reply = item.get("static_reply")
         if static_reply is not None and (not isinstance(static_reply, str) or not static_reply
                                          or '"' in static_reply or "\n" in static_reply):
-            c.bad(w + ".static_reply", static_reply, "a non-empty one-line string without double quotes")
+            c.bad(w + ".static_reply", static_reply, "a non-empty one-line text without double quotes")
         if static_reply is not None and mode != "http":
-            c.bad(w + ".static_reply", static_reply, "only with mode 'http'")
+            c.bad(w + ".static_reply", static_reply, "only on a listener with mode 'http'")
         backends = _backends(c, item.get("backends", []), w, static_reply is not None)
         if port is not None:
             if port in ports:
                 c.bad(w + ".port", port, f"a port no other listener uses ({ports[port]} already listens on it)")
             ports[port] = w
+            if port == stats_port:
+                c.bad("stats_port", stats_port, f"a port that no listener uses ({w} listens on it)")
         if name is not None:
             if name in names:
                 c.bad(w + ".name", name, f"a name no other listener uses ({names[name]} has it)")
@@ -240,7 +257,7 @@ def _listeners(c: _Checker, raw: Any) -> tuple[Listener, ...]:
     return tuple(out)
 
 
-def _backends(c: _Checker, raw: Any, w: str, has_static_reply: bool) -> tuple[Backend, ...]:
+def _backends(c: Problems, raw: Any, w: str, has_static_reply: bool) -> tuple[Backend, ...]:
     if not isinstance(raw, list):
         c.bad(w + ".backends", raw, "a list of {name, host, port} objects")
         return ()
@@ -253,7 +270,7 @@ def _backends(c: _Checker, raw: Any, w: str, has_static_reply: bool) -> tuple[Ba
         if not isinstance(b, dict):
             c.bad(bw, b, "an object with name, host and port")
             continue
-        name = c.string(c.get(b, "name", bw + "."), bw + ".name", NAME_RE, "1-32 lower-case letters, digits or '-'")
+        name = c.string(c.get(b, "name", bw + "."), bw + ".name", NAME_RE, NAME_ALLOWED)
         host = c.string(c.get(b, "host", bw + "."), bw + ".host", HOST_RE, "an IPv4 address or a DNS name")
         port = c.integer(c.get(b, "port", bw + "."), bw + ".port", 1, 65535)
         if name is not None and host is not None and port is not None:
@@ -261,11 +278,12 @@ def _backends(c: _Checker, raw: Any, w: str, has_static_reply: bool) -> tuple[Ba
     return tuple(out)
 
 
-def _timing(c: _Checker, profile: Any, overrides: Any) -> Timing:
-    if profile not in PROFILES:
+def check_timing(c: Problems, profile: Any, overrides: Any) -> Timing:
+    """The timing profile's name (also the construct's `timing_profile`), and overrides of its values."""
+    if not isinstance(profile, str) or profile not in PROFILES:
         c.bad("profile", profile, " or ".join(repr(p) for p in PROFILES))
         profile = "default"
-    base = PROFILES[profile].__dict__.copy()
+    base = asdict(PROFILES[profile])
     if overrides is None:
         overrides = {}
     if not isinstance(overrides, dict):
@@ -285,7 +303,7 @@ def _timing(c: _Checker, profile: Any, overrides: Any) -> Timing:
     return Timing(**base)
 
 
-def _peers(c: _Checker, raw: Any) -> tuple[Peer, ...]:
+def _peers(c: Problems, raw: Any) -> tuple[Peer, ...]:
     if not isinstance(raw, list) or not raw:
         c.bad("peers", raw, "a non-empty list of {name, ip, eni_id} objects")
         return ()
@@ -295,17 +313,17 @@ def _peers(c: _Checker, raw: Any) -> tuple[Peer, ...]:
         if not isinstance(p, dict):
             c.bad(w, p, "an object with name, ip and eni_id")
             continue
-        name = c.string(c.get(p, "name", w + "."), w + ".name", NAME_RE, "1-32 lower-case letters, digits or '-'")
+        name = c.string(c.get(p, "name", w + "."), w + ".name", NAME_RE, NAME_ALLOWED)
         ip = c.ipv4(c.get(p, "ip", w + "."), w + ".ip")
         eni = p.get("eni_id")
         if eni is not None:
             eni = c.string(eni, w + ".eni_id", _ENI_RE, "an ENI ID such as eni-0123456789abcdef0")
         if name is not None and ip is not None:
-            out.append(Peer(name=name, ip=ip, eni_id=eni))
+            out.append(Peer(name=name, ip=str(ip), eni_id=eni))
     return tuple(out)
 
 
-def _paths(c: _Checker, raw: Any) -> Paths:
+def _paths(c: Problems, raw: Any) -> Paths:
     if raw is None:
         return Paths()
     if not isinstance(raw, dict):
@@ -323,32 +341,28 @@ def _paths(c: _Checker, raw: Any) -> Paths:
     return Paths(**kwargs)
 
 
+def _optional(c: Problems, doc: dict[str, Any], key: str, pattern: re.Pattern[str], allowed: str) -> str | None:
+    value = doc.get(key)
+    return None if value is None else c.string(value, key, pattern, allowed)
+
+
 def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
     """Validate a decoded node config document and return it typed.  Raises ConfigError."""
-    c = _Checker()
+    c = Problems()
     if not isinstance(doc, dict):
         raise ConfigError([f"the document: got {type(doc).__name__}; allowed: a JSON object"], source)
-    allowed_keys = {
-        "version", "node_name", "vip", "eni_id", "local_ip", "interface", "peers", "route_table_ids",
-        "region", "endpoint_url", "vpc_id", "priority", "preempt", "virtual_router_id", "profile",
-        "timing", "listeners", "stats_port", "paths",
-    }
-    for key in sorted(set(doc) - allowed_keys):
-        c.bad(key, doc[key], "no such field; known fields are " + ", ".join(sorted(allowed_keys)))
+    for key in sorted(set(doc) - set(DOCUMENT_KEYS)):
+        c.bad(key, doc[key], "no such field; known fields are " + ", ".join(sorted(DOCUMENT_KEYS)))
     version = doc.get("version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
         c.bad("version", version, str(SCHEMA_VERSION))
-    node_name = c.string(c.get(doc, "node_name", ""), "node_name", NAME_RE, "1-32 lower-case letters, digits or '-'")
-    vip = c.ipv4(c.get(doc, "vip", ""), "vip")
+    node_name = c.string(c.get(doc, "node_name", ""), "node_name", NAME_RE, NAME_ALLOWED)
+    vip = check_vip(c, c.get(doc, "vip", ""))
     local_ip = c.ipv4(c.get(doc, "local_ip", ""), "local_ip")
-    eni_id = doc.get("eni_id")
-    if eni_id is not None:
-        eni_id = c.string(eni_id, "eni_id", _ENI_RE,
-                          "an ENI ID such as eni-0123456789abcdef0, or null to read it from IMDS")
-    interface = doc.get("interface")
-    if interface is not None:
-        interface = c.string(interface, "interface", re.compile(r"^[A-Za-z0-9_.@-]{1,15}$"),
-                             "a Linux interface name (1-15 characters), or null for the one that holds local_ip")
+    eni_id = _optional(c, doc, "eni_id", _ENI_RE,
+                       "an ENI ID such as eni-0123456789abcdef0, or null to read it from IMDS")
+    interface = _optional(c, doc, "interface", re.compile(r"^[A-Za-z0-9_.@-]{1,15}$"),
+                          "a Linux interface name (1-15 characters), or null for the one that holds local_ip")
     peers = _peers(c, c.get(doc, "peers", ""))
     tables_raw = c.get(doc, "route_table_ids", "")
     tables: tuple[str, ...] = ()
@@ -360,41 +374,32 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
                    for i, t in enumerate(tables_raw)]
         tables = tuple(dict.fromkeys(t for t in checked if t is not None))
     region = c.string(c.get(doc, "region", ""), "region", _REGION_RE, "an AWS region name such as eu-west-1")
-    endpoint_url = doc.get("endpoint_url")
-    if endpoint_url is not None and (not isinstance(endpoint_url, str)
-                                     or not re.match(r"^https?://[^\s/]+(/\S*)?$", endpoint_url)):
-        c.bad("endpoint_url", endpoint_url, "an http(s) URL, or null for the region's EC2 endpoint")
-    vpc_id = doc.get("vpc_id")
-    if vpc_id is not None:
-        vpc_id = c.string(vpc_id, "vpc_id", re.compile(r"^vpc-[0-9a-f]{8,17}$"),
-                          "a VPC ID such as vpc-0123456789abcdef0")
-    priority = c.integer(doc.get("priority", 100), "priority", 1, 254)
-    preempt = doc.get("preempt", False)
-    if not isinstance(preempt, bool):
-        c.bad("preempt", preempt, "true or false")
-    vrid = c.integer(doc.get("virtual_router_id", 51), "virtual_router_id", 1, 255)
-    profile = doc.get("profile", "default")
-    timing = _timing(c, profile, doc.get("timing"))
-    listeners = _listeners(c, c.get(doc, "listeners", ""))
-    stats_port = c.integer(doc.get("stats_port", 8404), "stats_port", 1, 65535)
-    if stats_port is not None and any(lst.port == stats_port for lst in listeners):
-        c.bad("stats_port", stats_port, "a port that no listener uses")
+    endpoint_url = _optional(c, doc, "endpoint_url", re.compile(r"^https?://[^\s/]+(/\S*)?$"),
+                             "an http(s) URL, or null for the region's EC2 endpoint")
+    vpc_id = _optional(c, doc, "vpc_id", re.compile(r"^vpc-[0-9a-f]{8,17}$"), "a VPC ID such as vpc-0123456789abcdef0")
+    priority = c.integer(doc.get("priority", default("priority")), "priority", 1, 254)
+    preempt = c.boolean(doc.get("preempt", default("preempt")), "preempt")
+    vrid = c.integer(doc.get("virtual_router_id", default("virtual_router_id")), "virtual_router_id", 1, 255)
+    profile = doc.get("profile", default("profile"))
+    timing = check_timing(c, profile, doc.get("timing"))
+    stats_port = c.integer(doc.get("stats_port", default("stats_port")), "stats_port", 1, 65535)
+    listeners = check_listeners(c, c.get(doc, "listeners", ""), stats_port)
     paths = _paths(c, doc.get("paths"))
 
     if vip is not None and local_ip is not None and vip == local_ip:
-        c.bad("vip", vip, "an address other than local_ip")
-    if vip is not None and any(p.ip == vip for p in peers):
-        c.bad("vip", vip, "an address other than every peer's ip")
+        c.bad("vip", str(vip), "an address other than local_ip")
+    if vip is not None and any(p.ip == str(vip) for p in peers):
+        c.bad("vip", str(vip), "an address other than every peer's ip")
     if node_name is not None and any(p.name == node_name for p in peers):
         c.bad("peers", [p.name for p in peers], f"peer names other than this node's own name {node_name!r}")
-    if local_ip is not None and any(p.ip == local_ip for p in peers):
+    if local_ip is not None and any(p.ip == str(local_ip) for p in peers):
         c.bad("peers", [p.ip for p in peers], f"peer addresses other than local_ip {local_ip}")
 
-    if c.problems:
-        raise ConfigError(c.problems, source)
-    assert node_name and vip and local_ip and region and priority and vrid and stats_port
+    if c.items:
+        raise ConfigError(c.items, source)
+    assert node_name and vip and local_ip and region and priority and vrid and stats_port and preempt is not None
     return NodeConfig(
-        node_name=node_name, vip=vip, local_ip=local_ip, peers=peers, route_table_ids=tables,
+        node_name=node_name, vip=str(vip), local_ip=str(local_ip), peers=peers, route_table_ids=tables,
         region=region, listeners=listeners, priority=priority, timing=timing, profile=profile,
         eni_id=eni_id, interface=interface, endpoint_url=endpoint_url, vpc_id=vpc_id,
         preempt=preempt, virtual_router_id=vrid, stats_port=stats_port, paths=paths,
