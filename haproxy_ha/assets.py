@@ -27,14 +27,17 @@ def _source_dir(installed_name: str, repo_name: str) -> Path:
 
 
 def lambda_source_dir() -> Path:
+    """The route Lambda's source folder."""
     return _source_dir("lambda_src", "lambda")
 
 
 def userdata_source_dir() -> Path:
+    """The folder of boot.sh and the systemd units."""
     return _source_dir("userdata", "userdata")
 
 
 def runtime_source_dir() -> Path:
+    """The node runtime package's folder."""
     return Path(haproxy_ha_runtime.__file__).resolve().parent
 
 

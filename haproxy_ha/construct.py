@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -34,19 +35,10 @@ from constructs import Construct
 from haproxy_ha.assets import NODE_CONFIG_PATH, NODE_FILES_DIR, lambda_code_dir, node_files_dir
 from haproxy_ha.listener import Listener
 from haproxy_ha.node_config import NodeAddress, node_config_document
-from haproxy_ha.tags import NODE_TAG
-from haproxy_ha.validation import (
-    TIMING_PROFILES,
-    HaproxyHaPropsError,
-    Problems,
-    check_cidrs,
-    check_listeners,
-    check_port,
-    check_route_table_ids,
-    check_vip_outside,
-    is_token,
-    parse_vip,
-)
+from haproxy_ha.validation import HaproxyHaPropsError, check_props, check_vip_outside, is_token
+from haproxy_ha_runtime import config
+from haproxy_ha_runtime.problems import Problems
+from haproxy_ha_runtime.tags import NODE_TAG
 
 DEFAULT_INSTANCE_TYPE = "t4g.small"
 DEFAULT_VPC_CIDR = "10.0.0.0/16"
@@ -87,11 +79,30 @@ class HaproxyHaNode:
 
     @property
     def private_ip(self) -> str:
+        """The ENI's primary address: VRRP unicast goes to and from it."""
         return self.network_interface.attr_primary_private_ip_address
 
     @property
     def instance_id(self) -> str:
+        """The node's EC2 instance."""
         return self.instance.instance_id
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where the nodes run and which route tables get the VIP route."""
+
+    node_subnets: list[ec2.ISubnet]
+    route_table_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _RouteOwner:
+    """The Lambda functions that own and repair the VIP routes, and the custom resource."""
+
+    route_function: lambda_.Function
+    reconcile_function: lambda_.Function
+    vip_routes: CustomResource
 
 
 @jsii.implements(ec2.IConnectable)
@@ -106,6 +117,33 @@ class HaproxyHa(Construct):
 
     Allow a client in: ``lb.connections.allow_from(app_sg, ec2.Port.tcp(80))``.
     """
+
+    vip: str
+    """The overlay VIP, as a literal IPv4 address."""
+    vpc: ec2.IVpc
+    """The VPC the nodes run in: the caller's, or the one built here."""
+    listeners: tuple[Listener, ...]
+    """The listeners HAProxy serves on the VIP, as given (or the default)."""
+    timing_profile: str
+    """The VRRP timing profile, "default" or "fast"."""
+    route_table_ids: tuple[str, ...]
+    """Every route table that holds the VIP /32 route."""
+    route_table_arns: tuple[str, ...]
+    """Their ARNs: the only resources the route-moving IAM actions are granted on."""
+    security_group: ec2.SecurityGroup
+    """The nodes' security group (VRRP and the stats port between the nodes, listeners from clients)."""
+    node_role: iam.Role
+    """The nodes' instance role."""
+    node_files: s3_assets.Asset
+    """The asset that carries boot.sh, the systemd units and the node runtime."""
+    nodes: tuple[HaproxyHaNode, ...]
+    """Node "a" and node "b"."""
+    route_function: lambda_.Function
+    """The custom resource's handler: creates the VIP routes on deploy, removes them on delete."""
+    reconcile_function: lambda_.Function
+    """The reconciler: moves routes away from a stopped node, repairs blackholed or missing ones."""
+    vip_routes: CustomResource
+    """The custom resource that owns the VIP routes."""
 
     def __init__(
         self,
@@ -123,9 +161,9 @@ class HaproxyHa(Construct):
         extra_route_table_ids: Sequence[str] = (),
         reserved_cidrs: Sequence[str] = (),
         timing_profile: Literal["default", "fast"] = "default",
-        preempt: bool = False,
-        virtual_router_id: int = 51,
-        stats_port: int = 8404,
+        preempt: bool = config.default("preempt"),
+        virtual_router_id: int = config.default("virtual_router_id"),
+        stats_port: int = config.default("stats_port"),
         max_azs: int | None = None,
         vpc_cidr: str | None = None,
         nat_gateways: int | None = None,
@@ -160,159 +198,91 @@ class HaproxyHa(Construct):
         """
         super().__init__(scope, id)
         stack = Stack.of(self)
-        problems = Problems()
         listeners = tuple(listeners) if listeners is not None else DEFAULT_LISTENERS
 
-        vpc_only = {"max_azs": max_azs, "vpc_cidr": vpc_cidr, "nat_gateways": nat_gateways}
-        if vpc is not None:
-            for prop, value in vpc_only.items():
-                if value is not None:
-                    problems.bad(prop, value, "nothing when vpc is given: it only shapes the VPC the construct builds")
-        vip_addr = parse_vip(problems, vip)
-        if max_azs is not None and (isinstance(max_azs, bool) or not isinstance(max_azs, int) or max_azs < 2):
-            problems.bad("max_azs", max_azs, "a whole number of at least 2: the nodes run in two different AZs")
-        if nat_gateways is not None and (isinstance(nat_gateways, bool) or not isinstance(nat_gateways, int)
-                                         or nat_gateways < 0):
-            problems.bad("nat_gateways", nat_gateways, "a whole number of 0 or more")
-        if vpc_cidr is not None:
-            check_cidrs(problems, "vpc_cidr", [vpc_cidr])
-        check_cidrs(problems, "reserved_cidrs", list(reserved_cidrs))
-        if allowed_cidrs is not None:
-            if not allowed_cidrs:
-                problems.bad("allowed_cidrs", list(allowed_cidrs), "at least one CIDR (omit it for the VPC CIDR)")
-            check_cidrs(problems, "allowed_cidrs", list(allowed_cidrs))
-        check_route_table_ids(problems, "extra_route_table_ids", list(extra_route_table_ids))
-        if timing_profile not in TIMING_PROFILES:
-            problems.bad("timing_profile", timing_profile, " or ".join(repr(p) for p in TIMING_PROFILES))
-        if not isinstance(preempt, bool):
-            problems.bad("preempt", preempt, "True or False")
-        if isinstance(virtual_router_id, bool) or not isinstance(virtual_router_id, int) \
-                or not 1 <= virtual_router_id <= 255:
-            problems.bad("virtual_router_id", virtual_router_id, "a whole number from 1 to 255")
-        check_port(problems, "stats_port", stats_port)
-        check_listeners(problems, listeners, stats_port)
-
-        # Problems that need the VPC: only look at it once the props that shape it are sound.
+        # 1. Check the props.  Those that shape a VPC built here are checked before it is built.
+        problems = Problems()
+        checked = check_props(
+            problems, vip=vip, listeners=listeners, vpc_given=vpc is not None, max_azs=max_azs,
+            vpc_cidr=vpc_cidr, nat_gateways=nat_gateways, reserved_cidrs=reserved_cidrs,
+            allowed_cidrs=allowed_cidrs, extra_route_table_ids=extra_route_table_ids,
+            timing_profile=timing_profile, preempt=preempt, virtual_router_id=virtual_router_id,
+            stats_port=stats_port)
         built_vpc = vpc is None
-        if problems.items and built_vpc:
+        if problems and built_vpc:
             raise HaproxyHaPropsError(self.node.path, problems.items)
         if vpc is None:
             vpc = self._build_vpc(max_azs or DEFAULT_MAX_AZS, vpc_cidr or DEFAULT_VPC_CIDR, nat_gateways)
-        self.vpc: ec2.IVpc = vpc
-
         # The literal CIDR of a VPC built here, rather than its token, keeps the checks and rules readable.
         known_cidr = (vpc_cidr or DEFAULT_VPC_CIDR) if built_vpc else vpc.vpc_cidr_block
-        if vip_addr is not None:
-            cidrs = [("the VPC CIDR", known_cidr)] + [("reserved_cidrs", c) for c in reserved_cidrs]
-            check_vip_outside(problems, vip_addr, [(s, c) for s, c in cidrs if not is_token(c)])
-            if is_token(vpc.vpc_cidr_block) and not built_vpc:
-                Annotations.of(self).add_warning_v2(
-                    "haproxy-ha:vpc-cidr-unknown",
-                    "The VPC CIDR is not known at synth time, so the VIP could not be checked against it. "
-                    "Make sure the VIP lies outside every VPC CIDR.",
-                )
-            if not vip_addr.is_private:
-                Annotations.of(self).add_warning_v2(
-                    "haproxy-ha:public-vip",
-                    f"vip {vip_addr} is a public address: clients in the VPC can no longer reach the real host "
-                    "with that address. A private address outside the VPC CIDRs is usually the better choice.",
-                )
 
-        node_subnets_selected = vpc.select_subnets(**_selection_kwargs(node_subnets))
-        placement = _one_subnet_per_az(node_subnets_selected.subnets)
-        if len(placement) < 2:
-            azs = ", ".join(s.availability_zone for s in placement) or "none"
-            problems.add(
-                f"node_subnets: got subnets in {len(placement)} availability zone(s) ({azs}); "
-                "allowed: a selection with subnets in at least two AZs, so that each node runs in its own AZ"
-            )
-        client_subnet_list = _client_subnets(vpc, client_subnets)
-        route_table_ids: list[str] = []
-        for subnet in client_subnet_list:
-            rtb = _route_table_id(subnet)
-            if rtb is None:
-                problems.add(
-                    f"client_subnets: subnet {subnet.subnet_id} has no route table ID; allowed: subnets whose "
-                    "route table is known (pass the *_subnet_route_table_ids to Vpc.from_vpc_attributes), "
-                    "or list the tables in extra_route_table_ids"
-                )
-                continue
-            route_table_ids.append(rtb)
-        route_table_ids.extend(extra_route_table_ids)
-        route_table_ids = list(dict.fromkeys(route_table_ids))
-        if not route_table_ids:
-            problems.add("client_subnets: got no route tables; allowed: a selection with at least one subnet, "
-                         "or route tables in extra_route_table_ids")
-        if problems.items:
+        # 2. Place the nodes and find the route tables; the VPC may add problems of its own.
+        if checked.vip is not None:
+            self._check_vip_in_vpc(problems, checked.vip, vpc, known_cidr, reserved_cidrs, built_vpc)
+        placement = _place(problems, vpc, node_subnets, client_subnets, extra_route_table_ids)
+        if problems:
             raise HaproxyHaPropsError(self.node.path, problems.items)
+        self._warn_if_isolated(vpc, placement.node_subnets)
+        assert checked.vip is not None
+
+        self.vip = str(checked.vip)
+        self.vpc = vpc
+        self.listeners = listeners
+        self.timing_profile = timing_profile
+        self.route_table_ids = placement.route_table_ids
+        self.route_table_arns = tuple(
+            stack.format_arn(service="ec2", resource="route-table", resource_name=rtb,
+                             arn_format=ArnFormat.SLASH_RESOURCE_NAME)
+            for rtb in self.route_table_ids
+        )
+
+        # 3. Build: security group, node role and files, the nodes, then the route owner.
+        self.security_group = self._security_group(vpc, known_cidr, listeners, allowed_cidrs, stats_port)
+        self._connections = ec2.Connections(security_groups=[self.security_group])
+        self.node_role = self._node_role()
+        self.node_files = self._node_files(self.node_role)
+        instance_type = instance_type or ec2.InstanceType(DEFAULT_INSTANCE_TYPE)
+        self.nodes = self._nodes(
+            placement.node_subnets, instance_type, machine_image or _default_image(stack, instance_type),
+            checked.listeners, preempt=preempt, virtual_router_id=virtual_router_id, stats_port=stats_port)
+        owner = self._route_owner()
+        self.route_function = owner.route_function
+        self.reconcile_function = owner.reconcile_function
+        self.vip_routes = owner.vip_routes
+
+    @property
+    def connections(self) -> ec2.Connections:
+        """The nodes' security group, as `ec2.IConnectable`: `lb.connections.allow_from(app_sg, ec2.Port.tcp(80))`."""
+        return self._connections
+
+    # --- checks that need the VPC -------------------------------------------------------------------
+
+    def _check_vip_in_vpc(self, problems: Problems, vip: ipaddress.IPv4Address, vpc: ec2.IVpc, known_cidr: str,
+                          reserved_cidrs: Sequence[str], built_vpc: bool) -> None:
+        cidrs = [("the VPC CIDR", known_cidr)] + [("reserved_cidrs", c) for c in reserved_cidrs]
+        check_vip_outside(problems, vip, [(s, c) for s, c in cidrs if not is_token(c)])
+        if is_token(vpc.vpc_cidr_block) and not built_vpc:
+            Annotations.of(self).add_warning_v2(
+                "haproxy-ha:vpc-cidr-unknown",
+                "The VPC CIDR is not known at synth time, so the VIP could not be checked against it. "
+                "Make sure the VIP lies outside every VPC CIDR.",
+            )
+        if not vip.is_private:
+            Annotations.of(self).add_warning_v2(
+                "haproxy-ha:public-vip",
+                f"vip {vip} is a public address: clients in the VPC can no longer reach the real host "
+                "with that address. A private address outside the VPC CIDRs is usually the better choice.",
+            )
+
+    def _warn_if_isolated(self, vpc: ec2.IVpc, node_subnets: Sequence[ec2.ISubnet]) -> None:
         isolated_ids = {s.subnet_id for s in vpc.isolated_subnets}
-        if placement and all(s.subnet_id in isolated_ids for s in placement):
+        if node_subnets and all(s.subnet_id in isolated_ids for s in node_subnets):
             Annotations.of(self).add_warning_v2(
                 "haproxy-ha:isolated-nodes",
                 "The nodes run in isolated subnets. They need VPC endpoints to boot and to move routes: "
                 "an S3 gateway endpoint (node files and the Amazon Linux repositories) and interface "
                 "endpoints for ec2, ssm, ssmmessages and ec2messages.",
             )
-
-        assert vip_addr is not None
-        self.vip: str = str(vip_addr)
-        self.listeners: tuple[Listener, ...] = listeners
-        self.route_table_ids: tuple[str, ...] = tuple(route_table_ids)
-        self.timing_profile: str = timing_profile
-        self.route_table_arns: tuple[str, ...] = tuple(
-            stack.format_arn(service="ec2", resource="route-table", resource_name=rtb,
-                             arn_format=ArnFormat.SLASH_RESOURCE_NAME)
-            for rtb in self.route_table_ids
-        )
-
-        self.security_group = self._security_group(vpc, known_cidr, listeners, allowed_cidrs, stats_port)
-        self._connections = ec2.Connections(security_groups=[self.security_group])
-
-        instance_type = instance_type or ec2.InstanceType(DEFAULT_INSTANCE_TYPE)
-        machine_image = machine_image or _default_image(stack, instance_type)
-        self.node_role = self._node_role()
-        self.node_files = s3_assets.Asset(self, "NodeFiles", path=str(node_files_dir()))
-        # Exactly the one object the nodes download, rather than Asset.grant_read's bucket-wide wildcards.
-        self.node_role.add_to_principal_policy(iam.PolicyStatement(
-            actions=["s3:GetObject"],
-            resources=[self.node_files.bucket.arn_for_objects(self.node_files.s3_object_key)],
-        ))
-
-        # Index loops rather than zip(strict=...): the construct also runs on Python 3.9.
-        enis = [self._network_interface(name, placement[i]) for i, name in enumerate(NODE_NAMES)]
-        addresses = [NodeAddress(name=name, eni_id=enis[i].ref, ip=enis[i].attr_primary_private_ip_address)
-                     for i, name in enumerate(NODE_NAMES)]
-        nodes: list[HaproxyHaNode] = []
-        for i, name in enumerate(NODE_NAMES):
-            eni, subnet = enis[i], placement[i]
-            document = node_config_document(
-                me=addresses[i],
-                peers=[a for a in addresses if a.name != name],
-                vip=self.vip,
-                route_table_ids=self.route_table_ids,
-                region=stack.region,
-                vpc_id=vpc.vpc_id,
-                priority=NODE_PRIORITIES[i],
-                preempt=preempt,
-                virtual_router_id=virtual_router_id,
-                profile=timing_profile,
-                listeners=listeners,
-                stats_port=stats_port,
-            )
-            instance, script = self._instance(name, eni, subnet, instance_type, machine_image,
-                                              stack.to_json_string(document))
-            nodes.append(HaproxyHaNode(name=name, instance=instance, network_interface=eni,
-                                       availability_zone=subnet.availability_zone, user_data=script))
-        # One node at a time: a props change stops and starts each instance, and the other must keep serving.
-        nodes[1].instance.node.add_dependency(nodes[0].instance)
-        self.nodes: tuple[HaproxyHaNode, ...] = tuple(nodes)
-
-        self._route_owner()
-
-    @property
-    def connections(self) -> ec2.Connections:
-        """The nodes' security group, as `ec2.IConnectable`: `lb.connections.allow_from(app_sg, ec2.Port.tcp(80))`."""
-        return self._connections
 
     # --- VPC and security group -------------------------------------------------------------------
 
@@ -368,6 +338,55 @@ class HaproxyHa(Construct):
         return sg
 
     # --- nodes ------------------------------------------------------------------------------------
+
+    def _node_files(self, role: iam.IRole) -> s3_assets.Asset:
+        files = s3_assets.Asset(self, "NodeFiles", path=str(node_files_dir()))
+        # Exactly the one object the nodes download, rather than Asset.grant_read's bucket-wide wildcards.
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["s3:GetObject"],
+            resources=[files.bucket.arn_for_objects(files.s3_object_key)],
+        ))
+        return files
+
+    def _nodes(
+        self,
+        subnets: Sequence[ec2.ISubnet],
+        instance_type: ec2.InstanceType,
+        machine_image: ec2.IMachineImage,
+        listeners: Sequence[config.Listener],
+        *,
+        preempt: bool,
+        virtual_router_id: int,
+        stats_port: int,
+    ) -> tuple[HaproxyHaNode, ...]:
+        stack = Stack.of(self)
+        enis = [self._network_interface(name, subnet) for name, subnet in zip(NODE_NAMES, subnets, strict=False)]
+        addresses = [NodeAddress(name=name, eni_id=eni.ref, ip=eni.attr_primary_private_ip_address)
+                     for name, eni in zip(NODE_NAMES, enis, strict=True)]
+        nodes: list[HaproxyHaNode] = []
+        for i, name in enumerate(NODE_NAMES):
+            eni, subnet = enis[i], subnets[i]
+            document = node_config_document(
+                me=addresses[i],
+                peers=[a for a in addresses if a.name != name],
+                vip=self.vip,
+                route_table_ids=self.route_table_ids,
+                region=stack.region,
+                vpc_id=self.vpc.vpc_id,
+                priority=NODE_PRIORITIES[i],
+                preempt=preempt,
+                virtual_router_id=virtual_router_id,
+                profile=self.timing_profile,
+                listeners=listeners,
+                stats_port=stats_port,
+            )
+            instance, script = self._instance(name, eni, subnet, instance_type, machine_image,
+                                              stack.to_json_string(document))
+            nodes.append(HaproxyHaNode(name=name, instance=instance, network_interface=eni,
+                                       availability_zone=subnet.availability_zone, user_data=script))
+        # One node at a time: a props change stops and starts each instance, and the other must keep serving.
+        nodes[1].instance.node.add_dependency(nodes[0].instance)
+        return tuple(nodes)
 
     def _node_role(self) -> iam.Role:
         role = iam.Role(
@@ -483,7 +502,7 @@ class HaproxyHa(Construct):
 
     # --- VIP routes: the Lambda that owns and repairs them -----------------------------------------
 
-    def _route_owner(self) -> None:
+    def _route_owner(self) -> _RouteOwner:
         scope = Construct(self, "Routes")
         role = iam.Role(
             scope,
@@ -522,8 +541,6 @@ class HaproxyHa(Construct):
             )
             log_group.grant_write(role)
             functions[fid] = fn
-        self.route_function = functions["OnEvent"]
-        self.reconcile_function = functions["Reconcile"]
         Validations.of(scope).acknowledge(
             _ack("AwsSolutions-IAM5[Resource::*]",
                  "ec2:DescribeRouteTables, DescribeInstances and DescribeNetworkInterfaces support no "
@@ -534,11 +551,11 @@ class HaproxyHa(Construct):
                  "newer runtime too."),
         )
 
-        self.vip_routes = CustomResource(
+        vip_routes = CustomResource(
             scope,
             "VipRoutes",
             # The handler answers CloudFormation itself: no Provider framework in between.
-            service_token=self.route_function.function_arn,
+            service_token=functions["OnEvent"].function_arn,
             resource_type="Custom::HaproxyHaVipRoutes",
             properties={
                 "Vip": self.vip,
@@ -548,7 +565,7 @@ class HaproxyHa(Construct):
         )
         # Routes are created after both nodes exist and removed before they go.
         for n in self.nodes:
-            self.vip_routes.node.add_dependency(n.instance)
+            vip_routes.node.add_dependency(n.instance)
 
         state_rule = events.Rule(
             scope,
@@ -561,14 +578,15 @@ class HaproxyHa(Construct):
                         "state": list(INSTANCE_STOP_STATES)},
             ),
         )
-        state_rule.add_target(targets.LambdaFunction(self.reconcile_function))
+        state_rule.add_target(targets.LambdaFunction(functions["Reconcile"]))
         schedule = events.Rule(
             scope,
             "Schedule",
             description="haproxy-ha: repair blackholed or missing VIP routes",
             schedule=events.Schedule.rate(Duration.minutes(1)),
         )
-        schedule.add_target(targets.LambdaFunction(self.reconcile_function))
+        schedule.add_target(targets.LambdaFunction(functions["Reconcile"]))
+        return _RouteOwner(functions["OnEvent"], functions["Reconcile"], vip_routes)
 
 
 @jsii.implements(IStableStringProducer)
@@ -593,6 +611,34 @@ def _route_table_id(subnet: ec2.ISubnet) -> str | None:
         return table.route_table_id if table is not None else None
     except RuntimeError:  # jsii refuses to hand back the undefined ID of an imported subnet
         return None
+
+
+def _place(problems: Problems, vpc: ec2.IVpc, node_subnets: ec2.SubnetSelection | None,
+           client_subnets: ec2.SubnetSelection | None, extra_route_table_ids: Sequence[str]) -> _Placement:
+    """One node subnet in each of two AZs, and the route tables of the client subnets plus the extra ones."""
+    placement = _one_subnet_per_az(vpc.select_subnets(**_selection_kwargs(node_subnets)).subnets)
+    if len(placement) < 2:
+        azs = ", ".join(s.availability_zone for s in placement) or "none"
+        problems.add(
+            f"node_subnets: got subnets in {len(placement)} availability zone(s) ({azs}); "
+            "allowed: a selection with subnets in at least two AZs, so that each node runs in its own AZ"
+        )
+    route_table_ids: list[str] = []
+    for subnet in _client_subnets(vpc, client_subnets):
+        rtb = _route_table_id(subnet)
+        if rtb is None:
+            problems.add(
+                f"client_subnets: subnet {subnet.subnet_id} has no route table ID; allowed: subnets whose "
+                "route table is known (pass the *_subnet_route_table_ids to Vpc.from_vpc_attributes), "
+                "or list the tables in extra_route_table_ids"
+            )
+            continue
+        route_table_ids.append(rtb)
+    route_table_ids.extend(extra_route_table_ids)
+    if not route_table_ids:
+        problems.add("client_subnets: got no route tables; allowed: a selection with at least one subnet, "
+                     "or route tables in extra_route_table_ids")
+    return _Placement(node_subnets=placement, route_table_ids=tuple(dict.fromkeys(route_table_ids)))
 
 
 def _selection_kwargs(selection: ec2.SubnetSelection | None) -> dict[str, Any]:

@@ -1,9 +1,12 @@
-"""The `Listener` prop type: one HAProxy front end on the VIP and the backends it sends to."""
+"""The `Listener` prop type, and how it becomes the `listeners` part of the node config document."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from haproxy_ha_runtime.problems import Problems
 
 
 @dataclass(frozen=True)
@@ -35,3 +38,45 @@ def split_backend(backend: str) -> tuple[str, int] | None:
     if not sep or not host or not port.isdigit():
         return None
     return host, int(port)
+
+
+def listener_documents(problems: Problems, listeners: Sequence[Any]) -> list[Any]:
+    """The document's `listeners` list for these props, for the runtime's `check_listeners`.
+
+    Only what is particular to the props is checked here (each item is a Listener, each backend
+    a "host:port" string).  Every other rule is the runtime's; its problems with a backend's
+    host or port are reported against the "host:port" prop (`listeners[0].backends[1]`).
+    Backend names are `srv1`, `srv2`, ...
+    """
+    out: list[Any] = []
+    for i, lst in enumerate(listeners):
+        where = f"listeners[{i}]"
+        if not isinstance(lst, Listener):
+            problems.bad(where, lst, "a haproxy_ha.Listener")
+            continue
+        out.append({
+            "name": lst.resolved_name,
+            "port": lst.port,
+            "mode": lst.mode,
+            "backends": _backend_documents(problems, where, lst.backends),
+            "check_path": lst.check_path,
+            "static_reply": lst.static_reply,
+        })
+    return out
+
+
+def _backend_documents(problems: Problems, where: str, backends: Any) -> Any:
+    if isinstance(backends, str) or not isinstance(backends, (list, tuple)):
+        problems.bad(where + ".backends", backends, 'a sequence of "host:port" strings')
+        return []
+    out: list[dict[str, Any]] = []
+    for j, backend in enumerate(backends):
+        bw = f"{where}.backends[{j}]"
+        # The document's backends[j] is reported as this prop, once at most.
+        problems.alias(bw, bw, backend)
+        parts = split_backend(backend) if isinstance(backend, str) else None
+        if parts is None:
+            problems.bad(bw, backend, '"host:port", e.g. "10.0.2.15:8080" or "app.internal:80"')
+        host, port = parts if parts is not None else (None, None)
+        out.append({"name": f"srv{j + 1}", "host": host, "port": port})
+    return out

@@ -1,62 +1,95 @@
-"""Synth-time checks of HaproxyHa props: every problem is collected and reported in one error."""
+"""Synth-time checks of HaproxyHa props.  Every problem is collected and reported in one error.
+
+Rules that the node config document also has (the VIP, listeners, ports, timing profile) are
+the runtime's own (`haproxy_ha_runtime.config`), called here with the props' names.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aws_cdk import Token
 
-from haproxy_ha.listener import Listener, split_backend
-from haproxy_ha_runtime.config import HOST_RE, NAME_RE, PATH_RE, PROFILES, RTB_RE
-
-# The node runtime checks the document with the same patterns and profiles: one source for both.
-TIMING_PROFILES = tuple(PROFILES)
+from haproxy_ha.listener import Listener, listener_documents
+from haproxy_ha_runtime import config
+from haproxy_ha_runtime.problems import InvalidInput, Problems
 
 
-class HaproxyHaPropsError(ValueError):
+class HaproxyHaPropsError(InvalidInput):
     """HaproxyHa was given props it cannot build.  `problems` lists every one of them."""
 
     def __init__(self, construct_path: str, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        lines = "\n".join("  - " + p for p in self.problems)
-        super().__init__(f"HaproxyHa {construct_path}: {len(self.problems)} invalid prop(s):\n{lines}")
-
-
-@dataclass
-class Problems:
-    """Collects problems as `prop: got X; allowed: Y` lines."""
-
-    items: list[str] = field(default_factory=list)
-
-    def bad(self, prop: str, value: Any, allowed: str) -> None:
-        self.items.append(f"{prop}: got {value!r}; allowed: {allowed}")
-
-    def add(self, line: str) -> None:
-        self.items.append(line)
+        super().__init__(problems, f"HaproxyHa {construct_path}: {len(problems)} invalid prop(s)")
 
 
 def is_token(value: Any) -> bool:
+    """Is `value` a CDK token (known only at deploy time)?"""
     return isinstance(value, str) and Token.is_unresolved(value)
 
 
-def parse_vip(problems: Problems, vip: Any) -> ipaddress.IPv4Address | None:
-    """The VIP as an address, or None after recording why it is not one."""
+@dataclass(frozen=True)
+class CheckedProps:
+    """What the props that need no VPC came to: the VIP and the document's listeners (each None
+    or empty when a problem was recorded)."""
+
+    vip: ipaddress.IPv4Address | None
+    listeners: tuple[config.Listener, ...]
+
+
+def check_props(
+    problems: Problems,
+    *,
+    vip: Any,
+    listeners: Sequence[Listener],
+    vpc_given: bool,
+    max_azs: Any,
+    vpc_cidr: Any,
+    nat_gateways: Any,
+    reserved_cidrs: Sequence[str],
+    allowed_cidrs: Sequence[str] | None,
+    extra_route_table_ids: Sequence[str],
+    timing_profile: Any,
+    preempt: Any,
+    virtual_router_id: Any,
+    stats_port: Any,
+) -> CheckedProps:
+    """Check every prop that can be checked before the VPC exists."""
+    if vpc_given:
+        for prop, value in (("max_azs", max_azs), ("vpc_cidr", vpc_cidr), ("nat_gateways", nat_gateways)):
+            if value is not None:
+                problems.bad(prop, value, "nothing when vpc is given: it only shapes the VPC the construct builds")
+    vip_addr = check_vip(problems, vip)
+    if max_azs is not None and (isinstance(max_azs, bool) or not isinstance(max_azs, int) or max_azs < 2):
+        problems.bad("max_azs", max_azs, "a whole number of at least 2: the nodes run in two different AZs")
+    if nat_gateways is not None and (isinstance(nat_gateways, bool) or not isinstance(nat_gateways, int)
+                                     or nat_gateways < 0):
+        problems.bad("nat_gateways", nat_gateways, "a whole number of 0 or more")
+    if vpc_cidr is not None:
+        check_cidrs(problems, "vpc_cidr", [vpc_cidr])
+    check_cidrs(problems, "reserved_cidrs", list(reserved_cidrs))
+    if allowed_cidrs is not None:
+        if not allowed_cidrs:
+            problems.bad("allowed_cidrs", list(allowed_cidrs), "at least one CIDR (omit it for the VPC CIDR)")
+        check_cidrs(problems, "allowed_cidrs", list(allowed_cidrs))
+    check_route_table_ids(problems, "extra_route_table_ids", list(extra_route_table_ids))
+    if not isinstance(timing_profile, str) or timing_profile not in config.PROFILES:
+        problems.bad("timing_profile", timing_profile, " or ".join(repr(p) for p in config.PROFILES))
+    problems.boolean(preempt, "preempt")
+    problems.integer(virtual_router_id, "virtual_router_id", 1, 255)
+    checked_stats_port = problems.integer(stats_port, "stats_port", 1, 65535)
+    checked_listeners = config.check_listeners(problems, listener_documents(problems, listeners), checked_stats_port)
+    return CheckedProps(vip=vip_addr, listeners=checked_listeners)
+
+
+def check_vip(problems: Problems, vip: Any) -> ipaddress.IPv4Address | None:
+    """The VIP as an address (the runtime's rule), or None after recording why it is not one."""
     if is_token(vip):
         problems.bad("vip", vip, "a literal IPv4 address known at synth time, not a token")
         return None
-    try:
-        addr = ipaddress.IPv4Address(vip)
-    except (ipaddress.AddressValueError, ValueError, TypeError):
-        problems.bad("vip", vip, "a single IPv4 address such as 192.168.254.10 (no prefix length)")
-        return None
-    if (addr.is_multicast or addr.is_unspecified or addr.is_loopback or addr.is_link_local
-            or addr.is_reserved or addr == ipaddress.IPv4Address("255.255.255.255")):
-        problems.bad("vip", vip, "a unicast IPv4 address (not loopback, link-local, multicast, reserved or 0.0.0.0)")
-        return None
-    return addr
+    return config.check_vip(problems, vip)
 
 
 def check_vip_outside(problems: Problems, vip: ipaddress.IPv4Address, cidrs: Sequence[tuple[str, str]]) -> None:
@@ -74,6 +107,7 @@ def check_vip_outside(problems: Problems, vip: ipaddress.IPv4Address, cidrs: Seq
 
 
 def check_cidrs(problems: Problems, prop: str, cidrs: Sequence[str]) -> None:
+    """Each literal CIDR is an IPv4 network with no host bits set."""
     for i, cidr in enumerate(cidrs):
         if is_token(cidr):
             continue
@@ -83,76 +117,10 @@ def check_cidrs(problems: Problems, prop: str, cidrs: Sequence[str]) -> None:
             problems.bad(f"{prop}[{i}]", cidr, "an IPv4 CIDR such as 10.0.0.0/16, with no host bits set")
 
 
-def check_port(problems: Problems, prop: str, port: Any) -> bool:
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        problems.bad(prop, port, "a whole number from 1 to 65535")
-        return False
-    return True
-
-
-def check_listeners(problems: Problems, listeners: Sequence[Listener], stats_port: Any) -> None:
-    if not listeners:
-        problems.bad("listeners", list(listeners), "at least one Listener")
-        return
-    ports: dict[int, str] = {}
-    names: dict[str, str] = {}
-    for i, lst in enumerate(listeners):
-        where = f"listeners[{i}]"
-        if not isinstance(lst, Listener):
-            problems.bad(where, lst, "a haproxy_ha.Listener")
-            continue
-        if check_port(problems, where + ".port", lst.port):
-            if lst.port in ports:
-                problems.bad(where + ".port", lst.port, f"a port no other listener uses ({ports[lst.port]} has it)")
-            else:
-                ports[lst.port] = where
-            if lst.port == stats_port:
-                problems.bad(where + ".port", lst.port, f"a port other than stats_port {stats_port}")
-        if lst.mode not in ("http", "tcp"):
-            problems.bad(where + ".mode", lst.mode, "'http' or 'tcp'")
-        if lst.name is not None and (not isinstance(lst.name, str) or not NAME_RE.match(lst.name)):
-            problems.bad(where + ".name", lst.name, "1-32 lower-case letters, digits or '-', starting with one "
-                                                    "of the first two")
-        name = lst.resolved_name
-        if isinstance(name, str):
-            if name in names:
-                problems.bad(where + ".name", name, f"a name no other listener uses ({names[name]} has it)")
-            names[name] = where
-        if not isinstance(lst.check_path, str) or not PATH_RE.match(lst.check_path):
-            problems.bad(where + ".check_path", lst.check_path, "an absolute URL path such as /healthz, no spaces")
-        if lst.static_reply is not None:
-            if (not isinstance(lst.static_reply, str) or not lst.static_reply
-                    or '"' in lst.static_reply or "\n" in lst.static_reply):
-                problems.bad(where + ".static_reply", lst.static_reply,
-                             "a non-empty one-line text without double quotes")
-            if lst.mode != "http":
-                problems.bad(where + ".static_reply", lst.static_reply, "only on a listener with mode 'http'")
-        check_backends(problems, where, lst)
-
-
-def check_backends(problems: Problems, where: str, lst: Listener) -> None:
-    if isinstance(lst.backends, str) or not isinstance(lst.backends, (list, tuple)):
-        problems.bad(where + ".backends", lst.backends, 'a sequence of "host:port" strings')
-        return
-    if not lst.backends and lst.static_reply is None:
-        problems.bad(where + ".backends", list(lst.backends),
-                     'at least one "host:port" backend, or a static_reply instead')
-    for j, backend in enumerate(lst.backends):
-        bw = f"{where}.backends[{j}]"
-        parts = split_backend(backend) if isinstance(backend, str) else None
-        if parts is None:
-            problems.bad(bw, backend, '"host:port", e.g. "10.0.2.15:8080" or "app.internal:80"')
-            continue
-        host, port = parts
-        if not HOST_RE.match(host):
-            problems.bad(bw, backend, "a host that is an IPv4 address or a DNS name, then :port")
-        if not 1 <= port <= 65535:
-            problems.bad(bw, backend, "a port from 1 to 65535 after the ':'")
-
-
 def check_route_table_ids(problems: Problems, prop: str, ids: Sequence[str]) -> None:
+    """Each literal ID looks like a route table ID."""
     for i, rtb in enumerate(ids):
         if is_token(rtb):
             continue
-        if not isinstance(rtb, str) or not RTB_RE.match(rtb):
+        if not isinstance(rtb, str) or not config.RTB_RE.match(rtb):
             problems.bad(f"{prop}[{i}]", rtb, "a route table ID such as rtb-0123456789abcdef0")

@@ -92,9 +92,9 @@ def test_lambda_asset_holds_handler_modules_next_to_runtime() -> None:
     assert all(n.endswith(".py") for n in names)
 
 
-def test_package_import_does_not_load_the_cdk() -> None:
-    code = ("import sys, haproxy_ha; haproxy_ha.Listener; "
-            "assert 'aws_cdk' not in sys.modules, 'aws_cdk imported eagerly'; "
-            "haproxy_ha.HaproxyHa; assert 'aws_cdk' in sys.modules")
+def test_the_cli_and_the_runtime_do_not_load_the_cdk() -> None:
+    code = ("import sys, haproxy_ha_cli.cli, haproxy_ha_runtime.__main__; "
+            "assert 'aws_cdk' not in sys.modules, 'aws_cdk imported'; "
+            "import haproxy_ha; assert 'aws_cdk' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO,
                    env={**os.environ, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"})

@@ -92,7 +92,8 @@ def test_fails_when_two_listeners_share_a_port(stack: Stack) -> None:
 
 
 def test_fails_when_a_listener_uses_the_stats_port(stack: Stack) -> None:
-    with pytest.raises(HaproxyHaPropsError, match=r"a port other than stats_port 8404"):
+    with pytest.raises(HaproxyHaPropsError,
+                       match=r"stats_port: got 8404; allowed: a port that no listener uses \(listeners\[0\] listens"):
         HaproxyHa(stack, "Lb", vip="192.168.254.10", listeners=[Listener(port=8404, backends=("a.internal:80",))])
 
 
