@@ -16,8 +16,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
-from haproxy_ha.tags import NODE_TAG
 from haproxy_ha_runtime import routes
+from haproxy_ha_runtime.tags import NODE_TAG
 
 
 class UsageError(Exception):
@@ -85,7 +85,7 @@ def _status(client: Any, args: argparse.Namespace) -> int:
                              r["instance_state"] or "-", r["route_state"]) for r in rows]
         widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
         for line in lines:
-            print("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=False)).rstrip())
+            print("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)).rstrip())
         print(f"\nVIP {args.vip}: {len(rows)} table(s); "
               + ("all point at the same target" if agree else "TABLES DISAGREE")
               + ("" if healthy else "; NOT ALL ROUTES ARE ACTIVE AT A RUNNING NODE"))
@@ -150,6 +150,7 @@ def _failover(client: Any, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `haproxy-ha` command line: `status` and `failover`."""
     parser = argparse.ArgumentParser(prog="haproxy-ha", description=__doc__.splitlines()[0])
     parser.add_argument("--region", help="AWS region (default: boto3's configuration)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 unhealthy or not converged, 2 bad input)."""
     args = build_parser().parse_args(argv)
     try:
         client = _client(args.region)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from haproxy_ha.cli import main
+from haproxy_ha_cli.cli import main
 from tests.conftest import VIP, client_for, make_world, targets
 
 
@@ -91,6 +91,6 @@ def test_console_script_runs(endpoint: str) -> None:
                           env={**os.environ, "AWS_ENDPOINT_URL": endpoint}, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["tables"][0]["route_table_id"] == world.tables[0]
-    proc = subprocess.run([sys.executable, "-m", "haproxy_ha", "status", "--vip", "nope"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "haproxy_ha_cli", "status", "--vip", "nope"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "--vip: got 'nope'" in proc.stderr
