@@ -24,6 +24,17 @@ RTB_RE = re.compile(r"^rtb-[0-9a-f]{8,17}$")
 HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
 _REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 PATH_RE = re.compile(r"^/[!-~]*$")
+# A health-check path goes into haproxy.cfg unquoted: no quote, backslash, '#' (a comment there)
+# or '$' (an environment variable there).
+CHECK_PATH_RE = re.compile(r"^/[!%&(-\[\]-~]*$")
+CHECK_PATH_ALLOWED = "an absolute URL path such as /healthz: printable ASCII, no spaces, quotes, '\\', '#' or '$'"
+# A static reply goes into haproxy.cfg in double quotes, where '\\' escapes and '$' expands.
+STATIC_REPLY_RE = re.compile(r'^[^"\'\\$\x00-\x1f\x7f]+$')
+STATIC_REPLY_ALLOWED = "a non-empty one-line text without double quotes, single quotes, '\\' or '$'"
+# The node's own health frontend is called this in haproxy.cfg.
+RESERVED_LISTENER_NAMES = ("health",)
+# Ports the node itself listens on besides stats_port: sshd.
+NODE_PORTS = {22: "sshd"}
 
 
 @dataclass(frozen=True)
@@ -226,17 +237,22 @@ def check_listeners(c: Problems, raw: Any, stats_port: int | None, where: str = 
             c.bad(w, item, "an object with name, port, mode and backends")
             continue
         name = c.string(c.get(item, "name", w + "."), w + ".name", NAME_RE, NAME_ALLOWED)
+        if name in RESERVED_LISTENER_NAMES:
+            c.bad(w + ".name", name, f"a name other than {name!r}, which the node's own health frontend has")
+            name = None
         port = c.integer(c.get(item, "port", w + "."), w + ".port", 1, 65535)
+        if port in NODE_PORTS:
+            c.bad(w + ".port", port, f"a port the node itself does not listen on ({NODE_PORTS[port]} has {port})")
+            port = None
         mode = item.get("mode", "http")
         if not isinstance(mode, str) or mode not in ("http", "tcp"):
             c.bad(w + ".mode", mode, "'http' or 'tcp'")
         check_path = item.get("check_path", "/")
-        if not isinstance(check_path, str) or not PATH_RE.match(check_path):
-            c.bad(w + ".check_path", check_path, "an absolute URL path such as /healthz, printable ASCII, no spaces")
+        if not isinstance(check_path, str) or not CHECK_PATH_RE.match(check_path):
+            c.bad(w + ".check_path", check_path, CHECK_PATH_ALLOWED)
         static_reply = item.get("static_reply")
-        if static_reply is not None and (not isinstance(static_reply, str) or not static_reply
-                                         or '"' in static_reply or "\n" in static_reply):
-            c.bad(w + ".static_reply", static_reply, "a non-empty one-line text without double quotes")
+        if static_reply is not None and (not isinstance(static_reply, str) or not STATIC_REPLY_RE.match(static_reply)):
+            c.bad(w + ".static_reply", static_reply, STATIC_REPLY_ALLOWED)
         if static_reply is not None and mode != "http":
             c.bad(w + ".static_reply", static_reply, "only on a listener with mode 'http'")
         backends = _backends(c, item.get("backends", []), w, static_reply is not None)

@@ -49,11 +49,12 @@ LISTENER_CASES: list[tuple[Listener, dict[str, Any], str]] = [
      "listeners[0].mode: got 'udp'; allowed: 'http' or 'tcp'"),
     (Listener(port=80, name="web", check_path="no-slash", static_reply="x"),
      {"name": "web", "port": 80, "check_path": "no-slash", "static_reply": "x"},
-     "listeners[0].check_path: got 'no-slash'; allowed: an absolute URL path such as /healthz, printable ASCII, "
-     "no spaces"),
+     "listeners[0].check_path: got 'no-slash'; allowed: an absolute URL path such as /healthz: printable ASCII, "
+     "no spaces, quotes, '\\', '#' or '$'"),
     (Listener(port=80, name="web", static_reply='say "hi"'),
      {"name": "web", "port": 80, "static_reply": 'say "hi"'},
-     "listeners[0].static_reply: got 'say \"hi\"'; allowed: a non-empty one-line text without double quotes"),
+     "listeners[0].static_reply: got 'say \"hi\"'; allowed: a non-empty one-line text without double quotes, "
+     "single quotes, '\\' or '$'"),
     (Listener(port=5432, name="pg", mode="tcp", static_reply="hi"),
      {"name": "pg", "port": 5432, "mode": "tcp", "static_reply": "hi"},
      "listeners[0].static_reply: got 'hi'; allowed: only on a listener with mode 'http'"),

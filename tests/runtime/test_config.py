@@ -95,3 +95,48 @@ def test_load_config_reads_a_file(tmp_path: Path) -> None:
     path = tmp_path / "node.json"
     path.write_text(json.dumps(BASE))
     assert load_config(str(path)).node_name == "a"
+
+
+# Every kind of JSON value, for every field: the answer is a ConfigError naming problems, never
+# a TypeError or another exception from deep inside.
+_JSON_VALUES: list[object] = [None, True, False, 0, -1, 1.5, float("nan"), "", "x", [], [1], ["x"], [None], [[]],
+                              [{}], {}, {"a": 1}, {"name": []}]
+
+
+def _outcome(d: dict[str, object]) -> str | None:
+    try:
+        parse_config(d)
+    except ConfigError:
+        pass
+    except Exception as e:  # the point of the test: nothing else may escape
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def test_any_json_value_in_any_field_is_a_named_problem_never_a_crash() -> None:
+    import copy
+
+    from haproxy_ha_runtime.config import DOCUMENT_KEYS
+
+    crashes: dict[str, str] = {}
+    for value in _JSON_VALUES:
+        cases: dict[str, dict[str, object]] = {key: doc(**{key: value}) for key in DOCUMENT_KEYS}
+        for field in ("name", "port", "mode", "backends", "check_path", "static_reply"):
+            d = copy.deepcopy(BASE)
+            d["listeners"][0][field] = value
+            cases[f"listeners[0].{field}"] = d
+        for field in ("name", "host", "port"):
+            d = copy.deepcopy(BASE)
+            d["listeners"][0]["backends"][0][field] = value
+            cases[f"listeners[0].backends[0].{field}"] = d
+        for field in ("name", "ip", "eni_id"):
+            d = copy.deepcopy(BASE)
+            d["peers"][0][field] = value
+            cases[f"peers[0].{field}"] = d
+        cases["timing.advert_int_s"] = doc(timing={"advert_int_s": value})
+        cases["paths.run_dir"] = doc(paths={"run_dir": value})
+        for where, d in cases.items():
+            crash = _outcome(d)
+            if crash:
+                crashes[f"{where}={value!r}"] = crash
+    assert crashes == {}
