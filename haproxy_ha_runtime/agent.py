@@ -11,15 +11,15 @@ import os
 import selectors
 import stat
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 from . import routes
 from .config import NodeConfig
+from .log import log_event
 from .render import marker_address, write_atomically
 
 MASTER = "MASTER"
@@ -29,15 +29,6 @@ STOP = "STOP"
 # keepalived is not running (or we have not heard from it): never act as MASTER then.
 UNKNOWN = "UNKNOWN"
 _STATES = {MASTER, BACKUP, FAULT, STOP}
-
-
-def log_event(event: str, stream: IO[str] | None = None, **fields: Any) -> None:
-    """One structured line per event, to stdout (the journal, under systemd)."""
-    record: dict[str, Any] = {"ts": round(time.time(), 3), "event": event}
-    record.update(fields)
-    out = stream if stream is not None else sys.stdout
-    out.write(json.dumps(record, sort_keys=False, default=str) + "\n")
-    out.flush()
 
 
 def parse_fifo_line(line: str) -> str | None:

@@ -11,7 +11,7 @@ import urllib.request
 from typing import Any
 
 from haproxy_ha_runtime import routes
-from haproxy_ha_runtime.agent import log_event
+from haproxy_ha_runtime.log import log_event
 
 _client: Any = None
 
