@@ -18,8 +18,9 @@ import threading
 
 from . import agent, routes
 from .config import ConfigError, NodeConfig, load_config
+from .files import write_atomically
 from .imds import Imds, ImdsError
-from .render import render_haproxy, render_keepalived, write_atomically
+from .render import render_haproxy, render_keepalived
 
 DEFAULT_CONFIG = "/etc/haproxy-ha/node.json"
 

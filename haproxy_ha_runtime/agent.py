@@ -19,8 +19,9 @@ from typing import Any, Callable
 
 from . import routes
 from .config import NodeConfig
+from .files import read_text, write_atomically
 from .log import log_event
-from .render import marker_address, write_atomically
+from .render import marker_address
 
 MASTER = "MASTER"
 BACKUP = "BACKUP"
@@ -121,14 +122,6 @@ class FifoReader:
 
 def _stamp(into: list[float]) -> None:
     into.append(time.monotonic())
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except OSError:
-        return None
 
 
 def marker_on_lo(marker_cidr: str) -> bool:
@@ -330,7 +323,7 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
                 track_value = "0\n" if health.healthy else "1\n"
                 # keepalived resets the file when it starts (init_file ... overwrite): re-check
                 # the content on every tick, not only when the verdict changes.
-                if _read(cfg.paths.track_file) != track_value:
+                if read_text(cfg.paths.track_file) != track_value:
                     write_atomically(cfg.paths.track_file, track_value)
                 next_health = max(next_health + t.health_interval_s, time.monotonic())
             if now >= next_repair:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 from .config import Listener, NodeConfig
 
 # VRRPv3 refuses an instance with no virtual_ipaddress, and the real VIP is not keepalived's to
@@ -147,18 +144,3 @@ def render_haproxy(cfg: NodeConfig, source: str = "the node config document") ->
             out += ["", *_backend(lst)]
     return "\n".join(out) + "\n"
 
-
-def write_atomically(path: str, text: str, mode: int = 0o644) -> None:
-    """Write `text` to `path` so that a reader sees the old file or the new one, never half."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".haproxy-ha-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
