@@ -287,6 +287,64 @@ def _pause(seconds: float, should_continue: Callable[[], bool]) -> None:
         time.sleep(min(0.02, max(0.0, end - time.monotonic())))
 
 
+def _write(pool: ThreadPoolExecutor, client: Any, table_ids: Sequence[str], vip_cidr: str, eni_id: str,
+           results: dict[str, TableResult], should_continue: Callable[[], bool],
+           before_write: Callable[[], None]) -> None:
+    """Write each table's VIP route once, in parallel, and record the outcome in its result."""
+    def write(table_id: str) -> None:
+        res = results[table_id]
+        if not should_continue():
+            return
+        before_write()
+        res.attempts += 1
+        try:
+            res.action = _point_route(client, table_id, vip_cidr, eni_id)
+            res.error = None
+        except (ClientError, BotoCoreError) as e:
+            res.action = "failed"
+            res.error = _describe_error(e)
+
+    list(pool.map(write, table_ids))
+
+
+def _verify(client: Any, vip: str, table_ids: Sequence[str], eni_id: str, results: dict[str, TableResult],
+            start: float, errors: list[str]) -> list[str]:
+    """Read the tables back in one call; mark those that point at `eni_id` ok, return the others."""
+    try:
+        views = describe_vip_routes(client, vip, table_ids)
+    except (ClientError, BotoCoreError) as e:
+        errors.append("verify: " + _describe_error(e))
+        views = {}
+    still: list[str] = []
+    for t in table_ids:
+        view = views.get(t)
+        res = results[t]
+        if view is not None and view.state == ROUTE_ACTIVE and view.eni_id == eni_id:
+            res.ok = True
+            res.elapsed_s = time.monotonic() - start
+            if res.action == "failed":
+                # The write failed but the route is right (an earlier try, or another writer).
+                res.action = "unchanged" if res.attempts == 0 else "replaced"
+        else:
+            if view is None and res.error is None:
+                res.error = "route table not found"
+            still.append(t)
+    return still
+
+
+def _finish(eni_id: str, tables: list[str], pending: list[str], results: dict[str, TableResult], start: float,
+            cancelled: bool, errors: list[str]) -> MoveResult:
+    """Close the results of the tables that never verified, and gather them all in table order."""
+    for t in pending:
+        res = results[t]
+        res.elapsed_s = time.monotonic() - start
+        if cancelled:
+            res.action = "cancelled"
+        elif res.error is None:
+            res.error = "route did not point at the ENI when verified"
+    return MoveResult(eni_id, [results[t] for t in tables], time.monotonic() - start, cancelled, errors)
+
+
 def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str, *,
               deadline_s: float = 10.0,
               should_continue: Callable[[], bool] = _always,
@@ -309,67 +367,24 @@ def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str
     first_write = threading.Event()
     pause = 0.05
 
-    def write(table_id: str) -> None:
-        res = results[table_id]
-        if not should_continue():
-            return
+    def before_write() -> None:
         if not first_write.is_set():
             first_write.set()
             if on_first_write is not None:
                 on_first_write()
-        res.attempts += 1
-        try:
-            res.action = _point_route(client, table_id, vip_cidr, eni_id)
-            res.error = None
-        except (ClientError, BotoCoreError) as e:
-            res.action = "failed"
-            res.error = _describe_error(e)
 
-    workers = max(1, min(MAX_WORKERS, len(tables)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="route") as pool:
-        while pending:
+    with ThreadPoolExecutor(max_workers=max(1, min(MAX_WORKERS, len(tables))), thread_name_prefix="route") as pool:
+        while pending and should_continue():
+            _write(pool, client, pending, vip_cidr, eni_id, results, should_continue, before_write)
             if not should_continue():
                 break
-            list(pool.map(write, pending))
-            if not should_continue():
-                break
-            try:
-                views = describe_vip_routes(client, vip, pending)
-            except (ClientError, BotoCoreError) as e:
-                errors.append("verify: " + _describe_error(e))
-                views = {}
-            still: list[str] = []
-            for t in pending:
-                view = views.get(t)
-                res = results[t]
-                if view is not None and view.state == ROUTE_ACTIVE and view.eni_id == eni_id:
-                    res.ok = True
-                    res.elapsed_s = time.monotonic() - start
-                    if res.action == "failed":
-                        # The write failed but the route is right (an earlier try, or another writer).
-                        res.action = "unchanged" if res.attempts == 0 else "replaced"
-                else:
-                    if view is None and res.error is None:
-                        res.error = "route table not found"
-                    still.append(t)
-            pending = still
-            if not pending:
-                break
-            now = time.monotonic()
-            if now + pause >= deadline:
+            pending = _verify(client, vip, pending, eni_id, results, start, errors)
+            if not pending or time.monotonic() + pause >= deadline:
                 break
             _pause(pause * random.uniform(0.5, 1.0), should_continue)
             pause = min(pause * 2, 1.0)
 
-    cancelled = bool(pending) and not should_continue()
-    for t in pending:
-        res = results[t]
-        res.elapsed_s = time.monotonic() - start
-        if cancelled:
-            res.action = "cancelled"
-        elif res.error is None:
-            res.error = "route did not point at the ENI when verified"
-    return MoveResult(eni_id, [results[t] for t in tables], time.monotonic() - start, cancelled, errors)
+    return _finish(eni_id, tables, pending, results, start, bool(pending) and not should_continue(), errors)
 
 
 def ensure_routes(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str) -> MoveResult:
