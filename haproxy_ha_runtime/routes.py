@@ -387,6 +387,30 @@ def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str
     return _finish(eni_id, tables, pending, results, start, bool(pending) and not should_continue(), errors)
 
 
+def _each_table(table_ids: Sequence[str], call: Callable[[str], str],
+                tolerated: Callable[[ClientError], str | None]) -> list[TableResult]:
+    """Run `call` (one API call; it returns its action) on every table in parallel, timed.
+
+    A ClientError that `tolerated` names an action for is that action, done; any other error fails
+    that table with its description.  The results keep the order of `table_ids`.
+    """
+    def one(table_id: str) -> TableResult:
+        t0 = time.monotonic()
+        try:
+            action = call(table_id)
+        except ClientError as e:
+            done = tolerated(e)
+            if done is not None:
+                return TableResult(table_id, True, done, 1, time.monotonic() - t0)
+            return TableResult(table_id, False, "failed", 1, time.monotonic() - t0, _describe_error(e))
+        except BotoCoreError as e:
+            return TableResult(table_id, False, "failed", 1, time.monotonic() - t0, _describe_error(e))
+        return TableResult(table_id, True, action, 1, time.monotonic() - t0)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(MAX_WORKERS, len(table_ids)))) as pool:
+        return list(pool.map(one, table_ids))
+
+
 def ensure_routes(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str) -> MoveResult:
     """Create the VIP route where it is missing, pointing at `eni_id`.  Never re-points a route
     that exists (failover may have moved it).  Safe to run twice at once."""
@@ -394,47 +418,29 @@ def ensure_routes(client: Any, vip: str, route_table_ids: Sequence[str], eni_id:
     vip_cidr = vip + "/32"
     tables = list(dict.fromkeys(route_table_ids))
     views = describe_vip_routes(client, vip, tables)
+    settled = {t: TableResult(t, False, "failed", error="route table not found") for t in tables if t not in views}
+    settled.update({t: TableResult(t, True, "unchanged") for t in tables
+                    if t in views and views[t].state != ROUTE_MISSING})
 
-    def one(table_id: str) -> TableResult:
-        t0 = time.monotonic()
-        view = views.get(table_id)
-        if view is None:
-            return TableResult(table_id, False, "failed", 0, 0.0, "route table not found")
-        if view.state != ROUTE_MISSING:
-            return TableResult(table_id, True, "unchanged", 0, 0.0)
-        try:
-            client.create_route(RouteTableId=table_id, DestinationCidrBlock=vip_cidr, NetworkInterfaceId=eni_id)
-            return TableResult(table_id, True, "created", 1, time.monotonic() - t0)
-        except ClientError as e:
-            if _code(e) in _EXISTS:
-                return TableResult(table_id, True, "unchanged", 1, time.monotonic() - t0)
-            return TableResult(table_id, False, "failed", 1, time.monotonic() - t0, _describe_error(e))
-        except BotoCoreError as e:
-            return TableResult(table_id, False, "failed", 1, time.monotonic() - t0, _describe_error(e))
+    def create(table_id: str) -> str:
+        client.create_route(RouteTableId=table_id, DestinationCidrBlock=vip_cidr, NetworkInterfaceId=eni_id)
+        return "created"
 
-    with ThreadPoolExecutor(max_workers=max(1, min(MAX_WORKERS, len(tables)))) as pool:
-        results = list(pool.map(one, tables))
-    return MoveResult(eni_id, results, time.monotonic() - start)
+    created = _each_table([t for t in tables if t not in settled], create,
+                          lambda e: "unchanged" if _code(e) in _EXISTS else None)
+    by_table = {**settled, **{r.route_table_id: r for r in created}}
+    return MoveResult(eni_id, [by_table[t] for t in tables], time.monotonic() - start)
 
 
 def delete_routes(client: Any, vip: str, route_table_ids: Sequence[str]) -> MoveResult:
     """Delete the VIP route from each table.  A route or table that is already gone is fine."""
     start = time.monotonic()
     vip_cidr = vip + "/32"
-    tables = list(dict.fromkeys(route_table_ids))
 
-    def one(table_id: str) -> TableResult:
-        t0 = time.monotonic()
-        try:
-            client.delete_route(RouteTableId=table_id, DestinationCidrBlock=vip_cidr)
-            return TableResult(table_id, True, "deleted", 1, time.monotonic() - t0)
-        except ClientError as e:
-            if _route_not_found(e) or _code(e) in _TABLE_GONE:
-                return TableResult(table_id, True, "absent", 1, time.monotonic() - t0)
-            return TableResult(table_id, False, "failed", 1, time.monotonic() - t0, _describe_error(e))
-        except BotoCoreError as e:
-            return TableResult(table_id, False, "failed", 1, time.monotonic() - t0, _describe_error(e))
+    def delete(table_id: str) -> str:
+        client.delete_route(RouteTableId=table_id, DestinationCidrBlock=vip_cidr)
+        return "deleted"
 
-    with ThreadPoolExecutor(max_workers=max(1, min(MAX_WORKERS, len(tables)))) as pool:
-        results = list(pool.map(one, tables))
+    results = _each_table(list(dict.fromkeys(route_table_ids)), delete,
+                          lambda e: "absent" if _route_not_found(e) or _code(e) in _TABLE_GONE else None)
     return MoveResult(None, results, time.monotonic() - start)
