@@ -187,7 +187,7 @@ class Agent:
             self._state_changed_at = time.monotonic()
         self.log("transition", node=self.cfg.node_name, old=old, new=new_state, reason=reason)
         if new_state == MASTER:
-            self._submit(self._take_over_until_converged, gen)
+            self._submit(self._take_over, gen)
         elif new_state == BACKUP and old == MASTER:
             # We lost an election to a live peer (a healed partition, or preemption): the peer
             # is MASTER now, so hand it the routes that still point here.
@@ -204,33 +204,26 @@ class Agent:
         return self._job is not None and not self._job.done()
 
     # -- route work (runs on the worker thread) ---------------------------------------------
-    def _take_over_until_converged(self, gen: int) -> None:
+    def _take_over(self, gen: int) -> None:
         still_master = self._current(gen, MASTER)
-        pause = 0.2
-        attempt = 0
-        while still_master():
-            attempt += 1
-            t0 = time.monotonic()
-            first_write: list[float] = []
-            result = routes.take_over(
-                self.client, self.cfg.vip, self.cfg.route_table_ids, self.eni_id,
-                deadline_s=self.cfg.timing.takeover_deadline_s, should_continue=still_master,
-                on_first_write=partial(_stamp, first_write))
-            self.log(
-                "route_move", node=self.cfg.node_name, to_eni=self.eni_id, attempt=attempt,
-                converged=result.converged, cancelled=result.cancelled,
-                duration_s=round(result.elapsed_s, 4),
-                first_write_after_s=round(first_write[0] - t0, 4) if first_write else None,
-                since_transition_s=round(time.monotonic() - self._state_changed_at, 4),
-                moved=len(result.moved), tables=len(result.tables),
-                failed={t.route_table_id: t.error for t in result.tables if not t.ok and t.error})
-            if result.converged or result.cancelled:
-                return
-            # Keep trying while MASTER; the pause is short and checked often.
-            end = time.monotonic() + pause
-            while still_master() and time.monotonic() < end:
-                time.sleep(0.05)
-            pause = min(pause * 2, 5.0)
+        if not still_master():
+            return
+        t0 = time.monotonic()
+        first_write: list[float] = []
+        # No deadline: a MASTER keeps trying until every table is its own, and stops the moment it
+        # is not MASTER any more (see the routes module for where the retries live).
+        result = routes.take_over(
+            self.client, self.cfg.vip, self.cfg.route_table_ids, self.eni_id,
+            deadline_s=None, should_continue=still_master, on_first_write=partial(_stamp, first_write))
+        self.log(
+            "route_move", node=self.cfg.node_name, to_eni=self.eni_id,
+            attempts=max((t.attempts for t in result.tables), default=0),
+            converged=result.converged, cancelled=result.cancelled,
+            duration_s=round(result.elapsed_s, 4),
+            first_write_after_s=round(first_write[0] - t0, 4) if first_write else None,
+            since_transition_s=round(time.monotonic() - self._state_changed_at, 4),
+            moved=len(result.moved), tables=len(result.tables),
+            failed={t.route_table_id: t.error for t in result.tables if not t.ok and t.error})
 
     def _hand_over(self, gen: int) -> None:
         peers = [p for p in self.cfg.peers if p.eni_id]

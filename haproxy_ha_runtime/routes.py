@@ -2,6 +2,17 @@
 
 The node agent, the Lambda and the operator CLI all call this module.  It only ever touches
 the VIP's /32 route, and only ever targets an ENI (never an instance ID).
+
+Retries live in two layers, and nowhere else:
+- botocore (`make_client`: standard mode) retries each API call on throttling, 5xx and
+  connection errors, with backoff, up to `max_attempts`;
+- `take_over` retries the move: it writes again every table that did not verify, with a
+  growing pause, until all verify, `deadline_s` passes or `should_continue()` turns False.
+  The CLI and the Lambda give a deadline.  The agent gives none while it is MASTER, so it keeps
+  trying for exactly as long as it is MASTER; its hand-over and repair give one (the new
+  MASTER's take-over, or the next repair tick, tries again).
+`ensure_routes` and `delete_routes` make one call per table (with botocore's retries): the
+custom resource then fails, and CloudFormation says why.
 """
 
 from __future__ import annotations
@@ -346,19 +357,20 @@ def _finish(eni_id: str, tables: list[str], pending: list[str], results: dict[st
 
 
 def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str, *,
-              deadline_s: float = 10.0,
+              deadline_s: float | None = 10.0,
               should_continue: Callable[[], bool] = _always,
               on_first_write: Callable[[], None] | None = None) -> MoveResult:
     """Make the VIP route in every table point at `eni_id`, and verify it.
 
     Writes go to all tables in parallel first (ReplaceRoute, or CreateRoute where the route is
     missing), then one DescribeRouteTables verifies them.  Tables that do not verify are
-    written again with a growing pause, until all converge or `deadline_s` has passed.  Each
-    call also has botocore's standard retries.  `should_continue` is checked before every
-    write; once it returns False nothing more is written and the result says `cancelled`.
+    written again with a growing pause, until all converge or `deadline_s` has passed (None:
+    no deadline).  Each call also has botocore's standard retries.  `should_continue` is
+    checked before every write; once it returns False nothing more is written and the result
+    says `cancelled`.
     """
     start = time.monotonic()
-    deadline = start + deadline_s
+    deadline = None if deadline_s is None else start + deadline_s
     vip_cidr = vip + "/32"
     tables = list(dict.fromkeys(route_table_ids))
     results = {t: TableResult(t, ok=False, action="failed") for t in tables}
@@ -379,7 +391,7 @@ def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str
             if not should_continue():
                 break
             pending = _verify(client, vip, pending, eni_id, results, start, errors)
-            if not pending or time.monotonic() + pause >= deadline:
+            if not pending or (deadline is not None and time.monotonic() + pause >= deadline):
                 break
             _pause(pause * random.uniform(0.5, 1.0), should_continue)
             pause = min(pause * 2, 1.0)
