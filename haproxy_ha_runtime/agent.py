@@ -54,6 +54,7 @@ class HealthCheck:
         self._streak = 0
 
     def probe(self) -> bool:
+        """One probe: did GET /healthz answer 200 within the timeout?"""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout_s)
         try:
             conn.request("GET", "/healthz")
@@ -88,6 +89,7 @@ class FifoReader:
         self._buf = b""
 
     def open(self) -> int:
+        """Open the FIFO for reading (making it first if it is missing); returns its descriptor."""
         try:
             if not stat.S_ISFIFO(os.stat(self.path).st_mode):
                 raise RuntimeError(f"{self.path} exists and is not a FIFO")
@@ -114,6 +116,7 @@ class FifoReader:
         return [s for s in states if s is not None]
 
     def close(self) -> None:
+        """Close the FIFO and drop any partial line."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -177,6 +180,8 @@ class Agent:
 
     # -- state -------------------------------------------------------------------------------
     def on_state(self, new_state: str, reason: str = "notify_fifo") -> None:
+        """Take in keepalived's state; on MASTER start moving the routes here, on MASTER -> BACKUP
+        hand them to the peer."""
         with self._lock:
             old = self.state
             if new_state == old:
@@ -201,6 +206,7 @@ class Agent:
 
     @property
     def busy(self) -> bool:
+        """Is route work (a take-over, hand-over or repair) still running?"""
         return self._job is not None and not self._job.done()
 
     # -- route work (runs on the worker thread) ---------------------------------------------
@@ -272,12 +278,14 @@ class Agent:
                  converged=result.converged, duration_s=round(result.elapsed_s, 4))
 
     def maybe_repair(self) -> None:
+        """Start a repair, if this node is MASTER and no route work is running."""
         with self._lock:
             gen, state = self.generation, self.state
         if state == MASTER and not self.busy:
             self._submit(self.repair, gen)
 
     def shutdown(self) -> None:
+        """Stop: cancel route work in progress (it sees the state change) and wait for it."""
         with self._lock:
             self.state = STOP
             self.generation += 1

@@ -11,6 +11,7 @@ MARKER_NET = "169.254.253."
 
 
 def marker_address(cfg: NodeConfig) -> str:
+    """keepalived's marker address for this VRRP instance, as a /32 on lo."""
     return f"{MARKER_NET}{cfg.virtual_router_id}/32"
 
 
@@ -24,6 +25,7 @@ def _fmt_seconds(value: float) -> str:
 
 
 def render_keepalived(cfg: NodeConfig, source: str = "the node config document") -> str:
+    """The text of keepalived.conf for this node: unicast VRRPv3, health from the agent's track file."""
     t = cfg.timing
     iface = cfg.interface or "eth0"
     peers = "\n".join(f"        {p.ip}" for p in cfg.peers)
@@ -111,6 +113,7 @@ def _backend(lst: Listener) -> list[str]:
 
 
 def render_haproxy(cfg: NodeConfig, source: str = "the node config document") -> str:
+    """The text of haproxy.cfg for this node: the health and stats frontend, then each listener."""
     out = [
         _header(cfg, source).rstrip("\n"),
         "",

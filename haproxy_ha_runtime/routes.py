@@ -86,6 +86,7 @@ class CallCounter:
 
     @property
     def total(self) -> int:
+        """Requests sent so far, all operations together."""
         return sum(self.counts.values())
 
 
@@ -103,6 +104,8 @@ class VipRoute:
 
 @dataclass
 class TableResult:
+    """What one call of this module did to one route table's VIP route."""
+
     route_table_id: str
     ok: bool
     action: str  # unchanged, replaced, created, deleted, absent, failed, cancelled
@@ -113,6 +116,8 @@ class TableResult:
 
 @dataclass
 class MoveResult:
+    """The outcome of one take_over, ensure_routes or delete_routes, table by table."""
+
     eni_id: str | None
     tables: list[TableResult]
     elapsed_s: float
@@ -121,10 +126,12 @@ class MoveResult:
 
     @property
     def converged(self) -> bool:
+        """Did every table end as asked (and was the move not cancelled)?"""
         return not self.cancelled and all(t.ok for t in self.tables)
 
     @property
     def moved(self) -> list[str]:
+        """The tables whose VIP route this call replaced or created."""
         return [t.route_table_id for t in self.tables if t.action in ("replaced", "created")]
 
 

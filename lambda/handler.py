@@ -30,6 +30,7 @@ def _ec2() -> Any:
 # -- custom resource ----------------------------------------------------------------------------
 
 def physical_id(vip: str) -> str:
+    """The custom resource's physical ID for the routes of `vip`."""
     # Stable across updates, so CloudFormation never replaces (deletes) the routes unless the
     # VIP itself changes.
     return f"haproxy-ha-vip-routes-{vip}"
@@ -89,6 +90,7 @@ def handle_custom_resource(event: dict[str, Any], client: Any) -> tuple[str, dic
 
 def send_response(event: dict[str, Any], context: Any, status: str, physical: str,
                   data: dict[str, Any] | None = None, reason: str = "") -> None:
+    """Answer CloudFormation for this event, at its pre-signed response URL."""
     stream = getattr(context, "log_stream_name", "the function's log")
     body = json.dumps({
         "Status": status,
