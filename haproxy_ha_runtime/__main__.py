@@ -18,8 +18,9 @@ import threading
 
 from . import agent, routes
 from .config import ConfigError, NodeConfig, load_config
+from .files import write_atomically
 from .imds import Imds, ImdsError
-from .render import render_haproxy, render_keepalived, write_atomically
+from .render import render_haproxy, render_keepalived
 
 DEFAULT_CONFIG = "/etc/haproxy-ha/node.json"
 
@@ -35,6 +36,7 @@ def interface_for(local_ip: str) -> str:
 
 
 def resolved(cfg: NodeConfig) -> NodeConfig:
+    """The config with its interface filled in: the one that holds `local_ip`, unless it names one."""
     if cfg.interface:
         return cfg
     return dataclasses.replace(cfg, interface=interface_for(cfg.local_ip))
@@ -61,6 +63,7 @@ def _agent(cfg: NodeConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The node command line; returns the exit status (2: bad document, 3: no ENI from IMDS)."""
     parser = argparse.ArgumentParser(prog="python3 -m haproxy_ha_runtime", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("check", "validate the node config document"),

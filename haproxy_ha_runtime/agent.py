@@ -11,16 +11,17 @@ import os
 import selectors
 import stat
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 from . import routes
 from .config import NodeConfig
-from .render import marker_address, write_atomically
+from .files import read_text, write_atomically
+from .log import log_event
+from .render import marker_address
 
 MASTER = "MASTER"
 BACKUP = "BACKUP"
@@ -29,15 +30,6 @@ STOP = "STOP"
 # keepalived is not running (or we have not heard from it): never act as MASTER then.
 UNKNOWN = "UNKNOWN"
 _STATES = {MASTER, BACKUP, FAULT, STOP}
-
-
-def log_event(event: str, stream: IO[str] | None = None, **fields: Any) -> None:
-    """One structured line per event, to stdout (the journal, under systemd)."""
-    record: dict[str, Any] = {"ts": round(time.time(), 3), "event": event}
-    record.update(fields)
-    out = stream if stream is not None else sys.stdout
-    out.write(json.dumps(record, sort_keys=False, default=str) + "\n")
-    out.flush()
 
 
 def parse_fifo_line(line: str) -> str | None:
@@ -62,6 +54,7 @@ class HealthCheck:
         self._streak = 0
 
     def probe(self) -> bool:
+        """One probe: did GET /healthz answer 200 within the timeout?"""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout_s)
         try:
             conn.request("GET", "/healthz")
@@ -96,6 +89,7 @@ class FifoReader:
         self._buf = b""
 
     def open(self) -> int:
+        """Open the FIFO for reading (making it first if it is missing); returns its descriptor."""
         try:
             if not stat.S_ISFIFO(os.stat(self.path).st_mode):
                 raise RuntimeError(f"{self.path} exists and is not a FIFO")
@@ -122,6 +116,7 @@ class FifoReader:
         return [s for s in states if s is not None]
 
     def close(self) -> None:
+        """Close the FIFO and drop any partial line."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -130,14 +125,6 @@ class FifoReader:
 
 def _stamp(into: list[float]) -> None:
     into.append(time.monotonic())
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except OSError:
-        return None
 
 
 def marker_on_lo(marker_cidr: str) -> bool:
@@ -193,6 +180,8 @@ class Agent:
 
     # -- state -------------------------------------------------------------------------------
     def on_state(self, new_state: str, reason: str = "notify_fifo") -> None:
+        """Take in keepalived's state; on MASTER start moving the routes here, on MASTER -> BACKUP
+        hand them to the peer."""
         with self._lock:
             old = self.state
             if new_state == old:
@@ -203,7 +192,7 @@ class Agent:
             self._state_changed_at = time.monotonic()
         self.log("transition", node=self.cfg.node_name, old=old, new=new_state, reason=reason)
         if new_state == MASTER:
-            self._submit(self._take_over_until_converged, gen)
+            self._submit(self._take_over, gen)
         elif new_state == BACKUP and old == MASTER:
             # We lost an election to a live peer (a healed partition, or preemption): the peer
             # is MASTER now, so hand it the routes that still point here.
@@ -217,36 +206,30 @@ class Agent:
 
     @property
     def busy(self) -> bool:
+        """Is route work (a take-over, hand-over or repair) still running?"""
         return self._job is not None and not self._job.done()
 
     # -- route work (runs on the worker thread) ---------------------------------------------
-    def _take_over_until_converged(self, gen: int) -> None:
+    def _take_over(self, gen: int) -> None:
         still_master = self._current(gen, MASTER)
-        pause = 0.2
-        attempt = 0
-        while still_master():
-            attempt += 1
-            t0 = time.monotonic()
-            first_write: list[float] = []
-            result = routes.take_over(
-                self.client, self.cfg.vip, self.cfg.route_table_ids, self.eni_id,
-                deadline_s=self.cfg.timing.takeover_deadline_s, should_continue=still_master,
-                on_first_write=partial(_stamp, first_write))
-            self.log(
-                "route_move", node=self.cfg.node_name, to_eni=self.eni_id, attempt=attempt,
-                converged=result.converged, cancelled=result.cancelled,
-                duration_s=round(result.elapsed_s, 4),
-                first_write_after_s=round(first_write[0] - t0, 4) if first_write else None,
-                since_transition_s=round(time.monotonic() - self._state_changed_at, 4),
-                moved=len(result.moved), tables=len(result.tables),
-                failed={t.route_table_id: t.error for t in result.tables if not t.ok and t.error})
-            if result.converged or result.cancelled:
-                return
-            # Keep trying while MASTER; the pause is short and checked often.
-            end = time.monotonic() + pause
-            while still_master() and time.monotonic() < end:
-                time.sleep(0.05)
-            pause = min(pause * 2, 5.0)
+        if not still_master():
+            return
+        t0 = time.monotonic()
+        first_write: list[float] = []
+        # No deadline: a MASTER keeps trying until every table is its own, and stops the moment it
+        # is not MASTER any more (see the routes module for where the retries live).
+        result = routes.take_over(
+            self.client, self.cfg.vip, self.cfg.route_table_ids, self.eni_id,
+            deadline_s=None, should_continue=still_master, on_first_write=partial(_stamp, first_write))
+        self.log(
+            "route_move", node=self.cfg.node_name, to_eni=self.eni_id,
+            attempts=max((t.attempts for t in result.tables), default=0),
+            converged=result.converged, cancelled=result.cancelled,
+            duration_s=round(result.elapsed_s, 4),
+            first_write_after_s=round(first_write[0] - t0, 4) if first_write else None,
+            since_transition_s=round(time.monotonic() - self._state_changed_at, 4),
+            moved=len(result.moved), tables=len(result.tables),
+            failed={t.route_table_id: t.error for t in result.tables if not t.ok and t.error})
 
     def _hand_over(self, gen: int) -> None:
         peers = [p for p in self.cfg.peers if p.eni_id]
@@ -295,12 +278,14 @@ class Agent:
                  converged=result.converged, duration_s=round(result.elapsed_s, 4))
 
     def maybe_repair(self) -> None:
+        """Start a repair, if this node is MASTER and no route work is running."""
         with self._lock:
             gen, state = self.generation, self.state
         if state == MASTER and not self.busy:
             self._submit(self.repair, gen)
 
     def shutdown(self) -> None:
+        """Stop: cancel route work in progress (it sees the state change) and wait for it."""
         with self._lock:
             self.state = STOP
             self.generation += 1
@@ -339,7 +324,7 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
                 track_value = "0\n" if health.healthy else "1\n"
                 # keepalived resets the file when it starts (init_file ... overwrite): re-check
                 # the content on every tick, not only when the verdict changes.
-                if _read(cfg.paths.track_file) != track_value:
+                if read_text(cfg.paths.track_file) != track_value:
                     write_atomically(cfg.paths.track_file, track_value)
                 next_health = max(next_health + t.health_interval_s, time.monotonic())
             if now >= next_repair:

@@ -13,10 +13,12 @@ REFRESH_MARGIN_S = 60
 
 
 class ImdsError(RuntimeError):
-    pass
+    """The instance metadata service could not be reached or did not answer."""
 
 
 class Imds:
+    """A client for the instance metadata service, IMDSv2 only."""
+
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, ttl_s: int = TOKEN_TTL_S, timeout_s: float = 2.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not 1 <= ttl_s <= TOKEN_TTL_S:
@@ -45,6 +47,7 @@ class Imds:
         return self._token
 
     def get(self, path: str) -> str:
+        """The metadata item at `path` (under /latest/meta-data/), as text."""
         req = urllib.request.Request(
             self.endpoint + "/latest/meta-data/" + path.lstrip("/"),
             headers={"X-aws-ec2-metadata-token": self._fresh_token()})

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 from .config import Listener, NodeConfig
 
 # VRRPv3 refuses an instance with no virtual_ipaddress, and the real VIP is not keepalived's to
@@ -14,6 +11,7 @@ MARKER_NET = "169.254.253."
 
 
 def marker_address(cfg: NodeConfig) -> str:
+    """keepalived's marker address for this VRRP instance, as a /32 on lo."""
     return f"{MARKER_NET}{cfg.virtual_router_id}/32"
 
 
@@ -27,6 +25,7 @@ def _fmt_seconds(value: float) -> str:
 
 
 def render_keepalived(cfg: NodeConfig, source: str = "the node config document") -> str:
+    """The text of keepalived.conf for this node: unicast VRRPv3, health from the agent's track file."""
     t = cfg.timing
     iface = cfg.interface or "eth0"
     peers = "\n".join(f"        {p.ip}" for p in cfg.peers)
@@ -114,6 +113,7 @@ def _backend(lst: Listener) -> list[str]:
 
 
 def render_haproxy(cfg: NodeConfig, source: str = "the node config document") -> str:
+    """The text of haproxy.cfg for this node: the health and stats frontend, then each listener."""
     out = [
         _header(cfg, source).rstrip("\n"),
         "",
@@ -147,18 +147,3 @@ def render_haproxy(cfg: NodeConfig, source: str = "the node config document") ->
             out += ["", *_backend(lst)]
     return "\n".join(out) + "\n"
 
-
-def write_atomically(path: str, text: str, mode: int = 0o644) -> None:
-    """Write `text` to `path` so that a reader sees the old file or the new one, never half."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".haproxy-ha-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

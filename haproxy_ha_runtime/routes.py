@@ -2,6 +2,17 @@
 
 The node agent, the Lambda and the operator CLI all call this module.  It only ever touches
 the VIP's /32 route, and only ever targets an ENI (never an instance ID).
+
+Retries live in two layers, and nowhere else:
+- botocore (`make_client`: standard mode) retries each API call on throttling, 5xx and
+  connection errors, with backoff, up to `max_attempts`;
+- `take_over` retries the move: it writes again every table that did not verify, with a
+  growing pause, until all verify, `deadline_s` passes or `should_continue()` turns False.
+  The CLI and the Lambda give a deadline.  The agent gives none while it is MASTER, so it keeps
+  trying for exactly as long as it is MASTER; its hand-over and repair give one (the new
+  MASTER's take-over, or the next repair tick, tries again).
+`ensure_routes` and `delete_routes` make one call per table (with botocore's retries): the
+custom resource then fails, and CloudFormation says why.
 """
 
 from __future__ import annotations
@@ -75,6 +86,7 @@ class CallCounter:
 
     @property
     def total(self) -> int:
+        """Requests sent so far, all operations together."""
         return sum(self.counts.values())
 
 
@@ -92,6 +104,8 @@ class VipRoute:
 
 @dataclass
 class TableResult:
+    """What one call of this module did to one route table's VIP route."""
+
     route_table_id: str
     ok: bool
     action: str  # unchanged, replaced, created, deleted, absent, failed, cancelled
@@ -102,6 +116,8 @@ class TableResult:
 
 @dataclass
 class MoveResult:
+    """The outcome of one take_over, ensure_routes or delete_routes, table by table."""
+
     eni_id: str | None
     tables: list[TableResult]
     elapsed_s: float
@@ -110,10 +126,12 @@ class MoveResult:
 
     @property
     def converged(self) -> bool:
+        """Did every table end as asked (and was the move not cancelled)?"""
         return not self.cancelled and all(t.ok for t in self.tables)
 
     @property
     def moved(self) -> list[str]:
+        """The tables whose VIP route this call replaced or created."""
         return [t.route_table_id for t in self.tables if t.action in ("replaced", "created")]
 
 
@@ -287,36 +305,15 @@ def _pause(seconds: float, should_continue: Callable[[], bool]) -> None:
         time.sleep(min(0.02, max(0.0, end - time.monotonic())))
 
 
-def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str, *,
-              deadline_s: float = 10.0,
-              should_continue: Callable[[], bool] = _always,
-              on_first_write: Callable[[], None] | None = None) -> MoveResult:
-    """Make the VIP route in every table point at `eni_id`, and verify it.
-
-    Writes go to all tables in parallel first (ReplaceRoute, or CreateRoute where the route is
-    missing), then one DescribeRouteTables verifies them.  Tables that do not verify are
-    written again with a growing pause, until all converge or `deadline_s` has passed.  Each
-    call also has botocore's standard retries.  `should_continue` is checked before every
-    write; once it returns False nothing more is written and the result says `cancelled`.
-    """
-    start = time.monotonic()
-    deadline = start + deadline_s
-    vip_cidr = vip + "/32"
-    tables = list(dict.fromkeys(route_table_ids))
-    results = {t: TableResult(t, ok=False, action="failed") for t in tables}
-    pending = list(tables)
-    errors: list[str] = []
-    first_write = threading.Event()
-    pause = 0.05
-
+def _write(pool: ThreadPoolExecutor, client: Any, table_ids: Sequence[str], vip_cidr: str, eni_id: str,
+           results: dict[str, TableResult], should_continue: Callable[[], bool],
+           before_write: Callable[[], None]) -> None:
+    """Write each table's VIP route once, in parallel, and record the outcome in its result."""
     def write(table_id: str) -> None:
         res = results[table_id]
         if not should_continue():
             return
-        if not first_write.is_set():
-            first_write.set()
-            if on_first_write is not None:
-                on_first_write()
+        before_write()
         res.attempts += 1
         try:
             res.action = _point_route(client, table_id, vip_cidr, eni_id)
@@ -325,43 +322,37 @@ def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str
             res.action = "failed"
             res.error = _describe_error(e)
 
-    workers = max(1, min(MAX_WORKERS, len(tables)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="route") as pool:
-        while pending:
-            if not should_continue():
-                break
-            list(pool.map(write, pending))
-            if not should_continue():
-                break
-            try:
-                views = describe_vip_routes(client, vip, pending)
-            except (ClientError, BotoCoreError) as e:
-                errors.append("verify: " + _describe_error(e))
-                views = {}
-            still: list[str] = []
-            for t in pending:
-                view = views.get(t)
-                res = results[t]
-                if view is not None and view.state == ROUTE_ACTIVE and view.eni_id == eni_id:
-                    res.ok = True
-                    res.elapsed_s = time.monotonic() - start
-                    if res.action == "failed":
-                        # The write failed but the route is right (an earlier try, or another writer).
-                        res.action = "unchanged" if res.attempts == 0 else "replaced"
-                else:
-                    if view is None and res.error is None:
-                        res.error = "route table not found"
-                    still.append(t)
-            pending = still
-            if not pending:
-                break
-            now = time.monotonic()
-            if now + pause >= deadline:
-                break
-            _pause(pause * random.uniform(0.5, 1.0), should_continue)
-            pause = min(pause * 2, 1.0)
+    list(pool.map(write, table_ids))
 
-    cancelled = bool(pending) and not should_continue()
+
+def _verify(client: Any, vip: str, table_ids: Sequence[str], eni_id: str, results: dict[str, TableResult],
+            start: float, errors: list[str]) -> list[str]:
+    """Read the tables back in one call; mark those that point at `eni_id` ok, return the others."""
+    try:
+        views = describe_vip_routes(client, vip, table_ids)
+    except (ClientError, BotoCoreError) as e:
+        errors.append("verify: " + _describe_error(e))
+        views = {}
+    still: list[str] = []
+    for t in table_ids:
+        view = views.get(t)
+        res = results[t]
+        if view is not None and view.state == ROUTE_ACTIVE and view.eni_id == eni_id:
+            res.ok = True
+            res.elapsed_s = time.monotonic() - start
+            if res.action == "failed":
+                # The write failed but the route is right (an earlier try, or another writer).
+                res.action = "unchanged" if res.attempts == 0 else "replaced"
+        else:
+            if view is None and res.error is None:
+                res.error = "route table not found"
+            still.append(t)
+    return still
+
+
+def _finish(eni_id: str, tables: list[str], pending: list[str], results: dict[str, TableResult], start: float,
+            cancelled: bool, errors: list[str]) -> MoveResult:
+    """Close the results of the tables that never verified, and gather them all in table order."""
     for t in pending:
         res = results[t]
         res.elapsed_s = time.monotonic() - start
@@ -372,6 +363,73 @@ def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str
     return MoveResult(eni_id, [results[t] for t in tables], time.monotonic() - start, cancelled, errors)
 
 
+def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str, *,
+              deadline_s: float | None = 10.0,
+              should_continue: Callable[[], bool] = _always,
+              on_first_write: Callable[[], None] | None = None) -> MoveResult:
+    """Make the VIP route in every table point at `eni_id`, and verify it.
+
+    Writes go to all tables in parallel first (ReplaceRoute, or CreateRoute where the route is
+    missing), then one DescribeRouteTables verifies them.  Tables that do not verify are
+    written again with a growing pause, until all converge or `deadline_s` has passed (None:
+    no deadline).  Each call also has botocore's standard retries.  `should_continue` is
+    checked before every write; once it returns False nothing more is written and the result
+    says `cancelled`.
+    """
+    start = time.monotonic()
+    deadline = None if deadline_s is None else start + deadline_s
+    vip_cidr = vip + "/32"
+    tables = list(dict.fromkeys(route_table_ids))
+    results = {t: TableResult(t, ok=False, action="failed") for t in tables}
+    pending = list(tables)
+    errors: list[str] = []
+    first_write = threading.Event()
+    pause = 0.05
+
+    def before_write() -> None:
+        if not first_write.is_set():
+            first_write.set()
+            if on_first_write is not None:
+                on_first_write()
+
+    with ThreadPoolExecutor(max_workers=max(1, min(MAX_WORKERS, len(tables))), thread_name_prefix="route") as pool:
+        while pending and should_continue():
+            _write(pool, client, pending, vip_cidr, eni_id, results, should_continue, before_write)
+            if not should_continue():
+                break
+            pending = _verify(client, vip, pending, eni_id, results, start, errors)
+            if not pending or (deadline is not None and time.monotonic() + pause >= deadline):
+                break
+            _pause(pause * random.uniform(0.5, 1.0), should_continue)
+            pause = min(pause * 2, 1.0)
+
+    return _finish(eni_id, tables, pending, results, start, bool(pending) and not should_continue(), errors)
+
+
+def _each_table(table_ids: Sequence[str], call: Callable[[str], str],
+                tolerated: Callable[[ClientError], str | None]) -> list[TableResult]:
+    """Run `call` (one API call; it returns its action) on every table in parallel, timed.
+
+    A ClientError that `tolerated` names an action for is that action, done; any other error fails
+    that table with its description.  The results keep the order of `table_ids`.
+    """
+    def one(table_id: str) -> TableResult:
+        t0 = time.monotonic()
+        try:
+            action = call(table_id)
+        except ClientError as e:
+            done = tolerated(e)
+            if done is not None:
+                return TableResult(table_id, True, done, 1, time.monotonic() - t0)
+            return TableResult(table_id, False, "failed", 1, time.monotonic() - t0, _describe_error(e))
+        except BotoCoreError as e:
+            return TableResult(table_id, False, "failed", 1, time.monotonic() - t0, _describe_error(e))
+        return TableResult(table_id, True, action, 1, time.monotonic() - t0)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(MAX_WORKERS, len(table_ids)))) as pool:
+        return list(pool.map(one, table_ids))
+
+
 def ensure_routes(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str) -> MoveResult:
     """Create the VIP route where it is missing, pointing at `eni_id`.  Never re-points a route
     that exists (failover may have moved it).  Safe to run twice at once."""
@@ -379,47 +437,29 @@ def ensure_routes(client: Any, vip: str, route_table_ids: Sequence[str], eni_id:
     vip_cidr = vip + "/32"
     tables = list(dict.fromkeys(route_table_ids))
     views = describe_vip_routes(client, vip, tables)
+    settled = {t: TableResult(t, False, "failed", error="route table not found") for t in tables if t not in views}
+    settled.update({t: TableResult(t, True, "unchanged") for t in tables
+                    if t in views and views[t].state != ROUTE_MISSING})
 
-    def one(table_id: str) -> TableResult:
-        t0 = time.monotonic()
-        view = views.get(table_id)
-        if view is None:
-            return TableResult(table_id, False, "failed", 0, 0.0, "route table not found")
-        if view.state != ROUTE_MISSING:
-            return TableResult(table_id, True, "unchanged", 0, 0.0)
-        try:
-            client.create_route(RouteTableId=table_id, DestinationCidrBlock=vip_cidr, NetworkInterfaceId=eni_id)
-            return TableResult(table_id, True, "created", 1, time.monotonic() - t0)
-        except ClientError as e:
-            if _code(e) in _EXISTS:
-                return TableResult(table_id, True, "unchanged", 1, time.monotonic() - t0)
-            return TableResult(table_id, False, "failed", 1, time.monotonic() - t0, _describe_error(e))
-        except BotoCoreError as e:
-            return TableResult(table_id, False, "failed", 1, time.monotonic() - t0, _describe_error(e))
+    def create(table_id: str) -> str:
+        client.create_route(RouteTableId=table_id, DestinationCidrBlock=vip_cidr, NetworkInterfaceId=eni_id)
+        return "created"
 
-    with ThreadPoolExecutor(max_workers=max(1, min(MAX_WORKERS, len(tables)))) as pool:
-        results = list(pool.map(one, tables))
-    return MoveResult(eni_id, results, time.monotonic() - start)
+    created = _each_table([t for t in tables if t not in settled], create,
+                          lambda e: "unchanged" if _code(e) in _EXISTS else None)
+    by_table = {**settled, **{r.route_table_id: r for r in created}}
+    return MoveResult(eni_id, [by_table[t] for t in tables], time.monotonic() - start)
 
 
 def delete_routes(client: Any, vip: str, route_table_ids: Sequence[str]) -> MoveResult:
     """Delete the VIP route from each table.  A route or table that is already gone is fine."""
     start = time.monotonic()
     vip_cidr = vip + "/32"
-    tables = list(dict.fromkeys(route_table_ids))
 
-    def one(table_id: str) -> TableResult:
-        t0 = time.monotonic()
-        try:
-            client.delete_route(RouteTableId=table_id, DestinationCidrBlock=vip_cidr)
-            return TableResult(table_id, True, "deleted", 1, time.monotonic() - t0)
-        except ClientError as e:
-            if _route_not_found(e) or _code(e) in _TABLE_GONE:
-                return TableResult(table_id, True, "absent", 1, time.monotonic() - t0)
-            return TableResult(table_id, False, "failed", 1, time.monotonic() - t0, _describe_error(e))
-        except BotoCoreError as e:
-            return TableResult(table_id, False, "failed", 1, time.monotonic() - t0, _describe_error(e))
+    def delete(table_id: str) -> str:
+        client.delete_route(RouteTableId=table_id, DestinationCidrBlock=vip_cidr)
+        return "deleted"
 
-    with ThreadPoolExecutor(max_workers=max(1, min(MAX_WORKERS, len(tables)))) as pool:
-        results = list(pool.map(one, tables))
+    results = _each_table(list(dict.fromkeys(route_table_ids)), delete,
+                          lambda e: "absent" if _route_not_found(e) or _code(e) in _TABLE_GONE else None)
     return MoveResult(None, results, time.monotonic() - start)

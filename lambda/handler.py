@@ -11,7 +11,7 @@ import urllib.request
 from typing import Any
 
 from haproxy_ha_runtime import routes
-from haproxy_ha_runtime.agent import log_event
+from haproxy_ha_runtime.log import log_event
 
 _client: Any = None
 
@@ -30,6 +30,7 @@ def _ec2() -> Any:
 # -- custom resource ----------------------------------------------------------------------------
 
 def physical_id(vip: str) -> str:
+    """The custom resource's physical ID for the routes of `vip`."""
     # Stable across updates, so CloudFormation never replaces (deletes) the routes unless the
     # VIP itself changes.
     return f"haproxy-ha-vip-routes-{vip}"
@@ -89,6 +90,7 @@ def handle_custom_resource(event: dict[str, Any], client: Any) -> tuple[str, dic
 
 def send_response(event: dict[str, Any], context: Any, status: str, physical: str,
                   data: dict[str, Any] | None = None, reason: str = "") -> None:
+    """Answer CloudFormation for this event, at its pre-signed response URL."""
     stream = getattr(context, "log_stream_name", "the function's log")
     body = json.dumps({
         "Status": status,
@@ -132,14 +134,18 @@ def reconcile_routes(client: Any, vip: str, tables: list[str], nodes: list[dict[
                      deadline_s: float = RECONCILE_DEADLINE_S) -> dict[str, Any]:
     """Move routes that are missing, blackholed, or point at a node that is not running, to a
     running node.  Routes at a running node are never moved.  Safe to run twice at once: both
-    runs pick the same target from the same facts."""
+    runs pick the same target from the same facts.
+
+    Each node is `{"name": ..., "eni_id": ...}` (other keys are ignored).  A node is running when
+    its ENI is attached to a running instance: the ENI outlives the instances that carry it.
+    """
     views = routes.describe_vip_routes(client, vip, tables)
-    resp = client.describe_instances(Filters=[{"Name": "instance-id", "Values": [n["instance_id"] for n in nodes]}])
-    state_of = {i["InstanceId"]: i["State"]["Name"] for r in resp["Reservations"] for i in r["Instances"]}
-    live = [n["eni_id"] for n in nodes if state_of.get(n["instance_id"]) == "running"]
+    owners = routes.eni_owners(client, [n["eni_id"] for n in nodes])
+    state_of = {n["name"]: owners[n["eni_id"]].instance_state or "absent" for n in nodes}
+    live = [n["eni_id"] for n in nodes if state_of[n["name"]] == "running"]
     report: dict[str, Any] = {
         "vip": vip,
-        "node_states": {n["name"]: state_of.get(n["instance_id"], "absent") for n in nodes},
+        "node_states": state_of,
         "tables_not_found": [t for t in tables if t not in views],
     }
     broken = [t for t in tables if t in views and routes.needs_repair(views[t], set(live))]
@@ -160,7 +166,7 @@ def reconcile(event: dict[str, Any], context: Any) -> dict[str, Any]:
     detail = event.get("detail") or {}
     report = reconcile_routes(_ec2(), vip, tables, nodes)
     log_event("reconcile", trigger=event.get("detail-type", "schedule"), instance=detail.get("instance-id"),
-         instance_state=detail.get("state"), **report)
+              instance_state=detail.get("state"), **report)
     if report.get("error") or report.get("failed"):
         # Fail the invocation so it shows in the function's error metric (and is retried for events).
         raise RuntimeError(json.dumps(report))

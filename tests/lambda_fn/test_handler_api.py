@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -149,8 +151,7 @@ def test_on_event_reports_bad_properties_as_failed(moto: str, cfn_responses, mon
 
 
 def _nodes(world: World) -> list[dict[str, str]]:
-    return [{"name": "a", "eni_id": world.eni_a, "instance_id": world.instance_a},
-            {"name": "b", "eni_id": world.eni_b, "instance_id": world.instance_b}]
+    return [{"name": "a", "eni_id": world.eni_a}, {"name": "b", "eni_id": world.eni_b}]
 
 
 def test_reconcile_moves_routes_away_from_a_stopped_node(moto: str) -> None:
@@ -193,6 +194,35 @@ def test_reconcile_twice_at_once_agrees(moto: str) -> None:
         t.join()
     assert [r["target"] for r in reports] == [world.eni_b, world.eni_b]
     assert set(targets(world.client, world.tables).values()) == {world.eni_b}
+
+
+def test_reconcile_knows_each_node_by_its_eni(moto: str) -> None:
+    world = make_world(client_for(moto), 2)
+    c = world.client
+    c.stop_instances(InstanceIds=[world.instance_b])
+    subnet = c.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [world.vpc_id]}])["Subnets"][0]["SubnetId"]
+    spare = c.create_network_interface(SubnetId=subnet)["NetworkInterface"]["NetworkInterfaceId"]
+    nodes = [
+        # Keys other than name and eni_id are ignored: a stale instance ID changes nothing.
+        {"name": "a", "eni_id": world.eni_a, "instance_id": "i-0123456789abcdef0"},
+        {"name": "b", "eni_id": world.eni_b},
+        {"name": "spare", "eni_id": spare},  # an ENI that no instance carries
+        {"name": "gone", "eni_id": "eni-0123456789abcdef0"},  # an ENI that does not exist
+    ]
+    report = handler.reconcile_routes(c, VIP, world.tables, nodes)
+    assert report["node_states"] == {"a": "running", "b": "stopped", "spare": "absent", "gone": "absent"}
+    assert report["moved"] == []
+    assert set(targets(c, world.tables).values()) == {world.eni_a}
+
+
+def test_the_handler_does_not_load_the_agent() -> None:
+    # The Lambda needs the route module and the logger, not the node agent (nor its /proc scan).
+    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('h', sys.argv[1]); "
+            "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
+            "assert 'haproxy_ha_runtime.routes' in sys.modules; "
+            "assert 'haproxy_ha_runtime.agent' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code, str(REPO / "lambda" / "handler.py")], check=True, cwd=REPO,
+                   timeout=60)
 
 
 def test_reconcile_fails_loudly_when_no_node_runs(moto: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -78,6 +78,21 @@ def test_agent_stops_writing_the_moment_it_is_not_master(proxy, tmp_path: Path) 
     assert set(targets(world.client, world.tables).values()) == {world.eni_a}
 
 
+def test_master_keeps_trying_past_the_takeover_deadline(proxy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url, max_attempts=1), 3)
+    proxy.state.set_fault("5xx", 1_000_000, ["ReplaceRoute"])
+    log = Log()
+    cfg = _cfg(world, tmp_path, timing={"takeover_deadline_s": 0.5})
+    a = agent.Agent(cfg, world.client, world.eni_b, log)
+    a.on_state(agent.MASTER)
+    time.sleep(3 * cfg.timing.takeover_deadline_s)  # the API fails for longer than the deadline
+    assert a.busy and set(targets(world.client, world.tables).values()) == {world.eni_a}
+    proxy.state.set_fault("none", 0, [])
+    _wait(lambda: any(e["converged"] for e in log.of("route_move")))
+    a.shutdown()
+    assert set(targets(world.client, world.tables).values()) == {world.eni_b}
+
+
 def test_repair_fixes_missing_blackholed_and_dead_node_routes_only(proxy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     c = client_for(proxy.url)
     world = make_world(c, 4)
