@@ -513,7 +513,7 @@ class HaproxyHa(Construct):
         self._grant_routes(role, ["ec2:CreateRoute", "ec2:ReplaceRoute", "ec2:DeleteRoute"])
         code = lambda_.Code.from_asset(str(lambda_code_dir()))
         nodes_json = Stack.of(self).to_json_string([
-            {"name": n.name, "eni_id": n.eni_id, "instance_id": n.instance_id} for n in self.nodes
+            {"name": n.name, "eni_id": n.eni_id} for n in self.nodes
         ])
         functions: dict[str, lambda_.Function] = {}
         for fid, handler, timeout, env in (

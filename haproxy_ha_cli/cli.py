@@ -34,14 +34,15 @@ def _vip(text: str) -> str:
 
 def _client(region: str | None) -> Any:
     import boto3
-    from botocore.config import Config
 
     session = boto3.session.Session(region_name=region)
     region = session.region_name
     if not region:
-        raise UsageError("no AWS region is configured; set AWS_REGION or use --region")
-    return session.client("ec2", config=Config(retries={"mode": "standard", "total_max_attempts": 5},
-                                               max_pool_connections=routes.MAX_WORKERS))
+        # botocore reads AWS_DEFAULT_REGION (or the profile's region); it ignores AWS_REGION.
+        raise UsageError("no AWS region is configured; use --region, set AWS_DEFAULT_REGION, "
+                         "or give your AWS profile a region")
+    # The endpoint comes from boto3's own settings (AWS_ENDPOINT_URL, the profile).
+    return routes.make_client(region, max_attempts=5, session=session)
 
 
 def node_name(owner: routes.EniOwner) -> str | None:

@@ -39,7 +39,8 @@ NODE_PORTS = {22: "sshd"}
 
 @dataclass(frozen=True)
 class Timing:
-    """How fast a node notices a fault and how long it keeps trying to move the routes."""
+    """How fast a node notices a fault, and how long a hand-over or a repair keeps trying to move
+    the routes (a MASTER's take-over keeps trying for as long as it is MASTER)."""
 
     advert_int_s: float
     health_interval_s: float
