@@ -157,6 +157,9 @@ class NodeConfig:
     # null: the region's EC2 endpoint.
     endpoint_url: str | None = None
     vpc_id: str | None = None
+    # The reconciler Lambda (name or ARN), which the agent invokes to create a missing route:
+    # the node role may only replace routes.  null: nothing to invoke (the lab, tests).
+    reconciler: str | None = None
     priority: int = 100
     preempt: bool = False
     virtual_router_id: int = 51
@@ -394,6 +397,9 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
     endpoint_url = _optional(c, doc, "endpoint_url", re.compile(r"^https?://[^\s/]+(/\S*)?$"),
                              "an http(s) URL, or null for the region's EC2 endpoint")
     vpc_id = _optional(c, doc, "vpc_id", re.compile(r"^vpc-[0-9a-f]{8,17}$"), "a VPC ID such as vpc-0123456789abcdef0")
+    reconciler = _optional(c, doc, "reconciler", re.compile(r"^(arn:[a-z-]+:lambda:[a-z0-9-]+:\d{12}:function:)?"
+                                                           r"[A-Za-z0-9_-]{1,64}$"),
+                           "a Lambda function name or ARN, or null")
     priority = c.integer(doc.get("priority", default("priority")), "priority", 1, 254)
     preempt = c.boolean(doc.get("preempt", default("preempt")), "preempt")
     vrid = c.integer(doc.get("virtual_router_id", default("virtual_router_id")), "virtual_router_id", 1, 255)
@@ -418,7 +424,7 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
     return NodeConfig(
         node_name=node_name, vip=str(vip), local_ip=str(local_ip), peers=peers, route_table_ids=tables,
         region=region, listeners=listeners, priority=priority, timing=timing, profile=profile,
-        eni_id=eni_id, interface=interface, endpoint_url=endpoint_url, vpc_id=vpc_id,
+        eni_id=eni_id, interface=interface, endpoint_url=endpoint_url, vpc_id=vpc_id, reconciler=reconciler,
         preempt=preempt, virtual_router_id=vrid, stats_port=stats_port, paths=paths,
     )
 
