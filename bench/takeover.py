@@ -64,7 +64,9 @@ from haproxy_ha_runtime import agent, config, routes
 cfg = config.load_config(sys.argv[1])
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
-agent.run(cfg, routes.make_client(cfg.region, cfg.endpoint_url), cfg.eni_id, stop)
+# The peer is not there: probe a closed loopback port, never the document's address.
+agent.run(cfg, routes.make_client(cfg.region, cfg.endpoint_url), cfg.eni_id, stop,
+          peer_address=lambda p: ("127.0.0.1", int(sys.argv[2])))
 """
 
 
@@ -80,12 +82,13 @@ def bench_fifo_to_write(moto_url: str, runs: int, n_tables: int = 10) -> dict[st
             "peers": [{"name": "a", "ip": "192.0.2.10", "eni_id": world.eni_a}], "route_table_ids": world.tables,
             "region": "us-east-1", "endpoint_url": proxy.url, "profile": "fast",
             "stats_port": free_port(),  # nothing listens: the agent reports unhealthy, which moves nothing
+            "agent_port": free_port(),
             "listeners": [{"name": "web", "port": 80, "static_reply": "bench"}],
             "paths": {"run_dir": str(tmp / "run")},
         }
         (tmp / "node.json").write_text(json.dumps(doc))
         with open(tmp / "agent.log", "w") as agent_log:
-            proc = subprocess.Popen([sys.executable, "-c", AGENT, str(tmp / "node.json")], cwd=REPO,
+            proc = subprocess.Popen([sys.executable, "-c", AGENT, str(tmp / "node.json"), str(free_port())], cwd=REPO,
                                     stdout=agent_log, stderr=subprocess.STDOUT)
         fifo = tmp / "run" / "keepalived.fifo"
         for _ in range(100):

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+from typing import Callable
 
 from . import agent, routes
 from .config import ConfigError, NodeConfig, load_config
@@ -59,7 +60,27 @@ def _agent(cfg: NodeConfig) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    agent.run(cfg, client, eni_id, stop)
+    agent.run(cfg, client, eni_id, stop, invoke_reconciler=_reconciler_invoker(cfg))
+
+
+def _reconciler_invoker(cfg: NodeConfig) -> Callable[[list[str]], None] | None:
+    """Invoke the reconciler Lambda asynchronously, to create missing routes (the node role may
+    only replace them).  None when the document names no reconciler."""
+    if cfg.reconciler is None:
+        return None
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.session.Session().client(
+        "lambda", region_name=cfg.region, endpoint_url=cfg.endpoint_url,
+        config=Config(retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=2, read_timeout=5))
+    name = cfg.reconciler
+
+    def invoke(tables: list[str]) -> None:
+        payload = {"source": "haproxy-ha.agent", "node": cfg.node_name, "missing_route_tables": tables}
+        client.invoke(FunctionName=name, InvocationType="Event", Payload=json.dumps(payload).encode())
+
+    return invoke
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,11 +17,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, Callable
 
-from . import routes
-from .config import NodeConfig
+from . import ownership, peer, routes
+from .config import NodeConfig, Peer
 from .files import read_text, write_atomically
 from .log import log_event
 from .render import marker_address
+from .tags import OPERATOR_CHOICE_TAG
 
 MASTER = "MASTER"
 BACKUP = "BACKUP"
@@ -161,27 +162,44 @@ def ensure_vip(vip: str) -> None:
     subprocess.run(["ip", "addr", "replace", vip + "/32", "dev", "lo"], check=True)
 
 
+# Written to the priority file while this node has stepped down: keepalived adds it to the
+# priority (clamped to 1), so the node stays below its peer, with preempt on or off.
+STEP_DOWN_OFFSET = -253
+
+
 class Agent:
     """Route decisions.  Only a MASTER moves routes to itself, and it stops the moment it is
     not MASTER any more: every write checks the state generation it was started for."""
 
     def __init__(self, cfg: NodeConfig, client: Any, eni_id: str,
-                 log: Callable[..., None] = log_event) -> None:
+                 log: Callable[..., None] = log_event,
+                 invoke_reconciler: Callable[[list[str]], None] | None = None) -> None:
         self.cfg = cfg
         self.client = client
         self.eni_id = eni_id
         self.log = log
         self.state = UNKNOWN
         self.generation = 0
+        # Own HAProxy health, as the run loop last judged it (None: not probed yet).
+        self.healthy: bool | None = None
+        # Stepped down: the priority file holds STEP_DOWN_OFFSET.  Kept in that file, so that a
+        # restarted agent knows it too.
+        self.stepped_down = read_text(cfg.paths.priority_file) == f"{STEP_DOWN_OFFSET}\n"
+        # While yielding, the health file says "unhealthy", so keepalived leaves MASTER at once.
+        self.yield_until = 0.0
+        self.peer_views: dict[str, peer.PeerView] = {}
+        self._invoke_reconciler = invoke_reconciler
+        self._reconciler_asked_at = -1e9
         self._lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="routes")
         self._job: Future[None] | None = None
         self._state_changed_at = time.monotonic()
 
     # -- state -------------------------------------------------------------------------------
-    def on_state(self, new_state: str, reason: str = "notify_fifo") -> None:
-        """Take in keepalived's state; on MASTER start moving the routes here, on MASTER -> BACKUP
-        hand them to the peer."""
+    def on_state(self, new_state: str, reason: str = "notify_fifo", resumed: bool = False) -> None:
+        """Take in keepalived's state.  On MASTER, move the routes here at once (a transition
+        means the peer went silent or failed); on MASTER -> BACKUP, hand them to the peer.  A
+        MASTER found at start (`resumed`) first checks who should own the routes instead."""
         with self._lock:
             old = self.state
             if new_state == old:
@@ -192,11 +210,27 @@ class Agent:
             self._state_changed_at = time.monotonic()
         self.log("transition", node=self.cfg.node_name, old=old, new=new_state, reason=reason)
         if new_state == MASTER:
-            self._submit(self._take_over, gen)
+            self._submit(self.check_routes if resumed else self._take_over, gen)
         elif new_state == BACKUP and old == MASTER:
             # We lost an election to a live peer (a healed partition, or preemption): the peer
             # is MASTER now, so hand it the routes that still point here.
             self._submit(self._hand_over, gen)
+
+    def state_report(self) -> dict[str, Any]:
+        """What this agent tells its peer at GET /state."""
+        return {"node": self.cfg.node_name, "vrrp": self.state, "healthy": self.healthy,
+                "stepped_down": self.stepped_down, "eni_id": self.eni_id}
+
+    @property
+    def track_value(self) -> str:
+        """What keepalived's health track file should hold: 0 healthy, 1 not (or yielding)."""
+        yielding = time.monotonic() < self.yield_until
+        return "0\n" if self.healthy and not yielding else "1\n"
+
+    @property
+    def priority_value(self) -> str:
+        """What keepalived's priority file should hold."""
+        return f"{STEP_DOWN_OFFSET if self.stepped_down else 0}\n"
 
     def _current(self, gen: int, state: str) -> Callable[[], bool]:
         return lambda: self.generation == gen and self.state == state
@@ -209,6 +243,30 @@ class Agent:
         """Is route work (a take-over, hand-over or repair) still running?"""
         return self._job is not None and not self._job.done()
 
+    def _peer(self) -> tuple[Peer | None, peer.PeerView]:
+        """The one peer with an ENI, and what we last heard from it."""
+        peers = [p for p in self.cfg.peers if p.eni_id]
+        if len(self.cfg.peers) != 1 or len(peers) != 1:
+            return None, peer.PeerView()
+        return peers[0], self.peer_views.get(peers[0].name, peer.PeerView())
+
+    def _ask_reconciler(self, table_id: str) -> None:
+        """A route is missing, and this node may only replace routes: ask the reconciler (at
+        most once per repair interval)."""
+        now = time.monotonic()
+        if now - self._reconciler_asked_at < self.cfg.timing.repair_interval_s:
+            return
+        self._reconciler_asked_at = now
+        if self._invoke_reconciler is None:
+            self.log("route_missing", node=self.cfg.node_name, table=table_id, reconciler=None)
+            return
+        try:
+            self._invoke_reconciler([table_id])
+            self.log("route_missing", node=self.cfg.node_name, table=table_id, reconciler="invoked")
+        except Exception as e:
+            self.log("route_missing", node=self.cfg.node_name, table=table_id, reconciler="failed",
+                     error=str(e))
+
     # -- route work (runs on the worker thread) ---------------------------------------------
     def _take_over(self, gen: int) -> None:
         still_master = self._current(gen, MASTER)
@@ -216,11 +274,14 @@ class Agent:
             return
         t0 = time.monotonic()
         first_write: list[float] = []
+        # This node is active now: it no longer stays below its peer.
+        self.stepped_down = False
         # No deadline: a MASTER keeps trying until every table is its own, and stops the moment it
         # is not MASTER any more (see the routes module for where the retries live).
         result = routes.take_over(
             self.client, self.cfg.vip, self.cfg.route_table_ids, self.eni_id,
-            deadline_s=None, should_continue=still_master, on_first_write=partial(_stamp, first_write))
+            deadline_s=None, should_continue=still_master, on_first_write=partial(_stamp, first_write),
+            on_missing=self._ask_reconciler)
         self.log(
             "route_move", node=self.cfg.node_name, to_eni=self.eni_id,
             attempts=max((t.attempts for t in result.tables), default=0),
@@ -231,51 +292,102 @@ class Agent:
             moved=len(result.moved), tables=len(result.tables),
             failed={t.route_table_id: t.error for t in result.tables if not t.ok and t.error})
 
-    def _hand_over(self, gen: int) -> None:
-        peers = [p for p in self.cfg.peers if p.eni_id]
-        if len(self.cfg.peers) != 1 or len(peers) != 1:
-            return  # With several peers we cannot tell which one won; the winner's repair will do.
-        still_backup = self._current(gen, BACKUP)
+    def _give_routes_to_peer(self, reason: str, should_continue: Callable[[], bool]) -> None:
+        """Point every route that targets this node at the peer."""
+        p, _view = self._peer()
+        if p is None:
+            return  # With several peers we cannot tell which one to give them to.
+        assert p.eni_id is not None
         try:
             views = routes.describe_vip_routes(self.client, self.cfg.vip, self.cfg.route_table_ids)
         except Exception as e:
-            self.log("hand_over_failed", node=self.cfg.node_name, error=str(e))
+            self.log("hand_over_failed", node=self.cfg.node_name, reason=reason, error=str(e))
             return
         mine = [t for t, v in views.items() if v.eni_id == self.eni_id]
-        if not mine or not still_backup():
+        if not mine or not should_continue():
             return
-        peer_eni = peers[0].eni_id
-        assert peer_eni is not None
-        result = routes.take_over(self.client, self.cfg.vip, mine, peer_eni,
-                                  deadline_s=self.cfg.timing.takeover_deadline_s, should_continue=still_backup)
-        self.log("route_hand_over", node=self.cfg.node_name, to_eni=peer_eni, converged=result.converged,
-                 cancelled=result.cancelled, duration_s=round(result.elapsed_s, 4), moved=len(result.moved))
+        result = routes.take_over(self.client, self.cfg.vip, mine, p.eni_id,
+                                  deadline_s=self.cfg.timing.takeover_deadline_s, should_continue=should_continue)
+        self.log("route_hand_over", node=self.cfg.node_name, reason=reason, to_eni=p.eni_id,
+                 converged=result.converged, cancelled=result.cancelled, duration_s=round(result.elapsed_s, 4),
+                 moved=len(result.moved))
 
-    def repair(self, gen: int) -> None:
-        """While MASTER: point missing, blackholed or dead-node routes here.  A route at a live
-        peer is left alone (split brain is harmless while every route points at a live node)."""
+    def _hand_over(self, gen: int) -> None:
+        self._give_routes_to_peer("lost the election", self._current(gen, BACKUP))
+
+    def on_health(self, healthy: bool) -> None:
+        """Take in the run loop's health verdict.  A node whose HAProxy fails gives its routes to
+        a healthy peer at once, rather than waiting for the peer to notice."""
+        self.healthy = healthy
+        _p, view = self._peer()
+        if not healthy and view.healthy_haproxy and not self.busy:
+            self._submit(lambda _gen: self._give_routes_to_peer(
+                "own HAProxy is unhealthy", lambda: self.healthy is False), self.generation)
+
+    def step_down(self, gen: int) -> None:
+        """The one way a healthy node gives up the VIP: point every route at the healthy peer,
+        stay below its priority, and leave MASTER now so that the peer takes over VRRP."""
         still_master = self._current(gen, MASTER)
+        self._give_routes_to_peer("step down", still_master)
         if not still_master():
             return
+        self.stepped_down = True
+        # Report "unhealthy" to keepalived for a moment: it leaves MASTER with a priority-0
+        # advert, and the peer becomes MASTER at once.  The run loop ends the yield as soon as
+        # the peer says it is MASTER.
+        self.yield_until = time.monotonic() + 3 * self.cfg.timing.advert_int_s + 2.0
+        p, _view = self._peer()
+        self.log("step_down", node=self.cfg.node_name, peer=p.name if p is not None else None)
+
+    def end_yield_if_done(self) -> None:
+        """Stop yielding once keepalived has left MASTER and the peer has taken it over."""
+        if self.yield_until and self.state != MASTER and self._peer()[1].vrrp == MASTER:
+            self.yield_until = 0.0
+
+    def check_routes(self, gen: int) -> None:
+        """While MASTER: decide for every table who should own its route (ownership.decide),
+        then take, step down, or ask the reconciler for a missing route."""
+        still_master = self._current(gen, MASTER)
+        if not still_master() or not self.healthy:
+            return
+        p, view = self._peer()
+        peer_eni = p.eni_id if p is not None else None
         try:
             views = routes.describe_vip_routes(self.client, self.cfg.vip, self.cfg.route_table_ids)
-            elsewhere = {v.eni_id for v in views.values()
-                         if v.state == routes.ROUTE_ACTIVE and v.eni_id and v.eni_id != self.eni_id}
-            states = routes.instance_states_by_eni(self.client, elsewhere) if elsewhere else {}
+            owners = routes.eni_owners(self.client, [self.eni_id] + ([peer_eni] if peer_eni else []))
         except Exception as e:
             self.log("repair_check_failed", node=self.cfg.node_name, error=str(e))
             return
-        live = {self.eni_id} | {eni for eni, s in states.items() if s == "running"}
-        missing_tables = [t for t in self.cfg.route_table_ids if t not in views]
-        broken = [t for t, v in views.items() if routes.needs_repair(v, live)]
-        if missing_tables:
-            self.log("repair_tables_not_found", node=self.cfg.node_name, tables=missing_tables)
-        if not broken or not still_master():
-            return
-        result = routes.take_over(self.client, self.cfg.vip, broken, self.eni_id,
-                                  deadline_s=self.cfg.timing.takeover_deadline_s, should_continue=still_master)
-        self.log("route_repair", node=self.cfg.node_name, to_eni=self.eni_id, tables=broken,
-                 converged=result.converged, duration_s=round(result.elapsed_s, 4))
+        peer_owner = owners.get(peer_eni) if peer_eni else None
+        peer_running = None if peer_owner is None else peer_owner.instance_state == "running"
+        choice = next((o.eni_tags[OPERATOR_CHOICE_TAG] for o in owners.values()
+                       if OPERATOR_CHOICE_TAG in o.eni_tags), None)
+        verdicts = {t: ownership.decide(v, self.eni_id, peer_eni, view, peer_running, choice)
+                    for t, v in views.items()}
+        not_found = [t for t in self.cfg.route_table_ids if t not in views]
+        if not_found:
+            self.log("repair_tables_not_found", node=self.cfg.node_name, tables=not_found)
+        for t, verdict in verdicts.items():
+            if verdict == ownership.MISSING:
+                self._ask_reconciler(t)
+        take = [t for t, verdict in verdicts.items() if verdict == ownership.TAKE]
+        if take and still_master():
+            self.stepped_down = False
+            result = routes.take_over(self.client, self.cfg.vip, take, self.eni_id,
+                                      deadline_s=self.cfg.timing.takeover_deadline_s,
+                                      should_continue=still_master, on_missing=self._ask_reconciler)
+            self.log("route_repair", node=self.cfg.node_name, to_eni=self.eni_id, tables=take,
+                     converged=result.converged, duration_s=round(result.elapsed_s, 4),
+                     peer=view.reach, peer_vrrp=view.vrrp, peer_running=peer_running)
+        elif ownership.STEP_DOWN in verdicts.values() and still_master():
+            self.step_down(gen)
+        elif all(v == ownership.OK for v in verdicts.values()):
+            # Every route is here and this node is MASTER: it is the active one, not stepped down.
+            self.stepped_down = False
+
+    def repair(self, gen: int) -> None:
+        """The periodic check while MASTER (see check_routes)."""
+        self.check_routes(gen)
 
     def maybe_repair(self) -> None:
         """Start a repair, if this node is MASTER and no route work is running."""
@@ -292,28 +404,51 @@ class Agent:
         self._worker.shutdown(wait=True)
 
 
+def _poll_peers(agent: Agent, address: Callable[[Peer], tuple[str, int]], interval_s: float, timeout_s: float,
+                stop: threading.Event) -> None:
+    """Keep `agent.peer_views` fresh: one /state probe per peer every `interval_s`."""
+    while not stop.is_set():
+        started = time.monotonic()
+        for p in agent.cfg.peers:
+            host, port = address(p)
+            agent.peer_views[p.name] = peer.probe_peer(host, port, timeout_s)
+        stop.wait(max(0.0, interval_s - (time.monotonic() - started)))
+
+
 def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None = None,
-        log: Callable[..., None] = log_event) -> None:
-    """The agent's main loop: health ticks, FIFO lines, repair ticks, until `stop` is set."""
+        log: Callable[..., None] = log_event,
+        invoke_reconciler: Callable[[list[str]], None] | None = None,
+        peer_address: Callable[[Peer], tuple[str, int]] | None = None) -> None:
+    """The agent's main loop: health ticks, FIFO lines, repair ticks, until `stop` is set.
+
+    Beside it run the peer poller (the peer's /state, through its stats port, or wherever
+    `peer_address` says) and the server of this agent's own /state on 127.0.0.1.
+    """
     stop = stop or threading.Event()
     t = cfg.timing
-    agent = Agent(cfg, client, eni_id, log)
+    agent = Agent(cfg, client, eni_id, log, invoke_reconciler)
     health = HealthCheck(cfg.stats_port, timeout_s=max(0.05, min(0.5, t.health_interval_s)),
                          fall=t.health_fall, rise=t.health_rise)
-    track_value: str | None = None
+    server = peer.StateServer(cfg.agent_port, agent.state_report).start()
+    poller_stop = threading.Event()
+    poller = threading.Thread(
+        target=_poll_peers, name="peer-poller", daemon=True,
+        args=(agent, peer_address or (lambda p: (p.ip, cfg.stats_port)),
+              min(1.0, max(0.2, 4 * t.health_interval_s)), min(1.0, max(0.2, 2 * t.advert_int_s)), poller_stop))
+    poller.start()
     fifo = FifoReader(cfg.paths.notify_fifo)
     sel = selectors.DefaultSelector()
     sel.register(fifo.open(), selectors.EVENT_READ)
     next_health = time.monotonic()
     next_repair = time.monotonic() + t.repair_interval_s
     log("agent_start", node=cfg.node_name, eni=eni_id, vip=cfg.vip, tables=len(cfg.route_table_ids),
-        profile=cfg.profile, advert_int_s=t.advert_int_s, health_interval_s=t.health_interval_s)
+        profile=cfg.profile, advert_int_s=t.advert_int_s, health_interval_s=t.health_interval_s,
+        stepped_down=agent.stepped_down)
     # keepalived reports a state only when it changes.  If this agent was restarted while
     # keepalived is MASTER, no line will come: recognise that state from keepalived's marker
     # address on lo, but only while a running keepalived holds the FIFO (a crashed one leaves
-    # the marker behind).
-    if marker_on_lo(marker_address(cfg)) and fifo_held_by_another_process(cfg.paths.notify_fifo):
-        agent.on_state(MASTER, reason="keepalived was already MASTER when the agent started")
+    # the marker behind).  It is not a transition: check who should own the routes first.
+    resumed_master = marker_on_lo(marker_address(cfg)) and fifo_held_by_another_process(cfg.paths.notify_fifo)
     try:
         while not stop.is_set():
             now = time.monotonic()
@@ -321,11 +456,18 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
                 ok = health.probe()
                 if health.update(ok):
                     log("health", node=cfg.node_name, healthy=health.healthy)
-                track_value = "0\n" if health.healthy else "1\n"
-                # keepalived resets the file when it starts (init_file ... overwrite): re-check
-                # the content on every tick, not only when the verdict changes.
-                if read_text(cfg.paths.track_file) != track_value:
-                    write_atomically(cfg.paths.track_file, track_value)
+                    agent.on_health(bool(health.healthy))
+                    if resumed_master:
+                        resumed_master = False
+                        agent.on_state(MASTER, reason="keepalived was already MASTER when the agent started",
+                                       resumed=True)
+                agent.end_yield_if_done()
+                # keepalived resets the health file when it starts (init_file ... overwrite):
+                # re-check both files on every tick, not only when the verdict changes.
+                for path, value in ((cfg.paths.track_file, agent.track_value),
+                                    (cfg.paths.priority_file, agent.priority_value)):
+                    if read_text(path) != value:
+                        write_atomically(path, value)
                 next_health = max(next_health + t.health_interval_s, time.monotonic())
             if now >= next_repair:
                 agent.maybe_repair()
@@ -343,7 +485,10 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
                 for state in states:
                     agent.on_state(state)
     finally:
+        poller_stop.set()
+        server.stop()
         sel.close()
         fifo.close()
         agent.shutdown()
+        poller.join(5)
         log("agent_stop", node=cfg.node_name)

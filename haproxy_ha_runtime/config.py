@@ -133,6 +133,12 @@ class Paths:
         return self.run_dir + "/haproxy-health"
 
     @property
+    def priority_file(self) -> str:
+        """The agent writes a VRRP priority offset here: 0, or STEP_DOWN_OFFSET while it has
+        stepped down; keepalived adds it to the priority."""
+        return self.run_dir + "/priority-offset"
+
+    @property
     def haproxy_socket(self) -> str:
         """HAProxy's admin socket."""
         return self.run_dir + "/haproxy.sock"
@@ -167,6 +173,8 @@ class NodeConfig:
     # In the document: overrides of the profile's values.
     timing: Timing = PROFILES["default"]
     stats_port: int = 8404
+    # The agent answers GET /state on 127.0.0.1 here; HAProxy serves it to the peer on stats_port.
+    agent_port: int = 8405
     # In the document: only the paths that differ from the defaults.
     paths: Paths = field(default_factory=Paths)
 
@@ -224,10 +232,12 @@ def check_vip(c: Problems, value: Any, where: str = "vip") -> ipaddress.IPv4Addr
     return c.ipv4(value, where, example="192.168.254.10", refuse_reserved=True)
 
 
-def check_listeners(c: Problems, raw: Any, stats_port: int | None, where: str = "listeners") -> tuple[Listener, ...]:
+def check_listeners(c: Problems, raw: Any, stats_port: int | None, agent_port: int | None = default("agent_port"),
+                    where: str = "listeners") -> tuple[Listener, ...]:
     """The listeners rules, for the document and the construct's `listeners` prop alike.
 
-    `stats_port` is the already checked stats port (None if it was bad): no listener may use it.
+    `stats_port` and `agent_port` are the already checked ports the node uses itself (None if
+    bad): no listener may use them.
     """
     if not isinstance(raw, list) or not raw:
         c.bad(where, raw, "a non-empty list of listener objects")
@@ -266,6 +276,8 @@ def check_listeners(c: Problems, raw: Any, stats_port: int | None, where: str = 
             ports[port] = w
             if port == stats_port:
                 c.bad("stats_port", stats_port, f"a port that no listener uses ({w} listens on it)")
+            if port == agent_port:
+                c.bad(w + ".port", port, f"a port other than {port}, where the node's agent answers")
         if name is not None:
             if name in names:
                 c.bad(w + ".name", name, f"a name no other listener uses ({names[name]} has it)")
@@ -406,7 +418,10 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
     profile = doc.get("profile", default("profile"))
     timing = check_timing(c, profile, doc.get("timing"))
     stats_port = c.integer(doc.get("stats_port", default("stats_port")), "stats_port", 1, 65535)
-    listeners = check_listeners(c, c.get(doc, "listeners", ""), stats_port)
+    agent_port = c.integer(doc.get("agent_port", default("agent_port")), "agent_port", 1, 65535)
+    if agent_port is not None and agent_port == stats_port:
+        c.bad("agent_port", agent_port, "a port other than stats_port")
+    listeners = check_listeners(c, c.get(doc, "listeners", ""), stats_port, agent_port)
     paths = _paths(c, doc.get("paths"))
 
     if vip is not None and local_ip is not None and vip == local_ip:
@@ -420,12 +435,13 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
 
     if c.items:
         raise ConfigError(c.items, source)
-    assert node_name and vip and local_ip and region and priority and vrid and stats_port and preempt is not None
+    assert node_name and vip and local_ip and region and priority and vrid and stats_port and agent_port
+    assert preempt is not None
     return NodeConfig(
         node_name=node_name, vip=str(vip), local_ip=str(local_ip), peers=peers, route_table_ids=tables,
         region=region, listeners=listeners, priority=priority, timing=timing, profile=profile,
         eni_id=eni_id, interface=interface, endpoint_url=endpoint_url, vpc_id=vpc_id, reconciler=reconciler,
-        preempt=preempt, virtual_router_id=vrid, stats_port=stats_port, paths=paths,
+        preempt=preempt, virtual_router_id=vrid, stats_port=stats_port, agent_port=agent_port, paths=paths,
     )
 
 

@@ -54,6 +54,15 @@ def render_keepalived(cfg: NodeConfig, source: str = "the node config document")
         "    init_file 1 overwrite\n"
         "}\n"
         "\n"
+        "# The agent writes a priority offset here: 0, or a large negative number while this node\n"
+        "# has stepped down (an operator moved the VIP away), so that keepalived follows the routes.\n"
+        "# Not reset when keepalived restarts: the agent owns it.\n"
+        "track_file step_down {\n"
+        f"    file {cfg.paths.priority_file}\n"
+        "    weight 1\n"
+        "    init_file 0\n"
+        "}\n"
+        "\n"
         "vrrp_instance haproxy_ha {\n"
         "    # Both nodes start as BACKUP; priority decides the first election.\n"
         "    state BACKUP\n"
@@ -73,6 +82,7 @@ def render_keepalived(cfg: NodeConfig, source: str = "the node config document")
         "    }\n"
         "    track_file {\n"
         "        haproxy_health\n"
+        "        step_down\n"
         "    }\n"
         "}\n"
     )
@@ -140,6 +150,13 @@ def render_haproxy(cfg: NodeConfig, source: str = "the node config document") ->
         "    stats enable",
         "    stats uri /stats",
         "    stats refresh 10s",
+        "    # The agent's VRRP state and health, for the peer's agent (it listens on loopback only).",
+        "    use_backend agent if { path /state }",
+        "",
+        "backend agent",
+        "    mode http",
+        "    timeout server 1s",
+        f"    server agent 127.0.0.1:{cfg.agent_port}",
     ]
     for lst in cfg.listeners:
         out += ["", *_frontend(cfg, lst)]

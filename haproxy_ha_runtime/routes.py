@@ -275,14 +275,30 @@ def choose_target(views: Iterable[VipRoute], live_enis_in_order: Sequence[str]) 
     return live[0]
 
 
-def _point_route(client: Any, table_id: str, vip_cidr: str, eni_id: str) -> str:
-    """Make one table's VIP route target `eni_id`; returns replaced or created."""
+def _route_missing(client: Any, table_id: str, vip_cidr: str, err: ClientError) -> bool:
+    """Did ReplaceRoute fail because the table has no VIP route?  Real EC2 answers that with
+    InvalidParameterValue, a code it uses for other mistakes too: look at the table, not at the
+    message text."""
+    code = _code(err)
+    if code in _NOT_FOUND:
+        return True
+    if code != "InvalidParameterValue":
+        return False
+    views = describe_vip_routes(client, vip_cidr.split("/")[0], [table_id])
+    return table_id in views and views[table_id].state == ROUTE_MISSING
+
+
+def _point_route(client: Any, table_id: str, vip_cidr: str, eni_id: str, create_missing: bool = True) -> str:
+    """Make one table's VIP route target `eni_id`; returns replaced, created, or missing (the
+    route is not there and `create_missing` is False)."""
     try:
         client.replace_route(RouteTableId=table_id, DestinationCidrBlock=vip_cidr, NetworkInterfaceId=eni_id)
         return "replaced"
     except ClientError as e:
-        if not _route_not_found(e):
+        if not _route_missing(client, table_id, vip_cidr, e):
             raise
+    if not create_missing:
+        return "missing"
     try:
         client.create_route(RouteTableId=table_id, DestinationCidrBlock=vip_cidr, NetworkInterfaceId=eni_id)
         return "created"
@@ -307,7 +323,7 @@ def _pause(seconds: float, should_continue: Callable[[], bool]) -> None:
 
 def _write(pool: ThreadPoolExecutor, client: Any, table_ids: Sequence[str], vip_cidr: str, eni_id: str,
            results: dict[str, TableResult], should_continue: Callable[[], bool],
-           before_write: Callable[[], None]) -> None:
+           before_write: Callable[[], None], on_missing: Callable[[str], None] | None) -> None:
     """Write each table's VIP route once, in parallel, and record the outcome in its result."""
     def write(table_id: str) -> None:
         res = results[table_id]
@@ -316,8 +332,12 @@ def _write(pool: ThreadPoolExecutor, client: Any, table_ids: Sequence[str], vip_
         before_write()
         res.attempts += 1
         try:
-            res.action = _point_route(client, table_id, vip_cidr, eni_id)
+            res.action = _point_route(client, table_id, vip_cidr, eni_id, create_missing=on_missing is None)
             res.error = None
+            if res.action == "missing":
+                res.error = "the table has no VIP route to replace"
+                assert on_missing is not None
+                on_missing(table_id)
         except (ClientError, BotoCoreError) as e:
             res.action = "failed"
             res.error = _describe_error(e)
@@ -366,7 +386,8 @@ def _finish(eni_id: str, tables: list[str], pending: list[str], results: dict[st
 def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str, *,
               deadline_s: float | None = 10.0,
               should_continue: Callable[[], bool] = _always,
-              on_first_write: Callable[[], None] | None = None) -> MoveResult:
+              on_first_write: Callable[[], None] | None = None,
+              on_missing: Callable[[str], None] | None = None) -> MoveResult:
     """Make the VIP route in every table point at `eni_id`, and verify it.
 
     Writes go to all tables in parallel first (ReplaceRoute, or CreateRoute where the route is
@@ -374,7 +395,9 @@ def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str
     written again with a growing pause, until all converge or `deadline_s` has passed (None:
     no deadline).  Each call also has botocore's standard retries.  `should_continue` is
     checked before every write; once it returns False nothing more is written and the result
-    says `cancelled`.
+    says `cancelled`.  With `on_missing`, a missing route is never created: `on_missing(table)`
+    is called instead (a node may only replace routes; it asks the reconciler to create them),
+    and the table is written again on the next round.
     """
     start = time.monotonic()
     deadline = None if deadline_s is None else start + deadline_s
@@ -394,7 +417,7 @@ def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str
 
     with ThreadPoolExecutor(max_workers=max(1, min(MAX_WORKERS, len(tables))), thread_name_prefix="route") as pool:
         while pending and should_continue():
-            _write(pool, client, pending, vip_cidr, eni_id, results, should_continue, before_write)
+            _write(pool, client, pending, vip_cidr, eni_id, results, should_continue, before_write, on_missing)
             if not should_continue():
                 break
             pending = _verify(client, vip, pending, eni_id, results, start, errors)

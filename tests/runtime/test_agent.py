@@ -18,6 +18,7 @@ from haproxy_ha_runtime import agent
 from haproxy_ha_runtime.config import NodeConfig, parse_config
 from tests.conftest import VIP, World, client_for, make_world, targets
 from tests.runtime.samples import doc
+from tests.support.moto_server import free_port
 
 
 class Log:
@@ -93,7 +94,7 @@ def test_master_keeps_trying_past_the_takeover_deadline(proxy, tmp_path: Path) -
     assert set(targets(world.client, world.tables).values()) == {world.eni_b}
 
 
-def test_repair_fixes_missing_blackholed_and_dead_node_routes_only(proxy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_repair_fixes_blackholed_and_dead_node_routes_and_asks_the_reconciler_for_missing_ones(proxy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: E501
     c = client_for(proxy.url)
     world = make_world(c, 4)
     dead = make_world(c, 0)  # another node's ENI whose instance we stop
@@ -102,16 +103,23 @@ def test_repair_fixes_missing_blackholed_and_dead_node_routes_only(proxy, tmp_pa
     c.delete_route(RouteTableId=world.tables[1], DestinationCidrBlock=VIP + "/32")
     c.replace_route(RouteTableId=world.tables[2], DestinationCidrBlock=VIP + "/32", NetworkInterfaceId=dead.eni_b)
     proxy.state.blackhole = {dead.eni_b}  # tables[2]: blackhole
-    # tables[3] points at world.eni_a, a running node: split brain, leave it alone.
+    # tables[3] points at world.eni_a, a running node this agent cannot reach: leave it alone.
     log = Log()
-    a = agent.Agent(_cfg(world, tmp_path), c, world.eni_b, log)
+    asked: list[list[str]] = []
+    # This agent is node b; its peer is node a (world.eni_a).
+    cfg = _cfg(world, tmp_path, node_name="b", eni_id=world.eni_b,
+               peers=[{"name": "a", "ip": "192.0.2.20", "eni_id": world.eni_a}])
+    a = agent.Agent(cfg, c, world.eni_b, log, invoke_reconciler=asked.append)
+    a.healthy = True
     with a._lock:
         a.state, a.generation = agent.MASTER, 1
     a.repair(1)
     a.shutdown()
-    assert targets(c, world.tables) == {world.tables[0]: world.eni_b, world.tables[1]: world.eni_b,
+    # The node role may only replace routes: the missing one is the reconciler's to create.
+    assert targets(c, world.tables) == {world.tables[0]: world.eni_b, world.tables[1]: None,
                                         world.tables[2]: world.eni_b, world.tables[3]: world.eni_a}
-    assert sorted(log.of("route_repair")[0]["tables"]) == sorted(world.tables[:3])
+    assert sorted(log.of("route_repair")[0]["tables"]) == sorted([world.tables[0], world.tables[2]])
+    assert asked == [[world.tables[1]]]
 
 
 def test_losing_an_election_hands_routes_to_the_peer(moto: str, tmp_path: Path) -> None:
@@ -192,10 +200,12 @@ def health() -> Iterator[_Health]:
 
 def test_run_loop_feeds_the_track_file_and_acts_on_the_fifo(moto: str, tmp_path: Path, health: _Health) -> None:
     world = make_world(client_for(moto), 3)
-    cfg = _cfg(world, tmp_path, stats_port=health.port)
+    cfg = _cfg(world, tmp_path, stats_port=health.port, agent_port=free_port())
     log = Log()
     stop = threading.Event()
-    thread = threading.Thread(target=agent.run, args=(cfg, world.client, world.eni_b, stop, log))
+    # The peer's /state is asked of the fake HAProxy on loopback (it answers 404), never of 192.0.2.20.
+    thread = threading.Thread(target=agent.run, args=(cfg, world.client, world.eni_b, stop, log),
+                              kwargs={"peer_address": lambda p: ("127.0.0.1", health.port)})
     thread.start()
     try:
         track = Path(cfg.paths.track_file)

@@ -1,0 +1,124 @@
+"""Stand-in for Lambda's Invoke API, which moto can serve only with Docker: a loopback HTTP server
+that runs the real route Lambda (`lambda/handler.py`) in this process for each invocation.
+
+    python -m tests.support.lambda_stand_in --port PORT
+
+Its environment is the function's: VIP, ROUTE_TABLE_IDS, NODES, and AWS_ENDPOINT_URL (moto).
+It answers `POST /2015-03-31/functions/{name}/invocations` as Lambda does: 202 for an "Event"
+invocation (run after the answer), 200 with the handler's result otherwise.  Every invocation
+is also kept, and `GET /invocations` lists them for the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
+
+
+def _handler() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("route_lambda_handler", REPO / "lambda" / "handler.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def serve(port: int) -> None:
+    handler = _handler()
+    invocations: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def run(name: str, event: dict[str, Any]) -> Any:
+        record: dict[str, Any] = {"function": name, "event": event}
+        try:
+            record["result"] = handler.reconcile(event, None)
+        except Exception as e:  # a failed invocation, as Lambda records it
+            record["error"] = f"{type(e).__name__}: {e}"
+        with lock:
+            invocations.append(record)
+        return record.get("result", {"errorMessage": record.get("error")})
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            match = _PATH.match(self.path.split("?")[0])
+            if not match:
+                self.send_error(404)
+                return
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            event = json.loads(body or b"{}")
+            if self.headers.get("X-Amz-Invocation-Type") == "Event":
+                threading.Thread(target=run, args=(match.group(1), event), daemon=True).start()
+                self._answer(202, b"")
+            else:
+                self._answer(200, json.dumps(run(match.group(1), event), default=str).encode())
+
+        def do_GET(self) -> None:
+            with lock:
+                self._answer(200, json.dumps(invocations, default=str).encode())
+
+        def _answer(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+
+
+def start(env: dict[str, str], port: int, timeout_s: float = 20.0) -> tuple[subprocess.Popen[bytes], str]:
+    """Run the stand-in as its own process with the function's environment; returns it and its URL."""
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.lambda_stand_in", "--port", str(port)],
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **env})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url + "/invocations", timeout=1).close()
+            return proc, url
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                stop(proc)
+                raise RuntimeError("the Lambda stand-in did not start") from None
+            time.sleep(0.05)
+
+
+def invocations(url: str) -> list[dict[str, Any]]:
+    """Every invocation so far, with its event and result (or error)."""
+    with urllib.request.urlopen(url + "/invocations", timeout=5) as resp:
+        data: list[dict[str, Any]] = json.loads(resp.read())
+        return data
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the stand-in started by `start`."""
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    serve(parser.parse_args().port)
