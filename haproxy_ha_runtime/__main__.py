@@ -71,8 +71,10 @@ def _reconciler_invoker(cfg: NodeConfig) -> Callable[[list[str]], None] | None:
     import boto3
     from botocore.config import Config
 
+    # endpoint_url is the EC2 endpoint's: Lambda's comes from boto3's own settings (the region's,
+    # or AWS_ENDPOINT_URL_LAMBDA where a test stands in for it).
     client = boto3.session.Session().client(
-        "lambda", region_name=cfg.region, endpoint_url=cfg.endpoint_url,
+        "lambda", region_name=cfg.region,
         config=Config(retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=2, read_timeout=5))
     name = cfg.reconciler
 
