@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,33 +58,80 @@ def test_haproxy_has_listeners_backends_checks_health_and_journal_logging(tmp_pa
     assert "default-server check" in text
 
 
-@pytest.fixture(scope="module")
-def haproxy_bin() -> str:
-    path = shutil.which("haproxy") or "/usr/sbin/haproxy"
-    require("the haproxy binary (Debian package haproxy)", os.path.exists(path))
-    return path
+# The binaries the rendered files must pass: Debian 12's (HAProxy 2.6, keepalived 2.2.7) on this
+# host, and Debian 13's (HAProxy 3.0, keepalived 2.3) in the chroot scripts/setup builds.
+# Amazon Linux 2023 runs HAProxy 2.8 or 3.0 and keepalived 2.2.7: between the two.
+TRIXIE = Path(os.environ.get("HAPROXY_HA_TRIXIE", "/var/cache/haproxy-ha/trixie"))
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """Where haproxy and keepalived run: on the host, or in a chroot."""
+
+    name: str
+    root: Path | None
+
+    def run(self, args: list[str], netns: str | None = None) -> subprocess.CompletedProcess[str]:
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        chroot = ["chroot", str(self.root)] if self.root else []
+        return subprocess.run([*prefix, *chroot, *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture(scope="module", params=["debian12", "debian13"])
+def toolchain(request: pytest.FixtureRequest) -> Toolchain:
+    if request.param == "debian12":
+        for binary in ("haproxy", "keepalived"):
+            require(f"the {binary} binary (Debian package {binary})",
+                    shutil.which(binary) is not None or os.path.exists(f"/usr/sbin/{binary}"))
+        return Toolchain("debian12", None)
+    require("root, to run binaries in a chroot", os.geteuid() == 0)
+    require(f"the Debian 13 chroot at {TRIXIE} (scripts/setup builds it)",
+            (TRIXIE / "usr/sbin/haproxy").exists() and (TRIXIE / "usr/sbin/keepalived").exists())
+    return Toolchain("debian13", TRIXIE)
+
+
+@pytest.fixture
+def workdir(toolchain: Toolchain, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A folder the binaries can read: (its path here, its path as they see it)."""
+    if toolchain.root is None:
+        yield tmp_path, tmp_path
+        return
+    seen = Path("/tmp") / f"hhat-{uuid.uuid4().hex[:8]}"
+    here = toolchain.root / seen.relative_to("/")
+    here.mkdir(parents=True)
+    try:
+        yield here, seen
+    finally:
+        shutil.rmtree(here, ignore_errors=True)
+
+
+def _render_into(workdir: tuple[Path, Path], d: dict[str, Any]) -> NodeConfig:
+    """Render with paths as the binaries see them; the run directory exists, as boot makes it."""
+    here, seen = workdir
+    (here / "run").mkdir(exist_ok=True)
+    cfg = parse_config(dict(d, paths={"run_dir": str(seen / "run"), "log_socket": str(seen / "log.sock")}))
+    (here / "haproxy.cfg").write_text(render_haproxy(cfg))
+    (here / "keepalived.conf").write_text(render_keepalived(cfg))
+    return cfg
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
-def test_haproxy_accepts_the_rendered_config(haproxy_bin: str, tmp_path: Path, profile: str) -> None:
-    cfg = _cfg(PROFILES[profile], tmp_path)
-    path = tmp_path / "haproxy.cfg"
-    path.write_text(render_haproxy(cfg))
-    proc = subprocess.run([haproxy_bin, "-c", "-f", str(path)], capture_output=True, text=True, timeout=30)
+def test_haproxy_accepts_the_rendered_config(toolchain: Toolchain, workdir: tuple[Path, Path], profile: str) -> None:
+    _render_into(workdir, PROFILES[profile])
+    proc = toolchain.run(["haproxy", "-c", "-f", str(workdir[1] / "haproxy.cfg")])
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_haproxy_check_can_fail(haproxy_bin: str, tmp_path: Path) -> None:
-    path = tmp_path / "haproxy.cfg"
-    path.write_text(render_haproxy(_cfg(PROFILES["default"], tmp_path)).replace("balance roundrobin", "balance nope"))
-    assert subprocess.run([haproxy_bin, "-c", "-f", str(path)], capture_output=True, timeout=30).returncode != 0
+def test_haproxy_check_can_fail(toolchain: Toolchain, workdir: tuple[Path, Path]) -> None:
+    _render_into(workdir, PROFILES["default"])
+    path = workdir[0] / "haproxy.cfg"
+    path.write_text(path.read_text().replace("balance roundrobin", "balance nope"))
+    assert toolchain.run(["haproxy", "-c", "-f", str(workdir[1] / "haproxy.cfg")]).returncode != 0
 
 
 @pytest.fixture(scope="module")
 def netns() -> Iterator[str]:
     """A namespace with the interface the sample config names (hhat0, holding local_ip)."""
-    keepalived = shutil.which("keepalived") or "/usr/sbin/keepalived"
-    require("keepalived (Debian package keepalived)", os.path.exists(keepalived))
     require("root, to create a network namespace", os.geteuid() == 0)
     name = f"hhat-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
@@ -97,20 +145,35 @@ def netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-def _keepalived_check(netns: str, path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", netns, "keepalived", "-t", "-l", "-n", "-f", str(path)],
-                          capture_output=True, text=True, timeout=30)
+def _keepalived_check(toolchain: Toolchain, netns: str, workdir: tuple[Path, Path]) -> subprocess.CompletedProcess[str]:
+    return toolchain.run(["keepalived", "-t", "-l", "-n", "-f", str(workdir[1] / "keepalived.conf")], netns)
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
-def test_keepalived_accepts_the_rendered_config(netns: str, tmp_path: Path, profile: str) -> None:
-    path = tmp_path / "keepalived.conf"
-    path.write_text(render_keepalived(_cfg(PROFILES[profile], tmp_path)))
-    proc = _keepalived_check(netns, path)
+def test_keepalived_accepts_the_rendered_config(toolchain: Toolchain, netns: str, workdir: tuple[Path, Path],
+                                                profile: str) -> None:
+    _render_into(workdir, PROFILES[profile])
+    proc = _keepalived_check(toolchain, netns, workdir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_keepalived_check_can_fail(netns: str, tmp_path: Path) -> None:
-    path = tmp_path / "keepalived.conf"
-    path.write_text(render_keepalived(_cfg(doc(interface="nosuchif0"), tmp_path)))
-    assert _keepalived_check(netns, path).returncode != 0
+def test_keepalived_check_can_fail(toolchain: Toolchain, netns: str, workdir: tuple[Path, Path]) -> None:
+    _render_into(workdir, doc(interface="nosuchif0"))
+    assert _keepalived_check(toolchain, netns, workdir).returncode != 0
+
+
+def test_keepalived_2_3_refuses_track_files_whose_folder_is_missing(netns: str, tmp_path: Path) -> None:
+    """Why boot must make the run directory before keepalived starts: 2.3 drops the track files
+    (it would never see HAProxy's health), where 2.2.7 says nothing."""
+    trixie = Toolchain("debian13", TRIXIE)
+    require(f"root and the Debian 13 chroot at {TRIXIE}", os.geteuid() == 0 and (TRIXIE / "usr/sbin").exists())
+    seen = Path("/tmp") / f"hhat-{uuid.uuid4().hex[:8]}"
+    here = TRIXIE / seen.relative_to("/")
+    here.mkdir(parents=True)
+    try:
+        cfg = parse_config(dict(PROFILES["default"], paths={"run_dir": str(seen / "missing")}))
+        (here / "keepalived.conf").write_text(render_keepalived(cfg))
+        proc = _keepalived_check(trixie, netns, (here, seen))
+        assert proc.returncode != 0 and "track file haproxy_health not found" in proc.stderr
+    finally:
+        shutil.rmtree(here, ignore_errors=True)
