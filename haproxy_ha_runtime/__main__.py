@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,10 +17,9 @@ import threading
 from typing import Callable
 
 from . import agent, routes
+from .apply import CheckFailed, apply_config
 from .config import ConfigError, NodeConfig, load_config
-from .files import write_atomically
 from .imds import Imds, ImdsError
-from .render import render_haproxy, render_keepalived
 
 DEFAULT_CONFIG = "/etc/haproxy-ha/node.json"
 
@@ -45,11 +43,12 @@ def resolved(cfg: NodeConfig) -> NodeConfig:
 
 def _render(cfg: NodeConfig, source: str) -> None:
     cfg = resolved(cfg)
-    # HAProxy's stats socket, the track file and the notify FIFO live here.
-    os.makedirs(cfg.paths.run_dir, mode=0o755, exist_ok=True)
-    write_atomically(cfg.paths.keepalived_conf, render_keepalived(cfg, source))
-    write_atomically(cfg.paths.haproxy_conf, render_haproxy(cfg, source))
-    print(f"rendered {cfg.paths.keepalived_conf} and {cfg.paths.haproxy_conf} for node {cfg.node_name}")
+    applied = apply_config(cfg, source)
+    def what(changed: bool) -> str:
+        return "changed" if changed else "as it was"
+
+    print(f"rendered and checked {cfg.paths.keepalived_conf} ({what(applied.keepalived_changed)}) and "
+          f"{cfg.paths.haproxy_conf} ({what(applied.haproxy_changed)}) for node {cfg.node_name}")
 
 
 def _agent(cfg: NodeConfig) -> None:
@@ -86,11 +85,13 @@ def _reconciler_invoker(cfg: NodeConfig) -> Callable[[list[str]], None] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The node command line; returns the exit status (2: bad document, 3: no ENI from IMDS)."""
+    """The node command line; returns the exit status (2: a bad document, or a rendered file that
+    haproxy or keepalived refuses; 3: no ENI from IMDS)."""
     parser = argparse.ArgumentParser(prog="python3 -m haproxy_ha_runtime", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("check", "validate the node config document"),
-                       ("render", "write keepalived.conf and haproxy.cfg from the document"),
+                       ("render", "write keepalived.conf and haproxy.cfg from the document, once haproxy -c "
+                                  "and keepalived -t accept them"),
                        ("agent", "run the resident agent")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", default=DEFAULT_CONFIG, help=f"node config document (default {DEFAULT_CONFIG})")
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             _render(cfg, args.config)
         else:
             _agent(cfg)
-    except ConfigError as e:
+    except (ConfigError, CheckFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ImdsError as e:

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, Callable
 
-from . import ownership, peer, routes
+from . import ownership, peer, routes, systemd
 from .config import NodeConfig, Peer
 from .files import read_text, write_atomically
 from .log import log_event
@@ -449,8 +449,13 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
     # address on lo, but only while a running keepalived holds the FIFO (a crashed one leaves
     # the marker behind).  It is not a transition: check who should own the routes first.
     resumed_master = marker_on_lo(marker_address(cfg)) and fifo_held_by_another_process(cfg.paths.notify_fifo)
+    notifier = systemd.Notifier()
+    # The FIFO is open and /state is served: keepalived (ordered after this unit) may start.
+    notifier.ready()
     try:
         while not stop.is_set():
+            # A loop that stalls stops these pings, and systemd restarts the agent (WatchdogSec).
+            notifier.ping()
             now = time.monotonic()
             if now >= next_health:
                 ok = health.probe()
@@ -485,6 +490,7 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
                 for state in states:
                     agent.on_state(state)
     finally:
+        notifier.stopping()
         poller_stop.set()
         server.stop()
         sel.close()

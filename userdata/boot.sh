@@ -30,8 +30,9 @@ install_packages() {
 
 install_units() {
   install -m 0644 "$FILES_DIR/haproxy-ha-agent.service" /etc/systemd/system/haproxy-ha-agent.service
-  install -d -m 0755 /etc/systemd/system/keepalived.service.d
+  install -d -m 0755 /etc/systemd/system/keepalived.service.d /etc/systemd/system/haproxy.service.d
   install -m 0644 "$FILES_DIR/keepalived-haproxy-ha.conf" /etc/systemd/system/keepalived.service.d/haproxy-ha.conf
+  install -m 0644 "$FILES_DIR/haproxy-haproxy-ha.conf" /etc/systemd/system/haproxy.service.d/haproxy-ha.conf
   install -m 0644 "$FILES_DIR/haproxy-ha-tmpfiles.conf" /etc/tmpfiles.d/haproxy-ha.conf
   systemd-tmpfiles --create /etc/tmpfiles.d/haproxy-ha.conf
   systemctl daemon-reload
@@ -43,7 +44,7 @@ main() {
   # Exits 2 with a message naming each bad field: stop before touching any service.
   python3 -m haproxy_ha_runtime check --config "$CONFIG"
   install_units
-  log "rendering keepalived and haproxy configuration"
+  log "rendering keepalived and haproxy configuration; haproxy -c and keepalived -t must accept it"
   python3 -m haproxy_ha_runtime render --config "$CONFIG"
   systemctl enable haproxy.service haproxy-ha-agent.service keepalived.service
   # Order matters: HAProxy serves, the agent reports its health and listens on the notify FIFO,
