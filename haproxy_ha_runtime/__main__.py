@@ -1,8 +1,10 @@
-"""Node commands: `check` and `render` a node config document, and run the resident `agent`.
+"""Node commands: `check` and `render` a node config document, run the resident `agent`, and
+wait until the node is `ready` (then signal CloudFormation).
 
     python3 -m haproxy_ha_runtime check  --config /etc/haproxy-ha/node.json
     python3 -m haproxy_ha_runtime render --config /etc/haproxy-ha/node.json
     python3 -m haproxy_ha_runtime agent  --config /etc/haproxy-ha/node.json
+    python3 -m haproxy_ha_runtime ready  --config /etc/haproxy-ha/node.json --timeout 600
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Callable
 
-from . import agent, routes
+from . import agent, lifecycle, peer, routes
 from .apply import CheckFailed, apply_config
 from .config import ConfigError, NodeConfig, load_config
 from .imds import Imds, ImdsError
@@ -59,7 +62,34 @@ def _agent(cfg: NodeConfig) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    agent.run(cfg, client, eni_id, stop, invoke_reconciler=_reconciler_invoker(cfg))
+    platform = lifecycle.aws_platform(cfg) if cfg.auto_scaling_group else None
+    agent.run(cfg, client, eni_id, stop, invoke_reconciler=_reconciler_invoker(cfg), platform=platform)
+
+
+def _ready(cfg: NodeConfig, timeout_s: float) -> int:
+    """Wait until this node is ready, then signal CloudFormation (if the document names a stack);
+    on timeout, say what is missing, signal failure and return 4."""
+    client = routes.make_client(cfg.region, cfg.endpoint_url)
+    platform = lifecycle.aws_platform(cfg)
+    peer_cfg = cfg.peers[0] if len(cfg.peers) == 1 else None
+    deadline = time.monotonic() + timeout_s
+    problems: list[str] = []
+    while True:
+        own = peer.probe_peer("127.0.0.1", cfg.agent_port, 2.0)
+        peer_view = peer.probe_peer(peer_cfg.ip, cfg.stats_port, 2.0) if peer_cfg else None
+        replaced = peer_cfg is None or lifecycle.peer_being_replaced(client, peer_cfg.eni_id)
+        problems = lifecycle.ready_problems(cfg, own, peer_view, replaced, lifecycle.ec2_works(cfg, client))
+        if not problems or time.monotonic() >= deadline:
+            break
+        time.sleep(2)
+    if cfg.cfn_stack is not None:
+        lifecycle.signal(platform.client("cloudformation"), cfg, platform.instance_id(), success=not problems)
+    if problems:
+        print(f"error: the node is not ready after {timeout_s:g} s: {'; '.join(problems)}", file=sys.stderr)
+        return 4
+    signalled = f"; signalled {cfg.cfn_stack}/{cfg.cfn_resource}" if cfg.cfn_stack else ""
+    print(f"node {cfg.node_name} is ready{signalled}")
+    return 0
 
 
 def _reconciler_invoker(cfg: NodeConfig) -> Callable[[list[str]], None] | None:
@@ -86,15 +116,18 @@ def _reconciler_invoker(cfg: NodeConfig) -> Callable[[list[str]], None] | None:
 
 def main(argv: list[str] | None = None) -> int:
     """The node command line; returns the exit status (2: a bad document, or a rendered file that
-    haproxy or keepalived refuses; 3: no ENI from IMDS)."""
+    haproxy or keepalived refuses; 3: no ENI from IMDS; 4: not ready in time)."""
     parser = argparse.ArgumentParser(prog="python3 -m haproxy_ha_runtime", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("check", "validate the node config document"),
                        ("render", "write keepalived.conf and haproxy.cfg from the document, once haproxy -c "
                                   "and keepalived -t accept them"),
-                       ("agent", "run the resident agent")):
+                       ("agent", "run the resident agent"),
+                       ("ready", "wait until the node serves, then signal CloudFormation")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", default=DEFAULT_CONFIG, help=f"node config document (default {DEFAULT_CONFIG})")
+        if name == "ready":
+            p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config)
@@ -103,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{len(cfg.listeners)} listeners, profile {cfg.profile})")
         elif args.command == "render":
             _render(cfg, args.config)
+        elif args.command == "ready":
+            return _ready(cfg, args.timeout)
         else:
             _agent(cfg)
     except (ConfigError, CheckFailed) as e:

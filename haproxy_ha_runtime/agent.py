@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, Callable
 
-from . import ownership, peer, routes, systemd
+from . import lifecycle, ownership, peer, routes, systemd
 from .config import NodeConfig, Peer
 from .files import read_text, write_atomically
 from .log import log_event
@@ -188,6 +188,8 @@ class Agent:
         # While yielding, the health file says "unhealthy", so keepalived leaves MASTER at once.
         self.yield_until = 0.0
         self.peer_views: dict[str, peer.PeerView] = {}
+        # The group is terminating this instance: it never takes the routes again.
+        self.leaving = False
         self._invoke_reconciler = invoke_reconciler
         self._reconciler_asked_at = -1e9
         self._lock = threading.Lock()
@@ -209,7 +211,7 @@ class Agent:
             gen = self.generation
             self._state_changed_at = time.monotonic()
         self.log("transition", node=self.cfg.node_name, old=old, new=new_state, reason=reason)
-        if new_state == MASTER:
+        if new_state == MASTER and not self.leaving:
             self._submit(self.check_routes if resumed else self._take_over, gen)
         elif new_state == BACKUP and old == MASTER:
             # We lost an election to a live peer (a healed partition, or preemption): the peer
@@ -341,14 +343,23 @@ class Agent:
 
     def end_yield_if_done(self) -> None:
         """Stop yielding once keepalived has left MASTER and the peer has taken it over."""
-        if self.yield_until and self.state != MASTER and self._peer()[1].vrrp == MASTER:
+        if self.yield_until and not self.leaving and self.state != MASTER and self._peer()[1].vrrp == MASTER:
             self.yield_until = 0.0
+
+    def leave(self) -> None:
+        """This instance is about to be terminated: step down for good.  Every route that points
+        here goes to the peer, and keepalived is told this node is unhealthy until the end, so
+        the peer is MASTER.  Returns once the routes have moved (or the hand-over gave up)."""
+        self.leaving = True
+        self.stepped_down = True
+        self.yield_until = float("inf")
+        self._give_routes_to_peer("instance terminating", lambda: True)
 
     def check_routes(self, gen: int) -> None:
         """While MASTER: decide for every table who should own its route (ownership.decide),
         then take, step down, or ask the reconciler for a missing route."""
         still_master = self._current(gen, MASTER)
-        if not still_master() or not self.healthy:
+        if not still_master() or not self.healthy or self.leaving:
             return
         p, view = self._peer()
         peer_eni = p.eni_id if p is not None else None
@@ -415,10 +426,48 @@ def _poll_peers(agent: Agent, address: Callable[[Peer], tuple[str, int]], interv
         stop.wait(max(0.0, interval_s - (time.monotonic() - started)))
 
 
+def _ask_replacement(cfg: NodeConfig, platform: lifecycle.Platform, log: Callable[..., None]) -> None:
+    try:
+        lifecycle.report_unhealthy(platform.client("autoscaling"), platform.instance_id())
+        log("replacement_asked", node=cfg.node_name, unhealthy_for_s=cfg.replace_unhealthy_after_s)
+    except Exception as e:
+        log("replacement_ask_failed", node=cfg.node_name, error=str(e))
+
+
+def _watch_lifecycle(agent: Agent, platform: lifecycle.Platform, interval_s: float, stop: threading.Event,
+                     log: Callable[..., None]) -> None:
+    """When the group is about to terminate this instance: hand over, drain, complete the hook."""
+    cfg = agent.cfg
+    while not stop.wait(interval_s):
+        try:
+            state = platform.lifecycle_state()
+        except Exception as e:
+            log("lifecycle_check_failed", node=cfg.node_name, error=str(e))
+            continue
+        if state != lifecycle.TERMINATED:
+            continue
+        log("terminating", node=cfg.node_name, drain_timeout_s=cfg.drain_timeout_s)
+        agent.leave()
+        drained, waited = lifecycle.drain(
+            partial(lifecycle.listener_sessions, cfg.paths.haproxy_socket, [lst.name for lst in cfg.listeners]),
+            cfg.drain_timeout_s)
+        log("drained", node=cfg.node_name, drained=drained, waited_s=round(waited, 3))
+        while not stop.is_set():
+            try:
+                lifecycle.complete_termination(platform.client("autoscaling"), cfg, platform.instance_id())
+                log("lifecycle_complete", node=cfg.node_name)
+                return
+            except Exception as e:
+                log("lifecycle_complete_failed", node=cfg.node_name, error=str(e))
+                stop.wait(interval_s)
+        return
+
+
 def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None = None,
         log: Callable[..., None] = log_event,
         invoke_reconciler: Callable[[list[str]], None] | None = None,
-        peer_address: Callable[[Peer], tuple[str, int]] | None = None) -> None:
+        peer_address: Callable[[Peer], tuple[str, int]] | None = None,
+        platform: lifecycle.Platform | None = None) -> None:
     """The agent's main loop: health ticks, FIFO lines, repair ticks, until `stop` is set.
 
     Beside it run the peer poller (the peer's /state, through its stats port, or wherever
@@ -436,6 +485,13 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
         args=(agent, peer_address or (lambda p: (p.ip, cfg.stats_port)),
               min(1.0, max(0.2, 4 * t.health_interval_s)), min(1.0, max(0.2, 2 * t.advert_int_s)), poller_stop))
     poller.start()
+    watcher = None
+    if cfg.auto_scaling_group and cfg.lifecycle_hook and platform is not None:
+        watcher = threading.Thread(target=_watch_lifecycle, name="lifecycle", daemon=True,
+                                   args=(agent, platform, min(5.0, t.repair_interval_s), poller_stop, log))
+        watcher.start()
+    unhealthy_since: float | None = None
+    replacement_asked = False
     fifo = FifoReader(cfg.paths.notify_fifo)
     sel = selectors.DefaultSelector()
     sel.register(fifo.open(), selectors.EVENT_READ)
@@ -467,6 +523,12 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
                         agent.on_state(MASTER, reason="keepalived was already MASTER when the agent started",
                                        resumed=True)
                 agent.end_yield_if_done()
+                unhealthy_since = None if health.healthy else (unhealthy_since or now)
+                if (unhealthy_since is not None and not replacement_asked and platform is not None
+                        and cfg.auto_scaling_group and now - unhealthy_since >= cfg.replace_unhealthy_after_s):
+                    # systemd gave up restarting HAProxy, or it keeps failing: let the group replace us.
+                    replacement_asked = True
+                    threading.Thread(target=_ask_replacement, args=(cfg, platform, log), daemon=True).start()
                 # keepalived resets the health file when it starts (init_file ... overwrite):
                 # re-check both files on every tick, not only when the verdict changes.
                 for path, value in ((cfg.paths.track_file, agent.track_value),
@@ -497,4 +559,6 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
         fifo.close()
         agent.shutdown()
         poller.join(5)
+        if watcher is not None:
+            watcher.join(5)
         log("agent_stop", node=cfg.node_name)

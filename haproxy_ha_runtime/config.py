@@ -166,6 +166,18 @@ class NodeConfig:
     # The reconciler Lambda (name or ARN), which the agent invokes to create a missing route:
     # the node role may only replace routes.  null: nothing to invoke (the lab, tests).
     reconciler: str | None = None
+    # This node's Auto Scaling group, and its termination lifecycle hook: the agent hands over,
+    # drains and completes the hook before the instance goes.  null: not in a group (the lab).
+    auto_scaling_group: str | None = None
+    lifecycle_hook: str | None = None
+    # How long requests in flight may take to finish when the node leaves (ELB's deregistration delay).
+    drain_timeout_s: float = 30.0
+    # How long HAProxy may stay down before the node asks its group to replace it.
+    replace_unhealthy_after_s: float = 300.0
+    # The CloudFormation stack and the group's logical ID, to signal when the node is ready.
+    # null: signal nobody.
+    cfn_stack: str | None = None
+    cfn_resource: str | None = None
     priority: int = 100
     preempt: bool = False
     virtual_router_id: int = 51
@@ -412,6 +424,19 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
     reconciler = _optional(c, doc, "reconciler", re.compile(r"^(arn:[a-z-]+:lambda:[a-z0-9-]+:\d{12}:function:)?"
                                                            r"[A-Za-z0-9_-]{1,64}$"),
                            "a Lambda function name or ARN, or null")
+    name_like = re.compile(r"^[\x21-\x7e]{1,1600}$")
+    auto_scaling_group = _optional(c, doc, "auto_scaling_group", name_like, "an Auto Scaling group name, or null")
+    lifecycle_hook = _optional(c, doc, "lifecycle_hook", name_like, "a lifecycle hook name, or null")
+    drain_timeout_s = c.number(doc.get("drain_timeout_s", default("drain_timeout_s")), "drain_timeout_s", 0, 3600)
+    replace_after_s = c.number(doc.get("replace_unhealthy_after_s", default("replace_unhealthy_after_s")),
+                               "replace_unhealthy_after_s", 1, 86400)
+    cfn_stack = _optional(c, doc, "cfn_stack", name_like, "a CloudFormation stack name or ID, or null")
+    cfn_resource = _optional(c, doc, "cfn_resource", re.compile(r"^[A-Za-z0-9]{1,255}$"),
+                             "a logical resource ID, or null")
+    if (cfn_stack is None) != (cfn_resource is None):
+        c.bad("cfn_resource", cfn_resource, "set together with cfn_stack, or both null")
+    if lifecycle_hook is not None and auto_scaling_group is None:
+        c.bad("lifecycle_hook", lifecycle_hook, "null, or set together with auto_scaling_group")
     priority = c.integer(doc.get("priority", default("priority")), "priority", 1, 254)
     preempt = c.boolean(doc.get("preempt", default("preempt")), "preempt")
     vrid = c.integer(doc.get("virtual_router_id", default("virtual_router_id")), "virtual_router_id", 1, 255)
@@ -441,6 +466,9 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
         node_name=node_name, vip=str(vip), local_ip=str(local_ip), peers=peers, route_table_ids=tables,
         region=region, listeners=listeners, priority=priority, timing=timing, profile=profile,
         eni_id=eni_id, interface=interface, endpoint_url=endpoint_url, vpc_id=vpc_id, reconciler=reconciler,
+        auto_scaling_group=auto_scaling_group, lifecycle_hook=lifecycle_hook, cfn_stack=cfn_stack,
+        cfn_resource=cfn_resource, drain_timeout_s=drain_timeout_s if drain_timeout_s is not None else 30.0,
+        replace_unhealthy_after_s=replace_after_s if replace_after_s is not None else 300.0,
         preempt=preempt, virtual_router_id=vrid, stats_port=stats_port, agent_port=agent_port, paths=paths,
     )
 

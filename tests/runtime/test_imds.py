@@ -2,60 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 
 from haproxy_ha_runtime.imds import Imds, ImdsError
-
-
-class FakeImds:
-    def __init__(self) -> None:
-        self.tokens_issued = 0
-        self.requests: list[tuple[str, str, dict[str, str]]] = []
-        fake = self
-
-        class H(BaseHTTPRequestHandler):
-            def _send(self, status: int, body: str) -> None:
-                data = body.encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_PUT(self) -> None:
-                fake.requests.append(("PUT", self.path, {k.lower(): v for k, v in self.headers.items()}))
-                fake.tokens_issued += 1
-                self._send(200, f"token-{fake.tokens_issued}")
-
-            def do_GET(self) -> None:
-                fake.requests.append(("GET", self.path, {k.lower(): v for k, v in self.headers.items()}))
-                if self.headers.get("X-aws-ec2-metadata-token") != f"token-{fake.tokens_issued}":
-                    self._send(401, "")  # IMDSv2 only: no token, no answer
-                elif self.path == "/latest/meta-data/mac":
-                    self._send(200, "0a:1b:2c:3d:4e:5f")
-                elif self.path == "/latest/meta-data/network/interfaces/macs/0a:1b:2c:3d:4e:5f/interface-id":
-                    self._send(200, "eni-0123456789abcdef0")
-                else:
-                    self._send(404, "")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+from tests.support.imds_stand_in import FakeImds
 
 
 @pytest.fixture
 def imds() -> Iterator[FakeImds]:
     fake = FakeImds()
     yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
+    fake.stop()
 
 
 def test_reads_the_primary_eni_with_a_session_token(imds: FakeImds) -> None:

@@ -83,7 +83,8 @@ def recorder() -> Iterator[tuple[int, list[str]]]:
 
 def _run_haproxy(haproxy_bin: str, text: str, tmp: Path) -> subprocess.Popen[bytes]:
     if os.geteuid() != 0:  # only root may drop to the haproxy user; the rest of the file is as rendered
-        text = "\n".join(line for line in text.splitlines() if line.strip() not in ("user haproxy", "group haproxy"))
+        text = "".join(line for line in text.splitlines(keepends=True)
+                       if line.strip() not in ("user haproxy", "group haproxy"))
     cfg = tmp / "haproxy.cfg"
     cfg.write_text(text)
     check = subprocess.run([haproxy_bin, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)

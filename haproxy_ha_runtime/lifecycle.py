@@ -1,0 +1,150 @@
+"""A node's life in its Auto Scaling group of one: say when it is ready (CloudFormation signal),
+leave gracefully when it is about to be terminated (hand over, drain, complete the lifecycle
+hook), and ask to be replaced when its HAProxy cannot be recovered."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import peer, routes
+from .config import NodeConfig
+
+# What IMDS says in autoscaling/target-lifecycle-state when the group is terminating us.
+TERMINATED = "Terminated"
+
+
+def listener_sessions(socket_path: str, listeners: Iterable[str], timeout_s: float = 2.0) -> int:
+    """Connections open now on the listeners' front ends, from HAProxy's `show stat` (the
+    health and stats front end is not counted)."""
+    names = set(listeners)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout_s)
+        s.connect(socket_path)
+        s.sendall(b"show stat -1 1 -1\n")
+        chunks = []
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    lines = b"".join(chunks).decode(errors="replace").splitlines()
+    header = lines[0].lstrip("# ").split(",") if lines else []
+    if "scur" not in header:
+        raise RuntimeError(f"unexpected answer from HAProxy's stats socket: {lines[:1]}")
+    pxname, svname, scur = header.index("pxname"), header.index("svname"), header.index("scur")
+    total = 0
+    for line in lines[1:]:
+        cells = line.split(",")
+        if len(cells) > scur and cells[svname] == "FRONTEND" and cells[pxname] in names:
+            total += int(cells[scur] or 0)
+    return total
+
+
+def drain(sessions: Callable[[], int], timeout_s: float, poll_s: float = 0.2) -> tuple[bool, float]:
+    """Wait until no request is in flight, or `timeout_s`; returns (drained, seconds waited)."""
+    start = time.monotonic()
+    while True:
+        try:
+            if sessions() == 0:
+                return True, time.monotonic() - start
+        except OSError:
+            return True, time.monotonic() - start  # HAProxy is gone: nothing left to drain
+        if time.monotonic() - start >= timeout_s:
+            return False, time.monotonic() - start
+        time.sleep(poll_s)
+
+
+def ready_problems(cfg: NodeConfig, own: peer.PeerView, peer_view: peer.PeerView | None,
+                   peer_replaced: bool, ec2_ok: bool) -> list[str]:
+    """What still keeps this node from being ready (empty: ready).  Ready means: the config was
+    accepted (the caller got this far), HAProxy answers, keepalived is BACKUP or MASTER, the peer
+    is heard unless it is being replaced, and a read-only EC2 call works with our credentials."""
+    problems = []
+    if own.reach != peer.REACHED:
+        problems.append(f"the agent does not answer at /state ({own.reach})")
+    else:
+        if own.healthy is not True:
+            problems.append("HAProxy does not answer its health check")
+        if own.vrrp not in ("BACKUP", "MASTER"):
+            problems.append(f"keepalived is {own.vrrp}, not BACKUP or MASTER")
+    if peer_view is not None and not peer_replaced and peer_view.reach != peer.REACHED:
+        problems.append(f"the peer is not heard ({peer_view.reach})")
+    if not ec2_ok:
+        problems.append("a read-only EC2 call with this node's credentials failed")
+    return problems
+
+
+def ec2_works(cfg: NodeConfig, client: Any) -> bool:
+    """Can this node read its route tables (the call a take-over needs first)?"""
+    try:
+        routes.describe_vip_routes(client, cfg.vip, cfg.route_table_ids)
+        return True
+    except Exception:
+        return False
+
+
+def peer_being_replaced(client: Any, peer_eni: str | None) -> bool:
+    """Is the peer's ENI without a running instance (its group is replacing it)?"""
+    if peer_eni is None:
+        return True
+    owner = routes.eni_owners(client, [peer_eni]).get(peer_eni)
+    return owner is None or owner.instance_state != "running"
+
+
+def signal(cfn: Any, cfg: NodeConfig, instance_id: str, success: bool) -> None:
+    """Tell CloudFormation whether this instance came up (the group's creation and update
+    policies wait for it)."""
+    if cfg.cfn_stack is None or cfg.cfn_resource is None:
+        return
+    cfn.signal_resource(StackName=cfg.cfn_stack, LogicalResourceId=cfg.cfn_resource, UniqueId=instance_id,
+                        Status="SUCCESS" if success else "FAILURE")
+
+
+def complete_termination(autoscaling: Any, cfg: NodeConfig, instance_id: str) -> None:
+    """Let the group terminate this instance now (CONTINUE the termination hook)."""
+    autoscaling.complete_lifecycle_action(
+        LifecycleHookName=cfg.lifecycle_hook, AutoScalingGroupName=cfg.auto_scaling_group,
+        InstanceId=instance_id, LifecycleActionResult="CONTINUE")
+
+
+def report_unhealthy(autoscaling: Any, instance_id: str) -> None:
+    """Ask the group to replace this instance: its HAProxy could not be recovered."""
+    autoscaling.set_instance_health(InstanceId=instance_id, HealthStatus="Unhealthy",
+                                    ShouldRespectGracePeriod=False)
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What the agent asks of the instance and of AWS besides EC2: its instance ID and the
+    group's plan for it (IMDS), and clients for other services.  Tests stand in for each."""
+
+    instance_id: Callable[[], str]
+    lifecycle_state: Callable[[], str | None]
+    client: Callable[[str], Any]
+
+
+def aws_platform(cfg: NodeConfig) -> Platform:
+    """IMDSv2 and boto3 clients (their endpoints from boto3's own settings)."""
+    import boto3
+    from botocore.config import Config
+
+    from .imds import Imds, ImdsError
+
+    imds = Imds()
+    session = boto3.session.Session()
+    config = Config(retries={"mode": "standard", "total_max_attempts": 5}, connect_timeout=2, read_timeout=10)
+
+    def lifecycle_state() -> str | None:
+        try:
+            return imds.get("autoscaling/target-lifecycle-state")
+        except ImdsError:
+            return None  # not in a group (yet): IMDS answers 404
+
+    def client(service: str) -> Any:
+        return session.client(service, region_name=cfg.region, config=config)  # type: ignore[call-overload]
+
+    return Platform(instance_id=lambda: imds.get("instance-id"), lifecycle_state=lifecycle_state, client=client)

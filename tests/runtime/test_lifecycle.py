@@ -1,0 +1,296 @@
+"""A node's life in its group: drain counted by the real HAProxy, readiness, the termination
+hook (hand over, drain, complete), asking to be replaced, and the CloudFormation signal.
+IMDS, CompleteLifecycleAction, SetInstanceHealth and SignalResource are stand-ins
+(tests/support), EC2 is moto."""
+
+from __future__ import annotations
+
+import http.client
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from haproxy_ha_runtime import agent, lifecycle, peer
+from haproxy_ha_runtime.config import NodeConfig, parse_config
+from haproxy_ha_runtime.imds import Imds
+from haproxy_ha_runtime.render import render_haproxy
+from tests.conftest import World, client_for, make_world, require, targets
+from tests.runtime.samples import doc
+from tests.support.aws_stand_in import AwsStandIn
+from tests.support.imds_stand_in import FakeImds
+from tests.support.moto_server import free_port
+
+
+def _wait(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+# -- drain, counted by the real HAProxy -----------------------------------------------------------
+
+class _SlowBackend:
+    """A backend that holds each request until `release` is set."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        slow = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/slow":
+                    slow.release.wait(10)
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def haproxy_with_slow_backend(tmp_path: Path) -> Iterator[tuple[NodeConfig, _SlowBackend, int]]:
+    binary = shutil.which("haproxy")
+    require("the haproxy binary (Debian package haproxy)", binary is not None)
+    assert binary is not None
+    backend = _SlowBackend()
+    port = free_port()
+    cfg = parse_config(doc(stats_port=free_port(), paths={"run_dir": str(tmp_path), "log_socket": str(tmp_path / "l")},
+                           listeners=[{"name": "web", "port": port, "check_path": "/",
+                                       "backends": [{"name": "slow", "host": "127.0.0.1", "port": backend.port}]}]))
+    text = render_haproxy(cfg)
+    text = "".join(line for line in text.splitlines(keepends=True) if line.strip() not in ("user haproxy",
+                                                                                            "group haproxy"))
+    (tmp_path / "haproxy.cfg").write_text(text)
+    proc = subprocess.Popen([binary, "-db", "-f", str(tmp_path / "haproxy.cfg")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(lambda: Path(cfg.paths.haproxy_socket).exists())
+        yield cfg, backend, port
+    finally:
+        backend.release.set()
+        proc.terminate()
+        proc.wait(10)
+        backend.server.shutdown()
+        backend.server.server_close()
+
+
+def test_drain_waits_for_the_request_in_flight_and_no_longer(
+        haproxy_with_slow_backend: tuple[NodeConfig, _SlowBackend, int]) -> None:
+    cfg, backend, port = haproxy_with_slow_backend
+    sessions = lambda: lifecycle.listener_sessions(cfg.paths.haproxy_socket, ["web"])  # noqa: E731
+    assert sessions() == 0
+    answers: list[int] = []
+
+    def request() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/slow")
+        answers.append(conn.getresponse().status)
+        conn.close()
+
+    client = threading.Thread(target=request)
+    client.start()
+    _wait(lambda: sessions() == 1)
+    drained, waited = lifecycle.drain(sessions, timeout_s=0.5, poll_s=0.05)
+    assert not drained and waited >= 0.5  # still in flight: drain gives up at its timeout
+    threading.Timer(0.3, backend.release.set).start()
+    drained, waited = lifecycle.drain(sessions, timeout_s=10, poll_s=0.05)
+    client.join(10)
+    assert drained and waited < 10 and answers == [200]  # the request finished, and was answered
+
+
+def test_drain_ends_at_once_when_haproxy_is_gone(tmp_path: Path) -> None:
+    drained, waited = lifecycle.drain(lambda: lifecycle.listener_sessions(str(tmp_path / "none.sock"), ["web"]), 5)
+    assert drained and waited < 1
+
+
+# -- readiness -------------------------------------------------------------------------------------
+
+OWN_READY = peer.PeerView(peer.REACHED, vrrp="BACKUP", healthy=True)
+
+
+@pytest.mark.parametrize(("own", "peer_view", "peer_replaced", "ec2_ok", "expected"), [
+    (OWN_READY, OWN_READY, False, True, []),
+    (peer.PeerView(peer.REACHED, vrrp="MASTER", healthy=True), None, False, True, []),
+    (peer.PeerView(peer.REACHED, vrrp="BACKUP", healthy=False), OWN_READY, False, True,
+     ["HAProxy does not answer its health check"]),
+    (peer.PeerView(peer.REACHED, vrrp="FAULT", healthy=True), OWN_READY, False, True,
+     ["keepalived is FAULT, not BACKUP or MASTER"]),
+    (OWN_READY, peer.PeerView(peer.UNREACHABLE), False, True, ["the peer is not heard (unreachable)"]),
+    (OWN_READY, peer.PeerView(peer.UNREACHABLE), True, True, []),  # the peer is being replaced too
+    (OWN_READY, OWN_READY, False, False, ["a read-only EC2 call with this node's credentials failed"]),
+    (peer.PeerView(peer.HAPROXY_DOWN), OWN_READY, False, True, ["the agent does not answer at /state (haproxy-down)"]),
+])
+def test_ready_means_healthy_in_vrrp_hearing_the_peer_and_reaching_ec2(
+        own: peer.PeerView, peer_view: peer.PeerView | None, peer_replaced: bool, ec2_ok: bool,
+        expected: list[str]) -> None:
+    cfg = parse_config(doc())
+    assert lifecycle.ready_problems(cfg, own, peer_view, peer_replaced, ec2_ok) == expected
+
+
+# -- the termination hook, asking to be replaced, and the signal, with stand-ins -------------------
+
+class _Health:
+    """HAProxy's /healthz on loopback, which the test turns on and off."""
+
+    def __init__(self) -> None:
+        self.ok = True
+        health = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200 if health.ok and self.path == "/healthz" else 503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def stand_ins() -> Iterator[tuple[FakeImds, AwsStandIn, _Health]]:
+    imds, aws, health = FakeImds(instance_id="i-0aaaaaaaaaaaaaaa1"), AwsStandIn(), _Health()
+    yield imds, aws, health
+    imds.stop()
+    aws.stop()
+    health.server.shutdown()
+    health.server.server_close()
+
+
+def _platform(imds: FakeImds, aws: AwsStandIn) -> lifecycle.Platform:
+    client = Imds(imds.url)
+
+    def state() -> str | None:
+        return imds.lifecycle_state
+
+    return lifecycle.Platform(
+        instance_id=lambda: client.get("instance-id"), lifecycle_state=state,
+        client=lambda service: boto3.session.Session().client(service, region_name="us-east-1", endpoint_url=aws.url))
+
+
+class Log:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        self.events.append({"event": event, **fields})
+
+    def of(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == name]
+
+
+def _node_a(world: World, tmp: Path, health_port: int, **changes: Any) -> NodeConfig:
+    return parse_config(doc(**{
+        "eni_id": world.eni_a, "route_table_ids": world.tables, "profile": "fast", "stats_port": health_port,
+        "agent_port": free_port(), "peers": [{"name": "b", "ip": "192.0.2.20", "eni_id": world.eni_b}],
+        "auto_scaling_group": "hha-node-a", "lifecycle_hook": "hand-over", "drain_timeout_s": 1,
+        "paths": {"run_dir": str(tmp / "run")}, **changes}))
+
+
+def _run(cfg: NodeConfig, world: World, platform: lifecycle.Platform, log: Log) -> tuple[threading.Thread,
+                                                                                           threading.Event]:
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(cfg, world.client, world.eni_a, stop, log), kwargs={
+        "platform": platform, "peer_address": lambda p: ("127.0.0.1", free_port())})
+    thread.start()
+    return thread, stop
+
+
+def test_a_terminating_node_hands_over_drains_then_completes_the_hook(
+        moto: str, tmp_path: Path, stand_ins: tuple[FakeImds, AwsStandIn, _Health]) -> None:
+    imds, aws, health = stand_ins
+    world = make_world(client_for(moto), 3)  # the routes start at node a
+    cfg = _node_a(world, tmp_path, health.port)
+    log = Log()
+    thread, stop = _run(cfg, world, _platform(imds, aws), log)
+    try:
+        _wait(lambda: bool(log.of("health")))
+        time.sleep(0.5)
+        assert not aws.calls and set(targets(world.client, world.tables).values()) == {world.eni_a}
+        imds.lifecycle_state = "Terminated"
+        _wait(lambda: bool(aws.of("CompleteLifecycleAction")))
+        order = [e["event"] for e in log.events if e["event"] in
+                 ("terminating", "route_hand_over", "drained", "lifecycle_complete")]
+        assert order == ["terminating", "route_hand_over", "drained", "lifecycle_complete"]
+        assert set(targets(world.client, world.tables).values()) == {world.eni_b}
+        assert aws.of("CompleteLifecycleAction") == [{
+            "LifecycleHookName": "hand-over", "AutoScalingGroupName": "hha-node-a",
+            "InstanceId": "i-0aaaaaaaaaaaaaaa1", "LifecycleActionResult": "CONTINUE"}]
+        # keepalived is told "unhealthy" until the end, so the peer stays MASTER.
+        assert Path(cfg.paths.track_file).read_text() == "1\n"
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_a_node_whose_haproxy_stays_down_asks_its_group_to_replace_it(
+        moto: str, tmp_path: Path, stand_ins: tuple[FakeImds, AwsStandIn, _Health]) -> None:
+    imds, aws, health = stand_ins
+    world = make_world(client_for(moto), 1)
+    cfg = _node_a(world, tmp_path, health.port, replace_unhealthy_after_s=1)
+    log = Log()
+    thread, stop = _run(cfg, world, _platform(imds, aws), log)
+    try:
+        _wait(lambda: bool(log.of("health")))
+        health.ok = False
+        t0 = time.monotonic()
+        _wait(lambda: bool(aws.of("SetInstanceHealth")))
+        assert time.monotonic() - t0 >= 1  # not before the bound
+        time.sleep(0.5)
+        assert aws.of("SetInstanceHealth") == [{"InstanceId": "i-0aaaaaaaaaaaaaaa1", "HealthStatus": "Unhealthy",
+                                                "ShouldRespectGracePeriod": "false"}]  # asked once
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_a_node_that_recovers_in_time_is_not_replaced(
+        moto: str, tmp_path: Path, stand_ins: tuple[FakeImds, AwsStandIn, _Health]) -> None:
+    imds, aws, health = stand_ins
+    world = make_world(client_for(moto), 1)
+    cfg = _node_a(world, tmp_path, health.port, replace_unhealthy_after_s=2)
+    log = Log()
+    thread, stop = _run(cfg, world, _platform(imds, aws), log)
+    try:
+        _wait(lambda: bool(log.of("health")))
+        health.ok = False
+        _wait(lambda: any(e.get("healthy") is False for e in log.of("health")))
+        health.ok = True
+        _wait(lambda: log.of("health")[-1].get("healthy") is True)
+        time.sleep(2.5)
+        assert not aws.of("SetInstanceHealth")
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_the_signal_names_the_stack_the_group_and_the_instance(stand_ins: tuple[FakeImds, AwsStandIn, _Health]) -> None:
+    _imds, aws, _health = stand_ins
+    cfn = boto3.session.Session().client("cloudformation", region_name="us-east-1", endpoint_url=aws.url)
+    cfg = parse_config(doc(cfn_stack="HaproxyHa", cfn_resource="NodeAGroup1234ABCD"))
+    lifecycle.signal(cfn, cfg, "i-0aaaaaaaaaaaaaaa1", success=True)
+    lifecycle.signal(cfn, cfg, "i-0aaaaaaaaaaaaaaa1", success=False)
+    lifecycle.signal(cfn, parse_config(doc()), "i-0aaaaaaaaaaaaaaa1", success=True)  # no stack: no call
+    assert aws.of("SignalResource") == [
+        {"StackName": "HaproxyHa", "LogicalResourceId": "NodeAGroup1234ABCD", "UniqueId": "i-0aaaaaaaaaaaaaaa1",
+         "Status": status} for status in ("SUCCESS", "FAILURE")]

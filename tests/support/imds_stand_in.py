@@ -1,0 +1,59 @@
+"""Stand-in for the instance metadata service (IMDSv2 only), on loopback: the ENI of the primary
+MAC, the instance ID, and `autoscaling/target-lifecycle-state`, which moto does not serve."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class FakeImds:
+    """Serves IMDSv2 with a session token; `lifecycle_state` is what the group plans (None: 404)."""
+
+    def __init__(self, eni_id: str = "eni-0123456789abcdef0", instance_id: str = "i-0123456789abcdef0") -> None:
+        self.tokens_issued = 0
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.lifecycle_state: str | None = None
+        values = {
+            "/latest/meta-data/mac": lambda: "0a:1b:2c:3d:4e:5f",
+            "/latest/meta-data/network/interfaces/macs/0a:1b:2c:3d:4e:5f/interface-id": lambda: eni_id,
+            "/latest/meta-data/instance-id": lambda: instance_id,
+            "/latest/meta-data/autoscaling/target-lifecycle-state": lambda: self.lifecycle_state,
+        }
+        fake = self
+
+        class H(BaseHTTPRequestHandler):
+            def _send(self, status: int, body: str) -> None:
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_PUT(self) -> None:
+                fake.requests.append(("PUT", self.path, {k.lower(): v for k, v in self.headers.items()}))
+                fake.tokens_issued += 1
+                self._send(200, f"token-{fake.tokens_issued}")
+
+            def do_GET(self) -> None:
+                fake.requests.append(("GET", self.path, {k.lower(): v for k, v in self.headers.items()}))
+                value = values.get(self.path, lambda: None)()
+                if self.headers.get("X-aws-ec2-metadata-token") != f"token-{fake.tokens_issued}":
+                    self._send(401, "")  # IMDSv2 only: no token, no answer
+                elif value is None:
+                    self._send(404, "")
+                else:
+                    self._send(200, value)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
