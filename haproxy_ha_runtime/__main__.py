@@ -76,8 +76,12 @@ def _ready(cfg: NodeConfig, timeout_s: float) -> int:
     problems: list[str] = []
     while True:
         own = peer.probe_peer("127.0.0.1", cfg.agent_port, 2.0)
-        peer_view = peer.probe_peer(peer_cfg.ip, cfg.stats_port, 2.0) if peer_cfg else None
-        replaced = peer_cfg is None or lifecycle.peer_being_replaced(client, peer_cfg.eni_id)
+        try:
+            replaced = peer_cfg is None or lifecycle.peer_being_replaced(client, peer_cfg.eni_id)
+        except Exception:
+            replaced = False  # EC2 does not answer: ready_problems says so below
+        # A peer that is being replaced cannot be heard, and need not be.
+        peer_view = peer.probe_peer(peer_cfg.ip, cfg.stats_port, 2.0) if peer_cfg and not replaced else None
         problems = lifecycle.ready_problems(cfg, own, peer_view, replaced, lifecycle.ec2_works(cfg, client))
         if not problems or time.monotonic() >= deadline:
             break

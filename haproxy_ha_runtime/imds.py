@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.request
 from typing import Callable
 
-DEFAULT_ENDPOINT = "http://169.254.169.254"
+# botocore reads the same variable: a test points both at a stand-in.
+DEFAULT_ENDPOINT = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://169.254.169.254")
 TOKEN_TTL_S = 21600
 # Renew this long before expiry, so a request never carries a token that expires in flight.
 REFRESH_MARGIN_S = 60

@@ -1,11 +1,18 @@
 #!/bin/bash
 # Boots a haproxy-ha node on Amazon Linux 2023: installs haproxy and keepalived, renders their
-# configuration from the node config document, and starts them with the haproxy-ha agent.
-# User data runs it on every boot (after unpacking the node files), so it must stay idempotent.
+# configuration from the node config document (checked by haproxy -c and keepalived -t before
+# it is swapped in), starts HAProxy, the agent and keepalived, and waits until the node is ready
+# (which signals CloudFormation when the document names a stack).
+# User data runs it on every boot (after unpacking the node files), so it must stay idempotent:
+# a second run reloads what changed and never restarts keepalived.
+# HAPROXY_HA_ROOT relocates every system path (the tests run it in a scratch folder).
 set -euo pipefail
 
-readonly FILES_DIR=/opt/haproxy-ha
-readonly CONFIG=${HAPROXY_HA_CONFIG:-/etc/haproxy-ha/node.json}
+readonly ROOT=${HAPROXY_HA_ROOT:-}
+readonly FILES_DIR=${HAPROXY_HA_FILES_DIR:-$ROOT/opt/haproxy-ha}
+readonly CONFIG=${HAPROXY_HA_CONFIG:-$ROOT/etc/haproxy-ha/node.json}
+readonly UNITS=$ROOT/etc/systemd/system
+readonly READY_TIMEOUT_S=${HAPROXY_HA_READY_TIMEOUT_S:-900}
 readonly PACKAGES=(haproxy keepalived python3-boto3)
 export PYTHONPATH=$FILES_DIR
 
@@ -28,30 +35,50 @@ install_packages() {
   return 1
 }
 
+log_versions() {
+  # What this node runs, for whoever reads the journal (AL2023 has shipped HAProxy 2.8 and 3.0).
+  log "versions: $(haproxy -v 2>&1 | head -n 1); $(keepalived --version 2>&1 | head -n 1);" \
+    "$(python3 --version 2>&1); boto3 $(python3 -c 'import boto3; print(boto3.__version__)' 2>&1)"
+}
+
 install_units() {
-  install -m 0644 "$FILES_DIR/haproxy-ha-agent.service" /etc/systemd/system/haproxy-ha-agent.service
-  install -d -m 0755 /etc/systemd/system/keepalived.service.d /etc/systemd/system/haproxy.service.d
-  install -m 0644 "$FILES_DIR/keepalived-haproxy-ha.conf" /etc/systemd/system/keepalived.service.d/haproxy-ha.conf
-  install -m 0644 "$FILES_DIR/haproxy-haproxy-ha.conf" /etc/systemd/system/haproxy.service.d/haproxy-ha.conf
-  install -m 0644 "$FILES_DIR/haproxy-ha-tmpfiles.conf" /etc/tmpfiles.d/haproxy-ha.conf
-  systemd-tmpfiles --create /etc/tmpfiles.d/haproxy-ha.conf
+  install -d -m 0755 "$UNITS/keepalived.service.d" "$UNITS/haproxy.service.d" "$ROOT/etc/tmpfiles.d"
+  install -m 0644 "$FILES_DIR/haproxy-ha-agent.service" "$UNITS/haproxy-ha-agent.service"
+  install -m 0644 "$FILES_DIR/keepalived-haproxy-ha.conf" "$UNITS/keepalived.service.d/haproxy-ha.conf"
+  install -m 0644 "$FILES_DIR/haproxy-haproxy-ha.conf" "$UNITS/haproxy.service.d/haproxy-ha.conf"
+  install -m 0644 "$FILES_DIR/haproxy-ha-tmpfiles.conf" "$ROOT/etc/tmpfiles.d/haproxy-ha.conf"
+  # The run directory (notify FIFO, track files, HAProxy's socket) exists before keepalived starts.
+  systemd-tmpfiles --create "$ROOT/etc/tmpfiles.d/haproxy-ha.conf"
   systemctl daemon-reload
+}
+
+start_services() {
+  systemctl enable haproxy.service haproxy-ha-agent.service keepalived.service
+  # HAProxy runs in master-worker mode: a reload hands the listening sockets over, refusing nothing.
+  systemctl reload-or-restart haproxy.service
+  # The agent says READY once it holds keepalived's notify FIFO; a restart resumes its state.
+  systemctl restart haproxy-ha-agent.service
+  # keepalived starts once, with the final configuration.  On a later run it re-reads its file
+  # (SIGHUP), which keeps its VRRP state: a restart would move the routes.
+  if systemctl is-active --quiet keepalived.service; then
+    systemctl reload keepalived.service
+  else
+    systemctl start keepalived.service
+  fi
 }
 
 main() {
   install_packages
+  log_versions
   log "checking $CONFIG"
   # Exits 2 with a message naming each bad field: stop before touching any service.
   python3 -m haproxy_ha_runtime check --config "$CONFIG"
   install_units
   log "rendering keepalived and haproxy configuration; haproxy -c and keepalived -t must accept it"
   python3 -m haproxy_ha_runtime render --config "$CONFIG"
-  systemctl enable haproxy.service haproxy-ha-agent.service keepalived.service
-  # Order matters: HAProxy serves, the agent reports its health and listens on the notify FIFO,
-  # and only then may keepalived take part in elections.
-  systemctl restart haproxy.service
-  systemctl restart haproxy-ha-agent.service
-  systemctl restart keepalived.service
+  start_services
+  log "services started; waiting until the node is ready"
+  python3 -m haproxy_ha_runtime ready --config "$CONFIG" --timeout "$READY_TIMEOUT_S"
   log "node is up"
 }
 

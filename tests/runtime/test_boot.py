@@ -1,0 +1,166 @@
+"""The boot path runs, not just its text: boot.sh in a scratch root, with dnf, rpm, systemctl and
+systemd-tmpfiles stubbed (they record what they were asked), and everything else real: the node
+runtime's check, render (haproxy -c, keepalived -t) and ready, against moto."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from haproxy_ha_runtime import peer
+from tests.conftest import REPO, client_for, make_world, require
+from tests.runtime.samples import doc
+from tests.support.moto_server import free_port
+
+STUBS = {
+    "rpm": "exit 0",  # the packages are there
+    "dnf": 'echo "dnf $*" >> "$STUB_LOG"',
+    "systemd-tmpfiles": 'echo "systemd-tmpfiles $*" >> "$STUB_LOG"',
+    # systemctl records its calls; keepalived is active once something started it.
+    "systemctl": '''echo "systemctl $*" >> "$STUB_LOG"
+if [ "$*" = "start keepalived.service" ]; then touch "$STUB_LOG.keepalived-active"; fi
+if [ "$1" = is-active ]; then test -e "$STUB_LOG.keepalived-active"; exit $?; fi
+exit 0''',
+}
+
+
+@dataclass
+class Node:
+    root: Path
+    env: dict[str, str]
+    log: Path
+
+    def boot(self) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", str(REPO / "userdata" / "boot.sh")], env=self.env, capture_output=True,
+                              text=True, timeout=120)
+
+    def calls(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+
+def _interface() -> str:
+    names = sorted(p.name for p in Path("/sys/class/net").iterdir() if p.name != "lo")
+    require("a network interface other than lo (keepalived -t checks the one the document names)", bool(names))
+    return names[0]
+
+
+@pytest.fixture
+def node(moto: str, tmp_path: Path) -> Iterator[Node]:
+    for binary in ("haproxy", "keepalived"):
+        require(f"the {binary} binary (Debian package {binary})", shutil.which(binary) is not None)
+    root = tmp_path / "root"
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    for name, body in {**STUBS, "python3": f'exec "{sys.executable}" "$@"'}.items():
+        (stubs / name).write_text(f"#!/bin/bash\n{body}\n")
+        (stubs / name).chmod(0o755)
+    files = root / "opt" / "haproxy-ha"
+    shutil.copytree(REPO / "userdata", files)
+    shutil.copytree(REPO / "haproxy_ha_runtime", files / "haproxy_ha_runtime",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    world = make_world(client_for(moto), 2)
+    # The peer's ENI has no running instance: it is "being replaced", so ready does not wait for it.
+    world.client.terminate_instances(InstanceIds=[world.instance_b])
+    agent_port = free_port()
+    document = doc(eni_id=world.eni_a, route_table_ids=world.tables, interface=_interface(), endpoint_url=moto,
+                   peers=[{"name": "b", "ip": "192.0.2.20", "eni_id": world.eni_b}], agent_port=agent_port,
+                   paths={"run_dir": str(root / "run" / "haproxy-ha"), "log_socket": str(root / "dev-log"),
+                          "haproxy_conf": str(root / "etc" / "haproxy" / "haproxy.cfg"),
+                          "keepalived_conf": str(root / "etc" / "keepalived" / "keepalived.conf")})
+    (root / "etc" / "haproxy-ha").mkdir(parents=True)
+    (root / "etc" / "haproxy-ha" / "node.json").write_text(json.dumps(document))
+    # systemctl is a stub, so no agent runs: this stands in for its /state, healthy and BACKUP.
+    agent_state = peer.StateServer(agent_port, lambda: {"node": "a", "vrrp": "BACKUP", "healthy": True}).start()
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}:/usr/sbin", "HAPROXY_HA_ROOT": str(root),
+           "STUB_LOG": str(tmp_path / "calls.log"), "HAPROXY_HA_READY_TIMEOUT_S": "20",
+           "AWS_ENDPOINT_URL": moto}
+    try:
+        yield Node(root, env, tmp_path / "calls.log")
+    finally:
+        agent_state.stop()
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+
+
+def test_boot_installs_units_renders_checked_configs_starts_keepalived_last_and_waits_until_ready(node: Node) -> None:
+    proc = node.boot()
+    assert proc.returncode == 0, proc.stderr
+    calls = node.calls()
+    assert "systemctl daemon-reload" in calls
+    starts = [c for c in calls if c.split()[1] in ("reload-or-restart", "restart", "start", "reload")]
+    assert starts == ["systemctl reload-or-restart haproxy.service", "systemctl restart haproxy-ha-agent.service",
+                      "systemctl start keepalived.service"]
+    units = node.root / "etc" / "systemd" / "system"
+    assert (units / "haproxy-ha-agent.service").exists()
+    assert (units / "keepalived.service.d" / "haproxy-ha.conf").exists()
+    assert (units / "haproxy.service.d" / "haproxy-ha.conf").exists()
+    assert (node.root / "etc" / "haproxy" / "haproxy.cfg").read_text().startswith("# Generated by haproxy-ha")
+    assert "versions: HAProxy version" in proc.stderr and "node a is ready" in proc.stdout
+
+
+def test_a_second_boot_changes_nothing_and_never_restarts_keepalived(node: Node) -> None:
+    assert node.boot().returncode == 0
+    first_calls, first_files = node.calls(), _files(node.root)
+    node.log.unlink()
+    proc = node.boot()
+    assert proc.returncode == 0, proc.stderr
+    assert _files(node.root) == first_files
+    second = node.calls()
+    assert "systemctl reload keepalived.service" in second
+    assert not any("keepalived" in c and c.split()[1] in ("restart", "start", "stop") for c in second)
+    assert len(second) == len(first_calls)
+
+
+def test_a_bad_document_stops_boot_with_exit_2_before_any_service_is_touched(node: Node) -> None:
+    path = node.root / "etc" / "haproxy-ha" / "node.json"
+    bad: dict[str, Any] = json.loads(path.read_text())
+    bad["vip"] = "10.0.0.0/8"
+    path.write_text(json.dumps(bad))
+    proc = node.boot()
+    assert proc.returncode == 2
+    assert "vip: got '10.0.0.0/8'" in proc.stderr
+    assert not any(c.startswith("systemctl") for c in node.calls())
+    assert not (node.root / "etc" / "haproxy" / "haproxy.cfg").exists()
+
+
+def test_a_rendered_file_the_binaries_refuse_stops_boot_before_any_service_starts(node: Node) -> None:
+    path = node.root / "etc" / "haproxy-ha" / "node.json"
+    bad: dict[str, Any] = json.loads(path.read_text())
+    bad["interface"] = "nosuchif0"  # keepalived -t refuses an interface that does not exist
+    path.write_text(json.dumps(bad))
+    proc = node.boot()
+    assert proc.returncode == 2 and "keepalived refused" in proc.stderr
+    assert not any(c.split()[1] in ("start", "restart", "reload", "reload-or-restart")
+                   for c in node.calls() if c.startswith("systemctl"))
+
+
+def test_the_agent_exits_3_when_eni_id_is_null_and_imds_fails(tmp_path: Path) -> None:
+    path = tmp_path / "node.json"
+    path.write_text(json.dumps(doc(eni_id=None)))
+    # IMDS is a closed port on loopback, never 169.254.169.254.
+    env = {**os.environ, "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    proc = subprocess.run([sys.executable, "-m", "haproxy_ha_runtime", "agent", "--config", str(path)], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 3 and "cannot learn this node's ENI" in proc.stderr
+
+
+def test_ready_fails_with_exit_4_and_says_why(node: Node, tmp_path: Path) -> None:
+    document = json.loads((node.root / "etc" / "haproxy-ha" / "node.json").read_text())
+    document["agent_port"] = free_port()  # nothing answers there
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(document))
+    proc = subprocess.run([sys.executable, "-m", "haproxy_ha_runtime", "ready", "--config", str(path),
+                           "--timeout", "1"], env=node.env, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 4 and "the agent does not answer at /state (haproxy-down)" in proc.stderr
