@@ -277,7 +277,7 @@ def test_reconcile_raises_when_a_move_it_attempted_failed(proxy, monkeypatch) ->
     _reconcile_env(monkeypatch, proxy.url, world)
     proxy.state.set_fault("5xx", 10_000, ["ReplaceRoute"])
     with pytest.raises(RuntimeError, match="InternalError"):
-        handler.reconcile({"detail-type": "Scheduled Event"}, _Context(remaining_s=12.0))
+        handler.reconcile({"detail-type": "Scheduled Event"}, _Context(remaining_s=handler.RESPONSE_RESERVE_S + 1))
     assert set(targets(world.client, world.tables).values()) == {world.eni_a}
 
 
