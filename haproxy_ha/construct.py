@@ -12,6 +12,7 @@ from aws_cdk import (
     Acknowledgment,
     Annotations,
     ArnFormat,
+    CfnOutput,
     CfnTag,
     CustomResource,
     Duration,
@@ -32,13 +33,15 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
+from haproxy_ha import preview
 from haproxy_ha.assets import NODE_CONFIG_PATH, NODE_FILES_DIR, lambda_code_dir, node_files_dir
 from haproxy_ha.listener import Listener
 from haproxy_ha.node_config import NodeAddress, node_config_document
 from haproxy_ha.validation import HaproxyHaPropsError, check_props, check_vip_outside, is_token
+from haproxy_ha_cli import outputs
 from haproxy_ha_runtime import config
 from haproxy_ha_runtime.problems import Problems
-from haproxy_ha_runtime.tags import NODE_TAG
+from haproxy_ha_runtime.tags import NODE_TAG, ROUTES_DELETED_TAG
 
 DEFAULT_INSTANCE_TYPE = "t4g.small"
 DEFAULT_VPC_CIDR = "10.0.0.0/16"
@@ -48,6 +51,12 @@ NODE_NAMES = ("a", "b")
 # keepalived priorities: node "a" wins the first election, which matches where the routes start.
 NODE_PRIORITIES = (150, 100)
 INSTANCE_STOP_STATES = ("stopping", "stopped", "shutting-down", "terminated")
+# The custom resource's handler answers FAILED 10 s before its own timeout (RESPONSE_RESERVE_S in
+# lambda/handler.py), and CloudFormation gives up on an answer after the service timeout, not
+# after the default hour.
+ON_EVENT_TIMEOUT = Duration.minutes(2)
+VIP_ROUTES_SERVICE_TIMEOUT = Duration.minutes(5)
+RECONCILE_TIMEOUT = Duration.seconds(50)
 
 # cloud-init runs user-data scripts once per instance by default.  A props change updates the
 # user data of a stopped-and-started instance, so the script must run on every boot to apply it.
@@ -97,12 +106,22 @@ class _Placement:
 
 
 @dataclass(frozen=True)
-class _RouteOwner:
-    """The Lambda functions that own and repair the VIP routes, and the custom resource."""
+class _RouteFunctions:
+    """The Lambda functions that own and repair the VIP routes, and the scope they live in."""
 
-    route_function: lambda_.Function
-    reconcile_function: lambda_.Function
-    vip_routes: CustomResource
+    scope: Construct
+    on_event: lambda_.Function
+    reconcile: lambda_.Function
+
+
+@dataclass(frozen=True)
+class _NodeSettings:
+    """What both nodes' documents share besides the VIP and the tables."""
+
+    listeners: tuple[config.Listener, ...]
+    preempt: bool
+    virtual_router_id: int
+    stats_port: int
 
 
 @jsii.implements(ec2.IConnectable)
@@ -144,6 +163,8 @@ class HaproxyHa(Construct):
     """The reconciler: moves routes away from a stopped node, repairs blackholed or missing ones."""
     vip_routes: CustomResource
     """The custom resource that owns the VIP routes."""
+    ec2_endpoint: ec2.InterfaceVpcEndpoint | None
+    """The EC2 interface endpoint in the node subnets (``ec2_endpoint=True``), else None."""
 
     def __init__(
         self,
@@ -167,6 +188,7 @@ class HaproxyHa(Construct):
         max_azs: int | None = None,
         vpc_cidr: str | None = None,
         nat_gateways: int | None = None,
+        ec2_endpoint: bool = False,
     ) -> None:
         """Create the pair.
 
@@ -194,7 +216,15 @@ class HaproxyHa(Construct):
         :param max_azs: Only without ``vpc``: AZs of the new VPC, at least 2. Default: 2.
         :param vpc_cidr: Only without ``vpc``: CIDR of the new VPC. Default: 10.0.0.0/16.
         :param nat_gateways: Only without ``vpc``: NAT gateways of the new VPC. Default: one per AZ,
-            so that the surviving node still reaches the EC2 API when an AZ fails.
+            so that the surviving node still reaches the EC2 API when an AZ fails. Fewer than one
+            per node AZ gets a warning. 0 only with ``ec2_endpoint=True``: the private subnets are
+            then isolated, and the construct adds an S3 gateway endpoint (node files and packages)
+            next to the EC2 endpoint. Session Manager (ssm, ssmmessages, ec2messages) and the
+            agent's call to the reconciler (lambda) then need interface endpoints you add.
+        :param ec2_endpoint: Add an EC2 interface endpoint (private DNS on) in the node subnets,
+            reachable from the node security group only, so that a take-over does not depend on
+            NAT or on the AZ a NAT gateway lives in. Do not set it in a VPC that already has an EC2
+            endpoint with private DNS. Default: false (the nodes reach EC2 through NAT).
         """
         super().__init__(scope, id)
         stack = Stack.of(self)
@@ -207,7 +237,7 @@ class HaproxyHa(Construct):
             vpc_cidr=vpc_cidr, nat_gateways=nat_gateways, reserved_cidrs=reserved_cidrs,
             allowed_cidrs=allowed_cidrs, extra_route_table_ids=extra_route_table_ids,
             timing_profile=timing_profile, preempt=preempt, virtual_router_id=virtual_router_id,
-            stats_port=stats_port)
+            stats_port=stats_port, ec2_endpoint=ec2_endpoint)
         built_vpc = vpc is None
         if problems and built_vpc:
             raise HaproxyHaPropsError(self.node.path, problems.items)
@@ -222,7 +252,7 @@ class HaproxyHa(Construct):
         placement = _place(problems, vpc, node_subnets, client_subnets, extra_route_table_ids)
         if problems:
             raise HaproxyHaPropsError(self.node.path, problems.items)
-        self._warn_if_isolated(vpc, placement.node_subnets)
+        self._warn_about_egress(vpc, placement.node_subnets, built_vpc, nat_gateways, ec2_endpoint)
         assert checked.vip is not None
 
         self.vip = str(checked.vip)
@@ -236,19 +266,28 @@ class HaproxyHa(Construct):
             for rtb in self.route_table_ids
         )
 
-        # 3. Build: security group, node role and files, the nodes, then the route owner.
+        # 3. Build: security group, node role and files, the ENIs, the route Lambdas (the nodes'
+        #    documents name the reconciler), the nodes, then the custom resource and the triggers.
         self.security_group = self._security_group(vpc, known_cidr, listeners, allowed_cidrs, stats_port)
         self._connections = ec2.Connections(security_groups=[self.security_group])
+        self.ec2_endpoint = self._ec2_endpoint(vpc, placement.node_subnets) if ec2_endpoint else None
         self.node_role = self._node_role()
         self.node_files = self._node_files(self.node_role)
+        enis = self._network_interfaces(placement.node_subnets)
+        functions = self._route_functions(enis)
+        self._grant_invoke(self.node_role, functions.reconcile)
+        self.route_function = functions.on_event
+        self.reconcile_function = functions.reconcile
         instance_type = instance_type or ec2.InstanceType(DEFAULT_INSTANCE_TYPE)
+        settings = _NodeSettings(checked.listeners, preempt, virtual_router_id, stats_port)
         self.nodes = self._nodes(
-            placement.node_subnets, instance_type, machine_image or _default_image(stack, instance_type),
-            checked.listeners, preempt=preempt, virtual_router_id=virtual_router_id, stats_port=stats_port)
-        owner = self._route_owner()
-        self.route_function = owner.route_function
-        self.reconcile_function = owner.reconcile_function
-        self.vip_routes = owner.vip_routes
+            enis, placement.node_subnets, instance_type, machine_image or _default_image(stack, instance_type),
+            settings, functions.reconcile.function_arn)
+        self.vip_routes = self._vip_routes(functions)
+        self._reconcile_triggers(functions)
+
+        # 4. Show what will run: each node's rendered files, written into the cloud assembly at synth.
+        self.node.add_validation(preview.NodeFilesWriter(self, self._preview_files(settings)))
 
     @property
     def connections(self) -> ec2.Connections:
@@ -274,19 +313,39 @@ class HaproxyHa(Construct):
                 "with that address. A private address outside the VPC CIDRs is usually the better choice.",
             )
 
-    def _warn_if_isolated(self, vpc: ec2.IVpc, node_subnets: Sequence[ec2.ISubnet]) -> None:
-        isolated_ids = {s.subnet_id for s in vpc.isolated_subnets}
-        if node_subnets and all(s.subnet_id in isolated_ids for s in node_subnets):
+    def _warn_about_egress(self, vpc: ec2.IVpc, node_subnets: Sequence[ec2.ISubnet], built_vpc: bool,
+                           nat_gateways: int | None, ec2_endpoint: bool) -> None:
+        if built_vpc and nat_gateways is not None and 0 < nat_gateways < len(NODE_NAMES) and not ec2_endpoint:
             Annotations.of(self).add_warning_v2(
-                "haproxy-ha:isolated-nodes",
-                "The nodes run in isolated subnets. They need VPC endpoints to boot and to move routes: "
-                "an S3 gateway endpoint (node files and the Amazon Linux repositories) and interface "
-                "endpoints for ec2, ssm, ssmmessages and ec2messages.",
+                "haproxy-ha:nat-per-node-az",
+                f"nat_gateways={nat_gateways} is fewer than one per node AZ: when the AZ of a NAT gateway "
+                "fails, the surviving node cannot reach the EC2 API through it, and cannot move the routes. "
+                "Keep one NAT gateway per AZ, or set ec2_endpoint=True.",
             )
+        isolated_ids = {s.subnet_id for s in vpc.isolated_subnets}
+        if not node_subnets or not all(s.subnet_id in isolated_ids for s in node_subnets):
+            return
+        s3_added = built_vpc and nat_gateways == 0
+        added = [what for what, made in (("an S3 gateway endpoint", s3_added),
+                                         ("an EC2 interface endpoint", ec2_endpoint)) if made]
+        interfaces = ([] if ec2_endpoint else ["ec2 (route moves)"]) + [
+            "ssm, ssmmessages and ec2messages (Session Manager)",
+            "lambda (the agent asks the reconciler to create a missing route)"]
+        needed = ([] if s3_added else ["an S3 gateway endpoint (node files and the Amazon Linux repositories)"]) \
+            + ["interface endpoints for " + ", ".join(interfaces)]
+        Annotations.of(self).add_warning_v2(
+            "haproxy-ha:isolated-nodes",
+            "The nodes run in isolated subnets, so they reach AWS only through VPC endpoints. "
+            + (f"This construct added {' and '.join(added)}. " if added else "")
+            + f"Still needed: {'; '.join(needed)}.",
+        )
 
     # --- VPC and security group -------------------------------------------------------------------
 
     def _build_vpc(self, max_azs: int, cidr: str, nat_gateways: int | None) -> ec2.Vpc:
+        # With no NAT gateway (allowed only with ec2_endpoint=True), the private subnets have no
+        # egress: they are isolated, and an S3 gateway endpoint serves the node files and packages.
+        private = ec2.SubnetType.PRIVATE_ISOLATED if nat_gateways == 0 else ec2.SubnetType.PRIVATE_WITH_EGRESS
         vpc = ec2.Vpc(
             self,
             "Vpc",
@@ -297,13 +356,28 @@ class HaproxyHa(Construct):
             nat_gateways=nat_gateways,
             subnet_configuration=[
                 ec2.SubnetConfiguration(name="Public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24),
-                ec2.SubnetConfiguration(name="Private", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS,
-                                        cidr_mask=24),
+                ec2.SubnetConfiguration(name="Private", subnet_type=private, cidr_mask=24),
             ],
             # Rejected packets are what a wrong security group (VRRP, listeners) looks like.
             flow_logs={"Rejects": ec2.FlowLogOptions(traffic_type=ec2.FlowLogTrafficType.REJECT)},
         )
+        if nat_gateways == 0:
+            vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3)
         return vpc
+
+    def _ec2_endpoint(self, vpc: ec2.IVpc, node_subnets: Sequence[ec2.ISubnet]) -> ec2.InterfaceVpcEndpoint:
+        endpoint = ec2.InterfaceVpcEndpoint(
+            self,
+            "Ec2Endpoint",
+            vpc=vpc,
+            service=ec2.InterfaceVpcEndpointAwsService.EC2,
+            subnets=ec2.SubnetSelection(subnets=list(node_subnets)),
+            private_dns_enabled=True,
+            # Only the nodes: not the whole VPC CIDR (open=True would allow that).
+            open=False,
+        )
+        endpoint.connections.allow_default_port_from(self.security_group, "haproxy-ha nodes: the EC2 API")
+        return endpoint
 
     def _security_group(
         self,
@@ -348,38 +422,47 @@ class HaproxyHa(Construct):
         ))
         return files
 
+    def _network_interfaces(self, subnets: Sequence[ec2.ISubnet]) -> list[ec2.CfnNetworkInterface]:
+        return [self._network_interface(name, subnet) for name, subnet in zip(NODE_NAMES, subnets, strict=False)]
+
+    def _documents(self, addresses: Sequence[NodeAddress], settings: _NodeSettings, *, route_table_ids: Sequence[str],
+                   region: str, vpc_id: str, reconciler: str) -> list[dict[str, Any]]:
+        """Each node's config document, in NODE_NAMES order."""
+        return [
+            node_config_document(
+                me=me,
+                peers=[a for a in addresses if a.name != me.name],
+                vip=self.vip,
+                route_table_ids=route_table_ids,
+                region=region,
+                vpc_id=vpc_id,
+                reconciler=reconciler,
+                priority=NODE_PRIORITIES[i],
+                preempt=settings.preempt,
+                virtual_router_id=settings.virtual_router_id,
+                profile=self.timing_profile,
+                listeners=settings.listeners,
+                stats_port=settings.stats_port,
+            )
+            for i, me in enumerate(addresses)
+        ]
+
     def _nodes(
         self,
+        enis: Sequence[ec2.CfnNetworkInterface],
         subnets: Sequence[ec2.ISubnet],
         instance_type: ec2.InstanceType,
         machine_image: ec2.IMachineImage,
-        listeners: Sequence[config.Listener],
-        *,
-        preempt: bool,
-        virtual_router_id: int,
-        stats_port: int,
+        settings: _NodeSettings,
+        reconciler: str,
     ) -> tuple[HaproxyHaNode, ...]:
         stack = Stack.of(self)
-        enis = [self._network_interface(name, subnet) for name, subnet in zip(NODE_NAMES, subnets, strict=False)]
         addresses = [NodeAddress(name=name, eni_id=eni.ref, ip=eni.attr_primary_private_ip_address)
                      for name, eni in zip(NODE_NAMES, enis, strict=True)]
+        documents = self._documents(addresses, settings, route_table_ids=self.route_table_ids, region=stack.region,
+                                    vpc_id=self.vpc.vpc_id, reconciler=reconciler)
         nodes: list[HaproxyHaNode] = []
-        for i, name in enumerate(NODE_NAMES):
-            eni, subnet = enis[i], subnets[i]
-            document = node_config_document(
-                me=addresses[i],
-                peers=[a for a in addresses if a.name != name],
-                vip=self.vip,
-                route_table_ids=self.route_table_ids,
-                region=stack.region,
-                vpc_id=self.vpc.vpc_id,
-                priority=NODE_PRIORITIES[i],
-                preempt=preempt,
-                virtual_router_id=virtual_router_id,
-                profile=self.timing_profile,
-                listeners=listeners,
-                stats_port=stats_port,
-            )
+        for name, eni, subnet, document in zip(NODE_NAMES, enis, subnets, documents, strict=False):
             instance, script = self._instance(name, eni, subnet, instance_type, machine_image,
                                               stack.to_json_string(document))
             nodes.append(HaproxyHaNode(name=name, instance=instance, network_interface=eni,
@@ -387,6 +470,19 @@ class HaproxyHa(Construct):
         # One node at a time: a props change stops and starts each instance, and the other must keep serving.
         nodes[1].instance.node.add_dependency(nodes[0].instance)
         return tuple(nodes)
+
+    def _preview_files(self, settings: _NodeSettings) -> dict[str, dict[str, str]]:
+        """Each node's haproxy.cfg and keepalived.conf, rendered from its document with placeholders
+        for what only the deploy knows (see haproxy_ha/preview.py)."""
+        ips = preview.placeholder_ips(self.vip, len(NODE_NAMES))
+        addresses = [NodeAddress(name=name, eni_id=preview.placeholder_eni(name), ip=ip)
+                     for name, ip in zip(NODE_NAMES, ips, strict=True)]
+        documents = self._documents(
+            addresses, settings, route_table_ids=preview.placeholder_tables(self.route_table_ids),
+            region=preview.literal_or(Stack.of(self).region, preview.PLACEHOLDER_REGION),
+            vpc_id=preview.literal_or(self.vpc.vpc_id, preview.PLACEHOLDER_VPC),
+            reconciler=preview.PLACEHOLDER_RECONCILER)
+        return {name: preview.render_node_files(doc) for name, doc in zip(NODE_NAMES, documents, strict=True)}
 
     def _node_role(self) -> iam.Role:
         role = iam.Role(
@@ -396,7 +492,8 @@ class HaproxyHa(Construct):
             description="haproxy-ha node: move the VIP routes of this stack's route tables",
             managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")],
         )
-        self._grant_routes(role, ["ec2:CreateRoute", "ec2:ReplaceRoute"])
+        # ReplaceRoute only (DESIGN.md, fact 1): a missing route is the reconciler's to create.
+        self._grant_routes(role, ["ec2:ReplaceRoute"])
         Validations.of(role).acknowledge(
             _ack("AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore]",
                  "Session Manager access instead of SSH: AWS maintains this minimal policy for the SSM agent."),
@@ -412,6 +509,11 @@ class HaproxyHa(Construct):
             actions=["ec2:DescribeRouteTables", "ec2:DescribeInstances", "ec2:DescribeNetworkInterfaces"],
             resources=["*"],
         ))
+
+    def _grant_invoke(self, role: iam.IRole, reconcile: lambda_.IFunction) -> None:
+        # Exactly the function: Function.grant_invoke would add its versions and aliases (ARN:*).
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["lambda:InvokeFunction"], resources=[reconcile.function_arn]))
 
     def _network_interface(self, name: str, subnet: ec2.ISubnet) -> ec2.CfnNetworkInterface:
         scope = self._node_scope(name)
@@ -502,7 +604,7 @@ class HaproxyHa(Construct):
 
     # --- VIP routes: the Lambda that owns and repairs them -----------------------------------------
 
-    def _route_owner(self) -> _RouteOwner:
+    def _route_functions(self, enis: Sequence[ec2.CfnNetworkInterface]) -> _RouteFunctions:
         scope = Construct(self, "Routes")
         role = iam.Role(
             scope,
@@ -511,14 +613,24 @@ class HaproxyHa(Construct):
             description="haproxy-ha route Lambda: own and repair the VIP routes of this stack's route tables",
         )
         self._grant_routes(role, ["ec2:CreateRoute", "ec2:ReplaceRoute", "ec2:DeleteRoute"])
+        # The stack's delete marks each table before it deletes the route, and a create unmarks it:
+        # only that tag, on exactly these tables (Null: a DeleteTags without tags would drop them all).
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["ec2:CreateTags", "ec2:DeleteTags"],
+            resources=list(self.route_table_arns),
+            conditions={"ForAllValues:StringEquals": {"aws:TagKeys": [ROUTES_DELETED_TAG]},
+                        "Null": {"aws:TagKeys": "false"}},
+        ))
         code = lambda_.Code.from_asset(str(lambda_code_dir()))
+        # Each node by name and ENI only, never by instance: the instances depend on this function
+        # (their documents name it), and the ENI outlives the instances that carry it.
         nodes_json = Stack.of(self).to_json_string([
-            {"name": n.name, "eni_id": n.eni_id} for n in self.nodes
+            {"name": name, "eni_id": eni.ref} for name, eni in zip(NODE_NAMES, enis, strict=True)
         ])
         functions: dict[str, lambda_.Function] = {}
         for fid, handler, timeout, env in (
-            ("OnEvent", "handler.on_event", Duration.minutes(2), {}),
-            ("Reconcile", "handler.reconcile", Duration.seconds(50), {
+            ("OnEvent", "handler.on_event", ON_EVENT_TIMEOUT, {}),
+            ("Reconcile", "handler.reconcile", RECONCILE_TIMEOUT, {
                 "VIP": self.vip,
                 "ROUTE_TABLE_IDS": Fn.join(",", list(self.route_table_ids)),
                 "NODES": nodes_json,
@@ -550,13 +662,16 @@ class HaproxyHa(Construct):
                  "module is kept Python 3.9-clean (ruff py39 target, vermin) for the nodes, so it runs on any "
                  "newer runtime too."),
         )
+        return _RouteFunctions(scope, functions["OnEvent"], functions["Reconcile"])
 
+    def _vip_routes(self, functions: _RouteFunctions) -> CustomResource:
         vip_routes = CustomResource(
-            scope,
+            functions.scope,
             "VipRoutes",
             # The handler answers CloudFormation itself: no Provider framework in between.
-            service_token=functions["OnEvent"].function_arn,
+            service_token=functions.on_event.function_arn,
             resource_type="Custom::HaproxyHaVipRoutes",
+            service_timeout=VIP_ROUTES_SERVICE_TIMEOUT,
             properties={
                 "Vip": self.vip,
                 "RouteTableIds": list(self.route_table_ids),
@@ -566,9 +681,11 @@ class HaproxyHa(Construct):
         # Routes are created after both nodes exist and removed before they go.
         for n in self.nodes:
             vip_routes.node.add_dependency(n.instance)
+        return vip_routes
 
+    def _reconcile_triggers(self, functions: _RouteFunctions) -> None:
         state_rule = events.Rule(
-            scope,
+            functions.scope,
             "NodeStateChange",
             description="haproxy-ha: move the VIP routes away from a node that stops",
             event_pattern=events.EventPattern(
@@ -578,15 +695,39 @@ class HaproxyHa(Construct):
                         "state": list(INSTANCE_STOP_STATES)},
             ),
         )
-        state_rule.add_target(targets.LambdaFunction(functions["Reconcile"]))
+        state_rule.add_target(targets.LambdaFunction(functions.reconcile))
         schedule = events.Rule(
-            scope,
+            functions.scope,
             "Schedule",
             description="haproxy-ha: repair blackholed or missing VIP routes",
             schedule=events.Schedule.rate(Duration.minutes(1)),
         )
-        schedule.add_target(targets.LambdaFunction(functions["Reconcile"]))
-        return _RouteOwner(functions["OnEvent"], functions["Reconcile"], vip_routes)
+        schedule.add_target(targets.LambdaFunction(functions.reconcile))
+
+    def add_outputs(self, prefix: str = "") -> tuple[CfnOutput, ...]:
+        """Publish, as outputs of this construct's stack, what ``haproxy-ha status|failover --stack
+        NAME`` reads: ``Vip``, ``VpcId``, ``RouteTableIds``, ``NodeAEniId`` and ``NodeBEniId``.
+
+        :param prefix: Put before each output key, when one stack holds more than one pair (give
+            the CLI ``--output-prefix`` too). Letters and digits. Default: none.
+        """
+        if not isinstance(prefix, str) or not outputs.PREFIX_RE.match(prefix):
+            raise ValueError(f"prefix: got {prefix!r}; allowed: letters and digits (the start of an output key)")
+        if self.node.try_find_child("Outputs") is not None:
+            raise ValueError(f"add_outputs: already called on {self.node.path}; allowed: once per construct")
+        scope = Construct(self, "Outputs")
+        made: list[CfnOutput] = []
+        for key, value, description in (
+            (outputs.VIP, self.vip, "The VIP: curl http://VIP/ from inside the VPC"),
+            (outputs.VPC_ID, self.vpc.vpc_id, "The VPC of the nodes and of the route tables"),
+            (outputs.ROUTE_TABLE_IDS, Fn.join(",", list(self.route_table_ids)),
+             "Route tables that hold the VIP /32 route"),
+            *((outputs.node_eni_key(n.name), n.eni_id, f"Node {n.name} ENI (VIP route target)") for n in self.nodes),
+        ):
+            output = CfnOutput(scope, key, value=value, description=description)
+            output.override_logical_id(prefix + key)
+            made.append(output)
+        return tuple(made)
 
 
 @jsii.implements(IStableStringProducer)

@@ -33,9 +33,11 @@ def node_config_document(
     profile: str,
     listeners: Sequence[config.Listener],
     stats_port: int,
+    reconciler: str | None = None,
 ) -> dict[str, Any]:
     """The document for node `me`, with `{node}` in static replies filled in.  `interface` is
-    null: the node finds the interface that holds local_ip."""
+    null: the node finds the interface that holds local_ip.  `reconciler` is the function the
+    agent invokes to create a missing route (its ARN; a token at synth time)."""
     node_listeners = tuple(
         dataclasses.replace(lst, static_reply=lst.static_reply.replace("{node}", me.name))
         if lst.static_reply is not None else lst
@@ -51,6 +53,7 @@ def node_config_document(
         listeners=node_listeners,
         eni_id=me.eni_id,
         vpc_id=vpc_id,
+        reconciler=reconciler,
         priority=priority,
         preempt=preempt,
         virtual_router_id=virtual_router_id,

@@ -40,13 +40,11 @@ class HaproxyHaStack(Stack):
             listeners=[Listener(port=80, name="hello", static_reply="haproxy-ha: served by node {node}")],
         )
         lb = self.haproxy
-        CfnOutput(self, "Vip", value=lb.vip, description="The VIP: curl http://VIP/ from inside the VPC")
-        CfnOutput(self, "RouteTableIds", value=Fn.join(",", list(lb.route_table_ids)),
-                  description="Route tables that hold the VIP /32 route")
+        # Vip, VpcId, RouteTableIds and the node ENIs: what `haproxy-ha status --stack NAME` reads.
+        lb.add_outputs()
         for n in lb.nodes:
             label = n.name.upper()
             CfnOutput(self, f"Node{label}InstanceId", value=n.instance_id, description=f"Node {n.name} instance")
-            CfnOutput(self, f"Node{label}EniId", value=n.eni_id, description=f"Node {n.name} ENI (VIP route target)")
             CfnOutput(
                 self,
                 f"Node{label}SsmSession",

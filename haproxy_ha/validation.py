@@ -55,6 +55,7 @@ def check_props(
     preempt: Any,
     virtual_router_id: Any,
     stats_port: Any,
+    ec2_endpoint: Any = False,
 ) -> CheckedProps:
     """Check every prop that can be checked before the VPC exists."""
     if vpc_given:
@@ -67,6 +68,12 @@ def check_props(
     if nat_gateways is not None and (isinstance(nat_gateways, bool) or not isinstance(nat_gateways, int)
                                      or nat_gateways < 0):
         problems.bad("nat_gateways", nat_gateways, "a whole number of 0 or more")
+    endpoint = problems.boolean(ec2_endpoint, "ec2_endpoint")
+    if nat_gateways == 0 and not vpc_given and endpoint is False:
+        problems.bad("nat_gateways", nat_gateways,
+                     "1 or more, or 0 with ec2_endpoint=True: the surviving node moves the routes through the EC2 "
+                     "API, so it needs a NAT gateway or an EC2 endpoint (with 0, the construct also adds an S3 "
+                     "gateway endpoint for the node files and packages)")
     if vpc_cidr is not None:
         check_cidrs(problems, "vpc_cidr", [vpc_cidr])
     check_cidrs(problems, "reserved_cidrs", list(reserved_cidrs))

@@ -1,8 +1,11 @@
 """The operator CLI, `haproxy-ha`: who owns the VIP in each route table, and a manual failover.
 
 It talks to whatever EC2 endpoint boto3 is configured for (region, profile, AWS_ENDPOINT_URL).
+With `--stack NAME` it reads the VIP, the VPC, the route tables and the node ENIs from that
+CloudFormation stack's outputs (see haproxy_ha_cli.outputs) instead of taking them as options.
 Exit codes: 0 ok; 1 the routes disagree, are not healthy, or a move did not converge;
-2 bad input (a malformed VIP, an unknown node, no table holding the VIP).
+2 bad input (a malformed VIP, an unknown node, no table holding the VIP, a target that is not
+running, routes in more than one VPC).
 """
 
 from __future__ import annotations
@@ -10,14 +13,22 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import math
 import sys
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
+from haproxy_ha_cli import outputs
 from haproxy_ha_runtime import routes
-from haproxy_ha_runtime.tags import NODE_TAG
+from haproxy_ha_runtime.tags import NODE_TAG, OPERATOR_CHOICE_TAG
+
+# CloudFormation tags every resource it makes with its stack; two pairs in one VPC differ by it.
+_STACK_ID_TAG = "aws:cloudformation:stack-id"
 
 
 class UsageError(Exception):
@@ -32,17 +43,71 @@ def _vip(text: str) -> str:
     return str(addr)
 
 
-def _client(region: str | None) -> Any:
+def _deadline(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: a finite number of seconds greater than 0")
+    return value
+
+
+def _session(region: str | None) -> Any:
     import boto3
 
     session = boto3.session.Session(region_name=region)
-    region = session.region_name
-    if not region:
+    if not session.region_name:
         # botocore reads AWS_DEFAULT_REGION (or the profile's region); it ignores AWS_REGION.
         raise UsageError("no AWS region is configured; use --region, set AWS_DEFAULT_REGION, "
                          "or give your AWS profile a region")
+    return session
+
+
+def _client(session: Any) -> Any:
     # The endpoint comes from boto3's own settings (AWS_ENDPOINT_URL, the profile).
-    return routes.make_client(region, max_attempts=5, session=session)
+    return routes.make_client(session.region_name, max_attempts=5, session=session)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a command works on: the VIP and its VPC, and, from a stack's outputs, the route
+    tables that must hold the VIP route and the pair's node ENIs."""
+
+    vip: str
+    vpc_id: str | None = None
+    # None: the tables are found by their VIP route (a table that lost it cannot be seen).
+    expected_tables: tuple[str, ...] | None = None
+    node_enis: tuple[str, ...] = ()
+    stack: str | None = None
+
+
+def stack_scope(session: Any, stack: str, prefix: str = "") -> Scope:
+    """The VIP, VPC, route tables and node ENIs that `stack` publishes as outputs."""
+    cfn = session.client("cloudformation", config=Config(retries={"mode": "standard", "total_max_attempts": 5}))
+    try:
+        (found,) = cfn.describe_stacks(StackName=stack)["Stacks"]
+    except ClientError as e:
+        error = e.response.get("Error", {})
+        if error.get("Code") != "ValidationError":
+            raise
+        raise UsageError(f"--stack: got {stack!r}; {error.get('Message', 'no such stack')}") from None
+    values = {o["OutputKey"]: o.get("OutputValue", "") for o in found.get("Outputs", [])}
+    keys = [prefix + k for k in (outputs.VIP, outputs.VPC_ID, outputs.ROUTE_TABLE_IDS)]
+    missing = [k for k in keys if not values.get(k)]
+    if missing:
+        raise UsageError(f"--stack: {stack} has no output {', '.join(missing)}; allowed: a stack that publishes "
+                         "them (the haproxy-ha app does; in your own app call HaproxyHa.add_outputs())"
+                         + (f", with --output-prefix {prefix!r}" if prefix else ""))
+    vip_key, vpc_key, tables_key = keys
+    try:
+        vip = _vip(values[vip_key])
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(f"--stack: output {vip_key} {e}") from None
+    tables = tuple(dict.fromkeys(t.strip() for t in values[tables_key].split(",") if t.strip()))
+    enis = tuple(values[prefix + outputs.node_eni_key(n)] for n in ("a", "b")
+                 if values.get(prefix + outputs.node_eni_key(n)))
+    return Scope(vip=vip, vpc_id=values[vpc_key], expected_tables=tables, node_enis=enis, stack=stack)
 
 
 def node_name(owner: routes.EniOwner) -> str | None:
@@ -51,35 +116,49 @@ def node_name(owner: routes.EniOwner) -> str | None:
             or owner.instance_tags.get("Name"))
 
 
-def _tables_for(client: Any, vip: str, vpc_id: str | None) -> dict[str, routes.VipRoute]:
-    found = routes.find_vip_route_tables(client, vip, vpc_id)
+TABLE_NOT_FOUND = "table not found"
+
+
+def _tables_for(client: Any, scope: Scope) -> tuple[list[str], dict[str, routes.VipRoute]]:
+    """The tables to show or move, in order, and what each says about the VIP (a table that does
+    not exist has no view)."""
+    vip = scope.vip
+    if scope.expected_tables is not None:
+        return list(scope.expected_tables), routes.describe_vip_routes(client, vip, scope.expected_tables)
+    found = routes.find_vip_route_tables(client, vip, scope.vpc_id)
     if not found:
-        where = f" in {vpc_id}" if vpc_id else ""
+        where = f" in {scope.vpc_id}" if scope.vpc_id else ""
         raise UsageError(f"no route table{where} holds a route for {vip}/32; check --vip and --vpc-id, "
                          "and the region and endpoint boto3 uses")
-    return found
+    per_vpc = Counter(v.vpc_id or "an unknown VPC" for v in found.values())
+    if len(per_vpc) > 1:
+        listed = ", ".join(f"{vpc} ({n} table{'s' if n > 1 else ''})" for vpc, n in sorted(per_vpc.items()))
+        raise UsageError(f"the routes for {vip}/32 span {len(per_vpc)} VPCs: {listed}; "
+                         "give --vpc-id or --stack to say which pair you mean")
+    return sorted(found), found
 
 
-def _status(client: Any, args: argparse.Namespace) -> int:
-    views = _tables_for(client, args.vip, args.vpc_id)
+def _status(client: Any, scope: Scope, args: argparse.Namespace) -> int:
+    tables, views = _tables_for(client, scope)
     who = routes.eni_owners(client, [v.eni_id for v in views.values() if v.eni_id])
     rows = []
-    for table_id in sorted(views):
-        v = views[table_id]
-        o = who.get(v.eni_id) if v.eni_id else None
+    for table_id in tables:
+        v = views.get(table_id)
+        o = who.get(v.eni_id) if v is not None and v.eni_id else None
         rows.append({
             "route_table_id": table_id,
-            "vpc_id": v.vpc_id,
-            "target": v.eni_id or v.other_target,
+            "vpc_id": v.vpc_id if v is not None else None,
+            "target": (v.eni_id or v.other_target) if v is not None else None,
             "node": node_name(o) if o else None,
             "instance_id": o.instance_id if o else None,
             "instance_state": o.instance_state if o else None,
-            "route_state": v.state,
+            "route_state": v.state if v is not None else TABLE_NOT_FOUND,
         })
     agree = len({r["target"] for r in rows}) == 1
     healthy = all(r["route_state"] == routes.ROUTE_ACTIVE and r["instance_state"] == "running" for r in rows)
     if args.json:
-        print(json.dumps({"vip": args.vip, "agree": agree, "healthy": healthy, "tables": rows}, indent=2))
+        print(json.dumps({"vip": scope.vip, "stack": scope.stack, "agree": agree, "healthy": healthy,
+                          "tables": rows}, indent=2))
     else:
         header = ("ROUTE TABLE", "TARGET", "NODE", "INSTANCE", "INSTANCE STATE", "ROUTE")
         lines = [header] + [(r["route_table_id"], r["target"] or "-", r["node"] or "-", r["instance_id"] or "-",
@@ -87,15 +166,20 @@ def _status(client: Any, args: argparse.Namespace) -> int:
         widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
         for line in lines:
             print("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)).rstrip())
-        print(f"\nVIP {args.vip}: {len(rows)} table(s); "
+        lost = sum(1 for r in rows if r["route_state"] in (routes.ROUTE_MISSING, TABLE_NOT_FOUND))
+        print(f"\nVIP {scope.vip}: {len(rows)} table(s)" + (f" of stack {scope.stack}" if scope.stack else "") + "; "
               + ("all point at the same target" if agree else "TABLES DISAGREE")
-              + ("" if healthy else "; NOT ALL ROUTES ARE ACTIVE AT A RUNNING NODE"))
+              + ("" if healthy else "; NOT ALL ROUTES ARE ACTIVE AT A RUNNING NODE")
+              + (f"; {lost} TABLE(S) WITHOUT THE ROUTE" if lost else ""))
     return 0 if agree and healthy else 1
 
 
-def resolve_target(client: Any, to: str, vpc_ids: set[str]) -> tuple[str, str | None]:
-    """An ENI ID as given, or the ENI of the node named `to` (tag haproxy-ha:node, or Name)."""
+def resolve_target(client: Any, to: str, vpc_ids: set[str], among: Sequence[str] = ()) -> tuple[str, str | None]:
+    """An ENI ID as given, or the ENI of the node named `to` (tag haproxy-ha:node, or Name), in
+    the VPCs given, and among the ENIs given (a stack's nodes), if any."""
     vpc_filter = [{"Name": "vpc-id", "Values": sorted(vpc_ids)}] if vpc_ids else []
+    if among:
+        vpc_filter.append({"Name": "network-interface-id", "Values": list(among)})
     if to.startswith("eni-"):
         try:
             resp = client.describe_network_interfaces(NetworkInterfaceIds=[to])
@@ -122,26 +206,74 @@ def resolve_target(client: Any, to: str, vpc_ids: set[str]) -> tuple[str, str | 
     return enis[0], to
 
 
-def _failover(client: Any, args: argparse.Namespace) -> int:
-    views = _tables_for(client, args.vip, args.vpc_id)
-    eni, node = resolve_target(client, args.to, {v.vpc_id for v in views.values() if v.vpc_id})
+def _refuse_unless_running(owner: routes.EniOwner, label: str) -> None:
+    if owner.instance_state == "running":
+        return
+    where = (f"its ENI {owner.eni_id} is attached to instance {owner.instance_id}, which is "
+             f"{owner.instance_state or 'in an unknown state'}") if owner.instance_id \
+        else f"its ENI {owner.eni_id} is not attached to any instance"
+    raise UsageError(f"--to: {label} is not running: {where}. Moving the routes there would leave the VIP "
+                     "unanswered, and the active node would move them back. Start it first, or give --force")
+
+
+def pair_enis(client: Any, scope: Scope, eni: str, vpc_ids: set[str]) -> list[str]:
+    """The node ENIs of the pair that `eni` belongs to: the stack's outputs, else the ENIs tagged
+    haproxy-ha:node in the VPC (narrowed to the target's CloudFormation stack, when it has one)."""
+    if scope.node_enis:
+        if eni not in scope.node_enis:
+            raise UsageError(f"--to: got {eni}; allowed: a node of stack {scope.stack} "
+                             f"({', '.join(scope.node_enis)})")
+        return list(scope.node_enis)
+    filters = [{"Name": "tag-key", "Values": [NODE_TAG]}]
+    if vpc_ids:
+        filters.append({"Name": "vpc-id", "Values": sorted(vpc_ids)})
+    found = {ni["NetworkInterfaceId"]: {t["Key"]: t["Value"] for t in ni.get("TagSet", [])}
+             for page in client.get_paginator("describe_network_interfaces").paginate(Filters=filters)
+             for ni in page.get("NetworkInterfaces", [])}
+    stack_id = found.get(eni, {}).get(_STACK_ID_TAG)
+    if stack_id:
+        found = {e: tags for e, tags in found.items() if tags.get(_STACK_ID_TAG) == stack_id}
+    if len(found) > 2:
+        raise UsageError(f"--to: the VPC holds {len(found)} node ENIs ({', '.join(sorted(found))}), more than one "
+                         "pair; the operator's choice must be recorded on exactly this pair: use --stack")
+    return sorted(set(found) | {eni})
+
+
+def _failover(client: Any, scope: Scope, args: argparse.Namespace) -> int:
+    tables, views = _tables_for(client, scope)
+    vpc_ids = {scope.vpc_id} if scope.vpc_id else {v.vpc_id for v in views.values() if v.vpc_id}
+    eni, node = resolve_target(client, args.to, vpc_ids, scope.node_enis)
+    owner = routes.eni_owners(client, [eni])[eni]
     label = f"{eni} (node {node})" if node else eni
-    tables = sorted(views)
+    pair = pair_enis(client, scope, eni, vpc_ids)
+    if not args.force:
+        _refuse_unless_running(owner, label)
     if args.dry_run:
         for t in tables:
-            v = views[t]
-            now = v.eni_id or v.other_target or "-"
-            verdict = "already there" if v.eni_id == eni and v.state == routes.ROUTE_ACTIVE else "would move"
+            v = views.get(t)
+            now = (v.eni_id or v.other_target or "-") if v is not None else "-"
+            verdict = ("table not found" if v is None else
+                       "already there" if v.eni_id == eni and v.state == routes.ROUTE_ACTIVE else "would move")
             print(f"{t}  {now} -> {eni}  {verdict}")
-        print(f"dry run: nothing changed; {sum(1 for t in tables if views[t].eni_id != eni)} table(s) "
-              f"would move to {label}")
+        moving = sum(1 for t in tables if t in views and views[t].eni_id != eni)
+        print(f"dry run: nothing changed; {moving} table(s) would move to {label}; "
+              f"the choice would be recorded on {', '.join(pair)}")
         return 0
-    result = routes.take_over(client, args.vip, tables, eni, deadline_s=args.deadline)
+    # Record the choice first: an agent that finds the routes moved reads it, and must not undo the move.
+    try:
+        client.create_tags(Resources=pair, Tags=[{"Key": OPERATOR_CHOICE_TAG, "Value": eni}])
+    except ClientError as e:
+        print(f"haproxy-ha: error: could not record the choice ({OPERATOR_CHOICE_TAG}) on {', '.join(pair)}: "
+              f"{e}; nothing moved", file=sys.stderr)
+        return 1
+    result = routes.take_over(client, scope.vip, tables, eni, deadline_s=args.deadline)
     if args.json:
-        print(json.dumps({"vip": args.vip, "to": eni, "node": node, "converged": result.converged,
-                          "elapsed_s": round(result.elapsed_s, 4),
+        print(json.dumps({"vip": scope.vip, "stack": scope.stack, "to": eni, "node": node,
+                          "instance_state": owner.instance_state, "choice_recorded_on": pair,
+                          "converged": result.converged, "elapsed_s": round(result.elapsed_s, 4),
                           "tables": [t.__dict__ for t in result.tables]}, indent=2))
     else:
+        print(f"recorded the operator's choice {eni} on {', '.join(pair)}")
         for res in result.tables:
             line = f"{res.route_table_id}  {res.action:<9} {res.elapsed_s * 1000:7.1f} ms"
             print(line + (f"  {res.error}" if res.error else ""))
@@ -158,21 +290,44 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show where the VIP route points in every route table")
     failover = sub.add_parser("failover", help="point every VIP route at one node")
     for p in (status, failover):
-        p.add_argument("--vip", required=True, type=_vip, help="the overlay VIP, e.g. 203.0.113.10")
-        p.add_argument("--vpc-id", help="only route tables of this VPC")
+        which = p.add_mutually_exclusive_group(required=True)
+        which.add_argument("--vip", type=_vip, help="the overlay VIP, e.g. 203.0.113.10")
+        which.add_argument("--stack", help="a CloudFormation stack whose outputs name the VIP, the VPC, the route "
+                                           "tables and the nodes (every table is then shown, also one that lost "
+                                           "its route)")
+        p.add_argument("--output-prefix", default="", help="with --stack: the prefix given to "
+                                                           "HaproxyHa.add_outputs (default: none)")
+        p.add_argument("--vpc-id", help="only route tables of this VPC (not with --stack)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
     failover.add_argument("--to", required=True, help="an ENI ID, or a node name (tag haproxy-ha:node or Name)")
     failover.add_argument("--dry-run", action="store_true", help="show what would move, change nothing")
-    failover.add_argument("--deadline", type=float, default=20.0, help="seconds to keep retrying (default 20)")
+    failover.add_argument("--force", action="store_true",
+                          help="move even to a node whose instance is not running")
+    failover.add_argument("--deadline", type=_deadline, default=20.0,
+                          help="seconds to keep retrying, finite and above 0 (default 20)")
     return parser
+
+
+def _scope(session: Any, args: argparse.Namespace) -> Scope:
+    if args.stack is None:
+        if args.output_prefix:
+            raise UsageError("--output-prefix: only with --stack")
+        return Scope(vip=args.vip, vpc_id=args.vpc_id)
+    if args.vpc_id:
+        raise UsageError("--vpc-id: not with --stack; the stack's VpcId output names the VPC")
+    if not outputs.PREFIX_RE.match(args.output_prefix):
+        raise UsageError(f"--output-prefix: got {args.output_prefix!r}; allowed: letters and digits")
+    return stack_scope(session, args.stack, args.output_prefix)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 unhealthy or not converged, 2 bad input)."""
     args = build_parser().parse_args(argv)
     try:
-        client = _client(args.region)
-        return int(_status(client, args) if args.command == "status" else _failover(client, args))
+        session = _session(args.region)
+        scope = _scope(session, args)
+        client = _client(session)
+        return int(_status(client, scope, args) if args.command == "status" else _failover(client, scope, args))
     except UsageError as e:
         print(f"haproxy-ha: error: {e}", file=sys.stderr)
         return 2
@@ -180,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"haproxy-ha: error: {e}", file=sys.stderr)
         return 2
     except (ClientError, BotoCoreError) as e:
-        print(f"haproxy-ha: error: the EC2 API call failed: {e}", file=sys.stderr)
+        print(f"haproxy-ha: error: an AWS API call failed: {e}", file=sys.stderr)
         return 1
 
 

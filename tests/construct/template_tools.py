@@ -59,6 +59,8 @@ class Resolver:
         return f"{prefix}-{self._hex(name)}"
 
     def get_att(self, name: str, attribute: str) -> str:
+        if attribute == "Arn" and self.resources.get(name, {}).get("Type") == "AWS::Lambda::Function":
+            return f"arn:aws:lambda:eu-west-1:123456789012:function:{name}"
         if attribute == "PrimaryPrivateIpAddress":
             n = len(self.ips) + 1
             return self.ips.setdefault(name, f"10.0.{100 + n}.{200 + n}")

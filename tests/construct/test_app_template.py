@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 from aws_cdk.assertions import Match, Template
-from template_tools import Resolver, instance_ids, node_documents, raw_user_data
+from template_tools import REPO, Resolver, instance_ids, node_documents, raw_user_data
 
 from haproxy_ha_runtime.config import parse_config
+from haproxy_ha_runtime.tags import ROUTES_DELETED_TAG
 
 USER_DATA_LIMIT = 16384
 
@@ -154,31 +155,51 @@ MUTATING_PREFIXES = ("Create", "Replace", "Delete", "Modify", "Associate", "Atta
                      "Terminate", "Stop", "Start", "Reboot", "Disassociate", "Detach", "Assign", "Unassign")
 
 
-def _check_role(doc: dict[str, Any], prefix: str, route_actions: set[str], allowed_extra: set[str]) -> None:
+MARKER_ACTIONS = {"ec2:CreateTags", "ec2:DeleteTags"}
+MARKER_CONDITION = {"ForAllValues:StringEquals": {"aws:TagKeys": [ROUTES_DELETED_TAG]},
+                    "Null": {"aws:TagKeys": "false"}}
+
+
+def reconcile_function(doc: dict[str, Any]) -> str:
+    (fn,) = [k for k in resources(doc, "AWS::Lambda::Function") if "Reconcile" in k]
+    return fn
+
+
+def _check_role(doc: dict[str, Any], prefix: str, route_actions: set[str], allowed_extra: set[str],
+                marker: bool = False, invoke: bool = False) -> None:
+    """Every statement of the role is one of the expected ones, each with its exact scope."""
     describe = {"ec2:DescribeRouteTables", "ec2:DescribeInstances", "ec2:DescribeNetworkInterfaces"}
-    seen_route = seen_describe = False
+    seen: set[str] = set()
     for st in statements(doc, prefix):
         assert st["Effect"] == "Allow"
         acts = set(actions_of(st))
         if acts & route_actions:
-            assert acts == route_actions
+            assert acts == route_actions and "Condition" not in st
             assert by_sorted_json(st["Resource"]) == by_sorted_json(route_table_arns(doc))
-            seen_route = True
+            seen.add("route")
         elif acts & describe:
             assert acts == describe and st["Resource"] == "*"
-            seen_describe = True
+            seen.add("describe")
+        elif acts & MARKER_ACTIONS:
+            assert marker and acts == MARKER_ACTIONS and st["Condition"] == MARKER_CONDITION
+            assert by_sorted_json(st["Resource"]) == by_sorted_json(route_table_arns(doc))
+            seen.add("marker")
+        elif "lambda:InvokeFunction" in acts:
+            assert invoke and acts == {"lambda:InvokeFunction"}
+            assert st["Resource"] == {"Fn::GetAtt": [reconcile_function(doc), "Arn"]}
+            seen.add("invoke")
         else:
             assert acts <= allowed_extra, f"unexpected actions {acts - allowed_extra}"
         for act in acts:
             service, _, name = act.partition(":")
             if service == "ec2" and name.startswith(MUTATING_PREFIXES):
-                assert act in route_actions
-    assert seen_route and seen_describe
+                assert act in route_actions or (marker and act in MARKER_ACTIONS)
+    assert seen == {"route", "describe"} | ({"marker"} if marker else set()) | ({"invoke"} if invoke else set())
 
 
-def test_node_role_may_create_and_replace_routes_only_in_the_stack_tables(app_doc: dict[str, Any]) -> None:
-    _check_role(app_doc, "HaproxyHaNodeRole", {"ec2:CreateRoute", "ec2:ReplaceRoute"},
-                {"s3:GetObject"})
+def test_node_role_may_only_replace_routes_in_the_stack_tables_and_invoke_the_reconciler(
+        app_doc: dict[str, Any]) -> None:
+    _check_role(app_doc, "HaproxyHaNodeRole", {"ec2:ReplaceRoute"}, {"s3:GetObject"}, invoke=True)
 
 
 def test_node_role_reads_only_the_node_files_object(app_doc: dict[str, Any]) -> None:
@@ -193,9 +214,9 @@ def test_node_role_has_ssm_core_and_no_other_managed_policy(app_doc: dict[str, A
     assert arn["Fn::Join"][1][-1].endswith(":iam::aws:policy/AmazonSSMManagedInstanceCore")
 
 
-def test_lambda_role_may_create_replace_delete_routes_only_in_the_stack_tables(app_doc: dict[str, Any]) -> None:
+def test_lambda_role_may_create_replace_delete_routes_and_mark_only_the_stack_tables(app_doc: dict[str, Any]) -> None:
     _check_role(app_doc, "HaproxyHaRoutesRole", {"ec2:CreateRoute", "ec2:ReplaceRoute", "ec2:DeleteRoute"},
-                {"logs:CreateLogStream", "logs:PutLogEvents"})
+                {"logs:CreateLogStream", "logs:PutLogEvents"}, marker=True)
     (role,) = [v for k, v in resources(app_doc, "AWS::IAM::Role").items() if k.startswith("HaproxyHaRoutesRole")]
     assert "ManagedPolicyArns" not in role["Properties"]
 
@@ -219,6 +240,22 @@ def test_custom_resource_owns_routes_in_every_route_table_targeting_node_a(app_d
     (on_event,) = [k for k in resources(app_doc, "AWS::Lambda::Function") if "OnEvent" in k]
     assert props["ServiceToken"] == {"Fn::GetAtt": [on_event, "Arn"]}
     assert set(instance_ids(app_doc)) <= set(cr["DependsOn"])
+
+
+def test_custom_resource_gives_up_in_minutes_after_the_handler_would_have_answered(app_doc: dict[str, Any]) -> None:
+    (cr,) = resources(app_doc, "Custom::HaproxyHaVipRoutes").values()
+    service_timeout = int(cr["Properties"]["ServiceTimeout"])
+    (on_event,) = [v for k, v in resources(app_doc, "AWS::Lambda::Function").items() if "OnEvent" in k]
+    function_timeout = on_event["Properties"]["Timeout"]
+    # The handler answers FAILED RESPONSE_RESERVE_S before the function's timeout; CloudFormation
+    # waits a little longer than the function can run, and far less than the default hour.
+    assert 0 < function_timeout - handler_reserve_s() < function_timeout < service_timeout <= 600
+
+
+def handler_reserve_s() -> float:
+    text = (REPO / "lambda" / "handler.py").read_text()
+    (value,) = re.findall(r"^RESPONSE_RESERVE_S = ([0-9.]+)$", text, flags=re.M)
+    return float(value)
 
 
 def test_no_static_vip_route_resources(app_doc: dict[str, Any]) -> None:
@@ -277,6 +314,15 @@ def test_user_data_documents_are_accepted_by_the_runtime(app_doc: dict[str, Any]
     assert a.region == "eu-west-1" and a.preempt is False and a.virtual_router_id == 51
     assert a.listeners[0].port == 80 and a.listeners[0].static_reply == "haproxy-ha: served by node a"
     assert b.listeners[0].static_reply == "haproxy-ha: served by node b"
+    # The agent invokes the reconciler to create a missing route: the node role may only replace.
+    reconciler = f"arn:aws:lambda:eu-west-1:123456789012:function:{reconcile_function(app_doc)}"
+    assert a.reconciler == b.reconciler == reconciler
+
+
+def test_reconcile_function_does_not_depend_on_the_instances(app_doc: dict[str, Any]) -> None:
+    # The instances' documents name the function; a reference back would be a cycle.
+    fn = app_doc["Resources"][reconcile_function(app_doc)]
+    assert not set(instance_ids(app_doc)) & set(json.dumps(fn).replace('"', " ").split())
 
 
 def test_user_data_fetches_node_files_and_runs_boot_script(app_doc: dict[str, Any]) -> None:
@@ -300,6 +346,11 @@ def test_user_data_is_under_16_kb(app_doc: dict[str, Any], index: int) -> None:
 def test_outputs_vip_instances_route_tables_and_ssm(app_doc: dict[str, Any]) -> None:
     outputs = app_doc["Outputs"]
     assert outputs["Vip"]["Value"] == "192.168.254.10"
+    (vpc,) = resources(app_doc, "AWS::EC2::VPC")
+    assert outputs["VpcId"]["Value"] == {"Ref": vpc}
+    for node in ("A", "B"):
+        (eni,) = [k for k in resources(app_doc, "AWS::EC2::NetworkInterface") if f"Node{node}" in k]
+        assert outputs[f"Node{node}EniId"]["Value"] == {"Ref": eni}
     for node in ("A", "B"):
         assert f"Node{node}InstanceId" in outputs
         join = outputs[f"Node{node}SsmSession"]["Value"]["Fn::Join"][1]

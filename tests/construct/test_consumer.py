@@ -7,12 +7,14 @@ import json
 from types import ModuleType
 from typing import Any
 
+import pytest
 from aws_cdk import App, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk.assertions import Annotations, Match, Template
 from template_tools import REPO, instance_ids, new_app, new_stack, node_documents, raw_user_data
 
 from haproxy_ha import HaproxyHa, Listener
+from haproxy_ha_cli import outputs
 from haproxy_ha_runtime.config import parse_config
 
 USER_DATA_LIMIT = 16384
@@ -42,11 +44,12 @@ def test_consumer_app_with_three_az_imported_vpc() -> None:
     subnets = sorted(v["Properties"]["SubnetId"] for v in doc["Resources"].values()
                      if v["Type"] == "AWS::EC2::NetworkInterface")
     assert subnets == ["subnet-0b00000000000000a", "subnet-0b00000000000000b"]
-    # IAM scoped to exactly the caller's tables.
+    # IAM scoped to exactly the caller's tables: the nodes replace, the Lambda creates, replaces and deletes.
     template = Template.from_json(doc)
-    template.has_resource_properties("AWS::IAM::Policy", {"PolicyDocument": {"Statement": Match.array_with([{
-        "Action": ["ec2:CreateRoute", "ec2:ReplaceRoute"], "Effect": "Allow",
-        "Resource": [f"arn:aws:ec2:eu-west-1:123456789012:route-table/{t}" for t in tables]}])}})
+    arns = [f"arn:aws:ec2:eu-west-1:123456789012:route-table/{t}" for t in tables]
+    for actions in ("ec2:ReplaceRoute", ["ec2:CreateRoute", "ec2:DeleteRoute", "ec2:ReplaceRoute"]):
+        template.has_resource_properties("AWS::IAM::Policy", {"PolicyDocument": {"Statement": Match.array_with([{
+            "Action": actions, "Effect": "Allow", "Resource": arns}])}})
     # connections.allow_from opened the listener port to the caller's app security group.
     template.has_resource_properties("AWS::EC2::SecurityGroupIngress", {
         "IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "SourceSecurityGroupId": "sg-0123456789abcdef0"})
@@ -74,7 +77,7 @@ def test_isolated_only_vpc_puts_nodes_in_isolated_subnets_and_warns_about_endpoi
 
 def test_built_vpc_with_three_azs_routes_every_table_and_uses_two_azs(stack: Stack) -> None:
     lb = HaproxyHa(stack, "Lb", vip="192.168.254.10", max_azs=3, vpc_cidr="10.40.0.0/16", nat_gateways=0,
-                   node_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PUBLIC))
+                   ec2_endpoint=True, node_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PUBLIC))
     assert len(lb.route_table_ids) == 6
     assert len({n.availability_zone for n in lb.nodes}) == 2
     doc = template_json(stack)
@@ -143,3 +146,24 @@ def test_x86_instance_type_gets_the_x86_ami(stack: Stack) -> None:
     # cdk.context.json pins the x86_64 AL2023 parameter to this placeholder AMI.
     Template.from_stack(stack).all_resources_properties("AWS::EC2::Instance", {
         "ImageId": "ami-0b0b0b0b0b0b0b0b0", "InstanceType": "t3.small"})
+
+
+def test_add_outputs_publishes_what_the_cli_reads(stack: Stack) -> None:
+    lb = HaproxyHa(stack, "Lb", vip="192.168.254.10")
+    lb.add_outputs(prefix="Edge")
+    doc = template_json(stack)
+    keys = [outputs.VIP, outputs.VPC_ID, outputs.ROUTE_TABLE_IDS, outputs.node_eni_key("a"),
+            outputs.node_eni_key("b")]
+    assert sorted(doc["Outputs"]) == sorted("Edge" + k for k in keys)
+    assert doc["Outputs"]["EdgeVip"]["Value"] == "192.168.254.10"
+    assert len(doc["Outputs"]["EdgeRouteTableIds"]["Value"]["Fn::Join"][1]) == 4
+    assert doc["Outputs"]["EdgeNodeBEniId"]["Value"] == stack.resolve(lb.nodes[1].eni_id)
+
+
+def test_add_outputs_refuses_a_bad_prefix_and_a_second_call(stack: Stack) -> None:
+    lb = HaproxyHa(stack, "Lb", vip="192.168.254.10")
+    with pytest.raises(ValueError, match=r"prefix: got 'Edge-1'; allowed: letters and digits"):
+        lb.add_outputs(prefix="Edge-1")
+    lb.add_outputs()
+    with pytest.raises(ValueError, match=r"add_outputs: already called on Test/Lb"):
+        lb.add_outputs(prefix="Other")

@@ -160,3 +160,29 @@ def test_fails_when_imported_subnets_have_no_route_table(stack: Stack) -> None:
 def test_warns_when_vip_is_public(stack: Stack) -> None:
     HaproxyHa(stack, "Lb", vip="52.95.110.1", vpc=imported_vpc(stack))
     Annotations.from_stack(stack).has_warning("/Test/Lb", Match.string_like_regexp("is a public address"))
+
+
+# --- the network the survivor needs -------------------------------------------------------------------
+
+def test_fails_when_nat_gateways_is_0_without_an_ec2_endpoint(stack: Stack) -> None:
+    with pytest.raises(HaproxyHaPropsError) as e:
+        HaproxyHa(stack, "Lb", vip="192.168.254.10", nat_gateways=0)
+    (problem,) = problems_of(e)
+    assert problem.startswith("nat_gateways: got 0; allowed: 1 or more, or 0 with ec2_endpoint=True")
+
+
+def test_fails_when_ec2_endpoint_is_not_a_bool(stack: Stack) -> None:
+    with pytest.raises(HaproxyHaPropsError, match=r"ec2_endpoint: got 'yes'; allowed: true or false"):
+        HaproxyHa(stack, "Lb", vip="192.168.254.10", ec2_endpoint="yes")  # type: ignore[arg-type]
+
+
+def test_warns_below_one_nat_gateway_per_node_az(stack: Stack) -> None:
+    HaproxyHa(stack, "Lb", vip="192.168.254.10", nat_gateways=1)
+    Annotations.from_stack(stack).has_warning("/Test/Lb", Match.string_like_regexp(
+        "nat_gateways=1 is fewer than one per node AZ"))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"nat_gateways": 2}, {"nat_gateways": 1, "ec2_endpoint": True}])
+def test_no_nat_warning_with_one_per_node_az_or_an_ec2_endpoint(stack: Stack, kwargs: dict[str, object]) -> None:
+    HaproxyHa(stack, "Lb", vip="192.168.254.10", **kwargs)  # type: ignore[arg-type]
+    Annotations.from_stack(stack).has_no_warning("*", Match.string_like_regexp("fewer than one per node AZ"))

@@ -10,6 +10,10 @@ route's target ENI belongs to a stopped or terminated instance.
 Control: POST /_fault {"mode": "throttle"|"5xx"|"delay"|"none", "count": N, "actions": [...],
 "delay_s": S}; POST /_blackhole {"eni_ids": [...]}; GET /_stats -> {"calls": {action: n},
 "faults": {action: n}}; POST /_reset.
+
+In this process, `FaultState.on_call(action, hook)` runs `hook` once, in the proxy's thread, before
+the next call of that action goes upstream: the call is held for as long as the hook runs, so a
+test can change the world while a client waits for an answer (a slow DescribeInstances).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -38,6 +43,9 @@ class FaultState:
         self.faults: Counter[str] = Counter()
         # When each call arrived (time.time()), by action: the benchmarks read these.
         self.arrivals: dict[str, list[float]] = {}
+        # One-shot hooks by action (see on_call), and what they raised.
+        self.hooks: dict[str, Callable[[], None]] = {}
+        self.hook_errors: list[BaseException] = []
         self.reset()
 
     def reset(self) -> None:
@@ -50,6 +58,8 @@ class FaultState:
             self.calls.clear()
             self.faults.clear()
             self.arrivals.clear()
+            self.hooks.clear()
+            self.hook_errors.clear()
 
     def set_fault(self, mode: str, count: int, actions: list[str], delay_s: float = 0.0) -> None:
         if mode not in ("none", "delay", *_ERRORS):
@@ -67,6 +77,23 @@ class FaultState:
             self.remaining -= 1
             self.faults[action] += 1
             return self.mode
+
+    def on_call(self, action: str, hook: Callable[[], None]) -> None:
+        """Run `hook` once, before the next call of `action` is forwarded (after any injected delay)."""
+        with self.lock:
+            self.hooks[action] = hook
+
+    def run_hook(self, action: str) -> None:
+        """Run and forget the hook set for `action`, if any; what it raises is kept in hook_errors."""
+        with self.lock:
+            hook = self.hooks.pop(action, None)
+        if hook is None:
+            return
+        try:
+            hook()
+        except BaseException as e:  # surfaced by the test through hook_errors
+            with self.lock:
+                self.hook_errors.append(e)
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
@@ -143,6 +170,7 @@ def make_handler(upstream: str, state: FaultState) -> type[BaseHTTPRequestHandle
                        f"<Message>{message}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>")
                 self._reply(status, xml.encode())
                 return
+            state.run_hook(action)
             conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
             try:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}

@@ -1,0 +1,88 @@
+"""The network the surviving node needs to move the routes: NAT per AZ, or an EC2 endpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import Stack
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk.assertions import Annotations, Match, Template
+from cdk_nag import AwsSolutionsChecks
+from template_tools import new_app, new_stack
+
+from haproxy_ha import HaproxyHa
+
+
+def _of_type(doc: dict[str, Any], rtype: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in doc["Resources"].items() if v["Type"] == rtype}
+
+
+def test_ec2_endpoint_sits_in_the_node_subnets_and_admits_only_the_nodes(stack: Stack) -> None:
+    lb = HaproxyHa(stack, "Lb", vip="192.168.254.10", ec2_endpoint=True)
+    doc = Template.from_stack(stack).to_json()
+    (endpoint,) = _of_type(doc, "AWS::EC2::VPCEndpoint").values()
+    props = endpoint["Properties"]
+    assert props["VpcEndpointType"] == "Interface" and props["PrivateDnsEnabled"] is True
+    assert props["ServiceName"] == "com.amazonaws.eu-west-1.ec2"
+    enis = _of_type(doc, "AWS::EC2::NetworkInterface").values()
+    node_subnets = sorted(v["Properties"]["SubnetId"]["Ref"] for v in enis)
+    assert sorted(s["Ref"] for s in props["SubnetIds"]) == node_subnets
+    (endpoint_sg,) = props["SecurityGroupIds"]
+    sg_logical = endpoint_sg["Fn::GetAtt"][0]
+    # Nothing from the VPC CIDR: only HTTPS from the node security group.
+    assert not doc["Resources"][sg_logical]["Properties"].get("SecurityGroupIngress")
+    (node_sg,) = [k for k, v in _of_type(doc, "AWS::EC2::SecurityGroup").items()
+                  if v["Properties"]["GroupDescription"].startswith("haproxy-ha nodes")]
+    (rule,) = [v["Properties"] for v in _of_type(doc, "AWS::EC2::SecurityGroupIngress").values()
+               if v["Properties"]["GroupId"] == {"Fn::GetAtt": [sg_logical, "GroupId"]}]
+    assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 443, 443)
+    assert rule["SourceSecurityGroupId"] == {"Fn::GetAtt": [node_sg, "GroupId"]}
+    assert lb.ec2_endpoint is not None
+
+
+def test_no_ec2_endpoint_by_default(stack: Stack) -> None:
+    lb = HaproxyHa(stack, "Lb", vip="192.168.254.10")
+    Template.from_stack(stack).resource_count_is("AWS::EC2::VPCEndpoint", 0)
+    assert lb.ec2_endpoint is None
+
+
+def test_no_nat_gateway_builds_isolated_subnets_an_s3_gateway_and_the_ec2_endpoint(stack: Stack) -> None:
+    HaproxyHa(stack, "Lb", vip="192.168.254.10", nat_gateways=0, ec2_endpoint=True)
+    doc = Template.from_stack(stack).to_json()
+    assert not _of_type(doc, "AWS::EC2::NatGateway")
+    services = sorted(str(v["Properties"]["ServiceName"]) for v in _of_type(doc, "AWS::EC2::VPCEndpoint").values())
+    assert services[0] == "com.amazonaws.eu-west-1.ec2" and "s3" in services[1]
+    gateway = [v for v in _of_type(doc, "AWS::EC2::VPCEndpoint").values()
+               if v["Properties"].get("VpcEndpointType") == "Gateway"]
+    assert len(gateway) == 1
+    # The nodes run in the (isolated) private subnets; the warning names what is still missing.
+    subnets = [v["Properties"]["SubnetId"]["Ref"] for v in _of_type(doc, "AWS::EC2::NetworkInterface").values()]
+    assert all("PrivateSubnet" in s for s in subnets)
+    warnings = Annotations.from_stack(stack).find_warning("/Test/Lb", Match.string_like_regexp("isolated subnets"))
+    (text,) = [str(w.entry.data) for w in warnings]
+    assert "This construct added an S3 gateway endpoint and an EC2 interface endpoint." in text
+    assert ("Still needed: interface endpoints for ssm, ssmmessages and ec2messages (Session Manager), lambda "
+            "(the agent asks the reconciler to create a missing route)." in text)
+
+
+def test_isolated_caller_vpc_warning_lists_every_endpoint_still_needed(stack: Stack) -> None:
+    vpc = ec2.Vpc.from_vpc_attributes(
+        stack, "Isolated", vpc_id="vpc-0123456789abcdef0", vpc_cidr_block="10.30.0.0/16",
+        availability_zones=["eu-west-1a", "eu-west-1b"],
+        isolated_subnet_ids=["subnet-0d00000000000000a", "subnet-0d00000000000000b"],
+        isolated_subnet_route_table_ids=["rtb-0d00000000000000a", "rtb-0d00000000000000b"],
+    )
+    HaproxyHa(stack, "Lb", vip="192.168.254.10", vpc=vpc)
+    (warning,) = Annotations.from_stack(stack).find_warning("/Test/Lb", Match.string_like_regexp("isolated"))
+    text = str(warning.entry.data)
+    assert "This construct added" not in text
+    assert "Still needed: an S3 gateway endpoint (node files and the Amazon Linux repositories); " in text
+    assert "interface endpoints for ec2 (route moves), ssm, ssmmessages and ec2messages" in text
+
+
+def test_ec2_endpoint_has_no_unacknowledged_cdk_nag_findings() -> None:
+    app = new_app()
+    stack = new_stack(app)
+    HaproxyHa(stack, "Lb", vip="192.168.254.10", nat_gateways=0, ec2_endpoint=True)
+    report = AwsSolutionsChecks(app, verbose=True).validate_scope(stack)
+    assert report.success, [v.rule_name for v in report.violations]
