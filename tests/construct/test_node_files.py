@@ -63,18 +63,6 @@ def test_agent_unit_runs_the_runtime_agent_and_always_restarts() -> None:
         assert line in unit.splitlines()
 
 
-def test_boot_script_checks_renders_and_starts_in_order() -> None:
-    script = (USERDATA / "boot.sh").read_text()
-    main = script[script.index("\nmain() {"):]
-    order = ["install_packages", "python3 -m haproxy_ha_runtime check", "install_units",
-             "python3 -m haproxy_ha_runtime render",
-             "systemctl restart haproxy.service", "systemctl restart haproxy-ha-agent.service",
-             "systemctl restart keepalived.service"]
-    positions = [main.index(step) for step in order]
-    assert positions == sorted(positions)
-    assert "readonly PACKAGES=(haproxy keepalived python3-boto3)" in script
-
-
 def test_node_files_asset_holds_boot_files_and_runtime() -> None:
     folder = node_files_dir()
     names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}

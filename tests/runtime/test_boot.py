@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,9 +72,11 @@ def node(moto: str, tmp_path: Path) -> Iterator[Node]:
     # The peer's ENI has no running instance: it is "being replaced", so ready does not wait for it.
     world.client.terminate_instances(InstanceIds=[world.instance_b])
     agent_port = free_port()
+    # HAProxy's socket path must stay under 98 characters: the run directory gets a short name.
+    run_dir = Path(tempfile.mkdtemp(prefix="hhb-"))
     document = doc(eni_id=world.eni_a, route_table_ids=world.tables, interface=_interface(), endpoint_url=moto,
                    peers=[{"name": "b", "ip": "192.0.2.20", "eni_id": world.eni_b}], agent_port=agent_port,
-                   paths={"run_dir": str(root / "run" / "haproxy-ha"), "log_socket": str(root / "dev-log"),
+                   paths={"run_dir": str(run_dir), "log_socket": str(root / "dev-log"),
                           "haproxy_conf": str(root / "etc" / "haproxy" / "haproxy.cfg"),
                           "keepalived_conf": str(root / "etc" / "keepalived" / "keepalived.conf")})
     (root / "etc" / "haproxy-ha").mkdir(parents=True)
@@ -87,6 +90,7 @@ def node(moto: str, tmp_path: Path) -> Iterator[Node]:
         yield Node(root, env, tmp_path / "calls.log")
     finally:
         agent_state.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _files(root: Path) -> dict[str, bytes]:

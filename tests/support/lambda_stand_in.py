@@ -38,6 +38,18 @@ def _handler() -> ModuleType:
     return module
 
 
+class _Context:
+    """What Lambda hands the handler: the time left (the reconciler's 50 s timeout) and its log stream."""
+
+    log_stream_name = "lambda-stand-in"
+
+    def __init__(self, timeout_s: float = 50.0) -> None:
+        self._end = time.monotonic() + timeout_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._end - time.monotonic()) * 1000))
+
+
 def serve(port: int) -> None:
     handler = _handler()
     invocations: list[dict[str, Any]] = []
@@ -46,7 +58,7 @@ def serve(port: int) -> None:
     def run(name: str, event: dict[str, Any]) -> Any:
         record: dict[str, Any] = {"function": name, "event": event}
         try:
-            record["result"] = handler.reconcile(event, None)
+            record["result"] = handler.reconcile(event, _Context())
         except Exception as e:  # a failed invocation, as Lambda records it
             record["error"] = f"{type(e).__name__}: {e}"
         with lock:
