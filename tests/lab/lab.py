@@ -13,6 +13,7 @@ and a client.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -528,29 +529,52 @@ class Lab:
                            f"VIP answered by {self.ask_vip()}") from None
 
     # -- teardown --------------------------------------------------------------------------
+    def _left_vrrp(self, procs: list[subprocess.Popen[bytes]], node: str, since: float) -> bool:
+        return (all(p.poll() is not None for p in procs)
+                or any(e["new"] == "STOP" for e in self.transitions(node, since)))
+
+    @staticmethod
+    def _end(procs: list[subprocess.Popen[bytes]], wait: bool = True, grace_s: float = 3.0) -> None:
+        """SIGTERM each process; then, if `wait`, wait for them all, and SIGKILL what is left after
+        `grace_s`."""
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        if not wait:
+            return
+        deadline = time.monotonic() + grace_s
+        for proc in procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
     def stop(self) -> list[str]:
         """End every process by PID and remove every namespace.  Returns what was left behind."""
         problems: list[str] = []
         try:
+            self._end([p for n, p in self.started if n.startswith("client")])
             # The standby's keepalived first, then the master's: stopping the master first would
             # hand the standby a priority-0 advert, and so a needless failover, during teardown.
-            keepalived = sorted((n for n, _ in self.started if n.startswith("keepalived-")),
-                                key=lambda n: self.vrrp_state(n.split("-")[1]) == "MASTER")
+            # The master may go as soon as the standby has left VRRP (its agent hears STOP): a
+            # keepalived takes a second to exit, and waiting for each in turn made every teardown
+            # a second longer.
+            names = sorted(dict.fromkeys(n for n, _ in self.started if n.startswith("keepalived-")),
+                           key=lambda n: self.vrrp_state(n.split("-")[1]) == "MASTER")
+            keepalived: list[subprocess.Popen[bytes]] = []
+            for name in names:
+                procs = [p for n, p in self.started if n == name]
+                node, since = name.split("-")[1], time.time() - 0.01
+                self._end(procs, wait=False)
+                keepalived += procs
+                with contextlib.suppress(LabError):
+                    _wait(functools.partial(self._left_vrrp, procs, node, since), 1.5,
+                          f"keepalived on node {node} to stop")
+            self._end(keepalived)
             rest = ["agent", "haproxy", "emulator", "backends", "fault-proxy", "moto"]
-            stages = [["client"], *[[k] for k in keepalived], rest]
-            for stage in stages:
-                group = [p for prefix in stage for n, p in self.started if n.startswith(prefix)]
-                for proc in group:
-                    if proc.poll() is None:
-                        with contextlib.suppress(ProcessLookupError):
-                            proc.send_signal(signal.SIGTERM)
-                deadline = time.monotonic() + 3.0
-                for proc in group:
-                    try:
-                        proc.wait(max(0.0, deadline - time.monotonic()))
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+            self._end([p for prefix in rest for n, p in self.started if n.startswith(prefix)])
             for name, proc in self.started:
                 if proc.poll() is None:
                     problems.append(f"process {proc.pid} ({name}) still running")
