@@ -446,13 +446,6 @@ class Lab:
             raise LabError(f"{service} on node {node} is already running")
         {"haproxy": self.start_haproxy, "keepalived": self.start_keepalived, "agent": self.start_agent}[service](node)
 
-    def restart_agent(self, node: str) -> None:
-        """Kill the agent (SIGKILL) and start it again, leaving keepalived and HAProxy running."""
-        proc = self.named[f"agent-{node}"]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(5)
-        self.start_agent(node)
-
     def delete_vip_route(self, table_id: str) -> None:
         with topology.entered(ROUTER):
             result = routes.delete_routes(self._api, VIP, [table_id])
