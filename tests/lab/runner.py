@@ -118,7 +118,7 @@ class Printer(threading.Thread):
     def stop(self) -> None:
         self.stopping.set()
         self.join(5)
-        self.tick()
+        self.tick(on_time=False)
 
     def _events(self) -> list[tuple[float, str]]:
         out: list[tuple[float, str]] = []
@@ -138,16 +138,17 @@ class Printer(threading.Thread):
         self.seen_emulator = len(log)
         return sorted(out)
 
-    def tick(self) -> None:
-        """Print what happened since the last tick.  The runner calls it too, before each step
-        line, so that the output stays in time order."""
+    def tick(self, on_time: bool = True) -> None:
+        """Print what happened since the last tick: on time, every 100 ms, even if no request
+        finished; or when the runner is about to print a step, so that the output stays in time
+        order."""
         with self._lock:
             for ts, text in self._events():
                 self.runner.say(ts, f"** {text}")
             records = self.runner.client.records()
             new = records[self.seen_requests:]
             self.seen_requests = len(records)
-            if new or self.is_alive():
+            if new or on_time:
                 self.runner.say(time.time(), "".join("x" if r.get("error") else r.get("node") or "?" for r in new))
 
 
@@ -163,8 +164,8 @@ def _describe_event(e: dict[str, Any]) -> str | None:
         return "agent stopped"
     if event in ("route_move", "route_hand_over", "route_repair"):
         if e.get("converged"):
-            tables = e["tables"] if isinstance(e.get("tables"), int) else len(e.get("tables") or [])
-            return f"{event} done in {e['duration_s'] * 1000:.0f} ms ({tables} tables)"
+            moved = e["moved"] if "moved" in e else len(e.get("tables") or [])
+            return f"{event} done in {e['duration_s'] * 1000:.0f} ms ({moved} tables moved)"
         if not e.get("cancelled"):
             return f"{event} did NOT converge in {e['duration_s']:.2f} s: {e.get('failed') or ''}"
     return None
@@ -199,15 +200,17 @@ class Runner:
     def say_step(self, text: str) -> None:
         """A step's line, after everything the strip has not shown yet."""
         if self.printer is not None:
-            self.printer.tick()
+            self.printer.tick(on_time=False)
         self.say(time.time(), text)
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> RunResult:
-        self.t0 = self.ref = time.time()
-        self.marks = {START_MARK: self.t0}
         self.client = self.lab.client(interval_s=CLIENT_INTERVAL_S, max_s=self.scenario.budget_s(),
                                       timeout_s=CLIENT_TIMEOUT_S)
+        # The steps start once the client is under way (a Python process takes a moment to start).
+        wait_until(self.client.records, 10, "the client's first request")
+        self.t0 = self.ref = time.time()
+        self.marks = {START_MARK: self.t0}
         printer = self.printer = Printer(self)
         printer.start()
         results: list[StepResult] = []

@@ -138,6 +138,10 @@ class Scenario:
         return total
 
 
+def _has_duration(text: str) -> bool:
+    return re.search(rf"(?<![\w.]){_DUR}(?![\w.])", text) is not None
+
+
 def parse_duration(text: str) -> float:
     return float(text[:-2]) / 1000 if text.endswith("ms") else float(text[:-1])
 
@@ -192,7 +196,8 @@ class _Parser:
         m = re.fullmatch(pattern, rest, flags)
         if m is None:
             allowed = SYNTAX[kind].split(" ", 1)[1] if " " in SYNTAX[kind] else kind
-            self.bad(n, kind, rest, allowed + (_DURATION_HELP if "DURATION" in allowed else ""))
+            self.bad(n, kind, rest, allowed + (_DURATION_HELP if "DURATION" in allowed and not _has_duration(rest)
+                                               else ""))
         return m
 
     def _duration(self, n: int, kind: str, text: str, allow_zero: bool) -> float | None:
@@ -355,7 +360,8 @@ class _Parser:
         m = form.fullmatch(rest)
         if m is None:
             hint = (_BOUND_HINT if subject in WAITING_EXPECTS and " within " not in f" {rest} "
-                    else _DURATION_HELP if "DURATION" in EXPECT_SYNTAX[subject] else "")
+                    else _DURATION_HELP if "DURATION" in EXPECT_SYNTAX[subject] and not _has_duration(rest)
+                    else "")
             self.bad(n, "expect", rest, EXPECT_SYNTAX[subject] + hint)
             return None
         groups = m.groupdict()
