@@ -59,12 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.script and args.profile:
         parser.error("--profile goes with --fault; a script sets its own with 'lab profile=...'")
+    text = None if args.script else builtin(args.fault or "haproxy", args.profile or "fast", args.before_s,
+                                            args.after_s)
     try:
-        if args.script:
-            scenario = parse_file(args.script)
-        else:
-            scenario = parse(builtin(args.fault or "haproxy", args.profile or "fast", args.before_s, args.after_s),
-                             f"--fault {args.fault or 'haproxy'}")
+        scenario = parse_file(args.script) if text is None else parse(text, f"--fault {args.fault or 'haproxy'}")
     except ScriptError as e:
         print("\n".join(e.problems), file=sys.stderr)
         return 2
@@ -73,19 +71,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if os.geteuid() != 0:
         parser.error("the lab needs root (network namespaces): run it with sudo")
-    return run(scenario, args.json, show_script=not args.script)
+    return run(scenario, args.json, text)
 
 
-def run(scenario: Scenario, json_out: str | None, show_script: bool) -> int:
+def run(scenario: Scenario, json_out: str | None, builtin_text: str | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="hhalab-demo-"))
     s = scenario.setup
     print(f"Building the lab ({s.profile} profile, preempt {'on' if s.preempt else 'off'}, {s.tables} route "
           f"tables{', EC2 API behind the fault proxy' if scenario.fault_proxy else ''}): namespaces for nodes a\n"
           "and b, a router and a client; moto as the EC2 API and a VPC-router emulator in the router; real\n"
           f"HAProxy, keepalived and the haproxy-ha agent on each node.  Files: {workdir}", flush=True)
-    if show_script:
+    if builtin_text:
         print("It runs this script (write your own and run it with --script FILE):\n    "
-              + "\n    ".join(step.text for step in scenario.steps))
+              + "\n    ".join(builtin_text.splitlines()))
     started = time.time()
     try:
         with Lab(workdir, lab_options(scenario)) as lab:
