@@ -47,16 +47,17 @@ class JsonLines:
             return list(self._records)
 
 
-def vrrp_state(events: Iterable[Record]) -> tuple[str, float | None]:
-    """The VRRP state the node's agent last logged, and since when.  An agent that (re)starts
-    knows nothing until keepalived tells it, or until it recognises MASTER by itself: UNKNOWN."""
-    state, since = "UNKNOWN", None
+def vrrp_state(events: Iterable[Record]) -> tuple[str, float | None, str]:
+    """The VRRP state the node's agent last logged, since when, and why (the transition's
+    reason).  An agent that (re)starts knows nothing until keepalived tells it, or until it
+    recognises MASTER by itself: UNKNOWN."""
+    state, since, reason = "UNKNOWN", None, ""
     for e in events:
         if e.get("event") == "agent_start":
-            state, since = "UNKNOWN", e["ts"]
+            state, since, reason = "UNKNOWN", e["ts"], "agent started"
         elif e.get("event") == "transition":
-            state, since = str(e["new"]), e["ts"]
-    return state, since
+            state, since, reason = str(e["new"]), e["ts"], str(e.get("reason", ""))
+    return state, since, reason
 
 
 def routes_agreed(log: Iterable[Record]) -> tuple[str | None, float | None]:

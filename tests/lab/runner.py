@@ -133,8 +133,9 @@ class Printer(threading.Thread):
         for r in log[self.seen_emulator:]:
             if r.get("event") == "routes" and r.get("kernel_ts"):
                 hop = r["kernel"]
-                node = next((n for n, net in NODES.items() if net.ip == hop), hop)
-                out.append((r["kernel_ts"], f"VPC router: client traffic for the VIP now goes to node {node}"))
+                to = next((f"now goes to node {n}" for n, net in NODES.items() if net.ip == hop),
+                          f"is now dropped ({hop})")
+                out.append((r["kernel_ts"], f"VPC router: client traffic for the VIP {to}"))
         self.seen_emulator = len(log)
         return sorted(out)
 
@@ -165,7 +166,7 @@ def _describe_event(e: dict[str, Any]) -> str | None:
     if event in ("route_move", "route_hand_over", "route_repair"):
         if e.get("converged"):
             moved = e["moved"] if "moved" in e else len(e.get("tables") or [])
-            return f"{event} done in {e['duration_s'] * 1000:.0f} ms ({moved} tables moved)"
+            return f"{event} done in {e['duration_s'] * 1000:.0f} ms ({moved} tables written)"
         if not e.get("cancelled"):
             return f"{event} did NOT converge in {e['duration_s']:.2f} s: {e.get('failed') or ''}"
     return None
@@ -440,8 +441,11 @@ class Runner:
                                 "text": f"routes at {owner} {self._after_text(at)}"}
 
     def _probe_vrrp(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
-        state, since = observe.vrrp_state(self.lab.agent_events(step.node))
-        return self._verdict(step.state, state, since, deadline, "vrrp", f"node {step.node} is")
+        state, since, reason = observe.vrrp_state(self.lab.agent_events(step.node))
+        held, seen = self._verdict(step.state, state, since, deadline, "vrrp", f"node {step.node} is")
+        seen["reason"] = reason
+        seen["text"] += f" ({reason})" if reason else ""
+        return held, seen
 
     def _probe_client(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
         node, since = observe.client_answered_by(self.client.records())

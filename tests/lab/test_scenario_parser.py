@@ -173,9 +173,12 @@ def test_the_demo_checks_a_script_without_root(tmp_path: Path, capsys: pytest.Ca
 def test_vrrp_state_is_what_the_running_agent_last_logged() -> None:
     events = [{"event": "agent_start", "ts": 1.0}, {"event": "transition", "new": "BACKUP", "ts": 2.0},
               {"event": "transition", "new": "MASTER", "ts": 3.0}, {"event": "health", "ts": 4.0}]
-    assert observe.vrrp_state(events) == ("MASTER", 3.0)
+    assert observe.vrrp_state(events) == ("MASTER", 3.0, "")
     # A restarted agent knows nothing yet: its predecessor's MASTER does not count.
-    assert observe.vrrp_state([*events, {"event": "agent_start", "ts": 5.0}]) == ("UNKNOWN", 5.0)
+    restarted = [*events, {"event": "agent_start", "ts": 5.0}]
+    assert observe.vrrp_state(restarted) == ("UNKNOWN", 5.0, "agent started")
+    resumed = [*restarted, {"event": "transition", "new": "MASTER", "ts": 6.0, "reason": "already MASTER"}]
+    assert observe.vrrp_state(resumed) == ("MASTER", 6.0, "already MASTER")
 
 
 def test_routes_agreed_says_since_when_the_tables_agree() -> None:
