@@ -52,6 +52,16 @@ def compare(op: str, value: int, n: int) -> bool:
     return {"at most": value <= n, "at least": value >= n, "exactly": value == n}[op]
 
 
+def in_time(want: str, now: str | None, since: float | None, ref: float, deadline: float) -> bool | None:
+    """Did `want` hold in time?  `now` is what holds now, and has since `since` (what held before
+    the action at `ref` counts from `ref`).  True: it holds, and has since `deadline` at the
+    latest.  False: it holds, but only since later, so it cannot have held in time.  None: it does
+    not hold (yet)."""
+    if now != want or since is None:
+        return None
+    return max(since, ref) <= deadline
+
+
 @dataclass
 class StepResult:
     line: int
@@ -414,11 +424,11 @@ class Runner:
                  label: str) -> tuple[bool | None, dict[str, Any]]:
         """`now` is what the logs say holds, since `since`: it held in time if it has held since
         the bound at the latest (counting from the last action)."""
-        if now == want and since is not None:
-            at = max(since, self.ref)
-            seen = {key: now, "after_s": round(at - self.ref, 4), "text": f"{label} {now} {self._after_text(at)}"}
-            return at <= deadline, seen
-        return _OPEN, {key: now, "text": f"{label} {now} when last seen"}
+        held = in_time(want, now, since, self.ref, deadline)
+        if held is None or since is None:
+            return _OPEN, {key: now, "text": f"{label} {now} when last seen"}
+        at = max(since, self.ref)
+        return held, {key: now, "after_s": round(at - self.ref, 4), "text": f"{label} {now} {self._after_text(at)}"}
 
     def _probe_routes(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
         # The API says where the routes are now (the emulator's log may be a poll behind, and

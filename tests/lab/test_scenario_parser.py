@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from . import demo, observe
-from .runner import compare, lab_options
+from .runner import compare, in_time, lab_options
 from .scenario import SYNTAX, ScriptError, parse, parse_file
 
 SCENARIOS = sorted((Path(__file__).parent / "scenarios").glob("*.txt"))
@@ -215,3 +215,12 @@ def test_counts_compare_as_the_script_says() -> None:
     assert compare("at most", 1, 1) and not compare("at most", 2, 1)
     assert compare("at least", 2, 1) and not compare("at least", 0, 1)
     assert compare("exactly", 0, 0) and not compare("exactly", 1, 0)
+
+
+def test_an_expect_holds_only_if_it_held_within_its_bound_and_still_holds() -> None:
+    # The action was at 10.0 and the bound is 2 s.
+    assert in_time("b", "b", 11.5, 10.0, 12.0) is True
+    assert in_time("b", "b", 12.5, 10.0, 12.0) is False  # too late, and that cannot change
+    assert in_time("b", "b", 3.0, 10.0, 12.0) is True  # it held before the action, and still does
+    assert in_time("b", "a", 11.0, 10.0, 12.0) is None  # not (yet): keep watching until the bound
+    assert in_time("UNKNOWN", "UNKNOWN", None, 10.0, 12.0) is None
