@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from . import observe
 from .lab import Lab, LabOptions, wait_until
-from .scenario import START_MARK, Scenario, Step
+from .scenario import CLI_DEFAULT_DEADLINE_S, CLI_SLACK_S, START_MARK, Scenario, Step
 from .topology import NODES, VIP
 
 TICK_S = 0.1
@@ -36,8 +36,6 @@ CLIENT_TIMEOUT_S = 1.0
 GRACE_S = 0.25
 POLL_S = 0.02
 API_POLL_S = 0.05
-# How long the CLI may take beyond its own --deadline (its default is 20 s).
-CLI_SLACK_S = 40.0
 _SIGNALS = {"kill": signal.SIGKILL, "stop": signal.SIGTERM}
 # A verdict still open: the expect keeps watching until its bound.
 _OPEN = None
@@ -317,7 +315,7 @@ class Runner:
 
     def _do_cli(self, step: Step, result: StepResult) -> None:
         args = [*step.args, "--vip", VIP]
-        proc = self.lab.cli(args, timeout_s=(step.seconds or 20.0) + CLI_SLACK_S)
+        proc = self.lab.cli(args, timeout_s=(step.seconds or CLI_DEFAULT_DEADLINE_S) + CLI_SLACK_S)
         self.cli_exit = proc.returncode
         output = (proc.stdout + proc.stderr).rstrip()
         for line in output.splitlines():

@@ -24,9 +24,13 @@ from .topology import NODES
 SERVICES = ("haproxy", "keepalived", "agent")
 VRRP_STATES = ("MASTER", "BACKUP", "FAULT", "UNKNOWN")
 MAX_DURATION_S = 600.0
-# The mark every script has: the moment the client starts, before the first step.
+# The mark every script has: when the steps begin (once the client is under way).
 START_MARK = "start"
 DEFAULT_TABLES = 3
+# `haproxy-ha failover` keeps trying for --deadline seconds (20 by default); a cli step may take
+# this much longer (Python starting, the API's own timeouts) before the runner kills it.
+CLI_DEFAULT_DEADLINE_S = 20.0
+CLI_SLACK_S = 40.0
 
 _NODE = "|".join(NODES)
 _DUR = r"(?:\d+(?:\.\d+)?|\.\d+)(?:ms|s)"
@@ -63,8 +67,7 @@ EXPECT_SYNTAX: dict[str, str] = {
 _EXPECT_FORMS: dict[str, re.Pattern[str]] = {
     "routes": re.compile(rf"routes at (?P<node>{_NODE}) within (?P<dur>{_DUR})"),
     "client": re.compile(rf"client at (?P<node>{_NODE}) within (?P<dur>{_DUR})"),
-    "vrrp": re.compile(rf"vrrp (?P<node>{_NODE}) (?P<state>{'|'.join(VRRP_STATES)}) within (?P<dur>{_DUR})",
-                       re.IGNORECASE),
+    "vrrp": re.compile(rf"vrrp (?P<node>{_NODE}) (?P<state>(?i:{'|'.join(VRRP_STATES)})) within (?P<dur>{_DUR})"),
     "move": re.compile(rf"move by (?P<node>{_NODE}) converged within (?P<dur>{_DUR})"),
     "api": re.compile(rf"api faults at least (?P<n>\d+) within (?P<dur>{_DUR})"),
     "failed": re.compile(rf"failed {_COUNT} since (?P<mark>{_NAME})"),
@@ -134,7 +137,7 @@ class Scenario:
         for s in self.steps:
             if s.kind == "wait" or (s.kind == "expect" and s.seconds is not None):
                 total += s.seconds or 0.0
-            total += 60.0 if s.kind == "cli" else 10.0
+            total += (s.seconds or CLI_DEFAULT_DEADLINE_S) + CLI_SLACK_S if s.kind == "cli" else 10.0
         return total
 
 
@@ -192,8 +195,8 @@ class _Parser:
         if step is not None:
             self.steps.append(step)
 
-    def _form(self, n: int, kind: str, rest: str, pattern: str, flags: int = 0) -> re.Match[str] | None:
-        m = re.fullmatch(pattern, rest, flags)
+    def _form(self, n: int, kind: str, rest: str, pattern: str) -> re.Match[str] | None:
+        m = re.fullmatch(pattern, rest)
         if m is None:
             allowed = SYNTAX[kind].split(" ", 1)[1] if " " in SYNTAX[kind] else kind
             self.bad(n, kind, rest, allowed + (_DURATION_HELP if "DURATION" in allowed and not _has_duration(rest)
@@ -326,7 +329,7 @@ class _Parser:
                 given[flag] = flags[i + 1] if allowed[command][flag] else ""
                 i += 1 + allowed[command][flag]
         if not problem and command == "failover":
-            to, deadline = given.get("--to"), given.get("--deadline", "20")
+            to, deadline = given.get("--to"), given.get("--deadline", f"{CLI_DEFAULT_DEADLINE_S:g}")
             if to not in NODES:
                 problem = f"--to {_NODE} (given: {to})"
             elif not re.fullmatch(r"\d+(\.\d+)?", deadline) or not 0 < float(deadline) <= MAX_DURATION_S:
@@ -377,8 +380,7 @@ class _Parser:
         return Step(n, content, "expect", verb=subject, node=groups.get("node") or "",
                     state=(groups.get("state") or "").upper(), seconds=seconds,
                     count=int(groups["n"]) if groups.get("n") else None,
-                    op=groups.get("op") or ("exactly" if groups.get("n") and subject != "api" else
-                                            "at least" if subject == "api" else ""),
+                    op=groups.get("op") or ("at least" if subject == "api" else "exactly" if groups.get("n") else ""),
                     mark=mark)
 
 

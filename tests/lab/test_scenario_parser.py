@@ -76,6 +76,8 @@ def test_the_lab_line_is_optional_and_the_fault_proxy_only_comes_when_needed() -
                                     "(an expect that waits needs a bound: add 'within DURATION', e.g. 'within 2s')"),
     ("expect vrrp a MASTER\n", "s.txt:1: expect: got 'vrrp a MASTER'; allowed: vrrp a|b "
                                "MASTER|BACKUP|FAULT|UNKNOWN within DURATION (an expect that waits needs a bound"),
+    ("expect vrrp A master within 1s\n", "s.txt:1: expect: got 'vrrp A master within 1s'; allowed: vrrp a|b "
+                                         "MASTER|BACKUP|FAULT|UNKNOWN within DURATION"),
     ("expect vrrp a SLAVE within 1s\n", "s.txt:1: expect: got 'vrrp a SLAVE within 1s'; allowed: vrrp a|b "
                                         "MASTER|BACKUP|FAULT|UNKNOWN within DURATION"),
     ("expect routes at b within 2\n", "s.txt:1: expect: got 'routes at b within 2'; allowed: routes at a|b within "
