@@ -16,6 +16,8 @@ from tests.support import moto_server
 
 REGION = "us-east-1"
 VPC_CIDR = "10.0.0.0/16"
+# Route tables get client subnets 10.0.100.0/26 upwards, four to a /24.
+MAX_TABLES = 200
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,8 @@ class CloudState:
 
 
 def create(client: Any, vip: str, n_tables: int) -> CloudState:
-    if not 1 <= n_tables <= 200:
-        raise ValueError(f"n_tables: got {n_tables}; allowed: 1 to 200")
+    if not 1 <= n_tables <= MAX_TABLES:
+        raise ValueError(f"n_tables: got {n_tables}; allowed: 1 to {MAX_TABLES}")
     vpc = client.create_vpc(CidrBlock=VPC_CIDR)["Vpc"]["VpcId"]
     eni: dict[str, str] = {}
     instance: dict[str, str] = {}

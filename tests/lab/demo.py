@@ -1,130 +1,106 @@
-"""Watch one failover: builds the lab, sends the client's requests to the VIP, breaks the active
-node, and prints as it happens which node answers, with the nodes' transitions and route moves.
+"""Watch failures live: builds the lab, runs a failure script (or one built-in fault) while the
+client sends requests to the VIP, and prints as it happens which node answers, each step with
+its time, the nodes' transitions and the route moves.
 
-    sudo scripts/demo [--fault haproxy|keepalived|link] [--profile fast|default]
+    sudo scripts/demo --script FILE [--json OUT]
+    sudo scripts/demo [--fault haproxy|keepalived|link] [--profile fast|default] [--json OUT]
+    scripts/demo --script FILE --check      # only check the script (no root needed)
 
-Each line covers 100 ms: one letter per request that finished in it, the node that answered
-(a or b), or `x` for a failed request.  A request that times out shows as `x` when the client
-gives up on it, half a second after it was sent.
+The script's steps are in README.md ("Try your own failure") and tests/lab/scenario.py.  Exit
+codes: 0 every expect held and the lab converged; 1 it did not, or the lab failed; 2 a bad
+script or bad options (before anything is built).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from .lab import Lab, LabError, LabOptions
-from .topology import NODES
+from haproxy_ha_runtime.config import PROFILES
 
-FAULTS: dict[str, tuple[str, Callable[[Lab], None]]] = {
-    "haproxy": ("HAProxy on node a is killed (SIGKILL)", lambda lab: lab.kill_haproxy("a")),
-    "keepalived": ("keepalived on node a is killed (SIGKILL)", lambda lab: lab.kill_keepalived("a", signal.SIGKILL)),
-    "link": ("node a's network link goes down", lambda lab: lab.link_down("a")),
+from .lab import Lab, LabError
+from .runner import Runner, lab_options, write_json
+from .scenario import Scenario, ScriptError, parse, parse_file
+
+FAULTS = {
+    "haproxy": "kill haproxy on a   # HAProxy on the active node crashes (SIGKILL)",
+    "keepalived": "kill keepalived on a   # keepalived on the active node crashes (SIGKILL, the whole tree)",
+    "link": "link down on a   # the active node's network link goes down",
 }
-TICK_S = 0.1
 
 
-class Printer:
-    """Prints what happened since the last tick: client answers and the nodes' events."""
-
-    def __init__(self, lab: Lab, run: Any, t0: float) -> None:
-        self.lab, self.run, self.t0 = lab, run, t0
-        self.seen_requests = 0
-        self.seen_events: dict[str, int] = {"a": 0, "b": 0, "emulator": 0}
-
-    def _events(self) -> list[tuple[float, str]]:
-        out: list[tuple[float, str]] = []
-        for node in ("a", "b"):
-            events = self.lab.agent_events(node)
-            for e in events[self.seen_events[node]:]:
-                if e["event"] == "transition":
-                    out.append((e["ts"], f"node {node}: keepalived says {e['old']} -> {e['new']}"))
-                elif e["event"] == "health":
-                    out.append((e["ts"], f"node {node}: HAProxy {'healthy' if e['healthy'] else 'NOT healthy'}"))
-                elif e["event"] in ("route_move", "route_hand_over", "route_repair") and e.get("converged"):
-                    out.append((e["ts"], f"node {node}: {e['event']} done in {e['duration_s'] * 1000:.0f} ms "
-                                         f"({e.get('tables', '?')} tables)"))
-            self.seen_events[node] = len(events)
-        log = self.lab.emulator_log()
-        for r in log[self.seen_events["emulator"]:]:
-            if r.get("event") == "routes" and r.get("kernel_ts"):
-                hop = r["kernel"]
-                node = next((n for n, net in NODES.items() if net.ip == hop), hop)
-                out.append((r["kernel_ts"], f"VPC router: client traffic for the VIP now goes to node {node}"))
-        self.seen_events["emulator"] = len(log)
-        return sorted(out)
-
-    def tick(self) -> None:
-        for ts, text in self._events():
-            print(f"{ts - self.t0:+8.3f}s  ** {text}", flush=True)
-        records = self.run.records()
-        new = records[self.seen_requests:]
-        self.seen_requests = len(records)
-        letters = "".join(r.get("node") or "?" if not r.get("error") else "x" for r in new)
-        print(f"{time.time() - self.t0:+8.3f}s  {letters}", flush=True)
+def builtin(fault: str, profile: str, before_s: float, after_s: float) -> str:
+    """The script that `--fault` runs."""
+    return (f"# scripts/demo --fault {fault} --profile {profile}\n"
+            f"lab profile={profile}\n"
+            "expect client at a within 10s\n"
+            f"wait {before_s:g}s\n"
+            "mark fault\n"
+            f"{FAULTS[fault]}\n"
+            f"wait {after_s:g}s\n"
+            f"expect client at b within {after_s:g}s\n"
+            f"expect routes at b within {after_s:g}s\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--fault", choices=sorted(FAULTS), default="haproxy")
-    parser.add_argument("--profile", choices=["fast", "default"], default="fast")
-    parser.add_argument("--before-s", type=float, default=1.0, help="watch this long before the fault")
-    parser.add_argument("--after-s", type=float, default=2.5, help="and this long after it")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--script", metavar="FILE", help="run this failure script")
+    what.add_argument("--fault", choices=sorted(FAULTS), help="run one built-in fault on node a (default haproxy)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), help="with --fault: the timing profile (default fast)")
+    parser.add_argument("--before-s", type=float, default=1.0, help="with --fault: watch this long before it")
+    parser.add_argument("--after-s", type=float, default=2.5, help="with --fault: and this long after it")
+    parser.add_argument("--json", metavar="OUT", help="write every step, its time and verdict here")
+    parser.add_argument("--check", action="store_true", help="only check the script, build nothing")
     args = parser.parse_args(argv)
+    if args.script and args.profile:
+        parser.error("--profile goes with --fault; a script sets its own with 'lab profile=...'")
+    text = None if args.script else builtin(args.fault or "haproxy", args.profile or "fast", args.before_s,
+                                            args.after_s)
+    try:
+        scenario = parse_file(args.script) if text is None else parse(text, f"--fault {args.fault or 'haproxy'}")
+    except ScriptError as e:
+        print("\n".join(e.problems), file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{scenario.name}: {len(scenario.steps)} steps, ok")
+        return 0
     if os.geteuid() != 0:
         parser.error("the lab needs root (network namespaces): run it with sudo")
+    return run(scenario, args.json, text)
+
+
+def run(scenario: Scenario, json_out: str | None, builtin_text: str | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="hhalab-demo-"))
-    what, inject = FAULTS[args.fault]
-    print(f"Building the lab ({args.profile} profile): namespaces for nodes a and b, a router and a client;\n"
-          "moto as the EC2 API and a VPC-router emulator in the router; real HAProxy, keepalived and\n"
-          f"the haproxy-ha agent on each node.  Files: {workdir}", flush=True)
+    s = scenario.setup
+    print(f"Building the lab ({s.profile} profile, preempt {'on' if s.preempt else 'off'}, {s.tables} route "
+          f"tables{', EC2 API behind the fault proxy' if scenario.fault_proxy else ''}): namespaces for nodes a\n"
+          "and b, a router and a client; moto as the EC2 API and a VPC-router emulator in the router; real\n"
+          f"HAProxy, keepalived and the haproxy-ha agent on each node.  Files: {workdir}", flush=True)
+    if builtin_text:
+        print("It runs this script (write your own and run it with --script FILE):\n    "
+              + "\n    ".join(builtin_text.splitlines()))
     started = time.time()
     try:
-        with Lab(workdir, LabOptions(profile=args.profile)) as lab:
+        with Lab(workdir, lab_options(scenario)) as lab:
             assert lab.state is not None
             print(f"Ready in {time.time() - started:.1f}s: node a is MASTER and all "
-                  f"{len(lab.state.route_table_ids)} route tables point at its ENI {lab.state.eni['a']}.")
-            print("The client sends a request to http://203.0.113.10/ every 10 ms; each letter is the node that "
-                  "answered one, x a failed request\n"
-                  "(a request that times out shows as x half a second after it was sent).\n", flush=True)
-            run = lab.client(max_s=args.before_s + args.after_s + 5, timeout_s=0.5)
-            t0 = time.time()
-            printer = Printer(lab, run, t0)
-            printer.seen_events = {"a": len(lab.agent_events("a")), "b": len(lab.agent_events("b")),
-                                   "emulator": len(lab.emulator_log())}
-            fault_at = t0 + args.before_s
-            faulted = False
-            fault_ts = fault_at
-            while time.time() < fault_at + args.after_s:
-                time.sleep(TICK_S)
-                if not faulted and time.time() >= fault_at:
-                    fault_ts = time.time()
-                    inject(lab)
-                    faulted = True
-                    print(f"{fault_ts - t0:+8.3f}s  ** FAULT: {what}", flush=True)
-                printer.tick()
-            run.stop()
-            printer.tick()
-            records = run.records()
-            after = [r for r in records if r["sent"] >= fault_ts]
-            first_b = min((r["done"] for r in after if r.get("node") == "b" and not r.get("error")), default=None)
-            print()
-            if first_b is not None:
-                print(f"Node b answered {first_b - fault_ts:.3f}s after the fault; "
-                      f"{sum(1 for r in records if r.get('error'))} of {len(records)} requests failed.")
-            else:
-                print("Node b did not answer within the demo window.")
+                  f"{len(lab.state.route_table_ids)} route tables point at its ENI {lab.state.eni['a']}.\n"
+                  "The client sends a request to http://203.0.113.10/ every 10 ms; each letter is the node that "
+                  "answered one, x a failed request\n(a request that times out shows as x a second after it was "
+                  "sent).\n", flush=True)
+            result = Runner(lab, scenario).run()
+            if json_out:
+                write_json(result, json_out)
+                print(f"wrote {json_out}")
     except LabError as e:
         print(f"demo failed: {e}; see {workdir}", file=sys.stderr)
         return 1
-    return 0
+    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

@@ -13,9 +13,11 @@ and a client.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import os
+import shlex
 import signal
 import statistics
 import subprocess
@@ -34,7 +36,8 @@ from haproxy_ha_runtime.agent import HealthCheck
 from haproxy_ha_runtime.config import PROFILES
 from tests.support import moto_server
 
-from . import cloud, topology
+from . import cloud, observe, topology
+from .observe import JsonLines, Record
 from .topology import NODES, ROUTER, VIP
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,6 +46,9 @@ PROXY_PORT = 5001
 HTTP_PORT = 80
 STATS_PORT = 8404
 PRIORITY = {"a": 150, "b": 100}
+# Router rules that drop what the nodes and the client send to the API (see api_down), ahead of
+# the local table (pref 50, see topology.build).
+_API_DOWN_PREF = 20
 MOTO_URL = f"http://{topology.API_IP}:{MOTO_PORT}"
 PROXY_URL = f"http://{topology.API_IP}:{PROXY_PORT}"
 
@@ -94,19 +100,6 @@ def _wait(pred: Callable[[], Any], timeout_s: float, what: str, interval_s: floa
 wait_until = _wait
 
 
-def _json_lines(path: Path) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("{") and line.endswith("\n"):
-                    with contextlib.suppress(ValueError):
-                        out.append(json.loads(line))
-    except FileNotFoundError:
-        pass
-    return out
-
-
 def _children(pid: int) -> list[int]:
     kids = []
     for entry in os.listdir("/proc"):
@@ -130,13 +123,15 @@ class ClientRun:
     def __init__(self, lab: Lab, interval_s: float, max_s: float, timeout_s: float) -> None:
         lab._client_runs += 1
         self.path = lab.workdir / f"client-{lab._client_runs}.jsonl"
+        self.timeout_s = timeout_s
+        self._log = JsonLines(self.path)
         self.proc = lab._spawn(f"client-{lab._client_runs}", topology.CLIENT, [
             sys.executable, "-m", "tests.lab.client", "--url", f"http://{VIP}:{HTTP_PORT}/",
             "--interval-s", str(interval_s), "--max-s", str(max_s), "--timeout-s", str(timeout_s),
             "--max-requests", str(int(max_s / interval_s) + 1), "--out", str(self.path)])
 
-    def records(self) -> list[dict[str, Any]]:
-        return _json_lines(self.path)
+    def records(self) -> list[Record]:
+        return self._log.records()
 
     def answered_by(self, node: str, after: float = 0.0) -> list[dict[str, Any]]:
         return [r for r in self.records() if r.get("node") == node and r["done"] >= after and not r.get("error")]
@@ -161,6 +156,8 @@ class Lab:
         self.named: dict[str, subprocess.Popen[bytes]] = {}
         self._lock: contextlib.ExitStack | None = None
         self._client_runs = 0
+        self._logs: dict[str, JsonLines] = {}
+        self._api_down_rules: list[str] = []
         self.state: cloud.CloudState | None = None
         self._api: Any = None
         self.env = dict(os.environ)
@@ -241,7 +238,7 @@ class Lab:
             _wait(lambda: self._reachable(PROXY_URL + "/_stats"), 15, "the fault proxy to start")
         for node in NODES:
             self.start_haproxy(node)
-            self._start_agent(node)
+            self.start_agent(node)
         # Node a first, alone, so that it wins the first election whatever the timing profile.
         self._wait_healthy("a")
         self.start_keepalived("a")
@@ -317,7 +314,7 @@ class Lab:
                     ["haproxy", "-db", "-f", str(self.node_dir(node) / "haproxy.cfg")],
                     log_name=f"{node}/haproxy.log")
 
-    def _start_agent(self, node: str) -> None:
+    def start_agent(self, node: str) -> None:
         self._spawn(f"agent-{node}", NODES[node].namespace,
                     [sys.executable, "-m", "haproxy_ha_runtime", "agent", "--config", str(self.document(node))],
                     log_name=f"{node}/agent.jsonl", stderr_name=f"{node}/agent.err")
@@ -334,17 +331,21 @@ class Lab:
         _wait(lambda: self.agent_health(node) is True, 20, f"the agent on node {node} to see HAProxy healthy")
 
     # -- observing -------------------------------------------------------------------------
-    def agent_events(self, node: str) -> list[dict[str, Any]]:
-        return _json_lines(self.node_dir(node) / "agent.jsonl")
+    def _log(self, path: Path) -> list[Record]:
+        log = self._logs.setdefault(str(path), JsonLines(path))
+        return log.records()
+
+    def agent_events(self, node: str) -> list[Record]:
+        return self._log(self.node_dir(node) / "agent.jsonl")
 
     def agent_health(self, node: str) -> bool | None:
         health = [e for e in self.agent_events(node) if e["event"] == "health"]
         return health[-1]["healthy"] if health else None
 
     def vrrp_state(self, node: str) -> str:
-        """The last state keepalived told the agent about."""
-        moves = [e for e in self.agent_events(node) if e["event"] == "transition"]
-        return str(moves[-1]["new"]) if moves else "UNKNOWN"
+        """The last state the node's running agent logged (UNKNOWN for a restarted agent until
+        it knows)."""
+        return observe.vrrp_state(self.agent_events(node))[0]
 
     def transitions(self, node: str, after: float = 0.0) -> list[dict[str, Any]]:
         return [e for e in self.agent_events(node) if e["event"] == "transition" and e["ts"] >= after]
@@ -352,33 +353,24 @@ class Lab:
     def wait_master(self, node: str, timeout_s: float = 10.0) -> None:
         _wait(lambda: self.vrrp_state(node) == "MASTER", timeout_s, f"node {node} to become MASTER")
 
-    def emulator_log(self) -> list[dict[str, Any]]:
-        return _json_lines(self.workdir / "emulator.jsonl")
+    def emulator_log(self) -> list[Record]:
+        return self._log(self.workdir / "emulator.jsonl")
 
-    def route_changes(self, after: float = 0.0) -> list[dict[str, Any]]:
+    def route_changes(self, after: float = 0.0) -> list[Record]:
         """Each time the emulator saw the watched tables agree on a different ENI than before
         (after `after`): the route moves as the API shows them."""
-        out: list[dict[str, Any]] = []
-        current = None
-        for r in self.emulator_log():
-            if r.get("event") != "routes":
-                continue
-            agreed = r.get("all")
-            if agreed and agreed != current:
-                if current is not None and r["ts"] >= after:
-                    out.append(r)
-                current = agreed
-        return out
+        return observe.route_changes(self.emulator_log(), after)
 
     def views(self) -> dict[str, routes.VipRoute]:
         assert self.state is not None
         with topology.entered(ROUTER):
             return routes.describe_vip_routes(self._api, VIP, self.state.route_table_ids)
 
-    def route_owner(self) -> str | None:
-        """The node every table points at, or None if they do not agree."""
+    def route_owner(self, views: dict[str, routes.VipRoute] | None = None) -> str | None:
+        """The node every table points at (in `views`, else as the API says now), or None if they
+        do not agree."""
         assert self.state is not None
-        views = self.views()
+        views = self.views() if views is None else views
         enis = {v.eni_id if v.state == routes.ROUTE_ACTIVE else v.state for v in views.values()}
         if len(views) != len(self.state.route_table_ids) or len(enis) != 1:
             return None
@@ -434,12 +426,25 @@ class Lab:
         proc.send_signal(sig)
         proc.wait(5)
 
-    def restart_agent(self, node: str) -> None:
-        """Kill the agent (SIGKILL) and start it again, leaving keepalived and HAProxy running."""
-        proc = self.named[f"agent-{node}"]
-        proc.send_signal(signal.SIGKILL)
+    def running(self, node: str, service: str) -> bool:
+        proc = self.named.get(f"{service}-{node}")
+        return proc is not None and proc.poll() is None
+
+    def signal_service(self, node: str, service: str, sig: int) -> None:
+        """End HAProxy, keepalived or the agent on a node with `sig`, and wait for it to exit."""
+        if not self.running(node, service):
+            raise LabError(f"{service} on node {node} is not running")
+        if service == "keepalived":
+            self.kill_keepalived(node, sig)
+            return
+        proc = self.named[f"{service}-{node}"]
+        proc.send_signal(sig)
         proc.wait(5)
-        self._start_agent(node)
+
+    def start_service(self, node: str, service: str) -> None:
+        if self.running(node, service):
+            raise LabError(f"{service} on node {node} is already running")
+        {"haproxy": self.start_haproxy, "keepalived": self.start_keepalived, "agent": self.start_agent}[service](node)
 
     def delete_vip_route(self, table_id: str) -> None:
         with topology.entered(ROUTER):
@@ -462,6 +467,39 @@ class Lab:
 
     def heal(self) -> None:
         topology.ip_batch(ROUTER, ["rule del pref 100", "rule del pref 101"])
+
+    def api_down(self) -> None:
+        """The API stops answering the nodes and the operator (the client namespace): the router
+        drops what they send to it.  The VPC router emulator, local to the API, still reads it."""
+        if self._api_down_rules:
+            return
+        sources = [n.ip for n in NODES.values()] + [topology.CLIENT_IP]
+        self._api_down_rules = [f"from {src} to {topology.API_IP} blackhole pref {_API_DOWN_PREF + i}"
+                                for i, src in enumerate(sources)]
+        topology.ip_batch(ROUTER, ["rule add " + r for r in self._api_down_rules])
+
+    def api_up(self) -> None:
+        rules, self._api_down_rules = self._api_down_rules, []
+        if rules:
+            topology.ip_batch(ROUTER, ["rule del " + r for r in rules])
+
+    @property
+    def api_url(self) -> str:
+        """The EC2 endpoint the nodes use: the fault proxy's when the lab has one."""
+        return PROXY_URL if self.options.fault_proxy else MOTO_URL
+
+    def cli(self, args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+        """Run the operator CLI, the installed `haproxy-ha` script, as an operator would: from the
+        client namespace, pointed at the lab's API with the lab's dummy credentials and region.
+        Killed (by PID) after `timeout_s`."""
+        exe = Path(sys.executable).with_name("haproxy-ha")
+        env = dict(self.env, AWS_ENDPOINT_URL=self.api_url)
+        cmd = ["ip", "netns", "exec", topology.CLIENT, str(exe), *args]
+        result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
+                                stdin=subprocess.DEVNULL)
+        with open(self.workdir / "cli.log", "a", encoding="utf-8") as log:
+            log.write(f"$ {shlex.join([exe.name, *args])}\n{result.stdout}{result.stderr}(exit {result.returncode})\n")
+        return result
 
     # -- measuring -------------------------------------------------------------------------
     def client(self, interval_s: float = 0.01, max_s: float = 30.0, timeout_s: float = 1.0) -> ClientRun:
@@ -528,29 +566,52 @@ class Lab:
                            f"VIP answered by {self.ask_vip()}") from None
 
     # -- teardown --------------------------------------------------------------------------
+    def _left_vrrp(self, procs: list[subprocess.Popen[bytes]], node: str, since: float) -> bool:
+        return (all(p.poll() is not None for p in procs)
+                or any(e["new"] == "STOP" for e in self.transitions(node, since)))
+
+    @staticmethod
+    def _end(procs: list[subprocess.Popen[bytes]], wait: bool = True, grace_s: float = 3.0) -> None:
+        """SIGTERM each process; then, if `wait`, wait for them all, and SIGKILL what is left after
+        `grace_s`."""
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        if not wait:
+            return
+        deadline = time.monotonic() + grace_s
+        for proc in procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
     def stop(self) -> list[str]:
         """End every process by PID and remove every namespace.  Returns what was left behind."""
         problems: list[str] = []
         try:
+            self._end([p for n, p in self.started if n.startswith("client")])
             # The standby's keepalived first, then the master's: stopping the master first would
             # hand the standby a priority-0 advert, and so a needless failover, during teardown.
-            keepalived = sorted((n for n, _ in self.started if n.startswith("keepalived-")),
-                                key=lambda n: self.vrrp_state(n.split("-")[1]) == "MASTER")
+            # The master may go as soon as the standby has left VRRP (its agent hears STOP): a
+            # keepalived takes a second to exit, and waiting for each in turn made every teardown
+            # a second longer.
+            names = sorted(dict.fromkeys(n for n, _ in self.started if n.startswith("keepalived-")),
+                           key=lambda n: self.vrrp_state(n.split("-")[1]) == "MASTER")
+            keepalived: list[subprocess.Popen[bytes]] = []
+            for name in names:
+                procs = [p for n, p in self.started if n == name]
+                node, since = name.split("-")[1], time.time() - 0.01
+                self._end(procs, wait=False)
+                keepalived += procs
+                with contextlib.suppress(LabError):
+                    _wait(functools.partial(self._left_vrrp, procs, node, since), 1.5,
+                          f"keepalived on node {node} to stop")
+            self._end(keepalived)
             rest = ["agent", "haproxy", "emulator", "backends", "fault-proxy", "moto"]
-            stages = [["client"], *[[k] for k in keepalived], rest]
-            for stage in stages:
-                group = [p for prefix in stage for n, p in self.started if n.startswith(prefix)]
-                for proc in group:
-                    if proc.poll() is None:
-                        with contextlib.suppress(ProcessLookupError):
-                            proc.send_signal(signal.SIGTERM)
-                deadline = time.monotonic() + 3.0
-                for proc in group:
-                    try:
-                        proc.wait(max(0.0, deadline - time.monotonic()))
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+            self._end([p for prefix in rest for n, p in self.started if n.startswith(prefix)])
             for name, proc in self.started:
                 if proc.poll() is None:
                     problems.append(f"process {proc.pid} ({name}) still running")

@@ -132,7 +132,10 @@ def build() -> None:
     """Create the namespaces and links.  Raises if any of them already exists."""
     for ns in NAMESPACES:
         ip("netns", "add", ns)
-    router_cmds = ["link set lo up", f"addr add {API_IP}/32 dev lo"]
+    # The local table moves behind a rule slot of its own, so that rules before it can drop
+    # traffic to the router's own addresses (the API): see Lab.api_down.
+    router_cmds = ["link set lo up", f"addr add {API_IP}/32 dev lo", "rule add pref 50 lookup local",
+                   "rule del pref 0"]
     router_cmds += [f"addr add {b}/32 dev lo" for b in BACKEND_IPS]
     for node in NODES.values():
         router_cmds += [

@@ -1,0 +1,112 @@
+"""What the lab's logs say: the JSON lines of the agents, the VPC-router emulator and the client,
+read as they grow, and the questions the lab and the failure scripts ask of them.
+
+Every answer that is a state also says since when it has held (wall-clock seconds, the same
+clock as the logs), so that a check can tell whether it held within a bound.  Pure functions of
+the records: they need no root, and the unit tests feed them records directly.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+Record = dict[str, Any]
+
+
+class JsonLines:
+    """A JSON-lines file that another process appends to.  Each read parses only what was added
+    since the last one, and only whole lines.  Safe to share between threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+        self._records: list[Record] = []
+        self._lock = threading.Lock()
+
+    def records(self) -> list[Record]:
+        with self._lock:
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(self._offset)
+                    data = f.read()
+            except FileNotFoundError:
+                return list(self._records)
+            self._offset += len(data)
+            *lines, self._partial = (self._partial + data).split(b"\n")
+            for line in lines:
+                if line.startswith(b"{"):
+                    try:
+                        self._records.append(json.loads(line))
+                    except ValueError:
+                        continue
+            return list(self._records)
+
+
+def vrrp_state(events: Iterable[Record]) -> tuple[str, float | None, str]:
+    """The VRRP state the node's agent last logged, since when, and why (the transition's
+    reason).  An agent that (re)starts knows nothing until keepalived tells it, or until it
+    recognises MASTER by itself: UNKNOWN."""
+    state, since, reason = "UNKNOWN", None, ""
+    for e in events:
+        if e.get("event") == "agent_start":
+            state, since, reason = "UNKNOWN", e["ts"], "agent started"
+        elif e.get("event") == "transition":
+            state, since, reason = str(e["new"]), e["ts"], str(e.get("reason", ""))
+    return state, since, reason
+
+
+def routes_agreed(log: Iterable[Record]) -> tuple[str | None, float | None]:
+    """The ENI every watched table points at in the emulator's latest reading (None when they
+    disagree or a route is not active), and since when the tables have agreed on it."""
+    agreed, since = None, None
+    for r in log:
+        if r.get("event") != "routes":
+            continue
+        now = r.get("all")
+        if now != agreed:
+            agreed, since = now, r["ts"]
+    return agreed, since
+
+
+def route_changes(log: Iterable[Record], after: float = 0.0) -> list[Record]:
+    """Each emulator reading, at or after `after`, in which the tables agree on another ENI than
+    the one they last agreed on: the route moves as the API shows them.  A moment of
+    disagreement in between is part of one move."""
+    out: list[Record] = []
+    current = None
+    for r in log:
+        if r.get("event") != "routes":
+            continue
+        agreed = r.get("all")
+        if agreed and agreed != current:
+            if current is not None and r["ts"] >= after:
+                out.append(r)
+            current = agreed
+    return out
+
+
+def client_answered_by(records: Iterable[Record]) -> tuple[str | None, float | None]:
+    """The node that gave the client its latest answer, and since when it has given every
+    answer: the finish time of the first of its unbroken run.  Failed requests do not break
+    the run (a request sent before a move may time out after it)."""
+    node, since = None, None
+    for r in records:
+        if r.get("error"):
+            continue
+        if r.get("node") != node:
+            node, since = r.get("node"), r["done"]
+    return node, since
+
+
+def sent_before(records: list[Record], t: float) -> tuple[list[Record], bool]:
+    """The requests the client sent before `t`, and whether all of them have finished.  The
+    client numbers requests in the order it sends them, so they are complete once a request sent
+    at or after `t` has finished and every lower number is there."""
+    later = [r["i"] for r in records if r["sent"] >= t]
+    before = [r for r in records if r["sent"] < t]
+    return before, bool(later) and len(before) == min(later)

@@ -1,0 +1,398 @@
+"""Failure scripts for the lab: parse a text file of steps, one a line, into a Scenario.
+
+The whole file is checked before anything runs, and every problem is reported at once, each
+naming the file, the line, the step, what was given and what is allowed:
+
+    scenario.txt:4: expect: got 'routes at c'; allowed: routes at a|b within DURATION
+
+Needs no root and starts nothing, so its tests run with the unit tests.  `SYNTAX` lists every
+step; the README copies it.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from haproxy_ha_runtime.config import PROFILES
+
+from .cloud import MAX_TABLES
+from .topology import NODES
+
+SERVICES = ("haproxy", "keepalived", "agent")
+VRRP_STATES = ("MASTER", "BACKUP", "FAULT", "UNKNOWN")
+MAX_DURATION_S = 600.0
+# The mark every script has: when the steps begin (once the client is under way).
+START_MARK = "start"
+DEFAULT_TABLES = 3
+# `haproxy-ha failover` keeps trying for --deadline seconds (20 by default); a cli step may take
+# this much longer (Python starting, the API's own timeouts) before the runner kills it.
+CLI_DEFAULT_DEADLINE_S = 20.0
+CLI_SLACK_S = 40.0
+
+_NODE = "|".join(NODES)
+_DUR = r"(?:\d+(?:\.\d+)?|\.\d+)(?:ms|s)"
+_COUNT = r"(?:(?P<op>at most|at least)\s+)?(?P<n>\d+)"
+_NAME = r"[a-z][a-z0-9_-]{0,31}"
+_ACTION = re.compile(r"^[A-Z][A-Za-z0-9]{1,63}$")
+
+# Every step, as the errors and the README show it.
+SYNTAX: dict[str, str] = {
+    "lab": f"lab [profile={'|'.join(PROFILES)}] [preempt=on|off] [tables=1..{MAX_TABLES}]",
+    "kill": f"kill {'|'.join(SERVICES)} on {_NODE}",
+    "stop": f"stop {'|'.join(SERVICES)} on {_NODE}",
+    "start": f"start {'|'.join(SERVICES)} on {_NODE}",
+    "link": f"link down|up on {_NODE}",
+    "partition": "partition",
+    "heal": "heal",
+    "api": "api throttle|5xx for DURATION|N calls [of ACTION[,ACTION...]]; api down for DURATION; api ok",
+    "delete": "delete route in table N",
+    "cli": f"cli status [--json]; cli failover --to {_NODE} [--dry-run] [--deadline SECONDS] [--json]",
+    "wait": "wait DURATION",
+    "mark": "mark NAME",
+    "expect": "expect routes|client|vrrp|move|api|failed|moves|cli ...",
+}
+EXPECT_SYNTAX: dict[str, str] = {
+    "routes": f"routes at {_NODE} within DURATION",
+    "client": f"client at {_NODE} within DURATION",
+    "vrrp": f"vrrp {_NODE} {'|'.join(VRRP_STATES)} within DURATION",
+    "move": f"move by {_NODE} converged within DURATION",
+    "api": "api faults at least N within DURATION",
+    "failed": "failed [at most|at least] N since MARK",
+    "moves": "moves [at most|at least] N since MARK",
+    "cli": "cli exit N",
+}
+_EXPECT_FORMS: dict[str, re.Pattern[str]] = {
+    "routes": re.compile(rf"routes at (?P<node>{_NODE}) within (?P<dur>{_DUR})"),
+    "client": re.compile(rf"client at (?P<node>{_NODE}) within (?P<dur>{_DUR})"),
+    "vrrp": re.compile(rf"vrrp (?P<node>{_NODE}) (?P<state>(?i:{'|'.join(VRRP_STATES)})) within (?P<dur>{_DUR})"),
+    "move": re.compile(rf"move by (?P<node>{_NODE}) converged within (?P<dur>{_DUR})"),
+    "api": re.compile(rf"api faults at least (?P<n>\d+) within (?P<dur>{_DUR})"),
+    "failed": re.compile(rf"failed {_COUNT} since (?P<mark>{_NAME})"),
+    "moves": re.compile(rf"moves {_COUNT} since (?P<mark>{_NAME})"),
+    "cli": re.compile(r"cli exit (?P<n>\d+)"),
+}
+# Expects that watch something change; each must say how long it may take.
+WAITING_EXPECTS = ("routes", "client", "vrrp", "move", "api")
+_BOUND_HINT = " (an expect that waits needs a bound: add 'within DURATION', e.g. 'within 2s')"
+_DURATION_HELP = " (DURATION: a number with s or ms, such as 2s or 500ms)"
+
+
+class ScriptError(ValueError):
+    """A script that cannot run; `problems` has one line per mistake."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Setup:
+    profile: str = "fast"
+    preempt: bool = False
+    tables: int = DEFAULT_TABLES
+
+
+@dataclass(frozen=True)
+class Step:
+    """One line of a script.  `kind` is its first word; the other fields are those it uses."""
+
+    line: int
+    text: str
+    kind: str
+    verb: str = ""  # kill|stop|start, down|up, throttle|5xx|down|ok, or the expect's subject
+    node: str = ""
+    service: str = ""
+    seconds: float | None = None  # wait, api ... for DURATION, expect ... within DURATION
+    count: int | None = None  # api ... for N calls, delete route in table N, expect counts
+    op: str = ""  # expect counts: "at most", "at least" or "exactly"
+    state: str = ""  # expect vrrp
+    mark: str = ""  # mark NAME, expect ... since NAME
+    actions: tuple[str, ...] = ()  # api ... of ACTION,...
+    args: tuple[str, ...] = ()  # cli
+
+    @property
+    def is_action(self) -> bool:
+        """Actions change the lab; `within` counts from the start of the last one."""
+        return self.kind not in ("wait", "mark", "expect")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    setup: Setup
+    steps: tuple[Step, ...] = field(default_factory=tuple)
+
+    @property
+    def fault_proxy(self) -> bool:
+        """Throttling and 5xx come from the fault proxy, so the nodes talk to the API through it."""
+        return any(s.kind == "api" and s.verb in ("throttle", "5xx") for s in self.steps)
+
+    def budget_s(self) -> float:
+        """An upper bound of the run time, for the client's own bound: every wait and every
+        expect's bound, plus a generous allowance per step."""
+        total = 30.0
+        for s in self.steps:
+            if s.kind == "wait" or (s.kind == "expect" and s.seconds is not None):
+                total += s.seconds or 0.0
+            total += (s.seconds or CLI_DEFAULT_DEADLINE_S) + CLI_SLACK_S if s.kind == "cli" else 10.0
+        return total
+
+
+def _has_duration(text: str) -> bool:
+    return re.search(rf"(?<![\w.]){_DUR}(?![\w.])", text) is not None
+
+
+def parse_duration(text: str) -> float:
+    return float(text[:-2]) / 1000 if text.endswith("ms") else float(text[:-1])
+
+
+class _Parser:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.problems: list[str] = []
+        self.setup = Setup()
+        self.steps: list[Step] = []
+        # What the lab looks like at each line, to catch steps that cannot apply.
+        self.running = {(n, s) for n in NODES for s in SERVICES}
+        self.link_down: set[str] = set()
+        self.partitioned = False
+        self.marks = {START_MARK}
+        self.seen_cli = False
+        self.seen_api_fault = False
+        self.seen_lab = False
+
+    def bad(self, line: int, step: str, got: str, allowed: str) -> None:
+        self.problems.append(f"{self.name}:{line}: {step}: got {got!r}; allowed: {allowed}")
+
+    def parse(self, text: str) -> Scenario:
+        for number, raw in enumerate(text.splitlines(), start=1):
+            content = " ".join(raw.split("#", 1)[0].split())
+            if content:
+                self.line(number, content)
+        if not self.steps and not self.problems:
+            self.problems.append(f"{self.name}: no steps; allowed steps: {', '.join(SYNTAX)}")
+        if self.problems:
+            raise ScriptError(self.problems)
+        return Scenario(self.name, self.setup, tuple(self.steps))
+
+    def line(self, n: int, content: str) -> None:
+        kind, _, rest = content.partition(" ")
+        handler = getattr(self, "_" + kind, None) if kind in SYNTAX else None
+        if handler is None:
+            self.problems.append(f"{self.name}:{n}: got {kind!r}; allowed steps: {', '.join(SYNTAX)}")
+            return
+        if kind == "lab":
+            if self.steps or self.seen_lab:
+                self.bad(n, kind, content, "one lab line, before every other step")
+            else:
+                self._lab(n, rest)
+            self.seen_lab = True
+            return
+        step = handler(n, content, rest)
+        if step is not None:
+            self.steps.append(step)
+
+    def _form(self, n: int, kind: str, rest: str, pattern: str) -> re.Match[str] | None:
+        m = re.fullmatch(pattern, rest)
+        if m is None:
+            allowed = SYNTAX[kind].split(" ", 1)[1] if " " in SYNTAX[kind] else kind
+            self.bad(n, kind, rest, allowed + (_DURATION_HELP if "DURATION" in allowed and not _has_duration(rest)
+                                               else ""))
+        return m
+
+    def _duration(self, n: int, kind: str, text: str, allow_zero: bool) -> float | None:
+        seconds = parse_duration(text)
+        if seconds > MAX_DURATION_S or (seconds == 0 and not allow_zero):
+            low = "0s" if allow_zero else "more than 0s"
+            self.bad(n, kind, text, f"a duration from {low} to {MAX_DURATION_S:g}s, such as 2s or 500ms")
+            return None
+        return seconds
+
+    # -- the steps -------------------------------------------------------------------------
+    def _lab(self, n: int, rest: str) -> None:
+        values: dict[str, str] = {}
+        for item in rest.split():
+            key, eq, value = item.partition("=")
+            if not eq or key not in ("profile", "preempt", "tables") or key in values:
+                self.bad(n, "lab", item, "each of profile=, preempt=, tables= at most once")
+                continue
+            values[key] = value
+        profile = values.get("profile", Setup.profile)
+        if profile not in PROFILES:
+            self.bad(n, "lab", f"profile={profile}", f"profile={'|'.join(PROFILES)}")
+        preempt = values.get("preempt", "off")
+        if preempt not in ("on", "off"):
+            self.bad(n, "lab", f"preempt={preempt}", "preempt=on|off")
+        tables = values.get("tables", str(DEFAULT_TABLES))
+        if not tables.isdigit() or not 1 <= int(tables) <= MAX_TABLES:
+            self.bad(n, "lab", f"tables={tables}", f"tables=1..{MAX_TABLES}")
+            tables = str(DEFAULT_TABLES)
+        self.setup = Setup(profile=profile, preempt=preempt == "on", tables=int(tables))
+
+    def _service(self, n: int, content: str, rest: str) -> Step | None:
+        kind = content.split(" ", 1)[0]
+        m = self._form(n, kind, rest, rf"(?P<service>{'|'.join(SERVICES)}) on (?P<node>{_NODE})")
+        if m is None:
+            return None
+        key = (m["node"], m["service"])
+        if kind == "start" and key in self.running:
+            self.bad(n, kind, rest, f"start a service that a kill or stop line ended ({m['service']} on "
+                                    f"{m['node']} is running here)")
+        elif kind != "start" and key not in self.running:
+            self.bad(n, kind, rest, f"{kind} a running service ({m['service']} on {m['node']} was "
+                                    "already ended; start it first)")
+        (self.running.add if kind == "start" else self.running.discard)(key)
+        return Step(n, content, kind, verb=kind, node=m["node"], service=m["service"])
+
+    _kill = _stop = _start = _service
+
+    def _link(self, n: int, content: str, rest: str) -> Step | None:
+        m = self._form(n, "link", rest, rf"(?P<dir>down|up) on (?P<node>{_NODE})")
+        if m is None:
+            return None
+        node, down = m["node"], m["dir"] == "down"
+        if down == (node in self.link_down):
+            self.bad(n, "link", rest, f"link {'up' if down else 'down'} on {node} (its link is "
+                                      f"{'down' if down else 'up'} here)")
+        (self.link_down.add if down else self.link_down.discard)(node)
+        return Step(n, content, "link", verb=m["dir"], node=node)
+
+    def _partition(self, n: int, content: str, rest: str) -> Step | None:
+        if rest or self.partitioned:
+            self.bad(n, "partition", content, "partition, with nothing after it, once until the next heal")
+        self.partitioned = True
+        return Step(n, content, "partition")
+
+    def _heal(self, n: int, content: str, rest: str) -> Step | None:
+        if rest or not self.partitioned:
+            self.bad(n, "heal", content, "heal, with nothing after it, after a partition line")
+        self.partitioned = False
+        return Step(n, content, "heal")
+
+    def _api(self, n: int, content: str, rest: str) -> Step | None:
+        if rest == "ok":
+            return Step(n, content, "api", verb="ok")
+        m = re.fullmatch(rf"down for (?P<dur>{_DUR})", rest)
+        if m:
+            seconds = self._duration(n, "api", m["dur"], allow_zero=False)
+            return Step(n, content, "api", verb="down", seconds=seconds)
+        m = self._form(n, "api", rest, rf"(?P<mode>throttle|5xx) for (?:(?P<dur>{_DUR})|(?P<calls>\d+) calls?)"
+                                       r"(?: of (?P<actions>\S+))?")
+        if m is None:
+            return None
+        seconds = self._duration(n, "api", m["dur"], allow_zero=False) if m["dur"] else None
+        calls = int(m["calls"]) if m["calls"] else None
+        if calls is not None and not 1 <= calls <= 10000:
+            self.bad(n, "api", m["calls"] + " calls", "1 to 10000 calls")
+        actions = tuple(a for a in (m["actions"] or "").split(",") if a)
+        wrong = [a for a in actions if not _ACTION.match(a)]
+        if wrong or (m["actions"] and not actions):
+            self.bad(n, "api", m["actions"], "EC2 action names such as ReplaceRoute,DescribeRouteTables")
+        self.seen_api_fault = True
+        return Step(n, content, "api", verb=m["mode"], seconds=seconds, count=calls, actions=actions)
+
+    def _delete(self, n: int, content: str, rest: str) -> Step | None:
+        m = self._form(n, "delete", rest, r"route in table (?P<n>\d+)")
+        if m is None:
+            return None
+        table = int(m["n"])
+        if not 1 <= table <= self.setup.tables:
+            self.bad(n, "delete", rest, f"route in table 1..{self.setup.tables} (the lab has "
+                                        f"{self.setup.tables} tables)")
+        return Step(n, content, "delete", count=table)
+
+    def _cli(self, n: int, content: str, rest: str) -> Step | None:
+        try:
+            args = shlex.split(rest)
+        except ValueError as e:
+            self.bad(n, "cli", rest, f"{SYNTAX['cli'].replace('cli ', '')} ({e})")
+            return None
+        self.seen_cli = True
+        command, flags = (args[0], args[1:]) if args else ("", [])
+        allowed = {"status": {"--json": 0}, "failover": {"--to": 1, "--dry-run": 0, "--deadline": 1, "--json": 0}}
+        if command not in allowed:
+            self.bad(n, "cli", rest, "status|failover (the lab adds --vip)")
+            return None
+        given: dict[str, str] = {}
+        i = 0
+        problem = ""
+        while i < len(flags) and not problem:
+            flag = flags[i]
+            if flag not in allowed[command] or flag in given:
+                problem = f"{flag}: each of {', '.join(allowed[command])} at most once"
+            elif allowed[command][flag] and i + 1 >= len(flags):
+                problem = f"{flag} needs a value"
+            else:
+                given[flag] = flags[i + 1] if allowed[command][flag] else ""
+                i += 1 + allowed[command][flag]
+        if not problem and command == "failover":
+            to, deadline = given.get("--to"), given.get("--deadline", f"{CLI_DEFAULT_DEADLINE_S:g}")
+            if to not in NODES:
+                problem = f"--to {_NODE} (given: {to})"
+            elif not re.fullmatch(r"\d+(\.\d+)?", deadline) or not 0 < float(deadline) <= MAX_DURATION_S:
+                problem = f"--deadline SECONDS, more than 0 and at most {MAX_DURATION_S:g} (given: {deadline})"
+        if problem:
+            form = next(f for f in SYNTAX["cli"].split("; ") if f.startswith("cli " + command))
+            self.bad(n, "cli", rest, f"{form.removeprefix('cli ')}; {problem}")
+            return None
+        seconds = float(given["--deadline"]) if "--deadline" in given else None
+        return Step(n, content, "cli", verb=command, args=tuple(args), seconds=seconds)
+
+    def _wait(self, n: int, content: str, rest: str) -> Step | None:
+        m = self._form(n, "wait", rest, _DUR)
+        if m is None:
+            return None
+        return Step(n, content, "wait", seconds=self._duration(n, "wait", rest, allow_zero=False))
+
+    def _mark(self, n: int, content: str, rest: str) -> Step | None:
+        m = self._form(n, "mark", rest, _NAME)
+        if m is None:
+            return None
+        self.marks.add(rest)
+        return Step(n, content, "mark", mark=rest)
+
+    def _expect(self, n: int, content: str, rest: str) -> Step | None:
+        subject = rest.split(" ", 1)[0]
+        form = _EXPECT_FORMS.get(subject)
+        if form is None:
+            self.bad(n, "expect", rest, "; ".join(EXPECT_SYNTAX.values()))
+            return None
+        m = form.fullmatch(rest)
+        if m is None:
+            hint = (_BOUND_HINT if subject in WAITING_EXPECTS and " within " not in f" {rest} "
+                    else _DURATION_HELP if "DURATION" in EXPECT_SYNTAX[subject] and not _has_duration(rest)
+                    else "")
+            self.bad(n, "expect", rest, EXPECT_SYNTAX[subject] + hint)
+            return None
+        groups = m.groupdict()
+        seconds = self._duration(n, "expect", groups["dur"], allow_zero=True) if groups.get("dur") else None
+        mark = groups.get("mark") or ""
+        if mark and mark not in self.marks:
+            self.bad(n, "expect", rest, f"{EXPECT_SYNTAX[subject]}, with a MARK that an earlier mark line set "
+                                        f"({', '.join(sorted(self.marks))})")
+        if subject == "cli" and not self.seen_cli:
+            self.bad(n, "expect", rest, "expect cli exit N after a cli line")
+        if subject == "api" and not self.seen_api_fault:
+            self.bad(n, "expect", rest, "expect api faults ... after an api throttle|5xx line")
+        return Step(n, content, "expect", verb=subject, node=groups.get("node") or "",
+                    state=(groups.get("state") or "").upper(), seconds=seconds,
+                    count=int(groups["n"]) if groups.get("n") else None,
+                    op=groups.get("op") or ("at least" if subject == "api" else "exactly" if groups.get("n") else ""),
+                    mark=mark)
+
+
+def parse(text: str, name: str = "<script>") -> Scenario:
+    """Parse a whole script; raise ScriptError with every problem in it."""
+    return _Parser(name).parse(text)
+
+
+def parse_file(path: str | Path) -> Scenario:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScriptError([f"{path}: cannot read it: {e}"]) from None
+    return parse(text, path.name)
