@@ -51,6 +51,10 @@ PRIORITY = {"a": 150, "b": 100}
 _API_DOWN_PREF = 20
 MOTO_URL = f"http://{topology.API_IP}:{MOTO_PORT}"
 PROXY_URL = f"http://{topology.API_IP}:{PROXY_PORT}"
+# The reconciler Lambda: the real handler behind a stand-in for Lambda's Invoke API (moto's needs Docker).
+LAMBDA_PORT = 5002
+LAMBDA_URL = f"http://{topology.API_IP}:{LAMBDA_PORT}"
+RECONCILER = "haproxy-ha-lab-reconcile"
 
 
 class LabError(RuntimeError):
@@ -168,11 +172,13 @@ class Lab:
             "AWS_ACCESS_KEY_ID": "lab", "AWS_SECRET_ACCESS_KEY": "lab", "AWS_DEFAULT_REGION": cloud.REGION,
             "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
             "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+            # The agents invoke the reconciler for a missing route; their Lambda client goes here.
+            "AWS_ENDPOINT_URL_LAMBDA": LAMBDA_URL,
         })
 
     # -- processes -------------------------------------------------------------------------
     def _spawn(self, name: str, namespace: str, cmd: list[str], log_name: str | None = None,
-               stderr_name: str | None = None) -> subprocess.Popen[bytes]:
+               stderr_name: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         out_path = self.workdir / (log_name or f"{name}.log")
         err_path = self.workdir / stderr_name if stderr_name else None
         # The child keeps its own copies of the log descriptors; ours close at once.
@@ -180,7 +186,7 @@ class Lab:
             # `ip netns exec` execs the command, so the PID is the command's own.
             proc = subprocess.Popen(["ip", "netns", "exec", namespace, *cmd], stdout=out,
                                     stderr=err if err_path else subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=REPO, env=self.env)
+                                    stdin=subprocess.DEVNULL, cwd=REPO, env={**self.env, **(env or {})})
         self.started.append((name, proc))
         self.named[name] = proc
         return proc
@@ -224,6 +230,7 @@ class Lab:
         with topology.entered(ROUTER):
             self.state = cloud.create(self._api, VIP, self.options.tables)
         self._start_emulator()
+        self._start_reconciler()
         for node in NODES:
             self._write_document(node)
         renders = [subprocess.Popen(["ip", "netns", "exec", NODES[n].namespace, sys.executable, "-m",
@@ -272,6 +279,16 @@ class Lab:
             log_name="emulator.jsonl", stderr_name="emulator.err")
         _wait(lambda: any(r.get("event") == "routes" for r in self.emulator_log()), 15, "the emulator's first poll")
 
+    def _start_reconciler(self) -> None:
+        assert self.state is not None
+        state = self.state
+        self._spawn("reconciler", ROUTER, [sys.executable, "-m", "tests.support.lambda_stand_in",
+                                           "--host", topology.API_IP, "--port", str(LAMBDA_PORT)],
+                    env={"VIP": VIP, "ROUTE_TABLE_IDS": ",".join(state.route_table_ids),
+                         "NODES": json.dumps([{"name": n, "eni_id": state.eni[n]} for n in NODES]),
+                         "AWS_ENDPOINT_URL": MOTO_URL})
+        _wait(lambda: self._reachable(LAMBDA_URL + "/invocations"), 15, "the reconciler stand-in to start")
+
     def node_dir(self, node: str) -> Path:
         return self.workdir / node
 
@@ -295,6 +312,7 @@ class Lab:
             "region": cloud.REGION,
             "endpoint_url": PROXY_URL if self.options.fault_proxy else MOTO_URL,
             "vpc_id": self.state.vpc_id,
+            "reconciler": RECONCILER,
             "priority": PRIORITY[node],
             "preempt": self.options.preempt,
             "profile": self.options.profile,
@@ -450,6 +468,18 @@ class Lab:
         with topology.entered(ROUTER):
             result = routes.delete_routes(self._api, VIP, [table_id])
         assert result.converged, result.tables
+
+    def set_instance_state(self, node: str, running: bool) -> str:
+        """Stop or start node's EC2 instance in moto; returns its ID."""
+        assert self.state is not None
+        with topology.entered(ROUTER):
+            owner = routes.eni_owners(self._api, [self.state.eni[node]])[self.state.eni[node]]
+            assert owner.instance_id is not None
+            if running:
+                self._api.start_instances(InstanceIds=[owner.instance_id])
+            else:
+                self._api.stop_instances(InstanceIds=[owner.instance_id])
+        return owner.instance_id
 
     def link_down(self, node: str) -> None:
         topology.ip("link", "set", topology.NODE_IFACE, "down", namespace=NODES[node].namespace)

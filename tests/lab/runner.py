@@ -307,6 +307,11 @@ class Runner:
         self.lab.delete_vip_route(table)
         result.seen = {"table": table}
 
+    def _do_instance(self, step: Step, result: StepResult) -> None:
+        # The EC2 instance state only (what the reconciler, the CLI and the agents read from the
+        # API); the node's processes keep running, as an instance stop never shows in a namespace.
+        result.seen = {"instance": self.lab.set_instance_state(step.node, running=step.verb == "start")}
+
     def _do_wait(self, step: Step, result: StepResult) -> None:
         time.sleep(step.seconds or 0.0)
 

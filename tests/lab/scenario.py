@@ -49,7 +49,8 @@ SYNTAX: dict[str, str] = {
     "heal": "heal",
     "api": "api throttle|5xx for DURATION|N calls [of ACTION[,ACTION...]]; api down for DURATION; api ok",
     "delete": "delete route in table N",
-    "cli": f"cli status [--json]; cli failover --to {_NODE} [--dry-run] [--deadline SECONDS] [--json]",
+    "instance": f"instance stop|start on {_NODE}",
+    "cli": f"cli status [--json]; cli failover --to {_NODE} [--dry-run] [--force] [--deadline SECONDS] [--json]",
     "wait": "wait DURATION",
     "mark": "mark NAME",
     "expect": "expect routes|client|vrrp|move|api|failed|moves|cli ...",
@@ -304,6 +305,12 @@ class _Parser:
                                         f"{self.setup.tables} tables)")
         return Step(n, content, "delete", count=table)
 
+    def _instance(self, n: int, content: str, rest: str) -> Step | None:
+        m = self._form(n, "instance", rest, rf"(?P<verb>stop|start) on (?P<node>{_NODE})")
+        if m is None:
+            return None
+        return Step(n, content, "instance", verb=m["verb"], node=m["node"])
+
     def _cli(self, n: int, content: str, rest: str) -> Step | None:
         try:
             args = shlex.split(rest)
@@ -312,7 +319,8 @@ class _Parser:
             return None
         self.seen_cli = True
         command, flags = (args[0], args[1:]) if args else ("", [])
-        allowed = {"status": {"--json": 0}, "failover": {"--to": 1, "--dry-run": 0, "--deadline": 1, "--json": 0}}
+        allowed = {"status": {"--json": 0},
+                   "failover": {"--to": 1, "--dry-run": 0, "--force": 0, "--deadline": 1, "--json": 0}}
         if command not in allowed:
             self.bad(n, "cli", rest, "status|failover (the lab adds --vip)")
             return None

@@ -1,7 +1,7 @@
 """Stand-in for Lambda's Invoke API, which moto can serve only with Docker: a loopback HTTP server
 that runs the real route Lambda (`lambda/handler.py`) in this process for each invocation.
 
-    python -m tests.support.lambda_stand_in --port PORT
+    python -m tests.support.lambda_stand_in --port PORT [--host ADDRESS]
 
 Its environment is the function's: VIP, ROUTE_TABLE_IDS, NODES, and AWS_ENDPOINT_URL (moto).
 It answers `POST /2015-03-31/functions/{name}/invocations` as Lambda does: 202 for an "Event"
@@ -50,7 +50,7 @@ class _Context:
         return max(0, int((self._end - time.monotonic()) * 1000))
 
 
-def serve(port: int) -> None:
+def serve(port: int, host: str = "127.0.0.1") -> None:
     handler = _handler()
     invocations: list[dict[str, Any]] = []
     lock = threading.Lock()
@@ -93,7 +93,7 @@ def serve(port: int) -> None:
         def log_message(self, *_: Any) -> None:
             pass
 
-    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    ThreadingHTTPServer((host, port), Handler).serve_forever()
 
 
 def start(env: dict[str, str], port: int, timeout_s: float = 20.0) -> tuple[subprocess.Popen[bytes], str]:
@@ -133,4 +133,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
-    serve(parser.parse_args().port)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (the lab's API address)")
+    args = parser.parse_args()
+    serve(args.port, args.host)
