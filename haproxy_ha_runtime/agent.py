@@ -173,8 +173,11 @@ class Agent:
 
     def __init__(self, cfg: NodeConfig, client: Any, eni_id: str,
                  log: Callable[..., None] = log_event,
-                 invoke_reconciler: Callable[[list[str]], None] | None = None) -> None:
+                 invoke_reconciler: Callable[[list[str]], None] | None = None,
+                 probe: Callable[[Peer], peer.PeerView] | None = None) -> None:
         self.cfg = cfg
+        # Asks a peer for its /state now (the poller keeps `peer_views` fresh with it).
+        self.probe = probe
         self.client = client
         self.eni_id = eni_id
         self.log = log
@@ -323,8 +326,17 @@ class Agent:
         self.healthy = healthy
         _p, view = self._peer()
         if not healthy and view.healthy_haproxy and not self.busy:
-            self._submit(lambda _gen: self._give_routes_to_peer(
-                "own HAProxy is unhealthy", lambda: self.healthy is False), self.generation)
+            self._submit(lambda _gen: self._hand_over_unhealthy(), self.generation)
+
+    def _hand_over_unhealthy(self) -> None:
+        p, view = self._peer()
+        if p is not None and self.probe is not None:
+            # The poller's view may be a fraction of a second old, and both HAProxies may have
+            # failed together: ask the peer again before handing it anything.
+            view = self.probe(p)
+            self.peer_views[p.name] = view
+        if view.healthy_haproxy:
+            self._give_routes_to_peer("own HAProxy is unhealthy", lambda: self.healthy is False)
 
     def step_down(self, gen: int) -> None:
         """The one way a healthy node gives up the VIP: point every route at the healthy peer,
@@ -415,14 +427,13 @@ class Agent:
         self._worker.shutdown(wait=True)
 
 
-def _poll_peers(agent: Agent, address: Callable[[Peer], tuple[str, int]], interval_s: float, timeout_s: float,
+def _poll_peers(agent: Agent, probe: Callable[[Peer], peer.PeerView], interval_s: float,
                 stop: threading.Event) -> None:
     """Keep `agent.peer_views` fresh: one /state probe per peer every `interval_s`."""
     while not stop.is_set():
         started = time.monotonic()
         for p in agent.cfg.peers:
-            host, port = address(p)
-            agent.peer_views[p.name] = peer.probe_peer(host, port, timeout_s)
+            agent.peer_views[p.name] = probe(p)
         stop.wait(max(0.0, interval_s - (time.monotonic() - started)))
 
 
@@ -475,15 +486,20 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
     """
     stop = stop or threading.Event()
     t = cfg.timing
-    agent = Agent(cfg, client, eni_id, log, invoke_reconciler)
+    address = peer_address or (lambda p: (p.ip, cfg.stats_port))
+    probe_timeout_s = min(1.0, max(0.2, 2 * t.advert_int_s))
+
+    def probe(p: Peer) -> peer.PeerView:
+        return peer.probe_peer(*address(p), probe_timeout_s)
+
+    agent = Agent(cfg, client, eni_id, log, invoke_reconciler, probe)
     health = HealthCheck(cfg.stats_port, timeout_s=max(0.05, min(0.5, t.health_interval_s)),
                          fall=t.health_fall, rise=t.health_rise)
     server = peer.StateServer(cfg.agent_port, agent.state_report).start()
     poller_stop = threading.Event()
     poller = threading.Thread(
         target=_poll_peers, name="peer-poller", daemon=True,
-        args=(agent, peer_address or (lambda p: (p.ip, cfg.stats_port)),
-              min(1.0, max(0.2, 4 * t.health_interval_s)), min(1.0, max(0.2, 2 * t.advert_int_s)), poller_stop))
+        args=(agent, probe, min(1.0, max(0.2, 4 * t.health_interval_s)), poller_stop))
     poller.start()
     watcher = None
     if cfg.auto_scaling_group and cfg.lifecycle_hook and platform is not None:

@@ -640,7 +640,7 @@ class Lab:
                     _wait(functools.partial(self._left_vrrp, procs, node, since), 1.5,
                           f"keepalived on node {node} to stop")
             self._end(keepalived)
-            rest = ["agent", "haproxy", "emulator", "backends", "fault-proxy", "moto"]
+            rest = ["agent", "haproxy", "emulator", "reconciler", "backends", "fault-proxy", "moto"]
             self._end([p for prefix in rest for n, p in self.started if n.startswith(prefix)])
             for name, proc in self.started:
                 if proc.poll() is None:

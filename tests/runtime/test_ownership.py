@@ -303,3 +303,25 @@ def test_a_missing_route_is_created_by_the_real_reconciler_the_agent_invokes(
         assert call["event"]["missing_route_tables"] == [world.tables[1]]
     finally:
         lambda_stand_in.stop(proc)
+
+
+def test_a_failing_node_asks_its_peer_again_before_it_hands_over(world: World, tmp_path: Path) -> None:
+    """Both HAProxies fail a moment apart: the poller still remembers a healthy peer, but a fresh
+    probe does not, so the routes stay where they are rather than go to a dead peer."""
+    log = Log()
+    asked: list[str] = []
+
+    def probe(p: Any) -> peer.PeerView:
+        asked.append(p.name)
+        return SICK
+
+    a = agent.Agent(node_a(world, tmp_path), world.client, world.eni_a, log, probe=probe)
+    try:
+        a.healthy = True
+        a.peer_views["b"] = HEALTHY_BACKUP  # what the poller saw a moment ago
+        a.on_health(False)
+        _wait(lambda: bool(asked) and not a.busy)
+    finally:
+        a.shutdown()
+    assert asked == ["b"] and not log.of("route_hand_over")
+    assert set(targets(world.client, world.tables).values()) == {world.eni_a}
