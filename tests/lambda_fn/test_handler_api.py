@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,24 +9,15 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from haproxy_ha_runtime.tags import ROUTES_DELETED_TAG
 from tests.conftest import REPO, VIP, World, client_for, make_world, targets
+from tests.support.lambda_stand_in import load_handler
 
-
-def _load_handler() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("route_lambda_handler", REPO / "lambda" / "handler.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-handler = _load_handler()
+handler = load_handler()
 
 
 class _Context:

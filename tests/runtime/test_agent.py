@@ -7,8 +7,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +17,8 @@ from haproxy_ha_runtime import agent
 from haproxy_ha_runtime.config import NodeConfig, parse_config
 from tests.conftest import VIP, World, client_for, make_world, targets
 from tests.runtime.samples import doc
+from tests.support.agent_tools import FakeHealth, Log, wait_for
 from tests.support.moto_server import free_port
-
-
-class Log:
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def __call__(self, event: str, **fields: Any) -> None:
-        self.events.append({"event": event, **fields})
-
-    def of(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["event"] == name]
 
 
 def _cfg(world: World, tmp: Path, **changes: Any) -> NodeConfig:
@@ -40,14 +29,6 @@ def _cfg(world: World, tmp: Path, **changes: Any) -> NodeConfig:
     return parse_config(d)
 
 
-def _wait(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
-
-
 def test_master_takes_over_every_table(moto: str, tmp_path: Path) -> None:
     world = make_world(client_for(moto), 5)
     world.client.stop_instances(InstanceIds=[world.instance_a])
@@ -55,7 +36,7 @@ def test_master_takes_over_every_table(moto: str, tmp_path: Path) -> None:
     # Node b becomes MASTER; its ENI is the target.
     a = agent.Agent(_cfg(world, tmp_path), world.client, world.eni_b, log)
     a.on_state(agent.MASTER)
-    _wait(lambda: bool(log.of("route_move")))
+    wait_for(lambda: bool(log.of("route_move")))
     a.shutdown()
     move = log.of("route_move")[0]
     assert move["converged"] and move["moved"] == 5 and move["duration_s"] > 0
@@ -68,7 +49,7 @@ def test_agent_stops_writing_the_moment_it_is_not_master(proxy, tmp_path: Path) 
     log = Log()
     a = agent.Agent(_cfg(world, tmp_path), world.client, world.eni_b, log)
     a.on_state(agent.MASTER)
-    _wait(lambda: proxy.state.stats()["calls"].get("ReplaceRoute", 0) >= 8)  # it is retrying
+    wait_for(lambda: proxy.state.stats()["calls"].get("ReplaceRoute", 0) >= 8)  # it is retrying
     a.on_state(agent.FAULT)
     time.sleep(0.3)  # let a write that was already in flight land
     settled = proxy.state.stats()["calls"]["ReplaceRoute"]
@@ -89,7 +70,7 @@ def test_master_keeps_trying_past_the_takeover_deadline(proxy, tmp_path: Path) -
     time.sleep(3 * cfg.timing.takeover_deadline_s)  # the API fails for longer than the deadline
     assert a.busy and set(targets(world.client, world.tables).values()) == {world.eni_a}
     proxy.state.set_fault("none", 0, [])
-    _wait(lambda: any(e["converged"] for e in log.of("route_move")))
+    wait_for(lambda: any(e["converged"] for e in log.of("route_move")))
     a.shutdown()
     assert set(targets(world.client, world.tables).values()) == {world.eni_b}
 
@@ -129,10 +110,10 @@ def test_losing_an_election_hands_routes_to_the_peer(moto: str, tmp_path: Path) 
     cfg = _cfg(world, tmp_path, peers=[{"name": "a", "ip": "192.0.2.20", "eni_id": world.eni_a}], node_name="b")
     b = agent.Agent(cfg, world.client, world.eni_b, log)
     b.on_state(agent.MASTER)
-    _wait(lambda: bool(log.of("route_move")))
+    wait_for(lambda: bool(log.of("route_move")))
     assert set(targets(world.client, world.tables).values()) == {world.eni_b}
     b.on_state(agent.BACKUP)  # the partition healed and node a won
-    _wait(lambda: bool(log.of("route_hand_over")))
+    wait_for(lambda: bool(log.of("route_hand_over")))
     b.shutdown()
     assert set(targets(world.client, world.tables).values()) == {world.eni_a}
 
@@ -169,36 +150,14 @@ def test_first_probe_of_a_healthy_node_reports_healthy_at_once() -> None:
     assert h.update(True) and h.healthy
 
 
-class _Health:
-    """A stand-in for HAProxy's /healthz on loopback, which the test can turn off."""
-
-    def __init__(self) -> None:
-        self.ok = True
-        health = self
-
-        class H(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200 if health.ok and self.path == "/healthz" else 503)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
-def health() -> Iterator[_Health]:
-    h = _Health()
+def health() -> Iterator[FakeHealth]:
+    h = FakeHealth()
     yield h
-    h.server.shutdown()
-    h.server.server_close()
+    h.stop()
 
 
-def test_run_loop_feeds_the_track_file_and_acts_on_the_fifo(moto: str, tmp_path: Path, health: _Health) -> None:
+def test_run_loop_feeds_the_track_file_and_acts_on_the_fifo(moto: str, tmp_path: Path, health: FakeHealth) -> None:
     world = make_world(client_for(moto), 3)
     cfg = _cfg(world, tmp_path, stats_port=health.port, agent_port=free_port())
     log = Log()
@@ -209,19 +168,19 @@ def test_run_loop_feeds_the_track_file_and_acts_on_the_fifo(moto: str, tmp_path:
     thread.start()
     try:
         track = Path(cfg.paths.track_file)
-        _wait(lambda: track.exists() and track.read_text() == "0\n")
+        wait_for(lambda: track.exists() and track.read_text() == "0\n")
         track.write_text("1\n")  # what keepalived does at start (init_file ... overwrite)
-        _wait(lambda: track.read_text() == "0\n")
+        wait_for(lambda: track.read_text() == "0\n")
         health.ok = False
-        _wait(lambda: track.read_text() == "1\n")
+        wait_for(lambda: track.read_text() == "1\n")
         health.ok = True
-        _wait(lambda: track.read_text() == "0\n")
+        wait_for(lambda: track.read_text() == "0\n")
         writer = os.open(cfg.paths.notify_fifo, os.O_WRONLY)
         os.write(writer, b'INSTANCE "haproxy_ha" MASTER 150\n')
-        _wait(lambda: bool(log.of("route_move")))
+        wait_for(lambda: bool(log.of("route_move")))
         assert set(targets(world.client, world.tables).values()) == {world.eni_b}
         os.close(writer)
-        _wait(lambda: any(e["event"] == "transition" and e["new"] == agent.UNKNOWN for e in log.events))
+        wait_for(lambda: any(e["event"] == "transition" and e["new"] == agent.UNKNOWN for e in log.events))
     finally:
         stop.set()
         thread.join(10)
@@ -236,7 +195,7 @@ def test_fifo_held_by_another_process_sees_a_writer_come_and_go(tmp_path: Path) 
         assert not agent.fifo_held_by_another_process(reader.path)  # our own read end does not count
         writer = subprocess.Popen(["sh", "-c", f'exec 3>"{reader.path}"; exec sleep 30'])
         try:
-            _wait(lambda: agent.fifo_held_by_another_process(reader.path), timeout=5)
+            wait_for(lambda: agent.fifo_held_by_another_process(reader.path), timeout=5)
         finally:
             writer.kill()
             writer.wait(5)

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -24,20 +24,11 @@ from haproxy_ha_runtime.imds import Imds
 from haproxy_ha_runtime.render import render_haproxy
 from tests.conftest import World, client_for, make_world, require, targets
 from tests.runtime.samples import doc
+from tests.support.agent_tools import FakeHealth, Log, wait_for
 from tests.support.aws_stand_in import AwsStandIn
 from tests.support.imds_stand_in import FakeImds
 from tests.support.moto_server import free_port
 
-
-def _wait(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
-
-
-# -- drain, counted by the real HAProxy -----------------------------------------------------------
 
 class _SlowBackend:
     """A backend that holds each request until `release` is set."""
@@ -80,7 +71,7 @@ def haproxy_with_slow_backend(tmp_path: Path) -> Iterator[tuple[NodeConfig, _Slo
     proc = subprocess.Popen([binary, "-db", "-f", str(tmp_path / "haproxy.cfg")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait(lambda: Path(cfg.paths.haproxy_socket).exists())
+        wait_for(lambda: Path(cfg.paths.haproxy_socket).exists())
         yield cfg, backend, port
     finally:
         backend.release.set()
@@ -105,7 +96,7 @@ def test_drain_waits_for_the_request_in_flight_and_no_longer(
 
     client = threading.Thread(target=request)
     client.start()
-    _wait(lambda: sessions() == 1)
+    wait_for(lambda: sessions() == 1)
     drained, waited = lifecycle.drain(sessions, timeout_s=0.5, poll_s=0.05)
     assert not drained and waited >= 0.5  # still in flight: drain gives up at its timeout
     threading.Timer(0.3, backend.release.set).start()
@@ -145,35 +136,13 @@ def test_ready_means_healthy_in_vrrp_hearing_the_peer_and_reaching_ec2(
 
 # -- the termination hook, asking to be replaced, and the signal, with stand-ins -------------------
 
-class _Health:
-    """HAProxy's /healthz on loopback, which the test turns on and off."""
-
-    def __init__(self) -> None:
-        self.ok = True
-        health = self
-
-        class H(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200 if health.ok and self.path == "/healthz" else 503)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
-def stand_ins() -> Iterator[tuple[FakeImds, AwsStandIn, _Health]]:
-    imds, aws, health = FakeImds(instance_id="i-0aaaaaaaaaaaaaaa1"), AwsStandIn(), _Health()
+def stand_ins() -> Iterator[tuple[FakeImds, AwsStandIn, FakeHealth]]:
+    imds, aws, health = FakeImds(instance_id="i-0aaaaaaaaaaaaaaa1"), AwsStandIn(), FakeHealth()
     yield imds, aws, health
     imds.stop()
     aws.stop()
-    health.server.shutdown()
-    health.server.server_close()
+    health.stop()
 
 
 def _platform(imds: FakeImds, aws: AwsStandIn) -> lifecycle.Platform:
@@ -185,17 +154,6 @@ def _platform(imds: FakeImds, aws: AwsStandIn) -> lifecycle.Platform:
     return lifecycle.Platform(
         instance_id=lambda: client.get("instance-id"), lifecycle_state=state,
         client=lambda service: boto3.session.Session().client(service, region_name="us-east-1", endpoint_url=aws.url))
-
-
-class Log:
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def __call__(self, event: str, **fields: Any) -> None:
-        self.events.append({"event": event, **fields})
-
-    def of(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["event"] == name]
 
 
 def _node_a(world: World, tmp: Path, health_port: int, **changes: Any) -> NodeConfig:
@@ -216,18 +174,18 @@ def _run(cfg: NodeConfig, world: World, platform: lifecycle.Platform, log: Log) 
 
 
 def test_a_terminating_node_hands_over_drains_then_completes_the_hook(
-        moto: str, tmp_path: Path, stand_ins: tuple[FakeImds, AwsStandIn, _Health]) -> None:
+        moto: str, tmp_path: Path, stand_ins: tuple[FakeImds, AwsStandIn, FakeHealth]) -> None:
     imds, aws, health = stand_ins
     world = make_world(client_for(moto), 3)  # the routes start at node a
     cfg = _node_a(world, tmp_path, health.port)
     log = Log()
     thread, stop = _run(cfg, world, _platform(imds, aws), log)
     try:
-        _wait(lambda: bool(log.of("health")))
+        wait_for(lambda: bool(log.of("health")))
         time.sleep(0.5)
         assert not aws.calls and set(targets(world.client, world.tables).values()) == {world.eni_a}
         imds.lifecycle_state = "Terminated"
-        _wait(lambda: bool(aws.of("CompleteLifecycleAction")))
+        wait_for(lambda: bool(aws.of("CompleteLifecycleAction")))
         order = [e["event"] for e in log.events if e["event"] in
                  ("terminating", "route_hand_over", "drained", "lifecycle_complete")]
         assert order == ["terminating", "route_hand_over", "drained", "lifecycle_complete"]
@@ -244,17 +202,17 @@ def test_a_terminating_node_hands_over_drains_then_completes_the_hook(
 
 
 def test_a_node_whose_haproxy_stays_down_asks_its_group_to_replace_it(
-        moto: str, tmp_path: Path, stand_ins: tuple[FakeImds, AwsStandIn, _Health]) -> None:
+        moto: str, tmp_path: Path, stand_ins: tuple[FakeImds, AwsStandIn, FakeHealth]) -> None:
     imds, aws, health = stand_ins
     world = make_world(client_for(moto), 1)
     cfg = _node_a(world, tmp_path, health.port, replace_unhealthy_after_s=1)
     log = Log()
     thread, stop = _run(cfg, world, _platform(imds, aws), log)
     try:
-        _wait(lambda: bool(log.of("health")))
+        wait_for(lambda: bool(log.of("health")))
         health.ok = False
         t0 = time.monotonic()
-        _wait(lambda: bool(aws.of("SetInstanceHealth")))
+        wait_for(lambda: bool(aws.of("SetInstanceHealth")))
         assert time.monotonic() - t0 >= 1  # not before the bound
         time.sleep(0.5)
         assert aws.of("SetInstanceHealth") == [{"InstanceId": "i-0aaaaaaaaaaaaaaa1", "HealthStatus": "Unhealthy",
@@ -265,18 +223,18 @@ def test_a_node_whose_haproxy_stays_down_asks_its_group_to_replace_it(
 
 
 def test_a_node_that_recovers_in_time_is_not_replaced(
-        moto: str, tmp_path: Path, stand_ins: tuple[FakeImds, AwsStandIn, _Health]) -> None:
+        moto: str, tmp_path: Path, stand_ins: tuple[FakeImds, AwsStandIn, FakeHealth]) -> None:
     imds, aws, health = stand_ins
     world = make_world(client_for(moto), 1)
     cfg = _node_a(world, tmp_path, health.port, replace_unhealthy_after_s=2)
     log = Log()
     thread, stop = _run(cfg, world, _platform(imds, aws), log)
     try:
-        _wait(lambda: bool(log.of("health")))
+        wait_for(lambda: bool(log.of("health")))
         health.ok = False
-        _wait(lambda: any(e.get("healthy") is False for e in log.of("health")))
+        wait_for(lambda: any(e.get("healthy") is False for e in log.of("health")))
         health.ok = True
-        _wait(lambda: log.of("health")[-1].get("healthy") is True)
+        wait_for(lambda: log.of("health")[-1].get("healthy") is True)
         time.sleep(2.5)
         assert not aws.of("SetInstanceHealth")
     finally:
@@ -284,7 +242,8 @@ def test_a_node_that_recovers_in_time_is_not_replaced(
         thread.join(10)
 
 
-def test_the_signal_names_the_stack_the_group_and_the_instance(stand_ins: tuple[FakeImds, AwsStandIn, _Health]) -> None:
+def test_the_signal_names_the_stack_the_group_and_the_instance(
+        stand_ins: tuple[FakeImds, AwsStandIn, FakeHealth]) -> None:
     _imds, aws, _health = stand_ins
     cfn = boto3.session.Session().client("cloudformation", region_name="us-east-1", endpoint_url=aws.url)
     cfg = parse_config(doc(cfn_stack="HaproxyHa", cfn_resource="NodeAGroup1234ABCD"))

@@ -18,6 +18,7 @@ from haproxy_ha_runtime.config import NodeConfig, parse_config
 from haproxy_ha_runtime.tags import OPERATOR_CHOICE_TAG
 from tests.conftest import VIP, World, client_for, make_world, targets
 from tests.runtime.samples import doc
+from tests.support.agent_tools import Log, wait_for
 from tests.support.moto_server import free_port
 
 ME, PEER, OTHER = "eni-00000000000000001", "eni-00000000000000002", "eni-00000000000000003"
@@ -105,17 +106,6 @@ def test_probe_tells_a_refused_port_from_a_silent_host_and_a_failing_agent() -> 
 
 # -- the agent acting on it, against moto -------------------------------------------------------
 
-class Log:
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def __call__(self, event: str, **fields: Any) -> None:
-        self.events.append({"event": event, **fields})
-
-    def of(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["event"] == name]
-
-
 def node_a(world: World, tmp: Path) -> NodeConfig:
     """This agent is node a (world.eni_a); its peer is node b (world.eni_b)."""
     return parse_config(doc(eni_id=world.eni_a, route_table_ids=world.tables, profile="fast",
@@ -160,14 +150,6 @@ def _as_master(a: agent.Agent) -> int:
         return a.generation
 
 
-def _wait(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
-
-
 def test_master_steps_down_when_the_operator_moved_the_routes_to_a_healthy_peer(
         world: World, make_agent: Callable[..., tuple[agent.Agent, Log]]) -> None:
     _choose(world, world.eni_b)
@@ -203,7 +185,7 @@ def test_a_restarted_agent_on_a_master_does_not_undo_an_operator_move(
     _routes_at(world, world.eni_b)
     a, log = make_agent(HEALTHY_BACKUP)
     a.on_state(agent.MASTER, reason="resumed", resumed=True)
-    _wait(lambda: not a.busy and bool(log.of("step_down")))
+    wait_for(lambda: not a.busy and bool(log.of("step_down")))
     assert set(targets(world.client, world.tables).values()) == {world.eni_b}
     assert not log.of("route_move")
 
@@ -215,7 +197,7 @@ def test_a_real_master_transition_takes_the_routes_at_once(
     a, log = make_agent(HEALTHY_MASTER)
     a.stepped_down = True
     a.on_state(agent.MASTER)
-    _wait(lambda: bool(log.of("route_move")))
+    wait_for(lambda: bool(log.of("route_move")))
     assert set(targets(world.client, world.tables).values()) == {world.eni_a}
     assert not a.stepped_down
 
@@ -244,7 +226,7 @@ def test_a_node_whose_haproxy_fails_gives_its_routes_to_a_healthy_peer(
         world: World, make_agent: Callable[..., tuple[agent.Agent, Log]]) -> None:
     a, log = make_agent(HEALTHY_BACKUP)  # routes start at node a
     a.on_health(False)
-    _wait(lambda: bool(log.of("route_hand_over")))
+    wait_for(lambda: bool(log.of("route_hand_over")))
     assert set(targets(world.client, world.tables).values()) == {world.eni_b}
 
 
@@ -297,7 +279,7 @@ def test_a_missing_route_is_created_by_the_real_reconciler_the_agent_invokes(
         finally:
             a.shutdown()
         assert log.of("route_missing")[0]["reconciler"] == "invoked"
-        _wait(lambda: targets(world.client, world.tables)[world.tables[1]] == world.eni_a)
+        wait_for(lambda: targets(world.client, world.tables)[world.tables[1]] == world.eni_a)
         (call,) = lambda_stand_in.invocations(url)
         assert call["function"] == "haproxy-ha-reconcile"
         assert call["event"]["missing_route_tables"] == [world.tables[1]]
@@ -320,7 +302,7 @@ def test_a_failing_node_asks_its_peer_again_before_it_hands_over(world: World, t
         a.healthy = True
         a.peer_views["b"] = HEALTHY_BACKUP  # what the poller saw a moment ago
         a.on_health(False)
-        _wait(lambda: bool(asked) and not a.busy)
+        wait_for(lambda: bool(asked) and not a.busy)
     finally:
         a.shutdown()
     assert asked == ["b"] and not log.of("route_hand_over")

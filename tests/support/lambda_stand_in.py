@@ -26,11 +26,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from tests.support import processes
+
 REPO = Path(__file__).resolve().parents[2]
 _PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
 
 
-def _handler() -> ModuleType:
+def load_handler() -> ModuleType:
+    """The route Lambda's handler module, loaded by path (`lambda` is a Python keyword)."""
     spec = importlib.util.spec_from_file_location("route_lambda_handler", REPO / "lambda" / "handler.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -51,7 +54,7 @@ class _Context:
 
 
 def serve(port: int, host: str = "127.0.0.1") -> None:
-    handler = _handler()
+    handler = load_handler()
     invocations: list[dict[str, Any]] = []
     lock = threading.Lock()
 
@@ -98,19 +101,11 @@ def serve(port: int, host: str = "127.0.0.1") -> None:
 
 def start(env: dict[str, str], port: int, timeout_s: float = 20.0) -> tuple[subprocess.Popen[bytes], str]:
     """Run the stand-in as its own process with the function's environment; returns it and its URL."""
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.lambda_stand_in", "--port", str(port)],
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **env})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            urllib.request.urlopen(url + "/invocations", timeout=1).close()
-            return proc, url
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                stop(proc)
-                raise RuntimeError("the Lambda stand-in did not start") from None
-            time.sleep(0.05)
+    proc = processes.start([sys.executable, "-m", "tests.support.lambda_stand_in", "--port", str(port)],
+                           url + "/invocations", "the Lambda stand-in",
+                           env={**os.environ, "PYTHONPATH": str(REPO), **env}, cwd=REPO, timeout_s=timeout_s)
+    return proc, url
 
 
 def invocations(url: str) -> list[dict[str, Any]]:
@@ -120,14 +115,7 @@ def invocations(url: str) -> list[dict[str, Any]]:
         return data
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the stand-in started by `start`."""
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+stop = processes.stop
 
 
 if __name__ == "__main__":

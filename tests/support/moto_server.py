@@ -6,9 +6,9 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
+
+from tests.support import processes
 
 # Without its ~1000 default AMIs, moto rebuilds its EC2 state in 0.1 s instead of 1.4 s after each
 # reset or start, and answers its first call without a second's delay.
@@ -27,25 +27,10 @@ def start(timeout_s: float = 20.0) -> tuple[subprocess.Popen[bytes], str]:
     """A moto server on a free loopback port, ready to answer; returns its process and URL."""
     port = free_port()
     exe = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], env={**os.environ, **NO_DEFAULT_AMIS},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
-            return proc, url
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                stop(proc)
-                raise RuntimeError("moto server did not start") from None
-            time.sleep(0.1)
+    proc = processes.start([str(exe), "-H", "127.0.0.1", "-p", str(port)], url + "/moto-api/", "moto server",
+                           env={**os.environ, **NO_DEFAULT_AMIS}, timeout_s=timeout_s)
+    return proc, url
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+stop = processes.stop

@@ -1,0 +1,59 @@
+"""What the agent tests share: a log that records the agent's events, a bounded wait, and a
+stand-in for HAProxy's /healthz on loopback (the agent's own health probe target)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class Log:
+    """Pass as the agent's `log`: keeps every event as a dict."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        self.events.append({"event": event, **fields})
+
+    def of(self, name: str) -> list[dict[str, Any]]:
+        """The events of one kind, in order."""
+        return [e for e in self.events if e["event"] == name]
+
+
+def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll `pred` until it holds; fail after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+class FakeHealth:
+    """HAProxy's /healthz on loopback, which a test turns on and off with `ok`."""
+
+    def __init__(self) -> None:
+        self.ok = True
+        health = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200 if health.ok and self.path == "/healthz" else 503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
