@@ -65,7 +65,8 @@ def test_the_lab_line_is_optional_and_the_fault_proxy_only_comes_when_needed() -
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("lab\nreboot a\n", "s.txt:2: got 'reboot'; allowed steps: lab, kill, stop, start, link, partition, heal, api, "
-                         "delete, cli, wait, mark, expect"),
+                         "delete, instance, cli, wait, mark, expect"),
+    ("instance reboot on a\n", "s.txt:1: instance: got 'reboot on a'; allowed: stop|start on a|b"),
     ("kill haproxy on c\n", "s.txt:1: kill: got 'haproxy on c'; allowed: haproxy|keepalived|agent on a|b"),
     ("kill nginx on a\n", "s.txt:1: kill: got 'nginx on a'; allowed: haproxy|keepalived|agent on a|b"),
     ("expect routes at c within 2s\n", "s.txt:1: expect: got 'routes at c within 2s'; allowed: routes at a|b "
@@ -113,13 +114,14 @@ def test_the_lab_line_is_optional_and_the_fault_proxy_only_comes_when_needed() -
                                                 "1..2 (the lab has 2 tables)"),
     ("cli reboot\n", "s.txt:1: cli: got 'reboot'; allowed: status|failover (the lab adds --vip)"),
     ("cli failover --to c\n", "s.txt:1: cli: got 'failover --to c'; allowed: failover --to a|b [--dry-run] "
-                              "[--deadline SECONDS] [--json]; --to a|b (given: c)"),
-    ("cli failover\n", "s.txt:1: cli: got 'failover'; allowed: failover --to a|b [--dry-run] [--deadline SECONDS] "
-                       "[--json]; --to a|b (given: None)"),
-    ("cli failover --to b --force\n", "s.txt:1: cli: got 'failover --to b --force'; allowed: failover --to a|b "
-                                      "[--dry-run] [--deadline SECONDS] [--json]; --force: each of --to, --dry-run"),
+                              "[--force] [--deadline SECONDS] [--json]; --to a|b (given: c)"),
+    ("cli failover\n", "s.txt:1: cli: got 'failover'; allowed: failover --to a|b [--dry-run] [--force] "
+                       "[--deadline SECONDS] [--json]; --to a|b (given: None)"),
+    ("cli failover --to b --quick\n", "s.txt:1: cli: got 'failover --to b --quick'; allowed: failover --to a|b "
+                                      "[--dry-run] [--force] [--deadline SECONDS] [--json]; --quick: each of --to, "
+                                      "--dry-run"),
     ("cli failover --to b --deadline soon\n", "s.txt:1: cli: got 'failover --to b --deadline soon'; allowed: failover"
-                                              " --to a|b [--dry-run] [--deadline SECONDS] [--json]; --deadline "
+                                              " --to a|b [--dry-run] [--force] [--deadline SECONDS] [--json]; --deadline "
                                               "SECONDS, more than 0 and at most 600 (given: soon)"),
     ("cli status --deadline 3\n", "s.txt:1: cli: got 'status --deadline 3'; allowed: status [--json]; --deadline: "
                                   "each of --json at most once"),
