@@ -121,8 +121,8 @@ def test_the_lab_line_is_optional_and_the_fault_proxy_only_comes_when_needed() -
                                       "[--dry-run] [--force] [--deadline SECONDS] [--json]; --quick: each of --to, "
                                       "--dry-run"),
     ("cli failover --to b --deadline soon\n", "s.txt:1: cli: got 'failover --to b --deadline soon'; allowed: failover"
-                                              " --to a|b [--dry-run] [--force] [--deadline SECONDS] [--json]; --deadline "
-                                              "SECONDS, more than 0 and at most 600 (given: soon)"),
+                                              " --to a|b [--dry-run] [--force] [--deadline SECONDS] [--json]; "
+                                              "--deadline SECONDS, more than 0 and at most 600 (given: soon)"),
     ("cli status --deadline 3\n", "s.txt:1: cli: got 'status --deadline 3'; allowed: status [--json]; --deadline: "
                                   "each of --json at most once"),
     ("mark Fault!\n", "s.txt:1: mark: got 'Fault!'; allowed: NAME"),
