@@ -41,6 +41,8 @@ class ConsumerStack(cdk.Stack):
             ],
             # Subnets that are not explicitly associated use the main route table.
             extra_route_table_ids=["rtb-0c00000000000000a"],
+            # A node that is replaced lets requests in flight finish for up to 2 minutes.
+            drain_timeout=cdk.Duration.minutes(2),
         )
         app_sg = ec2.SecurityGroup.from_security_group_id(self, "AppSg", "sg-0123456789abcdef0")
         self.lb.connections.allow_from(app_sg, ec2.Port.tcp(80), "app servers to the VIP")

@@ -16,6 +16,19 @@ NODE_FILES_DIR = "/opt/haproxy-ha"
 # Where user data writes the node's config document.
 NODE_CONFIG_PATH = "/etc/haproxy-ha/node.json"
 
+# User data writes these files of userdata/ itself, rather than shipping them in the node files:
+# they fetch the node files.  Each maps to the path it is written to on the node.
+BOOT_UNIT = "haproxy-ha-boot.service"
+FETCH_SCRIPT = "fetch-node-files.sh"
+USER_DATA_FILES: dict[str, str] = {
+    BOOT_UNIT: "/etc/systemd/system/haproxy-ha-boot.service",
+    FETCH_SCRIPT: "/usr/local/libexec/haproxy-ha/fetch-node-files.sh",
+}
+# What the boot unit reads besides those: the node files' S3 URL and the region (an
+# EnvironmentFile), and the commands callers add after boot.sh.
+BOOT_ENV_PATH = "/etc/haproxy-ha/boot.env"
+AFTER_BOOT_PATH = "/etc/haproxy-ha/after-boot.sh"
+
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _REPO_DIR = _PACKAGE_DIR.parent
 
@@ -34,6 +47,13 @@ def lambda_source_dir() -> Path:
 def userdata_source_dir() -> Path:
     """The folder of boot.sh and the systemd units."""
     return _source_dir("userdata", "userdata")
+
+
+def user_data_file(name: str) -> str:
+    """The text of one of USER_DATA_FILES, as user data writes it."""
+    if name not in USER_DATA_FILES:
+        raise KeyError(f"{name} is not written by user data; allowed: {', '.join(USER_DATA_FILES)}")
+    return (userdata_source_dir() / name).read_text(encoding="utf-8")
 
 
 def runtime_source_dir() -> Path:
@@ -69,13 +89,15 @@ def _copy_runtime(dest: Path) -> None:
 
 @functools.cache
 def node_files_dir() -> Path:
-    """Asset folder for the nodes: boot.sh, the systemd units and the runtime package.
+    """Asset folder for the nodes: boot.sh, the systemd units and the runtime package (not the
+    files user data writes, which fetch this folder).
 
     Built once per process; its content depends only on the source files, so the asset hash is stable.
     """
     dest = _stage("node-files")
     userdata = userdata_source_dir()
-    _copy(_files(userdata, ["*.sh", "*.service", "*.conf"]), userdata, dest)
+    shipped = [p for p in _files(userdata, ["*.sh", "*.service", "*.conf"]) if p.name not in USER_DATA_FILES]
+    _copy(shipped, userdata, dest)
     _copy_runtime(dest)
     return dest
 

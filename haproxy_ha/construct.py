@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import ipaddress
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -12,18 +16,23 @@ from aws_cdk import (
     Acknowledgment,
     Annotations,
     ArnFormat,
+    Aws,
+    CfnAutoScalingRollingUpdate,
+    CfnCreationPolicy,
     CfnOutput,
+    CfnResourceSignal,
     CfnTag,
+    CfnUpdatePolicy,
     CustomResource,
     Duration,
     Fn,
     IStableStringProducer,
     Lazy,
     Stack,
-    Tags,
     Token,
     Validations,
 )
+from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
@@ -31,13 +40,29 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3_assets as s3_assets
-from constructs import Construct
+from constructs import Construct, IDependable
 
 from haproxy_ha import preview
-from haproxy_ha.assets import NODE_CONFIG_PATH, NODE_FILES_DIR, lambda_code_dir, node_files_dir
+from haproxy_ha.assets import (
+    AFTER_BOOT_PATH,
+    BOOT_ENV_PATH,
+    BOOT_UNIT,
+    FETCH_SCRIPT,
+    NODE_CONFIG_PATH,
+    USER_DATA_FILES,
+    lambda_code_dir,
+    node_files_dir,
+    user_data_file,
+)
 from haproxy_ha.listener import Listener
-from haproxy_ha.node_config import NodeAddress, node_config_document
-from haproxy_ha.validation import HaproxyHaPropsError, check_props, check_vip_outside, is_token
+from haproxy_ha.node_config import NodeAddress, NodeLifecycle, node_config_document
+from haproxy_ha.validation import (
+    DEFAULT_DRAIN_TIMEOUT,
+    HaproxyHaPropsError,
+    check_props,
+    check_vip_outside,
+    is_token,
+)
 from haproxy_ha_cli import outputs
 from haproxy_ha_runtime import config
 from haproxy_ha_runtime.problems import Problems
@@ -50,7 +75,13 @@ DEFAULT_LISTENERS: tuple[Listener, ...] = (Listener(port=80, static_reply="hapro
 NODE_NAMES = ("a", "b")
 # keepalived priorities: node "a" wins the first election, which matches where the routes start.
 NODE_PRIORITIES = (150, 100)
-INSTANCE_STOP_STATES = ("stopping", "stopped", "shutting-down", "terminated")
+# Auto Scaling's own events for a node's group that can leave a route at a node that no longer
+# runs (or find one running again); the reconciler also runs every minute.
+NODE_GROUP_EVENTS = (
+    "EC2 Instance-terminate Lifecycle Action",
+    "EC2 Instance Terminate Successful",
+    "EC2 Instance Launch Successful",
+)
 # The custom resource's handler answers FAILED 10 s before its own timeout (RESPONSE_RESERVE_S in
 # lambda/handler.py), and CloudFormation gives up on an answer after the service timeout, not
 # after the default hour.
@@ -58,43 +89,63 @@ ON_EVENT_TIMEOUT = Duration.minutes(2)
 VIP_ROUTES_SERVICE_TIMEOUT = Duration.minutes(5)
 RECONCILE_TIMEOUT = Duration.seconds(50)
 
-# cloud-init runs user-data scripts once per instance by default.  A props change updates the
-# user data of a stopped-and-started instance, so the script must run on every boot to apply it.
-CLOUD_CONFIG_EVERY_BOOT = "#cloud-config\ncloud_final_modules:\n- [scripts-user, always]\n"
+# How long a new instance may take to say it is ready (boot.sh's `ready` waits 15 minutes, after
+# the packages are installed): the creation policy's signal timeout and the rolling update's
+# pause, so a node that never signals fails the deploy in this time.
+SIGNAL_TIMEOUT = Duration.minutes(20)
+# The termination hook holds a leaving instance for its drain, plus this for the hand-over around
+# it (the routes move to the peer before the drain, the hook is completed after it).
+HANDOVER_MARGIN_S = 60
+# Auto Scaling's bounds for a lifecycle hook's heartbeat timeout.
+HEARTBEAT_TIMEOUT_BOUNDS_S = (30, 7200)
+LIFECYCLE_HOOK_NAME = "haproxy-ha-drain"
+# The processes AWS recommends suspending during a rolling update, so that the group does not
+# replace or rebalance instances while CloudFormation replaces them.
+ROLLING_UPDATE_SUSPENDED = ("HealthCheck", "ReplaceUnhealthy", "AZRebalance", "AlarmNotification",
+                            "ScheduledActions")
+# An Auto Scaling group name is at most 255 characters, a stack name at most 128.
+GROUP_NAME_MAX = 255
+STACK_NAME_MAX = 128
 
-# The first commands of each node's user data, before the node's config document is written.
-# Commands that callers add with `node.user_data.add_commands(...)` run after boot.sh.
+# The first commands of each node's user data, before it writes the node's files.  User data runs
+# once per instance; the boot unit it starts runs boot.sh, and then the commands callers add with
+# `node.after_boot.add_commands(...)`, at every boot.
 NODE_PREPARE_COMMANDS: tuple[str, ...] = (
     "set -euo pipefail",
-    f"install -d -m 0755 {NODE_FILES_DIR} /etc/haproxy-ha /var/lib/haproxy-ha",
+    "install -d -m 0755 /etc/haproxy-ha /var/lib/haproxy-ha /usr/local/libexec/haproxy-ha",
 )
 
 
 @dataclass(frozen=True)
 class HaproxyHaNode:
-    """One HAProxy node: its name ("a" or "b"), instance, ENI and AZ."""
+    """One HAProxy node: its name ("a" or "b"), its Auto Scaling group of one instance and the
+    launch template of that instance, its persistent ENI, its role and its AZ."""
 
     name: str
-    instance: ec2.Instance
+    auto_scaling_group: autoscaling.CfnAutoScalingGroup
+    launch_template: ec2.LaunchTemplate
     network_interface: ec2.CfnNetworkInterface
+    role: iam.Role
     availability_zone: str
-    # The shell script part of the user data; commands added here run after boot.sh.
-    user_data: ec2.UserData
+    # Commands added here run after boot.sh, in the boot unit, at every boot.
+    after_boot: ec2.UserData
+
+    @property
+    def auto_scaling_group_name(self) -> str:
+        """The group's name: a physical name, known at synth time."""
+        name = self.auto_scaling_group.auto_scaling_group_name
+        assert name is not None
+        return name
 
     @property
     def eni_id(self) -> str:
-        """The ENI the VIP routes target when this node is active."""
+        """The ENI the VIP routes target when this node is active; each instance of the group gets it as device 0."""
         return self.network_interface.ref
 
     @property
     def private_ip(self) -> str:
         """The ENI's primary address: VRRP unicast goes to and from it."""
         return self.network_interface.attr_primary_private_ip_address
-
-    @property
-    def instance_id(self) -> str:
-        """The node's EC2 instance."""
-        return self.instance.instance_id
 
 
 @dataclass(frozen=True)
@@ -128,11 +179,13 @@ class _NodeSettings:
 class HaproxyHa(Construct):
     """A highly available HAProxy pair on an overlay VIP.
 
-    Two Amazon Linux 2023 instances in two AZs run HAProxy and keepalived (unicast VRRPv3).  Each
-    node has its own ENI with source/dest check off.  Every client route table holds a /32 route
-    for the VIP that targets the active node's ENI; the active node moves the routes on failover,
-    and a Lambda owns the routes (creates them on deploy, removes them on delete) and repairs
-    routes that point at a stopped node.
+    Two nodes in two AZs run HAProxy and keepalived (unicast VRRPv3) on Amazon Linux 2023.  Each
+    node is an Auto Scaling group of one instance, which gets the node's persistent ENI (source/dest
+    check off) as its primary interface, so a replaced instance keeps the node's address.  Every
+    client route table holds a /32 route for the VIP that targets the active node's ENI; the
+    active node moves the routes on failover, and a Lambda owns the routes (creates them on
+    deploy, removes them on delete) and repairs routes that point at a node that is not running.
+    Deploys wait for each new instance to say it is ready, and replace one node at a time.
 
     Allow a client in: ``lb.connections.allow_from(app_sg, ec2.Port.tcp(80))``.
     """
@@ -151,8 +204,6 @@ class HaproxyHa(Construct):
     """Their ARNs: the only resources the route-moving IAM actions are granted on."""
     security_group: ec2.SecurityGroup
     """The nodes' security group (VRRP and the stats port between the nodes, listeners from clients)."""
-    node_role: iam.Role
-    """The nodes' instance role."""
     node_files: s3_assets.Asset
     """The asset that carries boot.sh, the systemd units and the node runtime."""
     nodes: tuple[HaproxyHaNode, ...]
@@ -165,6 +216,8 @@ class HaproxyHa(Construct):
     """The custom resource that owns the VIP routes."""
     ec2_endpoint: ec2.InterfaceVpcEndpoint | None
     """The EC2 interface endpoint in the node subnets (``ec2_endpoint=True``), else None."""
+    drain_timeout: Duration
+    """How long a leaving node lets requests in flight finish."""
 
     def __init__(
         self,
@@ -189,6 +242,7 @@ class HaproxyHa(Construct):
         vpc_cidr: str | None = None,
         nat_gateways: int | None = None,
         ec2_endpoint: bool = False,
+        drain_timeout: Duration | None = None,
     ) -> None:
         """Create the pair.
 
@@ -225,6 +279,9 @@ class HaproxyHa(Construct):
             reachable from the node security group only, so that a take-over does not depend on
             NAT or on the AZ a NAT gateway lives in. Do not set it in a VPC that already has an EC2
             endpoint with private DNS. Default: false (the nodes reach EC2 through NAT).
+        :param drain_timeout: How long a node that leaves its group (a replacement, a new AMI)
+            lets the requests in flight finish, after it has handed the routes to its peer, before
+            it lets the group terminate it. 0 to 3600 seconds. Default: 30 seconds.
         """
         super().__init__(scope, id)
         stack = Stack.of(self)
@@ -237,12 +294,13 @@ class HaproxyHa(Construct):
             vpc_cidr=vpc_cidr, nat_gateways=nat_gateways, reserved_cidrs=reserved_cidrs,
             allowed_cidrs=allowed_cidrs, extra_route_table_ids=extra_route_table_ids,
             timing_profile=timing_profile, preempt=preempt, virtual_router_id=virtual_router_id,
-            stats_port=stats_port, ec2_endpoint=ec2_endpoint)
+            stats_port=stats_port, ec2_endpoint=ec2_endpoint, drain_timeout=drain_timeout)
         built_vpc = vpc is None
         if problems and built_vpc:
             raise HaproxyHaPropsError(self.node.path, problems.items)
+        s3_endpoint: ec2.GatewayVpcEndpoint | None = None
         if vpc is None:
-            vpc = self._build_vpc(max_azs or DEFAULT_MAX_AZS, vpc_cidr or DEFAULT_VPC_CIDR, nat_gateways)
+            vpc, s3_endpoint = self._build_vpc(max_azs or DEFAULT_MAX_AZS, vpc_cidr or DEFAULT_VPC_CIDR, nat_gateways)
         # The literal CIDR of a VPC built here, rather than its token, keeps the checks and rules readable.
         known_cidr = (vpc_cidr or DEFAULT_VPC_CIDR) if built_vpc else vpc.vpc_cidr_block
 
@@ -253,12 +311,13 @@ class HaproxyHa(Construct):
         if problems:
             raise HaproxyHaPropsError(self.node.path, problems.items)
         self._warn_about_egress(vpc, placement.node_subnets, built_vpc, nat_gateways, ec2_endpoint)
-        assert checked.vip is not None
+        assert checked.vip is not None and checked.drain_timeout_s is not None
 
         self.vip = str(checked.vip)
         self.vpc = vpc
         self.listeners = listeners
         self.timing_profile = timing_profile
+        self.drain_timeout = drain_timeout if drain_timeout is not None else DEFAULT_DRAIN_TIMEOUT
         self.route_table_ids = placement.route_table_ids
         self.route_table_arns = tuple(
             stack.format_arn(service="ec2", resource="route-table", resource_name=rtb,
@@ -266,23 +325,27 @@ class HaproxyHa(Construct):
             for rtb in self.route_table_ids
         )
 
-        # 3. Build: security group, node role and files, the ENIs, the route Lambdas (the nodes'
+        # 3. Build: security group, endpoints, node files, the ENIs, the route Lambdas (the nodes'
         #    documents name the reconciler), the nodes, then the custom resource and the triggers.
         self.security_group = self._security_group(vpc, known_cidr, listeners, allowed_cidrs, stats_port)
         self._connections = ec2.Connections(security_groups=[self.security_group])
-        self.ec2_endpoint = self._ec2_endpoint(vpc, placement.node_subnets) if ec2_endpoint else None
-        self.node_role = self._node_role()
-        self.node_files = self._node_files(self.node_role)
+        self.ec2_endpoint = (self._interface_endpoint("Ec2Endpoint", ec2.InterfaceVpcEndpointAwsService.EC2,
+                                                      vpc, placement.node_subnets, "the EC2 API")
+                             if ec2_endpoint else None)
+        # A VPC built with no NAT gateway has nothing else: a deploy needs the nodes' signal to
+        # CloudFormation, and a graceful replacement needs Auto Scaling.
+        isolated_endpoints = self._isolated_endpoints(vpc, placement.node_subnets) if s3_endpoint else []
+        self.node_files = s3_assets.Asset(self, "NodeFiles", path=str(node_files_dir()))
         enis = self._network_interfaces(placement.node_subnets)
         functions = self._route_functions(enis)
-        self._grant_invoke(self.node_role, functions.reconcile)
         self.route_function = functions.on_event
         self.reconcile_function = functions.reconcile
         instance_type = instance_type or ec2.InstanceType(DEFAULT_INSTANCE_TYPE)
         settings = _NodeSettings(checked.listeners, preempt, virtual_router_id, stats_port)
+        endpoints = [e for e in (self.ec2_endpoint, s3_endpoint, *isolated_endpoints) if e is not None]
         self.nodes = self._nodes(
             enis, placement.node_subnets, instance_type, machine_image or _default_image(stack, instance_type),
-            settings, functions.reconcile.function_arn)
+            settings, functions.reconcile, endpoints)
         self.vip_routes = self._vip_routes(functions)
         self._reconcile_triggers(functions)
 
@@ -326,9 +389,13 @@ class HaproxyHa(Construct):
         if not node_subnets or not all(s.subnet_id in isolated_ids for s in node_subnets):
             return
         s3_added = built_vpc and nat_gateways == 0
-        added = [what for what, made in (("an S3 gateway endpoint", s3_added),
-                                         ("an EC2 interface endpoint", ec2_endpoint)) if made]
-        interfaces = ([] if ec2_endpoint else ["ec2 (route moves)"]) + [
+        added_interfaces = (["EC2"] if ec2_endpoint else []) + (["CloudFormation", "Auto Scaling"] if s3_added else [])
+        added = (["an S3 gateway endpoint"] if s3_added else []) + (
+            [f"{'interface endpoints' if len(added_interfaces) > 1 else 'an interface endpoint'} for "
+             f"{_listed(added_interfaces)}"] if added_interfaces else [])
+        interfaces = ([] if ec2_endpoint else ["ec2 (route moves)"]) + ([] if s3_added else [
+            "cloudformation (a new node's ready signal: without it every deploy fails)",
+            "autoscaling (the termination hook and the health report)"]) + [
             "ssm, ssmmessages and ec2messages (Session Manager)",
             "lambda (the agent asks the reconciler to create a missing route)"]
         needed = ([] if s3_added else ["an S3 gateway endpoint (node files and the Amazon Linux repositories)"]) \
@@ -342,7 +409,9 @@ class HaproxyHa(Construct):
 
     # --- VPC and security group -------------------------------------------------------------------
 
-    def _build_vpc(self, max_azs: int, cidr: str, nat_gateways: int | None) -> ec2.Vpc:
+    def _build_vpc(self, max_azs: int, cidr: str, nat_gateways: int | None
+                   ) -> tuple[ec2.Vpc, ec2.GatewayVpcEndpoint | None]:
+        """The VPC, and the S3 gateway endpoint it has when it has no NAT gateway."""
         # With no NAT gateway (allowed only with ec2_endpoint=True), the private subnets have no
         # egress: they are isolated, and an S3 gateway endpoint serves the node files and packages.
         private = ec2.SubnetType.PRIVATE_ISOLATED if nat_gateways == 0 else ec2.SubnetType.PRIVATE_WITH_EGRESS
@@ -362,22 +431,33 @@ class HaproxyHa(Construct):
             flow_logs={"Rejects": ec2.FlowLogOptions(traffic_type=ec2.FlowLogTrafficType.REJECT)},
         )
         if nat_gateways == 0:
-            vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3)
-        return vpc
+            return vpc, vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3)
+        return vpc, None
 
-    def _ec2_endpoint(self, vpc: ec2.IVpc, node_subnets: Sequence[ec2.ISubnet]) -> ec2.InterfaceVpcEndpoint:
+    def _interface_endpoint(self, id: str, service: ec2.InterfaceVpcEndpointAwsService, vpc: ec2.IVpc,
+                            node_subnets: Sequence[ec2.ISubnet], what: str) -> ec2.InterfaceVpcEndpoint:
         endpoint = ec2.InterfaceVpcEndpoint(
             self,
-            "Ec2Endpoint",
+            id,
             vpc=vpc,
-            service=ec2.InterfaceVpcEndpointAwsService.EC2,
+            service=service,
             subnets=ec2.SubnetSelection(subnets=list(node_subnets)),
             private_dns_enabled=True,
             # Only the nodes: not the whole VPC CIDR (open=True would allow that).
             open=False,
         )
-        endpoint.connections.allow_default_port_from(self.security_group, "haproxy-ha nodes: the EC2 API")
+        endpoint.connections.allow_default_port_from(self.security_group, f"haproxy-ha nodes: {what}")
         return endpoint
+
+    def _isolated_endpoints(self, vpc: ec2.IVpc, node_subnets: Sequence[ec2.ISubnet]) -> list[ec2.InterfaceVpcEndpoint]:
+        """What a new node needs in a VPC built with no NAT gateway, besides EC2 and S3: CloudFormation
+        for its ready signal (without it, every deploy fails), Auto Scaling for its termination hook."""
+        return [
+            self._interface_endpoint("CloudFormationEndpoint", ec2.InterfaceVpcEndpointAwsService.CLOUDFORMATION,
+                                     vpc, node_subnets, "the ready signal to CloudFormation"),
+            self._interface_endpoint("AutoScalingEndpoint", ec2.InterfaceVpcEndpointAwsService.AUTOSCALING,
+                                     vpc, node_subnets, "the termination hook and health report"),
+        ]
 
     def _security_group(
         self,
@@ -413,20 +493,12 @@ class HaproxyHa(Construct):
 
     # --- nodes ------------------------------------------------------------------------------------
 
-    def _node_files(self, role: iam.IRole) -> s3_assets.Asset:
-        files = s3_assets.Asset(self, "NodeFiles", path=str(node_files_dir()))
-        # Exactly the one object the nodes download, rather than Asset.grant_read's bucket-wide wildcards.
-        role.add_to_principal_policy(iam.PolicyStatement(
-            actions=["s3:GetObject"],
-            resources=[files.bucket.arn_for_objects(files.s3_object_key)],
-        ))
-        return files
-
     def _network_interfaces(self, subnets: Sequence[ec2.ISubnet]) -> list[ec2.CfnNetworkInterface]:
         return [self._network_interface(name, subnet) for name, subnet in zip(NODE_NAMES, subnets, strict=False)]
 
     def _documents(self, addresses: Sequence[NodeAddress], settings: _NodeSettings, *, route_table_ids: Sequence[str],
-                   region: str, vpc_id: str, reconciler: str) -> list[dict[str, Any]]:
+                   region: str, vpc_id: str, reconciler: str,
+                   lifecycles: Sequence[NodeLifecycle]) -> list[dict[str, Any]]:
         """Each node's config document, in NODE_NAMES order."""
         return [
             node_config_document(
@@ -437,6 +509,7 @@ class HaproxyHa(Construct):
                 region=region,
                 vpc_id=vpc_id,
                 reconciler=reconciler,
+                lifecycle=lifecycles[i],
                 priority=NODE_PRIORITIES[i],
                 preempt=settings.preempt,
                 virtual_router_id=settings.virtual_router_id,
@@ -447,6 +520,20 @@ class HaproxyHa(Construct):
             for i, me in enumerate(addresses)
         ]
 
+    def _lifecycles(self, nodes: Sequence[HaproxyHaNode], cfn_stack: str) -> list[NodeLifecycle]:
+        """What each node's document says about its group: its name, hook, drain and signal."""
+        stack = Stack.of(self)
+        return [
+            NodeLifecycle(
+                auto_scaling_group=n.auto_scaling_group_name,
+                lifecycle_hook=LIFECYCLE_HOOK_NAME,
+                drain_timeout_s=self.drain_timeout.to_milliseconds() / 1000,
+                cfn_stack=cfn_stack,
+                cfn_resource=stack.get_logical_id(n.auto_scaling_group),
+            )
+            for n in nodes
+        ]
+
     def _nodes(
         self,
         enis: Sequence[ec2.CfnNetworkInterface],
@@ -454,21 +541,37 @@ class HaproxyHa(Construct):
         instance_type: ec2.InstanceType,
         machine_image: ec2.IMachineImage,
         settings: _NodeSettings,
-        reconciler: str,
+        reconcile: lambda_.IFunction,
+        endpoints: Sequence[ec2.IVpcEndpoint],
     ) -> tuple[HaproxyHaNode, ...]:
         stack = Stack.of(self)
-        addresses = [NodeAddress(name=name, eni_id=eni.ref, ip=eni.attr_primary_private_ip_address)
-                     for name, eni in zip(NODE_NAMES, enis, strict=True)]
-        documents = self._documents(addresses, settings, route_table_ids=self.route_table_ids, region=stack.region,
-                                    vpc_id=self.vpc.vpc_id, reconciler=reconciler)
         nodes: list[HaproxyHaNode] = []
-        for name, eni, subnet, document in zip(NODE_NAMES, enis, subnets, documents, strict=False):
-            instance, script = self._instance(name, eni, subnet, instance_type, machine_image,
-                                              stack.to_json_string(document))
-            nodes.append(HaproxyHaNode(name=name, instance=instance, network_interface=eni,
-                                       availability_zone=subnet.availability_zone, user_data=script))
-        # One node at a time: a props change stops and starts each instance, and the other must keep serving.
-        nodes[1].instance.node.add_dependency(nodes[0].instance)
+        scripts: list[ec2.UserData] = []
+        for name, eni, subnet in zip(NODE_NAMES, enis, subnets, strict=False):
+            scope = self._node_scope(name)
+            group_name = _group_name(stack.stack_name, _path_in_stack(scope))
+            role = self._node_role(scope, name, group_name, reconcile)
+            # Written below, once both groups exist: each document names its own group's logical ID.
+            # The launch template renders its user data at synth, so the commands still count.
+            script = ec2.UserData.for_linux()
+            template = self._launch_template(scope, eni, role, instance_type, machine_image, script)
+            # The instance calls AWS with the role's policies from its first boot, and fetches
+            # through NAT or the endpoints: it starts only once they exist.
+            group = self._group(scope, name, group_name, subnet.availability_zone, template,
+                                [role, subnet.internet_connectivity_established, *endpoints])
+            nodes.append(HaproxyHaNode(
+                name=name, auto_scaling_group=group, launch_template=template, network_interface=eni, role=role,
+                availability_zone=subnet.availability_zone, after_boot=ec2.UserData.for_linux()))
+            scripts.append(script)
+        addresses = [NodeAddress(name=n.name, eni_id=n.eni_id, ip=n.private_ip) for n in nodes]
+        documents = self._documents(addresses, settings, route_table_ids=self.route_table_ids, region=stack.region,
+                                    vpc_id=self.vpc.vpc_id, reconciler=reconcile.function_arn,
+                                    lifecycles=self._lifecycles(nodes, Aws.STACK_ID))
+        for node, script, document in zip(nodes, scripts, documents, strict=True):
+            script.add_commands(*self._user_data_commands(stack.to_json_string(document), node.after_boot))
+        # One node at a time: node b's group is created, and rolled on an update, only once node
+        # a's new instance has signalled that it serves.
+        nodes[1].auto_scaling_group.node.add_dependency(nodes[0].auto_scaling_group)
         return tuple(nodes)
 
     def _preview_files(self, settings: _NodeSettings) -> dict[str, dict[str, str]]:
@@ -481,25 +584,156 @@ class HaproxyHa(Construct):
             addresses, settings, route_table_ids=preview.placeholder_tables(self.route_table_ids),
             region=preview.literal_or(Stack.of(self).region, preview.PLACEHOLDER_REGION),
             vpc_id=preview.literal_or(self.vpc.vpc_id, preview.PLACEHOLDER_VPC),
-            reconciler=preview.PLACEHOLDER_RECONCILER)
+            reconciler=preview.PLACEHOLDER_RECONCILER,
+            lifecycles=[dataclasses.replace(lc, auto_scaling_group=preview.literal_or(
+                            lc.auto_scaling_group, preview.placeholder_group(n.name)))
+                        for n, lc in zip(self.nodes, self._lifecycles(self.nodes, preview.PLACEHOLDER_STACK),
+                                         strict=True)])
         return {name: preview.render_node_files(doc) for name, doc in zip(NODE_NAMES, documents, strict=True)}
 
-    def _node_role(self) -> iam.Role:
+    def _user_data_commands(self, document_json: str, after_boot: ec2.UserData) -> list[str]:
+        """Write the node's document, the boot unit and what it reads, then start the unit without
+        waiting for it: cloud-init returns, and systemd retries a boot that fails."""
+        files = (
+            (NODE_CONFIG_PATH, "HAPROXY_HA_NODE_CONFIG", document_json),
+            (BOOT_ENV_PATH, "HAPROXY_HA_BOOT_ENV",
+             f"NODE_FILES_URL={self.node_files.s3_object_url}\nAWS_REGION={Stack.of(self).region}"),
+            (USER_DATA_FILES[FETCH_SCRIPT], "HAPROXY_HA_FETCH_SCRIPT", user_data_file(FETCH_SCRIPT).rstrip("\n")),
+            # Rendered at synth, so that commands callers add later still count.
+            (AFTER_BOOT_PATH, "HAPROXY_HA_AFTER_BOOT", Lazy.string(_RenderUserData(after_boot))),
+            (USER_DATA_FILES[BOOT_UNIT], "HAPROXY_HA_BOOT_UNIT", user_data_file(BOOT_UNIT).rstrip("\n")),
+        )
+        commands = list(NODE_PREPARE_COMMANDS)
+        for path, marker, text in files:
+            commands += [f"cat > {path} <<'{marker}'", text, marker]
+        return [*commands, "systemctl daemon-reload", f"systemctl enable {BOOT_UNIT}",
+                f"systemctl start --no-block {BOOT_UNIT}"]
+
+    def _launch_template(self, scope: Construct, eni: ec2.CfnNetworkInterface, role: iam.Role,
+                         instance_type: ec2.InstanceType, machine_image: ec2.IMachineImage,
+                         user_data: ec2.UserData) -> ec2.LaunchTemplate:
+        template = ec2.LaunchTemplate(
+            scope,
+            "LaunchTemplate",
+            machine_image=machine_image,
+            instance_type=instance_type,
+            role=role,
+            user_data=user_data,
+            http_tokens=ec2.LaunchTemplateHttpTokens.REQUIRED,
+            http_endpoint=True,
+            # Nothing on the node runs in a container, so one hop reaches IMDS.
+            http_put_response_hop_limit=1,
+            block_devices=[ec2.BlockDevice(
+                device_name="/dev/xvda",
+                volume=ec2.BlockDeviceVolume.ebs(8, encrypted=True, volume_type=ec2.EbsDeviceVolumeType.GP3),
+            )],
+        )
+        cfn = template.node.default_child
+        assert isinstance(cfn, ec2.CfnLaunchTemplate)
+        # The node's persistent ENI is each instance's primary interface (device 0), so the VIP
+        # routes and the peer's VRRP unicast never need to learn about a new instance.  The subnet
+        # and the security groups come from the ENI; it must outlive every instance that carries it.
+        cfn.add_property_override("LaunchTemplateData.NetworkInterfaces", [
+            {"DeviceIndex": 0, "NetworkInterfaceId": eni.ref, "DeleteOnTermination": False}])
+        return template
+
+    def _group(self, scope: Construct, name: str, group_name: str, availability_zone: str,
+               template: ec2.LaunchTemplate, after: Sequence[IDependable]) -> autoscaling.CfnAutoScalingGroup:
+        drain_s = self.drain_timeout.to_milliseconds() / 1000
+        low, high = HEARTBEAT_TIMEOUT_BOUNDS_S
+        heartbeat_s = min(high, max(low, math.ceil(drain_s) + HANDOVER_MARGIN_S))
+        assert template.launch_template_id is not None
+        group = autoscaling.CfnAutoScalingGroup(
+            scope,
+            "Group",
+            # A physical name: the node's document names it, and the document is in the launch
+            # template that the group refers to, so a Ref would be a cycle.
+            auto_scaling_group_name=group_name,
+            min_size="1",
+            max_size="1",
+            desired_capacity="1",
+            # A group whose launch template names an existing ENI gives AZs, not subnets: the
+            # ENI decides the subnet.
+            availability_zones=[availability_zone],
+            launch_template=autoscaling.CfnAutoScalingGroup.LaunchTemplateSpecificationProperty(
+                launch_template_id=template.launch_template_id, version=template.latest_version_number),
+            health_check_type="EC2",
+            # The ENI holds one instance at a time: a replacement terminates the old instance
+            # before it launches the new one.
+            instance_maintenance_policy=autoscaling.CfnAutoScalingGroup.InstanceMaintenancePolicyProperty(
+                min_healthy_percentage=0, max_healthy_percentage=100),
+            # A leaving instance hands the routes to its peer, drains, then completes this hook;
+            # if it cannot, the group goes on when the heartbeat times out.
+            lifecycle_hook_specification_list=[autoscaling.CfnAutoScalingGroup.LifecycleHookSpecificationProperty(
+                lifecycle_hook_name=LIFECYCLE_HOOK_NAME,
+                lifecycle_transition="autoscaling:EC2_INSTANCE_TERMINATING",
+                default_result="CONTINUE",
+                heartbeat_timeout=heartbeat_s,
+            )],
+            # The CLI finds a node by this tag on its ENI or its instance.
+            tags=[autoscaling.CfnAutoScalingGroup.TagPropertyProperty(
+                key=NODE_TAG, value=name, propagate_at_launch=True)],
+        )
+        signal_timeout = SIGNAL_TIMEOUT.to_iso_string()
+        # A new group, and each instance a rolling update launches, counts only once its node
+        # says it serves (`ready` signals); one that never does fails the deploy, which rolls back.
+        group.cfn_options.creation_policy = CfnCreationPolicy(
+            resource_signal=CfnResourceSignal(count=1, timeout=signal_timeout))
+        group.cfn_options.update_policy = CfnUpdatePolicy(auto_scaling_rolling_update=CfnAutoScalingRollingUpdate(
+            max_batch_size=1,
+            # The group holds one instance, and its ENI cannot be on two: replace, do not add.
+            min_instances_in_service=0,
+            wait_on_resource_signals=True,
+            pause_time=signal_timeout,
+            suspend_processes=list(ROLLING_UPDATE_SUSPENDED),
+        ))
+        group.node.add_dependency(*after)
+        Validations.of(group).acknowledge(_ack(
+            "AwsSolutions-AS3",
+            "Auto Scaling sends this group's launch, termination and lifecycle-hook events to EventBridge, "
+            "where a rule of this construct hands them to the reconciler; an SNS topic that nobody subscribes "
+            "to would add nothing. Operators who want mail add their own EventBridge rule on these events."))
+        return group
+
+    def _node_role(self, scope: Construct, name: str, group_name: str, reconcile: lambda_.IFunction) -> iam.Role:
+        stack = Stack.of(self)
         role = iam.Role(
-            self,
-            "NodeRole",
+            scope,
+            "Role",
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
-            description="haproxy-ha node: move the VIP routes of this stack's route tables",
+            description=f"haproxy-ha node {name}: move the VIP routes of this stack's route tables, "
+                        "hand over and signal in its own Auto Scaling group",
             managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")],
         )
         # ReplaceRoute only (DESIGN.md, fact 1): a missing route is the reconciler's to create.
         self._grant_routes(role, ["ec2:ReplaceRoute"])
+        # Exactly the function: Function.grant_invoke would add its versions and aliases (ARN:*).
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["lambda:InvokeFunction"], resources=[reconcile.function_arn]))
+        # Exactly the one object the nodes download, rather than Asset.grant_read's bucket-wide wildcards.
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["s3:GetObject"],
+            resources=[self.node_files.bucket.arn_for_objects(self.node_files.s3_object_key)],
+        ))
+        # Its own group only: the group's ID in its ARN is unknown before it exists, its name is not.
+        group_arn = stack.format_arn(service="autoscaling", resource="autoScalingGroup",
+                                     resource_name=f"*:autoScalingGroupName/{group_name}",
+                                     arn_format=ArnFormat.COLON_RESOURCE_NAME)
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["autoscaling:CompleteLifecycleAction", "autoscaling:SetInstanceHealth"],
+            resources=[group_arn],
+        ))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["cloudformation:SignalResource"], resources=[Aws.STACK_ID]))
         Validations.of(role).acknowledge(
             _ack("AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore]",
                  "Session Manager access instead of SSH: AWS maintains this minimal policy for the SSM agent."),
             _ack("AwsSolutions-IAM5[Resource::*]",
                  "ec2:DescribeRouteTables, DescribeInstances and DescribeNetworkInterfaces support no "
                  "resource-level permissions; the mutating route calls are scoped to this stack's tables."),
+            _ack(f"AwsSolutions-IAM5[Resource::{_nag_arn(stack, group_arn)}]",
+                 "An Auto Scaling group's ARN holds its ID, a UUID known only once the group exists; the "
+                 "wildcard stands for that ID alone, and the ARN names this node's group by its unique name."),
         )
         return role
 
@@ -509,11 +743,6 @@ class HaproxyHa(Construct):
             actions=["ec2:DescribeRouteTables", "ec2:DescribeInstances", "ec2:DescribeNetworkInterfaces"],
             resources=["*"],
         ))
-
-    def _grant_invoke(self, role: iam.IRole, reconcile: lambda_.IFunction) -> None:
-        # Exactly the function: Function.grant_invoke would add its versions and aliases (ARN:*).
-        role.add_to_principal_policy(iam.PolicyStatement(
-            actions=["lambda:InvokeFunction"], resources=[reconcile.function_arn]))
 
     def _network_interface(self, name: str, subnet: ec2.ISubnet) -> ec2.CfnNetworkInterface:
         scope = self._node_scope(name)
@@ -532,75 +761,6 @@ class HaproxyHa(Construct):
     def _node_scope(self, name: str) -> Construct:
         existing = self.node.try_find_child(f"Node{name.upper()}")
         return existing if isinstance(existing, Construct) else Construct(self, f"Node{name.upper()}")
-
-    def _instance(
-        self,
-        name: str,
-        eni: ec2.CfnNetworkInterface,
-        subnet: ec2.ISubnet,
-        instance_type: ec2.InstanceType,
-        machine_image: ec2.IMachineImage,
-        document_json: str,
-    ) -> tuple[ec2.Instance, ec2.UserData]:
-        script = ec2.UserData.for_linux()
-        script.add_commands(*NODE_PREPARE_COMMANDS)
-        zip_path = "/var/lib/haproxy-ha/node-files.zip"
-        script.add_commands(
-            "export AWS_RETRY_MODE=standard AWS_MAX_ATTEMPTS=10",
-            f"aws s3 cp --only-show-errors --region {Stack.of(self).region} "
-            f"{self.node_files.s3_object_url} {zip_path}",
-            f"rm -rf {NODE_FILES_DIR}.new",
-            f"python3 -m zipfile -e {zip_path} {NODE_FILES_DIR}.new",
-            f"rm -rf {NODE_FILES_DIR} && mv {NODE_FILES_DIR}.new {NODE_FILES_DIR}",
-            f"cat > {NODE_CONFIG_PATH} <<'HAPROXY_HA_NODE_CONFIG'",
-            document_json,
-            "HAPROXY_HA_NODE_CONFIG",
-            f"bash {NODE_FILES_DIR}/boot.sh",
-        )
-        user_data = ec2.MultipartUserData()
-        user_data.add_part(ec2.MultipartBody.from_raw_body(
-            content_type='text/cloud-config; charset="utf-8"', body=CLOUD_CONFIG_EVERY_BOOT))
-        # A raw part, not add_user_data_part: that one base64-encodes the script, which costs a
-        # third more of the 16 KB.  Rendered lazily, so commands added to `script` later still count.
-        user_data.add_part(ec2.MultipartBody.from_raw_body(
-            content_type='text/x-shellscript; charset="utf-8"', body=Lazy.string(_RenderUserData(script))))
-
-        instance = ec2.Instance(
-            self._node_scope(name),
-            "Instance",
-            vpc=self.vpc,
-            vpc_subnets=ec2.SubnetSelection(subnets=[subnet]),
-            instance_type=instance_type,
-            machine_image=machine_image,
-            role=self.node_role,
-            security_group=self.security_group,
-            user_data=user_data,
-            http_tokens=ec2.HttpTokens.REQUIRED,
-            http_endpoint=True,
-            http_put_response_hop_limit=1,
-            block_devices=[ec2.BlockDevice(
-                device_name="/dev/xvda",
-                volume=ec2.BlockDeviceVolume.ebs(8, encrypted=True, volume_type=ec2.EbsDeviceVolumeType.GP3),
-            )],
-        )
-        Tags.of(instance).add(NODE_TAG, name)
-        cfn = instance.node.default_child
-        assert isinstance(cfn, ec2.CfnInstance)
-        # The node's own ENI is device 0, so its primary IP is the node's address and the VIP
-        # routes target an ENI that survives an instance stop.  Subnet, AZ and groups come from the ENI.
-        cfn.add_property_override("NetworkInterfaces", [{"DeviceIndex": "0", "NetworkInterfaceId": eni.ref}])
-        cfn.add_property_deletion_override("SubnetId")
-        cfn.add_property_deletion_override("SecurityGroupIds")
-        cfn.add_property_deletion_override("AvailabilityZone")
-        Validations.of(instance).acknowledge(
-            _ack("AwsSolutions-EC28",
-                 "Failover is decided by VRRP in under a few seconds; one-minute CloudWatch metrics would add "
-                 "cost without helping it. Basic monitoring stays on."),
-            _ack("AwsSolutions-EC29",
-                 "The pair is a fixed two-node HA group with ENIs the routes target, not an Auto Scaling group; "
-                 "termination protection would block stack updates and deletes."),
-        )
-        return instance, script
 
     # --- VIP routes: the Lambda that owns and repairs them -----------------------------------------
 
@@ -622,8 +782,8 @@ class HaproxyHa(Construct):
                         "Null": {"aws:TagKeys": "false"}},
         ))
         code = lambda_.Code.from_asset(str(lambda_code_dir()))
-        # Each node by name and ENI only, never by instance: the instances depend on this function
-        # (their documents name it), and the ENI outlives the instances that carry it.
+        # Each node by name and ENI only, never by instance or group: the groups depend on this
+        # function (their documents name it), and the ENI outlives the instances that carry it.
         nodes_json = Stack.of(self).to_json_string([
             {"name": name, "eni_id": eni.ref} for name, eni in zip(NODE_NAMES, enis, strict=True)
         ])
@@ -678,24 +838,26 @@ class HaproxyHa(Construct):
                 "EniId": self.nodes[0].eni_id,
             },
         )
-        # Routes are created after both nodes exist and removed before they go.
+        # Routes are created after both nodes serve (their groups wait for the signals) and
+        # removed before the groups go.
         for n in self.nodes:
-            vip_routes.node.add_dependency(n.instance)
+            vip_routes.node.add_dependency(n.auto_scaling_group)
         return vip_routes
 
     def _reconcile_triggers(self, functions: _RouteFunctions) -> None:
-        state_rule = events.Rule(
+        # By group name, not instance: the groups replace instances, and the reconciler finds each
+        # node's instance through its ENI.  (The groups' names are literals: no dependency on them.)
+        group_rule = events.Rule(
             functions.scope,
-            "NodeStateChange",
-            description="haproxy-ha: move the VIP routes away from a node that stops",
+            "NodeGroupChange",
+            description="haproxy-ha: repair the VIP routes when a node's instance leaves or arrives",
             event_pattern=events.EventPattern(
-                source=["aws.ec2"],
-                detail_type=["EC2 Instance State-change Notification"],
-                detail={"instance-id": [n.instance_id for n in self.nodes],
-                        "state": list(INSTANCE_STOP_STATES)},
+                source=["aws.autoscaling"],
+                detail_type=list(NODE_GROUP_EVENTS),
+                detail={"AutoScalingGroupName": [n.auto_scaling_group_name for n in self.nodes]},
             ),
         )
-        state_rule.add_target(targets.LambdaFunction(functions.reconcile))
+        group_rule.add_target(targets.LambdaFunction(functions.reconcile))
         schedule = events.Rule(
             functions.scope,
             "Schedule",
@@ -741,8 +903,38 @@ class _RenderUserData:
         return self._user_data.render()
 
 
+def _listed(items: Sequence[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def _ack(rule_id: str, reason: str) -> Acknowledgment:
     return Acknowledgment(id=rule_id, reason=reason)
+
+
+def _nag_arn(stack: Stack, arn: str) -> str:
+    """An ARN as cdk-nag names it in a finding: each pseudo parameter as <AWS::Name>."""
+    resolved = stack.resolve(arn)
+    if isinstance(resolved, str):
+        return resolved
+    parts = resolved["Fn::Join"][1]
+    return "".join(p if isinstance(p, str) else f"<{p['Ref']}>" for p in parts)
+
+
+def _path_in_stack(scope: Construct) -> str:
+    """The construct's path below its stack, e.g. HaproxyHa/NodeA."""
+    stack_path = Stack.of(scope).node.path
+    return scope.node.path[len(stack_path) + 1:] if stack_path else scope.node.path
+
+
+def _group_name(stack_name: str, path: str) -> str:
+    """A node group's physical name: the stack's name, the node's path in the stack (cut to fit
+    the 255 characters of a group name with a stack name of up to 128) and a hash of that path.
+    Stack names are unique in an account and region, and paths in a stack, so the name is too."""
+    readable = re.sub(r"[^A-Za-z0-9]+", "-", path).strip("-")
+    digest = hashlib.sha256(path.encode()).hexdigest()[:8]
+    room = GROUP_NAME_MAX - STACK_NAME_MAX - len(digest) - 2
+    return f"{stack_name}-{readable[:room].rstrip('-')}-{digest}"
 
 
 def _route_table_id(subnet: ec2.ISubnet) -> str | None:
@@ -812,15 +1004,15 @@ def _client_subnets(vpc: ec2.IVpc, selection: ec2.SubnetSelection | None) -> lis
 def _default_image(stack: Stack, instance_type: ec2.InstanceType) -> ec2.IMachineImage:
     cpu = (ec2.AmazonLinuxCpuType.ARM_64 if instance_type.architecture == ec2.InstanceArchitecture.ARM_64
            else ec2.AmazonLinuxCpuType.X86_64)
-    # A deploy-time lookup would pick up each new AMI release and replace the nodes; replacing a
-    # node whose ENI is device 0 fails while the old instance holds it.  Pin it in the context
-    # instead, which needs a stack with a known account and region.
+    # A deploy-time lookup would pick up each new AMI release and replace both nodes (one at a
+    # time) on whatever deploy comes next.  Pin it in the context instead, so that a new AMI is a
+    # change someone makes on purpose; that needs a stack with a known account and region.
     env_known = not Token.is_unresolved(stack.account) and not Token.is_unresolved(stack.region)
     if not env_known:
         Annotations.of(stack).add_warning_v2(
             "haproxy-ha:ami-not-pinned",
             "The stack has no account/region, so the Amazon Linux 2023 AMI is resolved at deploy time: "
-            "a later deploy after a new AMI release will try to replace the nodes. Give the stack an env, "
-            "or pass machine_image.",
+            "a later deploy after a new AMI release replaces both nodes, one at a time. Give the stack an "
+            "env, or pass machine_image.",
         )
     return ec2.MachineImage.latest_amazon_linux2023(cpu_type=cpu, cached_in_context=env_known)

@@ -11,6 +11,19 @@ from haproxy_ha_runtime import config
 
 
 @dataclass(frozen=True)
+class NodeLifecycle:
+    """What one node's document says about its Auto Scaling group: the group's name and its
+    termination hook (the agent completes it after the hand-over), how long requests in flight
+    may drain, and whom to signal when the node is ready (the stack, and the group's logical ID)."""
+
+    auto_scaling_group: str
+    lifecycle_hook: str
+    drain_timeout_s: float
+    cfn_stack: str
+    cfn_resource: str
+
+
+@dataclass(frozen=True)
 class NodeAddress:
     """What one node's config document says about a node: its name, ENI and primary IP (tokens allowed)."""
 
@@ -34,10 +47,12 @@ def node_config_document(
     listeners: Sequence[config.Listener],
     stats_port: int,
     reconciler: str | None = None,
+    lifecycle: NodeLifecycle | None = None,
 ) -> dict[str, Any]:
     """The document for node `me`, with `{node}` in static replies filled in.  `interface` is
     null: the node finds the interface that holds local_ip.  `reconciler` is the function the
-    agent invokes to create a missing route (its ARN; a token at synth time)."""
+    agent invokes to create a missing route (its ARN; a token at synth time).  `lifecycle` names
+    the node's group, hook and signal (None: a node in no group)."""
     node_listeners = tuple(
         dataclasses.replace(lst, static_reply=lst.static_reply.replace("{node}", me.name))
         if lst.static_reply is not None else lst
@@ -54,6 +69,7 @@ def node_config_document(
         eni_id=me.eni_id,
         vpc_id=vpc_id,
         reconciler=reconciler,
+        **(dataclasses.asdict(lifecycle) if lifecycle is not None else {}),
         priority=priority,
         preempt=preempt,
         virtual_router_id=virtual_router_id,

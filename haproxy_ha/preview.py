@@ -8,8 +8,10 @@ placeholder that passes the same checks:
 - the nodes' ENI addresses: 192.0.2.10 for node a and 192.0.2.20 for node b (TEST-NET-1,
   RFC 5737), or the next tens when the VIP is one of them;
 - ENI IDs ``eni-0000000000000000a`` and ``...b``, route tables ``rtb-00000000000000001`` and up,
-  the VPC ``vpc-00000000000000000``, the region ``us-east-1`` and the reconciler
-  ``haproxy-ha-reconciler``.  These keep the document valid; only the addresses reach the files.
+  the VPC ``vpc-00000000000000000``, the region ``us-east-1``, the reconciler
+  ``haproxy-ha-reconciler``, the stack to signal ``haproxy-ha-stack`` and, where the stack's
+  name is a token, the group ``haproxy-ha-node-a``.  These keep the document valid; only the
+  addresses reach the files.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ PLACEHOLDER_NET = ipaddress.IPv4Network("192.0.2.0/24")
 PLACEHOLDER_VPC = "vpc-00000000000000000"
 PLACEHOLDER_REGION = "us-east-1"
 PLACEHOLDER_RECONCILER = "haproxy-ha-reconciler"
+PLACEHOLDER_STACK = "haproxy-ha-stack"
 SOURCE = "cdk synth: a preview in which deploy-time values are placeholders (node addresses 192.0.2.x)"
 
 
@@ -42,6 +45,11 @@ def placeholder_ips(vip: str, count: int) -> list[str]:
 def placeholder_eni(node_name: str) -> str:
     """An ENI ID that stands for the node's ENI: eni-0000000000000000a for node a."""
     return "eni-" + node_name.rjust(17, "0")
+
+
+def placeholder_group(node_name: str) -> str:
+    """A group name that stands for the node's Auto Scaling group, when its real name is a token."""
+    return f"haproxy-ha-node-{node_name}"
 
 
 def placeholder_tables(route_table_ids: Sequence[str]) -> list[str]:

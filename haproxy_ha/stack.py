@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from aws_cdk import CfnOutput, Environment, Fn, Stack
+from aws_cdk import CfnOutput, Environment, Stack
 from constructs import Construct
 
 from haproxy_ha.construct import HaproxyHa
@@ -44,10 +44,16 @@ class HaproxyHaStack(Stack):
         lb.add_outputs()
         for n in lb.nodes:
             label = n.name.upper()
-            CfnOutput(self, f"Node{label}InstanceId", value=n.instance_id, description=f"Node {n.name} instance")
+            group = n.auto_scaling_group_name
+            CfnOutput(self, f"Node{label}AutoScalingGroup", value=group,
+                      description=f"Node {n.name}: its Auto Scaling group of one instance")
+            # The group replaces the instance, so the command looks up the one in service now.
+            lookup = (f"$(aws autoscaling describe-auto-scaling-groups --region {self.region} "
+                      f"--auto-scaling-group-names {group} --output text --query "
+                      "\"AutoScalingGroups[0].Instances[?LifecycleState=='InService'].InstanceId | [0]\")")
             CfnOutput(
                 self,
                 f"Node{label}SsmSession",
-                value=Fn.join("", ["aws ssm start-session --region ", self.region, " --target ", n.instance_id]),
-                description=f"Shell on node {n.name} over SSM Session Manager (no SSH)",
+                value=f"aws ssm start-session --region {self.region} --target {lookup}",
+                description=f"Shell on node {n.name}'s instance over SSM Session Manager (no SSH)",
             )

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aws_cdk import Token
+from aws_cdk import Duration, Token
 
 from haproxy_ha.listener import Listener, listener_documents
 from haproxy_ha_runtime import config
@@ -37,6 +37,7 @@ class CheckedProps:
 
     vip: ipaddress.IPv4Address | None
     listeners: tuple[config.Listener, ...]
+    drain_timeout_s: float | None = None
 
 
 def check_props(
@@ -56,6 +57,7 @@ def check_props(
     virtual_router_id: Any,
     stats_port: Any,
     ec2_endpoint: Any = False,
+    drain_timeout: Any = None,
 ) -> CheckedProps:
     """Check every prop that can be checked before the VPC exists."""
     if vpc_given:
@@ -88,7 +90,30 @@ def check_props(
     problems.integer(virtual_router_id, "virtual_router_id", 1, 255)
     checked_stats_port = problems.integer(stats_port, "stats_port", 1, 65535)
     checked_listeners = config.check_listeners(problems, listener_documents(problems, listeners), checked_stats_port)
-    return CheckedProps(vip=vip_addr, listeners=checked_listeners)
+    drain_timeout_s = check_drain_timeout(problems, DEFAULT_DRAIN_TIMEOUT if drain_timeout is None else drain_timeout)
+    return CheckedProps(vip=vip_addr, listeners=checked_listeners, drain_timeout_s=drain_timeout_s)
+
+
+# The node's own bounds for drain_timeout_s (haproxy_ha_runtime.config.parse_config); the shared
+# rules test checks that the prop and the document agree on them.
+DRAIN_TIMEOUT_MAX_S = 3600
+DEFAULT_DRAIN_TIMEOUT = Duration.seconds(config.default("drain_timeout_s"))
+
+
+def check_drain_timeout(problems: Problems, value: Any) -> float | None:
+    """The drain timeout in seconds (the document's drain_timeout_s), or None after recording why not."""
+    allowed = f"a Duration from 0 to {DRAIN_TIMEOUT_MAX_S} seconds, such as Duration.seconds(30)"
+    if not isinstance(value, Duration):
+        problems.bad("drain_timeout", value, allowed)
+        return None
+    if value.is_unresolved():
+        problems.bad("drain_timeout", value.to_string(), "a Duration known at synth time, not a token")
+        return None
+    seconds = value.to_milliseconds() / 1000
+    if not 0 <= seconds <= DRAIN_TIMEOUT_MAX_S:
+        problems.bad("drain_timeout", value.to_human_string(), allowed)
+        return None
+    return seconds
 
 
 def check_vip(problems: Problems, vip: Any) -> ipaddress.IPv4Address | None:

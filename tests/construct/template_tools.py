@@ -48,7 +48,9 @@ class Resolver:
 
     def ref(self, name: str) -> str:
         pseudo = {"AWS::Region": "eu-west-1", "AWS::AccountId": "123456789012", "AWS::Partition": "aws",
-                  "AWS::URLSuffix": "amazonaws.com", "AWS::StackName": "Test"}
+                  "AWS::URLSuffix": "amazonaws.com", "AWS::StackName": "Test",
+                  "AWS::StackId": "arn:aws:cloudformation:eu-west-1:123456789012:stack/Test/"
+                                  "51af3dc0-da77-11e4-872e-1234567db123"}
         if name in pseudo:
             return pseudo[name]
         rtype = self.resources.get(name, {}).get("Type", "")
@@ -86,27 +88,37 @@ class Resolver:
         raise AssertionError(f"cannot resolve {value!r}")
 
 
-def raw_user_data(template: dict[str, Any], logical_id: str) -> str:
-    """The user data of an instance as EC2 receives it (before the transport base64)."""
-    encoded = template["Resources"][logical_id]["Properties"]["UserData"]
+def raw_user_data(template: dict[str, Any], logical_id: str, resolver: Resolver | None = None) -> str:
+    """The user data of a launch template as EC2 receives it (before the transport base64).  Share
+    one resolver between calls when the values must agree across them (ENI addresses)."""
+    encoded = template["Resources"][logical_id]["Properties"]["LaunchTemplateData"]["UserData"]
     assert set(encoded) == {"Fn::Base64"}
-    text: str = Resolver(template).resolve(encoded["Fn::Base64"])
+    text: str = (resolver or Resolver(template)).resolve(encoded["Fn::Base64"])
     return text
 
 
+def heredoc(text: str, marker: str) -> str:
+    """What user data writes between `<<'MARKER'` and `MARKER`."""
+    start = text.index(f"<<'{marker}'\n") + len(marker) + 5
+    end = text.index(f"\n{marker}\n", start)
+    return text[start:end]
+
+
 def node_documents(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each instance's config document (intrinsics resolved), by logical ID."""
-    docs: dict[str, dict[str, Any]] = {}
+    """Each launch template's config document (intrinsics resolved), by logical ID."""
     resolver = Resolver(template)
-    for logical_id, res in template["Resources"].items():
-        if res["Type"] != "AWS::EC2::Instance":
-            continue
-        text = resolver.resolve(res["Properties"]["UserData"]["Fn::Base64"])
-        start = text.index(f"<<'{CONFIG_MARKER}'\n") + len(CONFIG_MARKER) + 5
-        end = text.index(f"\n{CONFIG_MARKER}\n", start)
-        docs[logical_id] = json.loads(text[start:end])
-    return docs
+    return {logical_id: json.loads(heredoc(raw_user_data(template, logical_id, resolver), CONFIG_MARKER))
+            for logical_id in launch_template_ids(template)}
 
 
-def instance_ids(template: dict[str, Any]) -> list[str]:
-    return sorted(k for k, v in template["Resources"].items() if v["Type"] == "AWS::EC2::Instance")
+def of_type(template: dict[str, Any], rtype: str) -> list[str]:
+    """The logical IDs of the resources of one type, sorted (node a's before node b's)."""
+    return sorted(k for k, v in template["Resources"].items() if v["Type"] == rtype)
+
+
+def launch_template_ids(template: dict[str, Any]) -> list[str]:
+    return of_type(template, "AWS::EC2::LaunchTemplate")
+
+
+def group_ids(template: dict[str, Any]) -> list[str]:
+    return of_type(template, "AWS::AutoScaling::AutoScalingGroup")

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 from aws_cdk.assertions import Match, Template
-from template_tools import REPO, Resolver, instance_ids, node_documents, raw_user_data
+from template_tools import REPO, Resolver, group_ids, heredoc, launch_template_ids, node_documents, raw_user_data
 
+from haproxy_ha.assets import BOOT_UNIT, FETCH_SCRIPT, USER_DATA_FILES
+from haproxy_ha.construct import NODE_PREPARE_COMMANDS
 from haproxy_ha_runtime.config import parse_config
 from haproxy_ha_runtime.tags import ROUTES_DELETED_TAG
 
@@ -51,16 +53,29 @@ def by_sorted_json(items: list[Any]) -> list[str]:
     return sorted(json.dumps(i, sort_keys=True) for i in items)
 
 
-# --- nodes ---------------------------------------------------------------------------------------
+# --- nodes: an Auto Scaling group of one per node, with the node's ENI as device 0 ----------------
 
-def test_two_nodes_in_two_azs(app_doc: dict[str, Any]) -> None:
-    assert len(resources(app_doc, "AWS::EC2::Instance")) == 2
-    # An instance's AZ is its ENI's, which is its subnet's.
-    azs = set()
-    for eni in resources(app_doc, "AWS::EC2::NetworkInterface").values():
+def node_resource(doc: dict[str, Any], rtype: str, node: str) -> tuple[str, dict[str, Any]]:
+    """The one resource of `rtype` that belongs to node `node` ("A" or "B")."""
+    (found,) = [(k, v) for k, v in resources(doc, rtype).items() if k.startswith(f"HaproxyHaNode{node}")]
+    return found
+
+
+def test_each_node_is_a_group_of_exactly_one_instance_in_its_own_az(app_doc: dict[str, Any]) -> None:
+    assert len(resources(app_doc, "AWS::AutoScaling::AutoScalingGroup")) == 2
+    assert not resources(app_doc, "AWS::EC2::Instance")
+    azs = []
+    for node in "AB":
+        _, group = node_resource(app_doc, "AWS::AutoScaling::AutoScalingGroup", node)
+        _, eni = node_resource(app_doc, "AWS::EC2::NetworkInterface", node)
+        props = group["Properties"]
+        assert (props["MinSize"], props["MaxSize"], props["DesiredCapacity"]) == ("1", "1", "1")
+        # A launch template that names an existing ENI goes with AZs, not subnets: the ENI's subnet decides.
+        assert "VPCZoneIdentifier" not in props
         subnet = app_doc["Resources"][eni["Properties"]["SubnetId"]["Ref"]]
-        azs.add(subnet["Properties"]["AvailabilityZone"])
-    assert azs == {"eu-west-1a", "eu-west-1b"}
+        assert props["AvailabilityZones"] == [subnet["Properties"]["AvailabilityZone"]]
+        azs.append(subnet["Properties"]["AvailabilityZone"])
+    assert azs == ["eu-west-1a", "eu-west-1b"]
 
 
 def test_each_node_eni_has_source_dest_check_off(app_template: Template) -> None:
@@ -68,23 +83,29 @@ def test_each_node_eni_has_source_dest_check_off(app_template: Template) -> None
     app_template.all_resources_properties("AWS::EC2::NetworkInterface", {"SourceDestCheck": False})
 
 
-def test_enis_and_instances_carry_the_node_tag_the_cli_reads(app_doc: dict[str, Any]) -> None:
-    for rtype in ("AWS::EC2::NetworkInterface", "AWS::EC2::Instance"):
-        names = sorted(t["Value"] for r in resources(app_doc, rtype).values()
-                       for t in r["Properties"]["Tags"] if t["Key"] == "haproxy-ha:node")
-        assert names == ["a", "b"], rtype
+def test_enis_and_the_groups_instances_carry_the_node_tag_the_cli_reads(app_doc: dict[str, Any]) -> None:
+    for node in "AB":
+        _, eni = node_resource(app_doc, "AWS::EC2::NetworkInterface", node)
+        _, group = node_resource(app_doc, "AWS::AutoScaling::AutoScalingGroup", node)
+        assert {"Key": "haproxy-ha:node", "Value": node.lower()} in eni["Properties"]["Tags"]
+        assert group["Properties"]["Tags"] == [
+            {"Key": "haproxy-ha:node", "Value": node.lower(), "PropagateAtLaunch": True}]
 
 
-def test_each_instance_uses_its_own_eni_as_device_0(app_doc: dict[str, Any]) -> None:
-    enis = sorted(resources(app_doc, "AWS::EC2::NetworkInterface"))
-    used = []
-    for inst in resources(app_doc, "AWS::EC2::Instance").values():
-        props = inst["Properties"]
-        assert not {"SubnetId", "SecurityGroupIds", "AvailabilityZone"} & set(props)
-        (nic,) = props["NetworkInterfaces"]
-        assert nic["DeviceIndex"] == "0"
-        used.append(nic["NetworkInterfaceId"]["Ref"])
-    assert sorted(used) == enis
+def test_each_launch_template_gives_its_instances_the_nodes_own_eni_as_device_0(app_doc: dict[str, Any]) -> None:
+    for node in "AB":
+        template_id, template = node_resource(app_doc, "AWS::EC2::LaunchTemplate", node)
+        eni_id, _ = node_resource(app_doc, "AWS::EC2::NetworkInterface", node)
+        data = template["Properties"]["LaunchTemplateData"]
+        # The ENI outlives every instance, and brings the subnet and the security groups.
+        assert data["NetworkInterfaces"] == [
+            {"DeviceIndex": 0, "NetworkInterfaceId": {"Ref": eni_id}, "DeleteOnTermination": False}]
+        assert not {"SecurityGroupIds", "SecurityGroups", "SubnetId", "Placement"} & set(data)
+        _, group = node_resource(app_doc, "AWS::AutoScaling::AutoScalingGroup", node)
+        # The group follows the template's latest version: a changed template rolls the group.
+        assert group["Properties"]["LaunchTemplate"] == {
+            "LaunchTemplateId": {"Ref": template_id},
+            "Version": {"Fn::GetAtt": [template_id, "LatestVersionNumber"]}}
 
 
 def test_eni_subnets_are_private_and_in_different_azs(app_doc: dict[str, Any]) -> None:
@@ -93,26 +114,81 @@ def test_eni_subnets_are_private_and_in_different_azs(app_doc: dict[str, Any]) -
     assert all("PrivateSubnet" in s for s in subnets)
 
 
-def test_instances_require_imdsv2_encrypt_root_and_have_no_key_pair(app_template: Template) -> None:
-    app_template.all_resources_properties("AWS::EC2::Instance", {
-        "MetadataOptions": Match.object_like({"HttpTokens": "required", "HttpEndpoint": "enabled"}),
-        "BlockDeviceMappings": [Match.object_like({"Ebs": Match.object_like({"Encrypted": True})})],
-        "InstanceType": "t4g.small",
-    })
-    for inst in app_template.find_resources("AWS::EC2::Instance").values():
-        assert "KeyName" not in inst["Properties"]
-    assert not app_template.find_resources("AWS::EC2::KeyPair")
+def test_launch_templates_require_imdsv2_encrypt_root_and_have_no_key_pair(app_doc: dict[str, Any]) -> None:
+    for node in "AB":
+        _, template = node_resource(app_doc, "AWS::EC2::LaunchTemplate", node)
+        data = template["Properties"]["LaunchTemplateData"]
+        assert data["MetadataOptions"] == {"HttpTokens": "required", "HttpEndpoint": "enabled",
+                                           "HttpPutResponseHopLimit": 1}
+        assert data["BlockDeviceMappings"] == [{"DeviceName": "/dev/xvda", "Ebs": {
+            "Encrypted": True, "VolumeSize": 8, "VolumeType": "gp3"}}]
+        assert data["InstanceType"] == "t4g.small"
+        assert "KeyName" not in data and "KeyPair" not in data
+    assert not resources(app_doc, "AWS::EC2::KeyPair")
+
+
+def test_each_launch_template_carries_its_own_nodes_role(app_doc: dict[str, Any]) -> None:
+    for node in "AB":
+        _, template = node_resource(app_doc, "AWS::EC2::LaunchTemplate", node)
+        profile_id = template["Properties"]["LaunchTemplateData"]["IamInstanceProfile"]["Arn"]["Fn::GetAtt"][0]
+        role_id, _ = node_resource(app_doc, "AWS::IAM::Role", node)
+        assert app_doc["Resources"][profile_id]["Properties"]["Roles"] == [{"Ref": role_id}]
 
 
 def test_ami_architecture_follows_instance_type(app_doc: dict[str, Any]) -> None:
     # cdk.context.json pins the arm64 AL2023 parameter to this placeholder AMI.
-    for inst in resources(app_doc, "AWS::EC2::Instance").values():
-        assert inst["Properties"]["ImageId"] == "ami-0a0a0a0a0a0a0a0a0"
+    for template in resources(app_doc, "AWS::EC2::LaunchTemplate").values():
+        assert template["Properties"]["LaunchTemplateData"]["ImageId"] == "ami-0a0a0a0a0a0a0a0a0"
 
 
-def test_node_b_waits_for_node_a_so_updates_roll_one_at_a_time(app_doc: dict[str, Any]) -> None:
-    a, b = instance_ids(app_doc)
+SIGNAL_WAIT = "PT20M"
+SUSPENDED = ["HealthCheck", "ReplaceUnhealthy", "AZRebalance", "AlarmNotification", "ScheduledActions"]
+
+
+def test_groups_wait_for_the_nodes_signal_and_roll_one_instance_at_a_time(app_doc: dict[str, Any]) -> None:
+    for group in resources(app_doc, "AWS::AutoScaling::AutoScalingGroup").values():
+        assert group["CreationPolicy"] == {"ResourceSignal": {"Count": 1, "Timeout": SIGNAL_WAIT}}
+        assert group["UpdatePolicy"] == {"AutoScalingRollingUpdate": {
+            "MaxBatchSize": 1, "MinInstancesInService": 0, "WaitOnResourceSignals": True,
+            "PauseTime": SIGNAL_WAIT, "SuspendProcesses": SUSPENDED}}
+
+
+def test_a_replacement_terminates_the_old_instance_before_it_launches_the_new_one(app_doc: dict[str, Any]) -> None:
+    # The ENI can be on one instance only.
+    for group in resources(app_doc, "AWS::AutoScaling::AutoScalingGroup").values():
+        assert group["Properties"]["InstanceMaintenancePolicy"] == {
+            "MinHealthyPercentage": 0, "MaxHealthyPercentage": 100}
+
+
+def test_node_b_group_waits_for_node_a_group_so_nodes_roll_one_at_a_time(app_doc: dict[str, Any]) -> None:
+    a, b = group_ids(app_doc)
     assert a in app_doc["Resources"][b]["DependsOn"]
+    assert b not in app_doc["Resources"][a].get("DependsOn", [])
+
+
+def test_termination_hook_holds_a_leaving_instance_for_the_drain_and_the_hand_over(app_doc: dict[str, Any]) -> None:
+    for group in resources(app_doc, "AWS::AutoScaling::AutoScalingGroup").values():
+        assert group["Properties"]["LifecycleHookSpecificationList"] == [{
+            "LifecycleHookName": "haproxy-ha-drain",
+            "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+            "DefaultResult": "CONTINUE",
+            # 30 s of drain (the default drain_timeout) and 60 s for the hand-over around it.
+            "HeartbeatTimeout": 90,
+        }]
+    assert not resources(app_doc, "AWS::AutoScaling::LifecycleHook")
+
+
+def test_groups_start_after_their_subnet_reaches_the_internet_and_their_role_may_act(app_doc: dict[str, Any]) -> None:
+    for node, subnet in (("A", "HaproxyHaVpcPrivateSubnet1"), ("B", "HaproxyHaVpcPrivateSubnet2")):
+        _, group = node_resource(app_doc, "AWS::AutoScaling::AutoScalingGroup", node)
+        depends = set(group["DependsOn"])
+        (default_route,) = [k for k in resources(app_doc, "AWS::EC2::Route")
+                            if k.startswith(subnet + "DefaultRoute")]
+        # The private subnet's default route goes to its NAT gateway.
+        assert app_doc["Resources"][default_route]["Properties"]["NatGatewayId"]
+        assert default_route in depends
+        policy_id, _ = node_resource(app_doc, "AWS::IAM::Policy", node)
+        assert policy_id in depends
 
 
 # --- security group ------------------------------------------------------------------------------
@@ -166,7 +242,7 @@ def reconcile_function(doc: dict[str, Any]) -> str:
 
 
 def _check_role(doc: dict[str, Any], prefix: str, route_actions: set[str], allowed_extra: set[str],
-                marker: bool = False, invoke: bool = False) -> None:
+                marker: bool = False) -> None:
     """Every statement of the role is one of the expected ones, each with its exact scope."""
     describe = {"ec2:DescribeRouteTables", "ec2:DescribeInstances", "ec2:DescribeNetworkInterfaces"}
     seen: set[str] = set()
@@ -184,34 +260,67 @@ def _check_role(doc: dict[str, Any], prefix: str, route_actions: set[str], allow
             assert marker and acts == MARKER_ACTIONS and st["Condition"] == MARKER_CONDITION
             assert by_sorted_json(st["Resource"]) == by_sorted_json(route_table_arns(doc))
             seen.add("marker")
-        elif "lambda:InvokeFunction" in acts:
-            assert invoke and acts == {"lambda:InvokeFunction"}
-            assert st["Resource"] == {"Fn::GetAtt": [reconcile_function(doc), "Arn"]}
-            seen.add("invoke")
         else:
             assert acts <= allowed_extra, f"unexpected actions {acts - allowed_extra}"
         for act in acts:
             service, _, name = act.partition(":")
             if service == "ec2" and name.startswith(MUTATING_PREFIXES):
                 assert act in route_actions or (marker and act in MARKER_ACTIONS)
-    assert seen == {"route", "describe"} | ({"marker"} if marker else set()) | ({"invoke"} if invoke else set())
+    assert seen == {"route", "describe"} | ({"marker"} if marker else set())
 
 
-def test_node_role_may_only_replace_routes_in_the_stack_tables_and_invoke_the_reconciler(
-        app_doc: dict[str, Any]) -> None:
-    _check_role(app_doc, "HaproxyHaNodeRole", {"ec2:ReplaceRoute"}, {"s3:GetObject"}, invoke=True)
+NODE_FILES_OBJECT = re.compile(r"arn:aws:s3:::cdk-hnb659fds-assets-123456789012-eu-west-1/[0-9a-f]{64}\.zip")
 
 
-def test_node_role_reads_only_the_node_files_object(app_doc: dict[str, Any]) -> None:
-    (s3,) = [st for st in statements(app_doc, "HaproxyHaNodeRole") if "s3:GetObject" in actions_of(st)]
-    assert re.fullmatch(r"arn:aws:s3:::cdk-hnb659fds-assets-123456789012-eu-west-1/[0-9a-f]{64}\.zip",
-                        s3["Resource"])
+@pytest.mark.parametrize("node", ["A", "B"])
+def test_each_node_role_grants_exactly_its_nodes_actions_each_on_its_exact_scope(
+        app_doc: dict[str, Any], node: str) -> None:
+    _, group = node_resource(app_doc, "AWS::AutoScaling::AutoScalingGroup", node)
+    group_name = group["Properties"]["AutoScalingGroupName"]
+    expected: dict[tuple[str, ...], Any] = {
+        # ReplaceRoute only, on exactly the stack's tables: a missing route is the reconciler's to create.
+        ("ec2:ReplaceRoute",): by_sorted_json(route_table_arns(app_doc)),
+        # These three allow no resource scope; every call filters by ID or VPC.
+        ("ec2:DescribeInstances", "ec2:DescribeNetworkInterfaces", "ec2:DescribeRouteTables"): "*",
+        ("lambda:InvokeFunction",): {"Fn::GetAtt": [reconcile_function(app_doc), "Arn"]},
+        ("s3:GetObject",): "node files object",
+        # Its own group only: by name, the group's ID (a UUID) being unknown before it exists.
+        ("autoscaling:CompleteLifecycleAction", "autoscaling:SetInstanceHealth"):
+            f"arn:aws:autoscaling:eu-west-1:123456789012:autoScalingGroup:*:autoScalingGroupName/{group_name}",
+        ("cloudformation:SignalResource",): {"Ref": "AWS::StackId"},
+    }
+    found: dict[tuple[str, ...], Any] = {}
+    for st in statements(app_doc, f"HaproxyHaNode{node}Role"):
+        assert st["Effect"] == "Allow" and "Condition" not in st
+        actions = tuple(sorted(actions_of(st)))
+        assert actions not in found, f"{actions} granted twice"
+        resource = st["Resource"]
+        if actions == ("ec2:ReplaceRoute",):
+            resource = by_sorted_json(resource)
+        elif actions == ("s3:GetObject",):
+            assert NODE_FILES_OBJECT.fullmatch(resource), resource
+            resource = "node files object"
+        found[actions] = resource
+    assert found == expected
 
 
-def test_node_role_has_ssm_core_and_no_other_managed_policy(app_doc: dict[str, Any]) -> None:
-    (role,) = [v for k, v in resources(app_doc, "AWS::IAM::Role").items() if k.startswith("HaproxyHaNodeRole")]
+def test_the_node_roles_differ_only_in_their_own_group(app_doc: dict[str, Any]) -> None:
+    a, b = (statements(app_doc, f"HaproxyHaNode{n}Role") for n in "AB")
+    differ = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+    assert len(differ) == 1
+    (x, y), = differ
+    assert actions_of(x) == ["autoscaling:CompleteLifecycleAction", "autoscaling:SetInstanceHealth"]
+    assert "-NodeA-" in x["Resource"] and "-NodeB-" not in x["Resource"]
+    assert "-NodeB-" in y["Resource"] and "-NodeA-" not in y["Resource"]
+
+
+@pytest.mark.parametrize("node", ["A", "B"])
+def test_each_node_role_has_ssm_core_and_no_other_managed_policy(app_doc: dict[str, Any], node: str) -> None:
+    _, role = node_resource(app_doc, "AWS::IAM::Role", node)
     (arn,) = role["Properties"]["ManagedPolicyArns"]
     assert arn["Fn::Join"][1][-1].endswith(":iam::aws:policy/AmazonSSMManagedInstanceCore")
+    assert role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
+        "Service": "ec2.amazonaws.com"}
 
 
 def test_lambda_role_may_create_replace_delete_routes_and_mark_only_the_stack_tables(app_doc: dict[str, Any]) -> None:
@@ -239,7 +348,8 @@ def test_custom_resource_owns_routes_in_every_route_table_targeting_node_a(app_d
     assert props["EniId"] == {"Ref": node_a_eni}
     (on_event,) = [k for k in resources(app_doc, "AWS::Lambda::Function") if "OnEvent" in k]
     assert props["ServiceToken"] == {"Fn::GetAtt": [on_event, "Arn"]}
-    assert set(instance_ids(app_doc)) <= set(cr["DependsOn"])
+    # Created once both groups have signalled, deleted before the groups go.
+    assert set(group_ids(app_doc)) <= set(cr["DependsOn"])
 
 
 def test_custom_resource_gives_up_in_minutes_after_the_handler_would_have_answered(app_doc: dict[str, Any]) -> None:
@@ -285,19 +395,22 @@ def test_reconcile_environment_lists_nodes_in_preference_order(app_doc: dict[str
     assert len(tables) == 4 and all(t.startswith("rtb-") for t in tables)
 
 
-def test_state_change_rule_targets_reconcile_for_both_nodes(app_doc: dict[str, Any]) -> None:
+def test_the_groups_own_events_and_a_schedule_run_the_reconciler(app_doc: dict[str, Any]) -> None:
     rules = resources(app_doc, "AWS::Events::Rule")
-    (state,) = [r["Properties"] for r in rules.values() if "EventPattern" in r["Properties"]]
-    pattern = state["EventPattern"]
-    assert pattern["detail-type"] == ["EC2 Instance State-change Notification"]
-    assert pattern["source"] == ["aws.ec2"]
-    assert sorted(pattern["detail"]["state"]) == sorted(["stopping", "stopped", "shutting-down", "terminated"])
-    assert sorted(i["Ref"] for i in pattern["detail"]["instance-id"]) == instance_ids(app_doc)
+    (events,) = [r["Properties"] for r in rules.values() if "EventPattern" in r["Properties"]]
+    names = [app_doc["Resources"][g]["Properties"]["AutoScalingGroupName"] for g in group_ids(app_doc)]
+    # Auto Scaling's events name the group, never a fixed instance: the groups replace instances.
+    assert events["EventPattern"] == {
+        "source": ["aws.autoscaling"],
+        "detail-type": ["EC2 Instance-terminate Lifecycle Action", "EC2 Instance Terminate Successful",
+                        "EC2 Instance Launch Successful"],
+        "detail": {"AutoScalingGroupName": names},
+    }
+    assert all(isinstance(n, str) for n in names) and len(set(names)) == 2
     (schedule,) = [r["Properties"] for r in rules.values() if "ScheduleExpression" in r["Properties"]]
     assert schedule["ScheduleExpression"] == "rate(1 minute)"
-    (reconcile,) = [k for k in resources(app_doc, "AWS::Lambda::Function") if "Reconcile" in k]
-    for rule in (state, schedule):
-        assert rule["Targets"][0]["Arn"] == {"Fn::GetAtt": [reconcile, "Arn"]}
+    for rule in (events, schedule):
+        assert rule["Targets"][0]["Arn"] == {"Fn::GetAtt": [reconcile_function(app_doc), "Arn"]}
 
 
 # --- user data and the node config document ------------------------------------------------------
@@ -319,40 +432,74 @@ def test_user_data_documents_are_accepted_by_the_runtime(app_doc: dict[str, Any]
     assert a.reconciler == b.reconciler == reconciler
 
 
-def test_reconcile_function_does_not_depend_on_the_instances(app_doc: dict[str, Any]) -> None:
-    # The instances' documents name the function; a reference back would be a cycle.
-    fn = app_doc["Resources"][reconcile_function(app_doc)]
-    assert not set(instance_ids(app_doc)) & set(json.dumps(fn).replace('"', " ").split())
+def test_each_document_names_its_own_group_hook_drain_and_signal(app_doc: dict[str, Any]) -> None:
+    for template_id, document in node_documents(app_doc).items():
+        cfg = parse_config(document)
+        node = cfg.node_name.upper()
+        assert template_id.startswith(f"HaproxyHaNode{node}")
+        group_id, group = node_resource(app_doc, "AWS::AutoScaling::AutoScalingGroup", node)
+        props = group["Properties"]
+        assert cfg.auto_scaling_group == props["AutoScalingGroupName"]
+        assert cfg.lifecycle_hook == props["LifecycleHookSpecificationList"][0]["LifecycleHookName"]
+        assert cfg.drain_timeout_s == 30.0 and cfg.replace_unhealthy_after_s == 300.0
+        # The ready signal goes to this stack (its ID, by the stand-in's resolution), for this group.
+        assert cfg.cfn_stack == Resolver(app_doc).ref("AWS::StackId")
+        assert cfg.cfn_resource == group_id
 
 
-def test_user_data_fetches_node_files_and_runs_boot_script(app_doc: dict[str, Any]) -> None:
-    for logical_id in instance_ids(app_doc):
+def test_reconcile_function_and_its_rules_do_not_depend_on_the_groups(app_doc: dict[str, Any]) -> None:
+    # The groups' documents name the function; a reference back would be a cycle.
+    names = set(group_ids(app_doc)) | set(launch_template_ids(app_doc))
+    for logical_id, res in app_doc["Resources"].items():
+        if res["Type"] in ("AWS::Lambda::Function", "AWS::Events::Rule") and "HaproxyHaRoutes" in logical_id:
+            assert not names & set(json.dumps(res).replace('"', " ").split()), logical_id
+
+
+def test_user_data_writes_the_boot_unit_and_starts_it_without_waiting(app_doc: dict[str, Any]) -> None:
+    s3 = [st["Resource"] for st in statements(app_doc, "HaproxyHaNodeARole") if actions_of(st) == ["s3:GetObject"]]
+    (object_arn,) = s3
+    for logical_id in launch_template_ids(app_doc):
         text = raw_user_data(app_doc, logical_id)
-        assert "- [scripts-user, always]" in text
-        assert "aws s3 cp" in text and ".zip /var/lib/haproxy-ha/node-files.zip" in text
-        assert "python3 -m zipfile -e /var/lib/haproxy-ha/node-files.zip /opt/haproxy-ha.new" in text
-        assert "cat > /etc/haproxy-ha/node.json" in text
-        assert text.rstrip().splitlines()[-2] == "bash /opt/haproxy-ha/boot.sh"
+        lines = text.splitlines()
+        assert lines[:3] == ["#!/bin/bash", *NODE_PREPARE_COMMANDS]
+        # What ships is what the unit tests check: the files of userdata/, as they are.
+        assert heredoc(text, "HAPROXY_HA_BOOT_UNIT") + "\n" == (REPO / "userdata" / BOOT_UNIT).read_text()
+        assert heredoc(text, "HAPROXY_HA_FETCH_SCRIPT") + "\n" == (REPO / "userdata" / FETCH_SCRIPT).read_text()
+        assert f"cat > {USER_DATA_FILES[BOOT_UNIT]} <<'HAPROXY_HA_BOOT_UNIT'" in lines
+        assert f"cat > {USER_DATA_FILES[FETCH_SCRIPT]} <<'HAPROXY_HA_FETCH_SCRIPT'" in lines
+        # The unit fetches exactly the object the role may read.
+        env = dict(line.split("=", 1) for line in heredoc(text, "HAPROXY_HA_BOOT_ENV").splitlines())
+        assert env == {"NODE_FILES_URL": object_arn.replace("arn:aws:s3:::", "s3://"), "AWS_REGION": "eu-west-1"}
+        assert heredoc(text, "HAPROXY_HA_AFTER_BOOT") == "#!/bin/bash"
+        # cloud-init returns at once; systemd runs (and retries) the boot.
+        assert lines[-3:] == ["systemctl daemon-reload", f"systemctl enable {BOOT_UNIT}",
+                              f"systemctl start --no-block {BOOT_UNIT}"]
+        assert "boot.sh" not in "\n".join(lines[-3:])
 
 
 @pytest.mark.parametrize("index", [0, 1])
 def test_user_data_is_under_16_kb(app_doc: dict[str, Any], index: int) -> None:
-    text = raw_user_data(app_doc, instance_ids(app_doc)[index])
+    text = raw_user_data(app_doc, launch_template_ids(app_doc)[index])
     assert len(text.encode()) < USER_DATA_LIMIT
 
 
 # --- outputs -------------------------------------------------------------------------------------
 
-def test_outputs_vip_instances_route_tables_and_ssm(app_doc: dict[str, Any]) -> None:
+def test_outputs_vip_groups_route_tables_and_ssm(app_doc: dict[str, Any]) -> None:
     outputs = app_doc["Outputs"]
     assert outputs["Vip"]["Value"] == "192.168.254.10"
     (vpc,) = resources(app_doc, "AWS::EC2::VPC")
     assert outputs["VpcId"]["Value"] == {"Ref": vpc}
     for node in ("A", "B"):
-        (eni,) = [k for k in resources(app_doc, "AWS::EC2::NetworkInterface") if f"Node{node}" in k]
+        eni, _ = node_resource(app_doc, "AWS::EC2::NetworkInterface", node)
         assert outputs[f"Node{node}EniId"]["Value"] == {"Ref": eni}
-    for node in ("A", "B"):
-        assert f"Node{node}InstanceId" in outputs
-        join = outputs[f"Node{node}SsmSession"]["Value"]["Fn::Join"][1]
-        assert join[0].startswith("aws ssm start-session")
+        _, group = node_resource(app_doc, "AWS::AutoScaling::AutoScalingGroup", node)
+        name = group["Properties"]["AutoScalingGroupName"]
+        assert f"Node{node}InstanceId" not in outputs
+        assert outputs[f"Node{node}AutoScalingGroup"]["Value"] == name
+        # The instance changes with each replacement: the command looks up the one in service.
+        assert outputs[f"Node{node}SsmSession"]["Value"] == (
+            "aws ssm start-session --region eu-west-1 --target $(aws autoscaling describe-auto-scaling-groups "
+            f"--region eu-west-1 --auto-scaling-group-names {name} --output text --query "
+            "\"AutoScalingGroups[0].Instances[?LifecycleState=='InService'].InstanceId | [0]\")")
     assert len(outputs["RouteTableIds"]["Value"]["Fn::Join"][1]) == 4

@@ -8,10 +8,12 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from aws_cdk import App, Stack
+from aws_cdk import App, Stack, Token
+from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
 from aws_cdk.assertions import Annotations, Match, Template
-from template_tools import REPO, instance_ids, new_app, new_stack, node_documents, raw_user_data
+from template_tools import REPO, heredoc, launch_template_ids, new_app, new_stack, node_documents, raw_user_data
 
 from haproxy_ha import HaproxyHa, Listener
 from haproxy_ha_cli import outputs
@@ -53,8 +55,13 @@ def test_consumer_app_with_three_az_imported_vpc() -> None:
     # connections.allow_from opened the listener port to the caller's app security group.
     template.has_resource_properties("AWS::EC2::SecurityGroupIngress", {
         "IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "SourceSecurityGroupId": "sg-0123456789abcdef0"})
+    # Its drain_timeout of 2 minutes holds a leaving node for that, plus a minute for the hand-over.
+    hooks = [v["Properties"]["LifecycleHookSpecificationList"][0]["HeartbeatTimeout"] for v in doc["Resources"].values()
+             if v["Type"] == "AWS::AutoScaling::AutoScalingGroup"]
+    assert hooks == [180, 180]
     for document in node_documents(doc).values():
         config = parse_config(document)
+        assert config.drain_timeout_s == 120.0
         assert config.vpc_id == "vpc-0a1b2c3d4e5f60718"
         assert [lst.name for lst in config.listeners] == ["web", "db"]
         assert config.listeners[0].backends[1].host == "10.20.11.11"
@@ -93,7 +100,7 @@ def test_large_config_stays_under_the_user_data_limit(stack: Stack) -> None:
     HaproxyHa(stack, "Lb", vip="192.168.254.10", listeners=listeners, extra_route_table_ids=tables,
               timing_profile="fast", preempt=True, virtual_router_id=200)
     doc = template_json(stack)
-    for logical_id in instance_ids(doc):
+    for logical_id in launch_template_ids(doc):
         size = len(raw_user_data(doc, logical_id).encode())
         assert size < USER_DATA_LIMIT, f"{logical_id} user data is {size} bytes"
     for document in node_documents(doc).values():
@@ -106,7 +113,7 @@ def test_user_data_limit_check_would_catch_an_oversized_config(stack: Stack) -> 
     # The same measure as above, fed 800 route tables: it must exceed the limit, or the check proves nothing.
     HaproxyHa(stack, "Lb", vip="192.168.254.10", extra_route_table_ids=[f"rtb-{i:017x}" for i in range(800)])
     doc = template_json(stack)
-    assert len(raw_user_data(doc, instance_ids(doc)[0]).encode()) >= USER_DATA_LIMIT
+    assert len(raw_user_data(doc, launch_template_ids(doc)[0]).encode()) >= USER_DATA_LIMIT
 
 
 def test_env_agnostic_stack_resolves_region_at_deploy_and_warns_about_the_ami() -> None:
@@ -118,20 +125,32 @@ def test_env_agnostic_stack_resolves_region_at_deploy_and_warns_about_the_ami() 
     Annotations.from_stack(stack).has_warning("/Agnostic", Match.string_like_regexp("AMI is resolved at deploy"))
 
 
-def test_callers_can_extend_node_user_data_after_the_boot_script() -> None:
+def test_callers_can_add_commands_that_run_after_the_boot_script() -> None:
     stack = new_stack()
     lb = HaproxyHa(stack, "Lb", vip="192.168.254.10")
-    lb.nodes[0].user_data.add_commands("echo extra-step")
+    # Added after the construct was built: user data is rendered at synth, so they still count.
+    lb.nodes[0].after_boot.add_commands("echo extra-step")
     doc = template_json(stack)
-    text = raw_user_data(doc, instance_ids(doc)[0])
-    assert text.index("bash /opt/haproxy-ha/boot.sh") < text.index("echo extra-step")
+    a, b = (raw_user_data(doc, t) for t in launch_template_ids(doc))
+    assert heredoc(a, "HAPROXY_HA_AFTER_BOOT") == "#!/bin/bash\necho extra-step"
+    assert heredoc(b, "HAPROXY_HA_AFTER_BOOT") == "#!/bin/bash"
+    # The boot unit runs that script after boot.sh.
+    unit = heredoc(a, "HAPROXY_HA_BOOT_UNIT").splitlines()
+    starts = [line.removeprefix("ExecStart=") for line in unit if line.startswith("ExecStart=")]
+    assert starts[-2:] == ["/usr/bin/bash /opt/haproxy-ha/boot.sh", "/usr/bin/bash /etc/haproxy-ha/after-boot.sh"]
 
 
 def test_public_attributes(stack: Stack) -> None:
     lb = HaproxyHa(stack, "Lb", vip="192.168.254.10")
     assert lb.vip == "192.168.254.10"
     assert [n.name for n in lb.nodes] == ["a", "b"]
-    assert isinstance(lb.nodes[0].instance, ec2.Instance)
+    node = lb.nodes[0]
+    assert isinstance(node.auto_scaling_group, autoscaling.CfnAutoScalingGroup)
+    assert isinstance(node.launch_template, ec2.LaunchTemplate)
+    assert isinstance(node.role, iam.Role) and node.role is not lb.nodes[1].role
+    assert node.auto_scaling_group_name == node.auto_scaling_group.auto_scaling_group_name
+    assert not Token.is_unresolved(node.auto_scaling_group_name)
+    assert lb.drain_timeout.to_seconds() == 30
     assert isinstance(lb.connections, ec2.Connections)
     assert lb.connections.security_groups == [lb.security_group]
     assert len(lb.route_table_ids) == 4
@@ -144,8 +163,8 @@ def test_public_attributes(stack: Stack) -> None:
 def test_x86_instance_type_gets_the_x86_ami(stack: Stack) -> None:
     HaproxyHa(stack, "Lb", vip="192.168.254.10", instance_type=ec2.InstanceType("t3.small"))
     # cdk.context.json pins the x86_64 AL2023 parameter to this placeholder AMI.
-    Template.from_stack(stack).all_resources_properties("AWS::EC2::Instance", {
-        "ImageId": "ami-0b0b0b0b0b0b0b0b0", "InstanceType": "t3.small"})
+    Template.from_stack(stack).all_resources_properties("AWS::EC2::LaunchTemplate", {
+        "LaunchTemplateData": Match.object_like({"ImageId": "ami-0b0b0b0b0b0b0b0b0", "InstanceType": "t3.small"})})
 
 
 def test_add_outputs_publishes_what_the_cli_reads(stack: Stack) -> None:

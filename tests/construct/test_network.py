@@ -46,23 +46,50 @@ def test_no_ec2_endpoint_by_default(stack: Stack) -> None:
     assert lb.ec2_endpoint is None
 
 
-def test_no_nat_gateway_builds_isolated_subnets_an_s3_gateway_and_the_ec2_endpoint(stack: Stack) -> None:
+def test_no_nat_gateway_builds_isolated_subnets_an_s3_gateway_and_the_endpoints_a_deploy_needs(stack: Stack) -> None:
     HaproxyHa(stack, "Lb", vip="192.168.254.10", nat_gateways=0, ec2_endpoint=True)
     doc = Template.from_stack(stack).to_json()
     assert not _of_type(doc, "AWS::EC2::NatGateway")
-    services = sorted(str(v["Properties"]["ServiceName"]) for v in _of_type(doc, "AWS::EC2::VPCEndpoint").values())
-    assert services[0] == "com.amazonaws.eu-west-1.ec2" and "s3" in services[1]
-    gateway = [v for v in _of_type(doc, "AWS::EC2::VPCEndpoint").values()
-               if v["Properties"].get("VpcEndpointType") == "Gateway"]
+    endpoints = _of_type(doc, "AWS::EC2::VPCEndpoint")
+    interfaces = {str(v["Properties"]["ServiceName"]): v["Properties"] for v in endpoints.values()
+                  if v["Properties"].get("VpcEndpointType") == "Interface"}
+    # EC2 for the route moves, CloudFormation for the ready signal, Auto Scaling for the hook.
+    assert sorted(interfaces) == ["com.amazonaws.eu-west-1.autoscaling", "com.amazonaws.eu-west-1.cloudformation",
+                                  "com.amazonaws.eu-west-1.ec2"]
+    enis = _of_type(doc, "AWS::EC2::NetworkInterface").values()
+    node_subnets = sorted(v["Properties"]["SubnetId"]["Ref"] for v in enis)
+    (node_sg,) = [k for k, v in _of_type(doc, "AWS::EC2::SecurityGroup").items()
+                  if v["Properties"]["GroupDescription"].startswith("haproxy-ha nodes")]
+    for props in interfaces.values():
+        assert props["PrivateDnsEnabled"] is True
+        assert sorted(s["Ref"] for s in props["SubnetIds"]) == node_subnets
+        (endpoint_sg,) = props["SecurityGroupIds"]
+        sg_logical = endpoint_sg["Fn::GetAtt"][0]
+        assert not doc["Resources"][sg_logical]["Properties"].get("SecurityGroupIngress")
+        (rule,) = [v["Properties"] for v in _of_type(doc, "AWS::EC2::SecurityGroupIngress").values()
+                   if v["Properties"]["GroupId"] == {"Fn::GetAtt": [sg_logical, "GroupId"]}]
+        assert (rule["FromPort"], rule["SourceSecurityGroupId"]) == (443, {"Fn::GetAtt": [node_sg, "GroupId"]})
+    gateway = [k for k, v in endpoints.items() if v["Properties"].get("VpcEndpointType") == "Gateway"]
     assert len(gateway) == 1
-    # The nodes run in the (isolated) private subnets; the warning names what is still missing.
-    subnets = [v["Properties"]["SubnetId"]["Ref"] for v in _of_type(doc, "AWS::EC2::NetworkInterface").values()]
+    # The nodes run in the (isolated) private subnets, and start only once every endpoint exists.
+    subnets = [v["Properties"]["SubnetId"]["Ref"] for v in enis]
     assert all("PrivateSubnet" in s for s in subnets)
+    for group in _of_type(doc, "AWS::AutoScaling::AutoScalingGroup").values():
+        assert set(endpoints) <= set(group["DependsOn"])
     warnings = Annotations.from_stack(stack).find_warning("/Test/Lb", Match.string_like_regexp("isolated subnets"))
     (text,) = [str(w.entry.data) for w in warnings]
-    assert "This construct added an S3 gateway endpoint and an EC2 interface endpoint." in text
+    assert ("This construct added an S3 gateway endpoint and interface endpoints for EC2, CloudFormation and "
+            "Auto Scaling." in text)
     assert ("Still needed: interface endpoints for ssm, ssmmessages and ec2messages (Session Manager), lambda "
             "(the agent asks the reconciler to create a missing route)." in text)
+
+
+def test_nodes_wait_for_the_ec2_endpoint_they_move_routes_through(stack: Stack) -> None:
+    HaproxyHa(stack, "Lb", vip="192.168.254.10", ec2_endpoint=True)
+    doc = Template.from_stack(stack).to_json()
+    (endpoint,) = _of_type(doc, "AWS::EC2::VPCEndpoint")
+    for group in _of_type(doc, "AWS::AutoScaling::AutoScalingGroup").values():
+        assert endpoint in group["DependsOn"]
 
 
 def test_isolated_caller_vpc_warning_lists_every_endpoint_still_needed(stack: Stack) -> None:
@@ -77,7 +104,9 @@ def test_isolated_caller_vpc_warning_lists_every_endpoint_still_needed(stack: St
     text = str(warning.entry.data)
     assert "This construct added" not in text
     assert "Still needed: an S3 gateway endpoint (node files and the Amazon Linux repositories); " in text
-    assert "interface endpoints for ec2 (route moves), ssm, ssmmessages and ec2messages" in text
+    assert ("interface endpoints for ec2 (route moves), cloudformation (a new node's ready signal: without it "
+            "every deploy fails), autoscaling (the termination hook and the health report), ssm, ssmmessages and "
+            "ec2messages" in text)
 
 
 def test_ec2_endpoint_has_no_unacknowledged_cdk_nag_findings() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import os
 import shutil
 import subprocess
@@ -11,7 +12,15 @@ from pathlib import Path
 import pytest
 from template_tools import REPO
 
-from haproxy_ha.assets import lambda_code_dir, node_files_dir
+from haproxy_ha.assets import (
+    AFTER_BOOT_PATH,
+    BOOT_ENV_PATH,
+    BOOT_UNIT,
+    FETCH_SCRIPT,
+    USER_DATA_FILES,
+    lambda_code_dir,
+    node_files_dir,
+)
 
 USERDATA = REPO / "userdata"
 
@@ -26,12 +35,14 @@ def need(binary: str) -> str:
     return path
 
 
-def test_boot_script_parses_with_bash() -> None:
-    subprocess.run([need("bash"), "-n", str(USERDATA / "boot.sh")], check=True)
+@pytest.mark.parametrize("script", ["boot.sh", FETCH_SCRIPT])
+def test_boot_scripts_parse_with_bash(script: str) -> None:
+    subprocess.run([need("bash"), "-n", str(USERDATA / script)], check=True)
 
 
-def test_boot_script_passes_shellcheck() -> None:
-    result = subprocess.run([need("shellcheck"), "--severity=style", str(USERDATA / "boot.sh")],
+@pytest.mark.parametrize("script", ["boot.sh", FETCH_SCRIPT])
+def test_boot_scripts_pass_shellcheck(script: str) -> None:
+    result = subprocess.run([need("shellcheck"), "--severity=style", str(USERDATA / script)],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout
 
@@ -69,6 +80,8 @@ def test_node_files_asset_holds_boot_files_and_runtime() -> None:
     assert {"boot.sh", "haproxy-ha-agent.service", "keepalived-haproxy-ha.conf", "haproxy-ha-tmpfiles.conf",
             "haproxy_ha_runtime/__init__.py", "haproxy_ha_runtime/config.py"} <= names
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    # User data writes these itself: they fetch this asset.
+    assert not set(USER_DATA_FILES) & names
 
 
 def test_lambda_asset_holds_handler_modules_next_to_runtime() -> None:
@@ -86,3 +99,109 @@ def test_the_cli_and_the_runtime_do_not_load_the_cdk() -> None:
             "import haproxy_ha; assert 'aws_cdk' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO,
                    env={**os.environ, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"})
+
+
+# --- the boot unit and the fetch: what user data writes, so that systemd retries the boot --------
+
+def boot_unit() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    # Repeated ExecStart= lines are kept, one per line, in order.
+    text = (USERDATA / BOOT_UNIT).read_text()
+    starts = [line for line in text.splitlines() if line.startswith("ExecStart=")]
+    parser.read_string("\n".join(line for line in text.splitlines() if not line.startswith("ExecStart=")))
+    parser.set("Service", "ExecStart", "\n".join(line.removeprefix("ExecStart=") for line in starts))
+    return parser
+
+
+def test_boot_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = need("systemd-analyze")
+    shutil.copy(USERDATA / BOOT_UNIT, tmp_path / BOOT_UNIT)
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"}
+    result = subprocess.run([analyze, "verify", str(tmp_path / BOOT_UNIT)],
+                            capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0 and not result.stderr.strip() and not result.stdout.strip(), result.stderr
+    # The same check refuses what systemd would refuse: a oneshot that restarts always.
+    (tmp_path / BOOT_UNIT).write_text((USERDATA / BOOT_UNIT).read_text().replace(
+        "Restart=on-failure", "Restart=always"))
+    refused = subprocess.run([analyze, "verify", str(tmp_path / BOOT_UNIT)],
+                             capture_output=True, text=True, env=env, check=False)
+    assert refused.returncode != 0 and "Restart=" in refused.stderr
+
+
+def test_boot_unit_fetches_then_boots_then_runs_the_callers_commands_and_retries_with_a_limit() -> None:
+    unit = boot_unit()
+    assert unit.get("Service", "Type") == "oneshot" and unit.get("Service", "RemainAfterExit") == "yes"
+    assert unit.get("Service", "ExecStart").splitlines() == [
+        f"/usr/bin/bash {USER_DATA_FILES[FETCH_SCRIPT]}", "/usr/bin/bash /opt/haproxy-ha/boot.sh",
+        f"/usr/bin/bash {AFTER_BOOT_PATH}"]
+    assert unit.get("Service", "EnvironmentFile") == BOOT_ENV_PATH
+    assert unit.get("Service", "Restart") == "on-failure" and unit.get("Service", "RestartSec") == "30s"
+    # What a retry cannot mend: a refused document or render (2), a node that was not ready and
+    # told CloudFormation so (4); tests/runtime/test_boot.py runs boot.sh into both.
+    assert set(unit.get("Service", "RestartPreventExitStatus").split()) == {"2", "4"}
+    assert int(unit.get("Unit", "StartLimitBurst")) == 5 and unit.get("Unit", "StartLimitIntervalSec") == "3h"
+    assert unit.get("Service", "TimeoutStartSec") == "30min"
+    assert "network-online.target" in unit.get("Unit", "After").split()
+    assert unit.get("Install", "WantedBy") == "multi-user.target"
+
+
+@pytest.fixture
+def fetch_env(tmp_path: Path) -> dict[str, str]:
+    """A scratch root, a node files zip, and an `aws` that fails as often as FAIL_TIMES says, then copies it."""
+    payload = tmp_path / "payload"
+    (payload / "haproxy_ha_runtime").mkdir(parents=True)
+    (payload / "boot.sh").write_text("echo new boot\n")
+    (payload / "haproxy_ha_runtime" / "__init__.py").write_text("")
+    zip_path = tmp_path / "node-files.zip"
+    shutil.make_archive(str(zip_path.with_suffix("")), "zip", payload)
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "aws").write_text(f"""#!/bin/bash
+echo "aws $*" >> "{tmp_path}/aws.log"
+count=$(wc -l < "{tmp_path}/aws.log")
+if [ "$count" -le "${{FAIL_TIMES:-0}}" ]; then echo "fetch failed" >&2; exit 1; fi
+cp "{zip_path}" "${{@: -1}}"
+""")
+    (stubs / "aws").chmod(0o755)
+    (stubs / "python3").write_text(f'#!/bin/bash\nexec "{sys.executable}" "$@"\n')
+    (stubs / "python3").chmod(0o755)
+    root = tmp_path / "root"
+    (root / "opt" / "haproxy-ha").mkdir(parents=True)
+    (root / "opt" / "haproxy-ha" / "boot.sh").write_text("echo old boot\n")
+    return {"PATH": f"{stubs}:{os.environ['PATH']}", "HAPROXY_HA_ROOT": str(root), "HAPROXY_HA_FETCH_DELAY_S": "0",
+            "NODE_FILES_URL": "s3://bucket/abc.zip", "AWS_REGION": "eu-west-1", "LOG": str(tmp_path / "aws.log")}
+
+
+def run_fetch(env: dict[str, str], **more: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([need("bash"), str(USERDATA / FETCH_SCRIPT)], env={**env, **more}, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_fetch_retries_until_s3_answers_then_swaps_in_the_node_files(fetch_env: dict[str, str]) -> None:
+    result = run_fetch(fetch_env, FAIL_TIMES="2")
+    assert result.returncode == 0, result.stderr
+    calls = Path(fetch_env["LOG"]).read_text().splitlines()
+    assert calls == ["aws s3 cp --only-show-errors --region eu-west-1 s3://bucket/abc.zip "
+                     f"{fetch_env['HAPROXY_HA_ROOT']}/var/lib/haproxy-ha/node-files.zip.part"] * 3
+    assert "try 1 of 5" in result.stderr and "try 2 of 5" in result.stderr
+    files = Path(fetch_env["HAPROXY_HA_ROOT"]) / "opt" / "haproxy-ha"
+    assert (files / "boot.sh").read_text() == "echo new boot\n"
+    assert (files / "haproxy_ha_runtime" / "__init__.py").exists()
+    assert not (files.parent / "haproxy-ha.new").exists()
+
+
+def test_fetch_gives_up_after_its_tries_and_leaves_the_last_node_files(fetch_env: dict[str, str]) -> None:
+    result = run_fetch(fetch_env, FAIL_TIMES="99")
+    assert result.returncode == 1
+    assert len(Path(fetch_env["LOG"]).read_text().splitlines()) == 5
+    assert "could not fetch s3://bucket/abc.zip after 5 tries" in result.stderr
+    files = Path(fetch_env["HAPROXY_HA_ROOT"]) / "opt" / "haproxy-ha"
+    assert (files / "boot.sh").read_text() == "echo old boot\n"
+
+
+def test_fetch_refuses_to_run_without_the_url_it_fetches(fetch_env: dict[str, str]) -> None:
+    env = {k: v for k, v in fetch_env.items() if k != "NODE_FILES_URL"}
+    result = run_fetch(env)
+    assert result.returncode != 0 and "NODE_FILES_URL" in result.stderr
+    assert not Path(fetch_env["LOG"]).exists()

@@ -16,6 +16,7 @@ print(json.dumps({
     "package": haproxy_ha.__file__,
     "lambda": sorted(str(p.relative_to(a.lambda_code_dir())) for p in a.lambda_code_dir().rglob("*") if p.is_file()),
     "node": sorted(str(p.relative_to(a.node_files_dir())) for p in a.node_files_dir().rglob("*") if p.is_file()),
+    "user_data": {name: a.user_data_file(name) for name in a.USER_DATA_FILES},
 }))
 """
 
@@ -40,3 +41,6 @@ def test_the_wheel_carries_lambda_and_node_files(tmp_path: Path) -> None:
     assert {"handler.py", "haproxy_ha_runtime/routes.py", "haproxy_ha_runtime/config.py"} <= set(found["lambda"])
     assert {"boot.sh", "haproxy-ha-agent.service", "haproxy_ha_runtime/agent.py",
             "haproxy_ha_runtime/__main__.py"} <= set(found["node"])
+    # The files user data writes come from the wheel too, as they are in the checkout.
+    assert found["user_data"] == {name: (REPO / "userdata" / name).read_text()
+                                  for name in ("haproxy-ha-boot.service", "fetch-node-files.sh")}

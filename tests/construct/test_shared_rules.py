@@ -19,6 +19,18 @@ def construct_problems(stack: Stack, **props: Any) -> list[str]:
     return e.value.problems
 
 
+class HaproxyHaProblems:
+    """The problems HaproxyHa reports for some props: none when it builds."""
+
+    @staticmethod
+    def of(stack: Stack, **props: Any) -> list[str]:
+        try:
+            HaproxyHa(stack, "Lb", **{"vip": "192.168.254.10", **props})
+        except HaproxyHaPropsError as e:
+            return e.problems
+        return []
+
+
 def document_problems(**changes: Any) -> list[str]:
     with pytest.raises(ConfigError) as e:
         parse_config(doc(**changes))
@@ -102,3 +114,18 @@ def test_a_malformed_backend_string_is_reported_once(stack: Stack) -> None:
     assert construct_problems(stack, listeners=[Listener(port=80, backends=("10.0.2.5",))]) == [
         "listeners[0].backends[0]: got '10.0.2.5'; allowed: \"host:port\", e.g. \"10.0.2.15:8080\" or "
         "\"app.internal:80\""]
+
+
+@pytest.mark.parametrize(("seconds", "accepted"), [(0, True), (3600, True), (3600.5, False), (7200, False)])
+def test_the_drain_timeout_bounds_of_the_prop_are_the_documents(stack: Stack, seconds: float, accepted: bool) -> None:
+    """The prop is a Duration and the document a number, so the messages differ; the bounds may not."""
+    from aws_cdk import Duration
+
+    prop = [p for p in HaproxyHaProblems.of(stack, drain_timeout=Duration.millis(int(seconds * 1000)))
+            if p.startswith("drain_timeout:")]
+    try:
+        parse_config(doc(drain_timeout_s=seconds))
+        document: list[str] = []
+    except ConfigError as e:
+        document = [p for p in e.problems if p.startswith("drain_timeout_s:")]
+    assert (not prop, not document) == (accepted, accepted)

@@ -74,8 +74,9 @@ def test_app_template_passes_cfn_lint(app_template_json: str, tmp_path: Path) ->
 
     # The same run on a broken copy must report an error, or the check above proves nothing.
     broken = json.loads(app_template_json)
-    instance = next(v for v in broken["Resources"].values() if v["Type"] == "AWS::EC2::Instance")
-    instance["Properties"]["MetadataOptions"]["HttpTokens"] = "sometimes"
+    template_data = next(v["Properties"]["LaunchTemplateData"] for v in broken["Resources"].values()
+                         if v["Type"] == "AWS::EC2::LaunchTemplate")
+    template_data["MetadataOptions"]["HttpTokens"] = "sometimes"
     template.write_text(json.dumps(broken))
     assert cfn_lint(template).returncode & 2
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from aws_cdk import Stack
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk.assertions import Annotations, Match
 
@@ -186,3 +186,39 @@ def test_warns_below_one_nat_gateway_per_node_az(stack: Stack) -> None:
 def test_no_nat_warning_with_one_per_node_az_or_an_ec2_endpoint(stack: Stack, kwargs: dict[str, object]) -> None:
     HaproxyHa(stack, "Lb", vip="192.168.254.10", **kwargs)  # type: ignore[arg-type]
     Annotations.from_stack(stack).has_no_warning("*", Match.string_like_regexp("fewer than one per node AZ"))
+
+
+# --- drain_timeout ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (Duration.seconds(3601), "'1 hour 1 second'"),
+    (Duration.hours(2), "'2 hours'"),
+    (30, "30"),
+    ("30s", "'30s'"),
+])
+def test_fails_when_drain_timeout_is_not_a_duration_from_0_to_3600_seconds(
+        stack: Stack, value: object, shown: str) -> None:
+    with pytest.raises(HaproxyHaPropsError) as e:
+        HaproxyHa(stack, "Lb", vip="192.168.254.10", drain_timeout=value)  # type: ignore[arg-type]
+    assert problems_of(e) == [
+        f"drain_timeout: got {shown}; allowed: a Duration from 0 to 3600 seconds, such as Duration.seconds(30)"]
+
+
+def test_fails_when_drain_timeout_is_a_token(stack: Stack) -> None:
+    from aws_cdk import CfnParameter
+
+    seconds = CfnParameter(stack, "Drain", type="Number").value_as_number
+    with pytest.raises(HaproxyHaPropsError, match=r"drain_timeout: got .*; allowed: a Duration known at synth time"):
+        HaproxyHa(stack, "Lb", vip="192.168.254.10", drain_timeout=Duration.seconds(seconds))
+
+
+def test_drain_timeout_problems_come_with_the_others_in_one_error(stack: Stack) -> None:
+    with pytest.raises(HaproxyHaPropsError) as e:
+        HaproxyHa(stack, "Lb", vip="not-an-ip", drain_timeout=Duration.hours(2), virtual_router_id=0)
+    assert sorted(p.split(":")[0] for p in problems_of(e)) == ["drain_timeout", "vip", "virtual_router_id"]
+
+
+@pytest.mark.parametrize("value", [Duration.seconds(0), Duration.millis(1500), Duration.hours(1)])
+def test_drain_timeout_accepts_the_bounds_and_fractions(stack: Stack, value: Duration) -> None:
+    lb = HaproxyHa(stack, "Lb", vip="192.168.254.10", drain_timeout=value)
+    assert lb.drain_timeout is value
