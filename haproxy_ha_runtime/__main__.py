@@ -86,12 +86,14 @@ def _ready(cfg: NodeConfig, timeout_s: float) -> int:
         if not problems or time.monotonic() >= deadline:
             break
         time.sleep(2)
+    signalled = ""
     if cfg.cfn_stack is not None:
-        lifecycle.signal(platform.client("cloudformation"), cfg, platform.instance_id(), success=not problems)
+        waited = lifecycle.signal(platform.client("cloudformation"), cfg, platform.instance_id(), success=not problems)
+        signalled = (f"; signalled {cfg.cfn_stack}/{cfg.cfn_resource}" if waited
+                     else "; no deploy was waiting for a signal")
     if problems:
         print(f"error: the node is not ready after {timeout_s:g} s: {'; '.join(problems)}", file=sys.stderr)
         return 4
-    signalled = f"; signalled {cfg.cfn_stack}/{cfg.cfn_resource}" if cfg.cfn_stack else ""
     print(f"node {cfg.node_name} is ready{signalled}")
     return 0
 

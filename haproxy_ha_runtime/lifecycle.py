@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from botocore.exceptions import ClientError
+
 from . import peer, routes
 from .config import NodeConfig
 
@@ -95,13 +97,21 @@ def peer_being_replaced(client: Any, peer_eni: str | None) -> bool:
     return owner is None or owner.instance_state != "running"
 
 
-def signal(cfn: Any, cfg: NodeConfig, instance_id: str, success: bool) -> None:
+def signal(cfn: Any, cfg: NodeConfig, instance_id: str, success: bool) -> bool:
     """Tell CloudFormation whether this instance came up (the group's creation and update
-    policies wait for it)."""
+    policies wait for it).  Returns False when nobody was waiting: outside a deploy (the group
+    replaced a node by itself, or the node rebooted) CloudFormation refuses the signal with a
+    ValidationError, and that is no failure of the node."""
     if cfg.cfn_stack is None or cfg.cfn_resource is None:
-        return
-    cfn.signal_resource(StackName=cfg.cfn_stack, LogicalResourceId=cfg.cfn_resource, UniqueId=instance_id,
-                        Status="SUCCESS" if success else "FAILURE")
+        return False
+    try:
+        cfn.signal_resource(StackName=cfg.cfn_stack, LogicalResourceId=cfg.cfn_resource, UniqueId=instance_id,
+                            Status="SUCCESS" if success else "FAILURE")
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") == "ValidationError":
+            return False
+        raise
+    return True
 
 
 def complete_termination(autoscaling: Any, cfg: NodeConfig, instance_id: str) -> None:

@@ -350,7 +350,7 @@ def reconcile_routes(client: Any, vip: str, tables: list[str], nodes: list[dict[
 
 
 def reconcile(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Entry point for EC2 state-change events and the schedule.
+    """Entry point for the node groups' Auto Scaling events, the schedule, and the agents.
 
     Raises only when a move it attempted failed, so that the function's error metric counts
     real failures: no running node is a state it reports, not an error.
@@ -359,7 +359,9 @@ def reconcile(event: dict[str, Any], context: Any) -> dict[str, Any]:
     detail = event.get("detail") or {}
     deadline_s = max(1.0, min(RECONCILE_DEADLINE_S, _remaining_s(context) - RESPONSE_RESERVE_S))
     report = reconcile_routes(_ec2(), vip, tables, nodes, deadline_s=deadline_s)
-    log_event("reconcile", trigger=event.get("detail-type", "schedule"), instance=detail.get("instance-id"),
+    # Auto Scaling's events name the instance EC2InstanceId; EC2's, instance-id.
+    instance = detail.get("EC2InstanceId") or detail.get("instance-id")
+    log_event("reconcile", trigger=event.get("detail-type", "schedule"), instance=instance,
               instance_state=detail.get("state"), **report)
     if report["failed"]:
         # Fail the invocation so it shows in the function's error metric (and is retried for events).

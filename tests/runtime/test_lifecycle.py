@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.config
 import pytest
 
 from haproxy_ha_runtime import agent, lifecycle, peer
@@ -253,3 +254,22 @@ def test_the_signal_names_the_stack_the_group_and_the_instance(
     assert aws.of("SignalResource") == [
         {"StackName": "HaproxyHa", "LogicalResourceId": "NodeAGroup1234ABCD", "UniqueId": "i-0aaaaaaaaaaaaaaa1",
          "Status": status} for status in ("SUCCESS", "FAILURE")]
+
+
+def test_a_signal_nobody_waits_for_is_no_failure_but_other_errors_are(
+        stand_ins: tuple[FakeImds, AwsStandIn, FakeHealth]) -> None:
+    """Outside a deploy (the group replaced the node by itself, or it rebooted) CloudFormation
+    refuses the signal: the node is still ready.  A real failure still raises."""
+    from botocore.exceptions import ClientError
+
+    _imds, aws, _health = stand_ins
+    cfn = boto3.session.Session().client("cloudformation", region_name="us-east-1", endpoint_url=aws.url,
+                                         config=botocore.config.Config(retries={"total_max_attempts": 1}))
+    cfg = parse_config(doc(cfn_stack="HaproxyHa", cfn_resource="NodeAGroup1234ABCD"))
+    aws.refuse.add("SignalResource")
+    assert lifecycle.signal(cfn, cfg, "i-0aaaaaaaaaaaaaaa1", success=True) is False
+    aws.refuse.clear()
+    assert lifecycle.signal(cfn, cfg, "i-0aaaaaaaaaaaaaaa1", success=True) is True
+    aws.fail.add("SignalResource")
+    with pytest.raises(ClientError):
+        lifecycle.signal(cfn, cfg, "i-0aaaaaaaaaaaaaaa1", success=True)

@@ -22,11 +22,14 @@ _NS = {
 
 
 class AwsStandIn:
-    """Records each call as (action, params) in `calls`; `fail` names actions to answer with 500."""
+    """Records each call as (action, params) in `calls`; `fail` names actions to answer with 500,
+    `refuse` actions to answer as AWS refuses a request (400 ValidationError: for SignalResource,
+    a resource that waits for no signal)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, str]]] = []
         self.fail: set[str] = set()
+        self.refuse: set[str] = set()
         stand_in = self
 
         class H(BaseHTTPRequestHandler):
@@ -40,6 +43,11 @@ class AwsStandIn:
                                     "stood in for</Message></Error></ErrorResponse>")
                     return
                 stand_in.calls.append((action, params))
+                if action in stand_in.refuse:
+                    self._send(400, "<ErrorResponse><Error><Type>Sender</Type><Code>ValidationError</Code><Message>"
+                                    "Resource is in CREATE_COMPLETE state and can not be signaled</Message></Error>"
+                                    "</ErrorResponse>")
+                    return
                 if action in stand_in.fail:
                     self._send(500, "<ErrorResponse><Error><Code>InternalFailure</Code><Message>injected"
                                     "</Message></Error></ErrorResponse>")
