@@ -40,7 +40,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3_assets as s3_assets
-from constructs import Construct, IDependable
+from constructs import Construct, IDependable, IValidation
 
 from haproxy_ha import preview
 from haproxy_ha.assets import (
@@ -569,6 +569,8 @@ class HaproxyHa(Construct):
                                     lifecycles=self._lifecycles(nodes, Aws.STACK_ID))
         for node, script, document in zip(nodes, scripts, documents, strict=True):
             script.add_commands(*self._user_data_commands(stack.to_json_string(document), node.after_boot))
+            # Checked at synth, once callers have added their after-boot commands too.
+            self.node.add_validation(_UserDataLimit(stack, node.name, script))
         # One node at a time: node b's group is created, and rolled on an update, only once node
         # a's new instance has signalled that it serves.
         nodes[1].auto_scaling_group.node.add_dependency(nodes[0].auto_scaling_group)
@@ -890,6 +892,43 @@ class HaproxyHa(Construct):
             output.override_logical_id(prefix + key)
             made.append(output)
         return tuple(made)
+
+
+# EC2 refuses user data over 16 KB (before its base64), and only at RunInstances: the deploy
+# would fail late, with the group waiting for a signal that never comes.
+USER_DATA_LIMIT_BYTES = 16384
+# A deploy-time value (an ENI ID, an address, an ARN, the stack ID) counted at its longest.
+_DEPLOY_TIME_VALUE_BYTES = 160
+
+
+@jsii.implements(IValidation)
+class _UserDataLimit:
+    """Refuses, at synth, a node whose user data would exceed EC2's limit."""
+
+    def __init__(self, stack: Stack, node: str, user_data: ec2.UserData) -> None:
+        self._stack = stack
+        self._node = node
+        self._user_data = user_data
+
+    def validate(self) -> list[str]:
+        size = _resolved_size(self._stack.resolve(self._user_data.render()))
+        if size <= USER_DATA_LIMIT_BYTES:
+            return []
+        return [f"listeners, extra_route_table_ids or node.after_boot: node {self._node}'s user data would be "
+                f"about {size} bytes (deploy-time values counted at {_DEPLOY_TIME_VALUE_BYTES} bytes each); "
+                f"allowed: at most {USER_DATA_LIMIT_BYTES} bytes, EC2's limit. Use fewer listeners, backends or "
+                "route tables, or shorter after-boot commands"]
+
+
+def _resolved_size(value: Any) -> int:
+    """Bytes of a resolved CloudFormation string: literal parts as they are, each intrinsic at
+    its longest likely value."""
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, dict) and set(value) == {"Fn::Join"}:
+        separator, parts = value["Fn::Join"]
+        return sum(_resolved_size(p) for p in parts) + len(separator.encode()) * max(0, len(parts) - 1)
+    return _DEPLOY_TIME_VALUE_BYTES
 
 
 @jsii.implements(IStableStringProducer)

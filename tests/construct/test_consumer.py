@@ -109,11 +109,25 @@ def test_large_config_stays_under_the_user_data_limit(stack: Stack) -> None:
         assert config.profile == "fast" and config.preempt is True and config.virtual_router_id == 200
 
 
-def test_user_data_limit_check_would_catch_an_oversized_config(stack: Stack) -> None:
-    # The same measure as above, fed 800 route tables: it must exceed the limit, or the check proves nothing.
+def test_fails_at_synth_when_the_user_data_would_exceed_the_ec2_limit(stack: Stack) -> None:
+    """800 route tables: EC2 would refuse the user data only at RunInstances; synth refuses it first."""
     HaproxyHa(stack, "Lb", vip="192.168.254.10", extra_route_table_ids=[f"rtb-{i:017x}" for i in range(800)])
+    with pytest.raises(Exception, match=r"node a's user data would be about \d+ bytes .*allowed: at most 16384"):
+        template_json(stack)
+
+
+def test_the_synth_check_counts_what_ec2_would_receive(stack: Stack) -> None:
+    """The check's estimate is never below the real size: with 300 tables (near the limit) the
+    resolved user data, with this test's stand-in values, is smaller than what the check counted."""
+    from haproxy_ha.construct import _resolved_size
+
+    lb = HaproxyHa(stack, "Lb", vip="192.168.254.10", extra_route_table_ids=[f"rtb-{i:017x}" for i in range(300)])
     doc = template_json(stack)
-    assert len(raw_user_data(doc, launch_template_ids(doc)[0]).encode()) >= USER_DATA_LIMIT
+    real = len(raw_user_data(doc, launch_template_ids(doc)[0]).encode())
+    template = lb.nodes[0].launch_template.node.default_child
+    assert isinstance(template, ec2.CfnLaunchTemplate)
+    counted = _resolved_size(stack.resolve(template.launch_template_data.user_data)["Fn::Base64"])  # type: ignore[union-attr,index]
+    assert real <= counted < USER_DATA_LIMIT
 
 
 def test_env_agnostic_stack_resolves_region_at_deploy_and_warns_about_the_ami() -> None:
