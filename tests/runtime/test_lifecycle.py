@@ -186,7 +186,7 @@ def test_a_terminating_node_hands_over_drains_then_completes_the_hook(
         time.sleep(0.5)
         assert not aws.calls and set(targets(world.client, world.tables).values()) == {world.eni_a}
         imds.lifecycle_state = "Terminated"
-        wait_for(lambda: bool(aws.of("CompleteLifecycleAction")))
+        wait_for(lambda: bool(log.of("lifecycle_complete")))  # logged once the call has returned
         order = [e["event"] for e in log.events if e["event"] in
                  ("terminating", "route_hand_over", "drained", "lifecycle_complete")]
         assert order == ["terminating", "route_hand_over", "drained", "lifecycle_complete"]

@@ -280,6 +280,8 @@ def test_a_missing_route_is_created_by_the_real_reconciler_the_agent_invokes(
             a.shutdown()
         assert log.of("route_missing")[0]["reconciler"] == "invoked"
         wait_for(lambda: targets(world.client, world.tables)[world.tables[1]] == world.eni_a)
+        # The stand-in records an invocation once the handler has returned, a moment after its write.
+        wait_for(lambda: bool(lambda_stand_in.invocations(url)))
         (call,) = lambda_stand_in.invocations(url)
         assert call["function"] == "haproxy-ha-reconcile"
         assert call["event"]["missing_route_tables"] == [world.tables[1]]
