@@ -82,7 +82,7 @@ def _ready(cfg: NodeConfig, timeout_s: float) -> int:
             replaced = False  # EC2 does not answer: ready_problems says so below
         # A peer that is being replaced cannot be heard, and need not be.
         peer_view = peer.probe_peer(peer_cfg.ip, cfg.stats_port, 2.0) if peer_cfg and not replaced else None
-        problems = lifecycle.ready_problems(cfg, own, peer_view, replaced, lifecycle.ec2_works(cfg, client))
+        problems = lifecycle.ready_problems(own, peer_view, replaced, lifecycle.ec2_works(cfg, client))
         if not problems or time.monotonic() >= deadline:
             break
         time.sleep(2)

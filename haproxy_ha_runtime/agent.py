@@ -255,22 +255,26 @@ class Agent:
             return None, peer.PeerView()
         return peers[0], self.peer_views.get(peers[0].name, peer.PeerView())
 
-    def _ask_reconciler(self, table_id: str) -> None:
-        """A route is missing, and this node may only replace routes: ask the reconciler (at
+    def _ask_reconciler(self, tables: list[str]) -> None:
+        """Routes are missing, and this node may only replace routes: ask the reconciler (at
         most once per repair interval)."""
         now = time.monotonic()
         if now - self._reconciler_asked_at < self.cfg.timing.repair_interval_s:
             return
         self._reconciler_asked_at = now
         if self._invoke_reconciler is None:
-            self.log("route_missing", node=self.cfg.node_name, table=table_id, reconciler=None)
+            self.log("route_missing", node=self.cfg.node_name, tables=tables, reconciler=None)
             return
         try:
-            self._invoke_reconciler([table_id])
-            self.log("route_missing", node=self.cfg.node_name, table=table_id, reconciler="invoked")
+            self._invoke_reconciler(tables)
+            self.log("route_missing", node=self.cfg.node_name, tables=tables, reconciler="invoked")
         except Exception as e:
-            self.log("route_missing", node=self.cfg.node_name, table=table_id, reconciler="failed",
+            self.log("route_missing", node=self.cfg.node_name, tables=tables, reconciler="failed",
                      error=str(e))
+
+    def _ask_reconciler_for(self, table_id: str) -> None:
+        """take_over's on_missing: one table at a time."""
+        self._ask_reconciler([table_id])
 
     # -- route work (runs on the worker thread) ---------------------------------------------
     def _take_over(self, gen: int) -> None:
@@ -286,7 +290,7 @@ class Agent:
         result = routes.take_over(
             self.client, self.cfg.vip, self.cfg.route_table_ids, self.eni_id,
             deadline_s=None, should_continue=still_master, on_first_write=partial(_stamp, first_write),
-            on_missing=self._ask_reconciler)
+            on_missing=self._ask_reconciler_for)
         self.log(
             "route_move", node=self.cfg.node_name, to_eni=self.eni_id,
             attempts=max((t.attempts for t in result.tables), default=0),
@@ -390,15 +394,15 @@ class Agent:
         not_found = [t for t in self.cfg.route_table_ids if t not in views]
         if not_found:
             self.log("repair_tables_not_found", node=self.cfg.node_name, tables=not_found)
-        for t, verdict in verdicts.items():
-            if verdict == ownership.MISSING:
-                self._ask_reconciler(t)
+        missing = [t for t, verdict in verdicts.items() if verdict == ownership.MISSING]
+        if missing:
+            self._ask_reconciler(missing)
         take = [t for t, verdict in verdicts.items() if verdict == ownership.TAKE]
         if take and still_master():
             self.stepped_down = False
             result = routes.take_over(self.client, self.cfg.vip, take, self.eni_id,
                                       deadline_s=self.cfg.timing.takeover_deadline_s,
-                                      should_continue=still_master, on_missing=self._ask_reconciler)
+                                      should_continue=still_master, on_missing=self._ask_reconciler_for)
             self.log("route_repair", node=self.cfg.node_name, to_eni=self.eni_id, tables=take,
                      converged=result.converged, duration_s=round(result.elapsed_s, 4),
                      peer=view.reach, peer_vrrp=view.vrrp, peer_running=peer_running)
@@ -408,16 +412,12 @@ class Agent:
             # Every route is here and this node is MASTER: it is the active one, not stepped down.
             self.stepped_down = False
 
-    def repair(self, gen: int) -> None:
-        """The periodic check while MASTER (see check_routes)."""
-        self.check_routes(gen)
-
     def maybe_repair(self) -> None:
         """Start a repair, if this node is MASTER and no route work is running."""
         with self._lock:
             gen, state = self.generation, self.state
         if state == MASTER and not self.busy:
-            self._submit(self.repair, gen)
+            self._submit(self.check_routes, gen)
 
     def shutdown(self) -> None:
         """Stop: cancel route work in progress (it sees the state change) and wait for it."""

@@ -461,14 +461,13 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
     if c.items:
         raise ConfigError(c.items, source)
     assert node_name and vip and local_ip and region and priority and vrid and stats_port and agent_port
-    assert preempt is not None
+    assert preempt is not None and drain_timeout_s is not None and replace_after_s is not None
     return NodeConfig(
         node_name=node_name, vip=str(vip), local_ip=str(local_ip), peers=peers, route_table_ids=tables,
         region=region, listeners=listeners, priority=priority, timing=timing, profile=profile,
         eni_id=eni_id, interface=interface, endpoint_url=endpoint_url, vpc_id=vpc_id, reconciler=reconciler,
         auto_scaling_group=auto_scaling_group, lifecycle_hook=lifecycle_hook, cfn_stack=cfn_stack,
-        cfn_resource=cfn_resource, drain_timeout_s=drain_timeout_s if drain_timeout_s is not None else 30.0,
-        replace_unhealthy_after_s=replace_after_s if replace_after_s is not None else 300.0,
+        cfn_resource=cfn_resource, drain_timeout_s=drain_timeout_s, replace_unhealthy_after_s=replace_after_s,
         preempt=preempt, virtual_router_id=vrid, stats_port=stats_port, agent_port=agent_port, paths=paths,
     )
 

@@ -60,8 +60,8 @@ def drain(sessions: Callable[[], int], timeout_s: float, poll_s: float = 0.2) ->
         time.sleep(poll_s)
 
 
-def ready_problems(cfg: NodeConfig, own: peer.PeerView, peer_view: peer.PeerView | None,
-                   peer_replaced: bool, ec2_ok: bool) -> list[str]:
+def ready_problems(own: peer.PeerView, peer_view: peer.PeerView | None, peer_replaced: bool,
+                   ec2_ok: bool) -> list[str]:
     """What still keeps this node from being ready (empty: ready).  Ready means: the config was
     accepted (the caller got this far), HAProxy answers, keepalived is BACKUP or MASTER, the peer
     is heard unless it is being replaced, and a read-only EC2 call works with our credentials."""

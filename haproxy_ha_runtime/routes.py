@@ -248,11 +248,6 @@ def eni_owners(client: Any, eni_ids: Iterable[str]) -> dict[str, EniOwner]:
     return out
 
 
-def instance_states_by_eni(client: Any, eni_ids: Iterable[str]) -> dict[str, str | None]:
-    """The state of the instance each ENI is attached to (None: no such ENI, or not attached)."""
-    return {eni: owner.instance_state for eni, owner in eni_owners(client, eni_ids).items()}
-
-
 def needs_repair(view: VipRoute, live_enis: set[str]) -> bool:
     """A route needs repair if it is missing, blackholed, or points at no live node's ENI.
 

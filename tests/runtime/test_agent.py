@@ -94,7 +94,7 @@ def test_repair_fixes_blackholed_and_dead_node_routes_and_asks_the_reconciler_fo
     a.healthy = True
     with a._lock:
         a.state, a.generation = agent.MASTER, 1
-    a.repair(1)
+    a.check_routes(1)
     a.shutdown()
     # The node role may only replace routes: the missing one is the reconciler's to create.
     assert targets(c, world.tables) == {world.tables[0]: world.eni_b, world.tables[1]: None,

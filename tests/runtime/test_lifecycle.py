@@ -131,8 +131,7 @@ OWN_READY = peer.PeerView(peer.REACHED, vrrp="BACKUP", healthy=True)
 def test_ready_means_healthy_in_vrrp_hearing_the_peer_and_reaching_ec2(
         own: peer.PeerView, peer_view: peer.PeerView | None, peer_replaced: bool, ec2_ok: bool,
         expected: list[str]) -> None:
-    cfg = parse_config(doc())
-    assert lifecycle.ready_problems(cfg, own, peer_view, peer_replaced, ec2_ok) == expected
+    assert lifecycle.ready_problems(own, peer_view, peer_replaced, ec2_ok) == expected
 
 
 # -- the termination hook, asking to be replaced, and the signal, with stand-ins -------------------

@@ -108,14 +108,16 @@ def test_blackholed_route_needs_repair_and_is_repaired(proxy) -> None:  # type: 
     assert {v.state for v in routes.describe_vip_routes(world.client, VIP, world.tables).values()} == {"active"}
 
 
-def test_instance_states_by_eni_follows_the_attached_instance(moto: str) -> None:
+def test_eni_owners_follow_the_attached_instance(moto: str) -> None:
     world = make_world(client_for(moto), 1)
     c = world.client
-    assert routes.instance_states_by_eni(c, [world.eni_a, world.eni_b]) == {world.eni_a: "running",
-                                                                             world.eni_b: "running"}
+
+    def states(enis: list[str]) -> dict[str, str | None]:
+        return {eni: owner.instance_state for eni, owner in routes.eni_owners(c, enis).items()}
+
+    assert states([world.eni_a, world.eni_b]) == {world.eni_a: "running", world.eni_b: "running"}
     c.stop_instances(InstanceIds=[world.instance_b])
-    states = routes.instance_states_by_eni(c, [world.eni_b, "eni-0123456789abcdef0"])
-    assert states == {world.eni_b: "stopped", "eni-0123456789abcdef0": None}
+    assert states([world.eni_b, "eni-0123456789abcdef0"]) == {world.eni_b: "stopped", "eni-0123456789abcdef0": None}
 
 
 def test_ensure_routes_creates_missing_and_never_repoints(moto: str) -> None:
