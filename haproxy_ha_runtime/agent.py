@@ -460,7 +460,8 @@ def _watch_lifecycle(agent: Agent, platform: lifecycle.Platform, interval_s: flo
         log("terminating", node=cfg.node_name, drain_timeout_s=cfg.drain_timeout_s)
         agent.leave()
         drained, waited = lifecycle.drain(
-            partial(lifecycle.listener_sessions, cfg.paths.haproxy_socket, [lst.name for lst in cfg.listeners]),
+            partial(lifecycle.requests_in_flight, cfg.paths.haproxy_socket,
+                    [lst.name for lst in cfg.listeners if lst.backends and lst.static_reply is None]),
             cfg.drain_timeout_s)
         log("drained", node=cfg.node_name, drained=drained, waited_s=round(waited, 3))
         while not stop.is_set():

@@ -19,14 +19,16 @@ from .config import NodeConfig
 TERMINATED = "Terminated"
 
 
-def listener_sessions(socket_path: str, listeners: Iterable[str], timeout_s: float = 2.0) -> int:
-    """Connections open now on the listeners' front ends, from HAProxy's `show stat` (the
-    health and stats front end is not counted)."""
-    names = set(listeners)
+def requests_in_flight(socket_path: str, backends: Iterable[str], timeout_s: float = 2.0) -> int:
+    """Requests in flight now, from HAProxy's `show stat`: for each of the listeners' backends,
+    the sessions at its servers and those queued for one.  An idle keep-alive connection is no
+    request in flight: it holds a front-end session, but no back-end one (HTTP), so it cannot
+    hold up a drain.  In TCP mode each connection is both."""
+    names = set(backends)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout_s)
         s.connect(socket_path)
-        s.sendall(b"show stat -1 1 -1\n")
+        s.sendall(b"show stat -1 2 -1\n")
         chunks = []
         while True:
             chunk = s.recv(65536)
@@ -35,14 +37,14 @@ def listener_sessions(socket_path: str, listeners: Iterable[str], timeout_s: flo
             chunks.append(chunk)
     lines = b"".join(chunks).decode(errors="replace").splitlines()
     header = lines[0].lstrip("# ").split(",") if lines else []
-    if "scur" not in header:
+    if not {"pxname", "svname", "scur", "qcur"} <= set(header):
         raise RuntimeError(f"unexpected answer from HAProxy's stats socket: {lines[:1]}")
-    pxname, svname, scur = header.index("pxname"), header.index("svname"), header.index("scur")
+    pxname, svname, scur, qcur = (header.index(k) for k in ("pxname", "svname", "scur", "qcur"))
     total = 0
     for line in lines[1:]:
         cells = line.split(",")
-        if len(cells) > scur and cells[svname] == "FRONTEND" and cells[pxname] in names:
-            total += int(cells[scur] or 0)
+        if len(cells) > max(scur, qcur) and cells[svname] == "BACKEND" and cells[pxname] in names:
+            total += int(cells[scur] or 0) + int(cells[qcur] or 0)
     return total
 
 

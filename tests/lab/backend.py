@@ -1,4 +1,5 @@
-"""Tiny HTTP backends for the lab: each answers every GET with its own name.
+"""Tiny HTTP backends for the lab: each answers every GET with its own name (GET /slow/MS: after
+MS milliseconds).
 
     python -m tests.lab.backend 192.0.2.201:8080=be1 192.0.2.202:8080=be2
 """
@@ -6,11 +7,16 @@
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+# GET /slow/MS answers after MS milliseconds (at most a minute): a request that stays in flight.
+_SLOW = re.compile(r"^/slow/(\d{1,5})$")
 
 
 def handler_for(name: str) -> type[BaseHTTPRequestHandler]:
@@ -18,6 +24,9 @@ def handler_for(name: str) -> type[BaseHTTPRequestHandler]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            slow = _SLOW.match(self.path)
+            if slow:
+                time.sleep(min(int(slow[1]), 60000) / 1000)
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))

@@ -5,9 +5,10 @@ injects faults, measures, and tears everything down by PID and by namespace name
     with Lab(workdir, LabOptions(profile="fast")) as lab:
         result = lab.failover(lambda: lab.kill_haproxy("a"), survivor="b")
 
-What runs on the nodes is what ships: `python -m haproxy_ha_runtime render|agent` on the node's
-document.  The lab adds only what AWS would be: the API (moto), the VPC router (emulator.py),
-and a client.
+What runs on the nodes is what ships: `python -m haproxy_ha_runtime render|agent|ready` on the
+node's document.  The lab adds only what AWS would be: the API (moto), the VPC router
+(emulator.py), each instance's metadata service and the Auto Scaling and CloudFormation calls that
+moto lacks (tests/support), the group's replacement of an instance (`replace`), and a client.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import http.client
 import json
 import os
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -30,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from botocore.exceptions import ClientError
 
-from haproxy_ha_runtime import routes
+from haproxy_ha_runtime import lifecycle, routes
 from haproxy_ha_runtime.agent import HealthCheck
 from haproxy_ha_runtime.config import PROFILES
 from tests.support import moto_server
@@ -55,6 +58,14 @@ PROXY_URL = f"http://{topology.API_IP}:{PROXY_PORT}"
 LAMBDA_PORT = 5002
 LAMBDA_URL = f"http://{topology.API_IP}:{LAMBDA_PORT}"
 RECONCILER = "haproxy-ha-lab-reconcile"
+# Auto Scaling's and CloudFormation's calls that moto lacks (tests/support/aws_stand_in.py).
+AWS_PORT = 5003
+AWS_URL = f"http://{topology.API_IP}:{AWS_PORT}"
+# Each instance's metadata service, on the node's loopback (tests/support/imds_stand_in.py).
+IMDS_PORT = 9254
+LIFECYCLE_HOOK = "haproxy-ha-drain"
+STACK = "haproxy-ha-lab"
+IN_SERVICE = "InService"
 
 
 class LabError(RuntimeError):
@@ -72,6 +83,10 @@ class LabOptions:
     # The emulator reads every table on every poll below this many tables; above it, every
     # tenth poll, so that polling does not swamp moto (the client's table is read every poll).
     full_poll_max_tables: int = 10
+    # How long a node being terminated lets requests in flight finish (the drain_timeout prop).
+    drain_timeout_s: float = 10.0
+    # How long a terminated instance keeps its ENI ("ENI still in use", cloud.EniRelease).
+    eni_release_s: float = 1.0
 
 
 @dataclass
@@ -163,6 +178,11 @@ class Lab:
         self._logs: dict[str, JsonLines] = {}
         self._api_down_rules: list[str] = []
         self.state: cloud.CloudState | None = None
+        # Each node's instance now (a replacement changes it), and the ENIs' release after a
+        # termination.
+        self.instance: dict[str, str] = {}
+        self.eni_release = cloud.EniRelease(self.options.eni_release_s)
+        self._agent_started: dict[str, float] = {}
         self._api: Any = None
         self.env = dict(os.environ)
         for key in [k for k in self.env if k.startswith("AWS_")]:
@@ -174,6 +194,12 @@ class Lab:
             "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
             # The agents invoke the reconciler for a missing route; their Lambda client goes here.
             "AWS_ENDPOINT_URL_LAMBDA": LAMBDA_URL,
+            # Lifecycle hooks, instance health and CloudFormation signals go to the stand-in; the
+            # instance metadata to the stand-in on the node's own loopback.
+            "AWS_ENDPOINT_URL_AUTO_SCALING": AWS_URL, "AWS_ENDPOINT_URL_CLOUDFORMATION": AWS_URL,
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://127.0.0.1:{IMDS_PORT}",
+            # Any other service a node might call goes nowhere (the discard port), never to AWS.
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
         })
 
     # -- processes -------------------------------------------------------------------------
@@ -221,6 +247,9 @@ class Lab:
             self._spawn("fault-proxy", ROUTER, [sys.executable, "-m", "tests.support.fault_proxy",
                                                 "--listen", f"{topology.API_IP}:{PROXY_PORT}",
                                                 "--upstream", MOTO_URL])
+        self._spawn("aws-stand-in", ROUTER, [sys.executable, "-m", "tests.support.aws_stand_in", "--host",
+                                             topology.API_IP, "--port", str(AWS_PORT), "--log",
+                                             str(self.workdir / "aws-calls.jsonl")])
         _wait(lambda: self._reachable(MOTO_URL + "/moto-api/") or moto.poll() is not None, 30, "moto to start")
         if moto.poll() is not None:
             raise LabError(f"moto exited with {moto.returncode}; see {self.workdir / 'moto.log'}")
@@ -229,6 +258,7 @@ class Lab:
             "ec2", region_name=cloud.REGION, endpoint_url=MOTO_URL)
         with topology.entered(ROUTER):
             self.state = cloud.create(self._api, VIP, self.options.tables)
+        self.instance = dict(self.state.instance)
         self._start_emulator()
         self._start_reconciler()
         for node in NODES:
@@ -243,7 +273,9 @@ class Lab:
                 raise LabError(f"render failed: {out.decode(errors='replace')}")
         if self.options.fault_proxy:
             _wait(lambda: self._reachable(PROXY_URL + "/_stats"), 15, "the fault proxy to start")
+        _wait(lambda: self._reachable(AWS_URL), 15, "the Auto Scaling and CloudFormation stand-in to start")
         for node in NODES:
+            self.start_imds(node)
             self.start_haproxy(node)
             self.start_agent(node)
         # Node a first, alone, so that it wins the first election whatever the timing profile.
@@ -322,10 +354,28 @@ class Lab:
                              for i, ip in enumerate(topology.BACKEND_IPS)],
             }],
             "stats_port": STATS_PORT,
+            "auto_scaling_group": f"haproxy-ha-lab-node-{node}",
+            "lifecycle_hook": LIFECYCLE_HOOK,
+            "drain_timeout_s": self.options.drain_timeout_s,
+            "cfn_stack": STACK,
+            "cfn_resource": f"Node{node.upper()}Group",
             "paths": {"run_dir": str(d / "run"), "keepalived_conf": str(d / "keepalived.conf"),
                       "haproxy_conf": str(d / "haproxy.cfg"), "log_socket": str(d / "log.sock")},
         }
         self.document(node).write_text(json.dumps(doc, indent=2) + "\n")
+
+    def lifecycle_file(self, node: str) -> Path:
+        """What the node's group plans for its instance, as its IMDS stand-in serves it."""
+        return self.node_dir(node) / "lifecycle-state"
+
+    def start_imds(self, node: str) -> None:
+        """The metadata service of node's current instance, on the node's loopback."""
+        assert self.state is not None
+        self.lifecycle_file(node).write_text(IN_SERVICE)
+        self._spawn(f"imds-{node}", NODES[node].namespace, [
+            sys.executable, "-m", "tests.support.imds_stand_in", "--port", str(IMDS_PORT),
+            "--eni-id", self.state.eni[node], "--instance-id", self.instance[node],
+            "--lifecycle-file", str(self.lifecycle_file(node))], log_name=f"{node}/imds.log")
 
     def start_haproxy(self, node: str) -> None:
         self._spawn(f"haproxy-{node}", NODES[node].namespace,
@@ -333,20 +383,23 @@ class Lab:
                     log_name=f"{node}/haproxy.log")
 
     def start_agent(self, node: str) -> None:
+        self._agent_started[node] = time.time()
         self._spawn(f"agent-{node}", NODES[node].namespace,
                     [sys.executable, "-m", "haproxy_ha_runtime", "agent", "--config", str(self.document(node))],
                     log_name=f"{node}/agent.jsonl", stderr_name=f"{node}/agent.err")
 
     def start_keepalived(self, node: str) -> None:
         run = self.node_dir(node) / "run"
-        _wait(lambda: any(e["event"] == "agent_start" for e in self.agent_events(node)), 15,
+        since = self._agent_started.get(node, 0.0)
+        _wait(lambda: any(e["event"] == "agent_start" and e["ts"] >= since for e in self.agent_events(node)), 15,
               f"the agent on node {node} to start")
         self._spawn(f"keepalived-{node}", NODES[node].namespace, [
             "keepalived", "-f", str(self.node_dir(node) / "keepalived.conf"), "-p", str(run / "keepalived.pid"),
             "-r", str(run / "vrrp.pid"), "-P", "-l", "-D", "-n"], log_name=f"{node}/keepalived.log")
 
     def _wait_healthy(self, node: str) -> None:
-        _wait(lambda: self.agent_health(node) is True, 20, f"the agent on node {node} to see HAProxy healthy")
+        since = self._agent_started.get(node, 0.0)
+        _wait(lambda: self.agent_health(node, since) is True, 20, f"the agent on node {node} to see HAProxy healthy")
 
     # -- observing -------------------------------------------------------------------------
     def _log(self, path: Path) -> list[Record]:
@@ -356,8 +409,8 @@ class Lab:
     def agent_events(self, node: str) -> list[Record]:
         return self._log(self.node_dir(node) / "agent.jsonl")
 
-    def agent_health(self, node: str) -> bool | None:
-        health = [e for e in self.agent_events(node) if e["event"] == "health"]
+    def agent_health(self, node: str, since: float = 0.0) -> bool | None:
+        health = [e for e in self.agent_events(node) if e["event"] == "health" and e["ts"] >= since]
         return health[-1]["healthy"] if health else None
 
     def vrrp_state(self, node: str) -> str:
@@ -417,6 +470,32 @@ class Lab:
                 return None
             finally:
                 conn.close()
+
+    def slow_request(self, ms: int, record: dict[str, Any]) -> None:
+        """One GET /slow/MS through the VIP from the client namespace, which the backend answers
+        after MS milliseconds: a request in flight.  Fills `record` in: `connected` once the request
+        is sent, then `done`, `status`, `node` and `error`."""
+        try:
+            with topology.entered(topology.CLIENT):
+                conn = http.client.HTTPConnection(VIP, HTTP_PORT, timeout=ms / 1000 + 10)
+                conn.connect()  # the socket opens in the client namespace, and stays there
+            try:
+                conn.request("GET", f"/slow/{ms}")
+                record["connected"] = time.time()
+                resp = conn.getresponse()
+                resp.read()
+                record.update(status=resp.status, node=resp.getheader("X-Haproxy-Node"),
+                              error=None if resp.status == 200 else f"http-{resp.status}")
+            finally:
+                conn.close()
+        except (OSError, http.client.HTTPException) as e:
+            record["error"] = f"{type(e).__name__}: {e}"
+        record["done"] = time.time()
+
+    @staticmethod
+    def sessions_seen(record: dict[str, Any]) -> bool:
+        """Has the slow request of `record` been sent (or ended)?"""
+        return "connected" in record or "done" in record
 
     def fault_proxy(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
@@ -480,6 +559,98 @@ class Lab:
             else:
                 self._api.stop_instances(InstanceIds=[owner.instance_id])
         return owner.instance_id
+
+    # -- the group replaces an instance ---------------------------------------------------
+    def aws_calls(self, action: str, **params: str) -> list[Record]:
+        """The stand-in's record of each `action` call whose parameters include `params`."""
+        return [c for c in self._log(self.workdir / "aws-calls.jsonl")
+                if c["action"] == action and all(c.get(k) == v for k, v in params.items())]
+
+    def replace(self, node: str, boot_timeout_s: float = 90.0) -> dict[str, Any]:
+        """Do what node's Auto Scaling group does when it replaces the instance (a new image, or
+        an unhealthy instance), with the termination hook the construct adds:
+
+        1. the group plans the termination (IMDS's target-lifecycle-state says Terminated), and
+           waits for the node to complete the hook (hand over, drain);
+        2. it terminates the instance: its services stop as at shutdown, and its ENI stays in
+           use a while;
+        3. it launches a new instance with the ENI as device 0, trying again while the ENI is in
+           use;
+        4. the new instance boots as the boot unit does (a fresh disk: render, HAProxy, agent,
+           keepalived), and `ready` signals CloudFormation.
+
+        Returns the times of each phase, in seconds.  Raises LabError when a phase does not end.
+        """
+        assert self.state is not None
+        eni, old = self.state.eni[node], self.instance[node]
+        t0 = time.time()
+        self.lifecycle_file(node).write_text(lifecycle.TERMINATED)
+        _wait(lambda: self.aws_calls("CompleteLifecycleAction", InstanceId=old),
+              self.options.drain_timeout_s + 30, f"node {node} to complete its termination hook", interval_s=0.05)
+        t_complete = time.time()
+        # Shutdown stops keepalived (ordered after the agent) first, then the agent and HAProxy.
+        for service in ("keepalived", "agent", "haproxy", "imds"):
+            if self.running(node, service):
+                self._end([self.named[f"{service}-{node}"]])
+        with topology.entered(ROUTER):
+            self.eni_release.terminate(self._api, old, eni)
+            launch_tries = 0
+
+            def launched() -> str | None:
+                nonlocal launch_tries
+                launch_tries += 1
+                try:
+                    return self.eni_release.launch(self._api, node, eni)
+                except ClientError as e:
+                    if e.response["Error"]["Code"] != "InvalidNetworkInterface.InUse":
+                        raise
+                    return None  # the group tries again
+
+            new = str(_wait(launched, 30 + self.options.eni_release_s, f"a new instance with ENI {eni}",
+                            interval_s=0.5))
+        self.instance[node] = new
+        t_launched = time.time()
+        self.boot(node)
+        ready = self.ready(node, boot_timeout_s)
+        if ready.returncode != 0:
+            raise LabError(f"the new instance of node {node} is not ready (exit {ready.returncode}): "
+                           f"{ready.stdout}{ready.stderr}")
+        if not self.aws_calls("SignalResource", UniqueId=new, Status="SUCCESS"):
+            raise LabError(f"the new instance of node {node} did not signal CloudFormation: {ready.stdout}")
+        t_ready = time.time()
+        drained = [e for e in self.agent_events(node) if e["event"] == "drained" and e["ts"] >= t0]
+        return {"old_instance": old, "new_instance": new, "launch_tries": launch_tries,
+                "drained": drained[0]["drained"] if drained else None,
+                "drain_s": drained[0]["waited_s"] if drained else None,
+                "hook_s": round(t_complete - t0, 3), "launch_s": round(t_launched - t_complete, 3),
+                "boot_s": round(t_ready - t_launched, 3), "total_s": round(t_ready - t0, 3)}
+
+    def boot(self, node: str) -> None:
+        """Boot node's current instance as its boot unit does, on a fresh disk: render the
+        configs, start HAProxy and the agent, then keepalived once HAProxy is healthy."""
+        run = self.node_dir(node) / "run"
+        shutil.rmtree(run)
+        run.mkdir()
+        render = subprocess.run(["ip", "netns", "exec", NODES[node].namespace, sys.executable, "-m",
+                                 "haproxy_ha_runtime", "render", "--config", str(self.document(node))],
+                                cwd=REPO, env=self.env, capture_output=True, text=True, timeout=30)
+        if render.returncode != 0:
+            raise LabError(f"render failed on node {node}: {render.stdout}{render.stderr}")
+        self.start_imds(node)
+        self.start_haproxy(node)
+        self.start_agent(node)
+        self._wait_healthy(node)
+        self.start_keepalived(node)
+
+    def ready(self, node: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+        """`python -m haproxy_ha_runtime ready` on the node, as the boot unit's last step."""
+        result = subprocess.run(["ip", "netns", "exec", NODES[node].namespace, sys.executable, "-m",
+                                 "haproxy_ha_runtime", "ready", "--config", str(self.document(node)),
+                                 "--timeout", str(int(timeout_s))],
+                                cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout_s + 30)
+        with open(self.node_dir(node) / "ready.log", "a", encoding="utf-8") as log:
+            log.write(f"{result.stdout}{result.stderr}(exit {result.returncode})\n")
+        return result
 
     def link_down(self, node: str) -> None:
         topology.ip("link", "set", topology.NODE_IFACE, "down", namespace=NODES[node].namespace)
@@ -640,7 +811,8 @@ class Lab:
                     _wait(functools.partial(self._left_vrrp, procs, node, since), 1.5,
                           f"keepalived on node {node} to stop")
             self._end(keepalived)
-            rest = ["agent", "haproxy", "emulator", "reconciler", "backends", "fault-proxy", "moto"]
+            rest = ["agent", "haproxy", "imds", "emulator", "reconciler", "aws-stand-in", "backends", "fault-proxy",
+                    "moto"]
             self._end([p for prefix in rest for n, p in self.started if n.startswith(prefix)])
             for name, proc in self.started:
                 if proc.poll() is None:

@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from . import observe
 from .lab import Lab, LabOptions, wait_until
-from .scenario import CLI_DEFAULT_DEADLINE_S, CLI_SLACK_S, START_MARK, Scenario, Step
+from .scenario import CLI_DEFAULT_DEADLINE_S, CLI_SLACK_S, REPLACE_BOOT_S, START_MARK, Scenario, Step
 from .topology import NODES, VIP
 
 TICK_S = 0.1
@@ -43,7 +43,8 @@ _OPEN = None
 
 def lab_options(scenario: Scenario) -> LabOptions:
     s = scenario.setup
-    return LabOptions(profile=s.profile, preempt=s.preempt, tables=s.tables, fault_proxy=scenario.fault_proxy)
+    return LabOptions(profile=s.profile, preempt=s.preempt, tables=s.tables, fault_proxy=scenario.fault_proxy,
+                      drain_timeout_s=s.drain_s)
 
 
 def compare(op: str, value: int, n: int) -> bool:
@@ -171,6 +172,15 @@ def _describe_event(e: dict[str, Any]) -> str | None:
         return "agent started"
     if event == "agent_stop":
         return "agent stopped"
+    if event == "terminating":
+        return f"the group is terminating this instance: hand over, then drain (at most {e['drain_timeout_s']:g} s)"
+    if event == "drained":
+        return (f"drained in {e['waited_s']:.2f} s" if e["drained"]
+                else f"requests still in flight after {e['waited_s']:.2f} s: terminating anyway")
+    if event == "lifecycle_complete":
+        return "termination hook completed: the group may terminate the instance"
+    if event == "step_down":
+        return "stepped down"
     if event in ("route_move", "route_hand_over", "route_repair"):
         if e.get("converged"):
             moved = e["moved"] if "moved" in e else len(e.get("tables") or [])
@@ -201,6 +211,8 @@ class Runner:
         self._down = 0
         self._timers: list[threading.Timer] = []
         self.printer: Printer | None = None
+        # Requests kept in flight by `request slow` lines: each a dict that its thread fills in.
+        self.slow: list[dict[str, Any]] = []
 
     def say(self, ts: float, text: str) -> None:
         with self._say_lock:
@@ -312,6 +324,23 @@ class Runner:
         # API); the node's processes keep running, as an instance stop never shows in a namespace.
         result.seen = {"instance": self.lab.set_instance_state(step.node, running=step.verb == "start")}
 
+    def _do_replace(self, step: Step, result: StepResult) -> None:
+        result.seen = self.lab.replace(step.node, boot_timeout_s=REPLACE_BOOT_S)
+        r = result.seen
+        self.say_step(f"   | node {step.node}: {r['old_instance']} -> {r['new_instance']}: hook {r['hook_s']:.2f} s "
+                      f"(drained: {r['drained']}, {r['drain_s']} s), launch {r['launch_s']:.2f} s "
+                      f"({r['launch_tries']} tries), boot to ready {r['boot_s']:.2f} s")
+
+    def _do_request(self, step: Step, result: StepResult) -> None:
+        record: dict[str, Any] = {"line": step.line, "sent": time.time()}
+        self.slow.append(record)
+        ms = int((step.seconds or 0.0) * 1000)
+        thread = threading.Thread(target=self.lab.slow_request, args=(ms, record), name=f"slow-{step.line}",
+                                  daemon=True)
+        thread.start()
+        # Until the request is at a node, it is not in flight there.
+        wait_until(lambda: self.lab.sessions_seen(record), 5, "the slow request to reach a node")
+
     def _do_wait(self, step: Step, result: StepResult) -> None:
         time.sleep(step.seconds or 0.0)
 
@@ -394,7 +423,7 @@ class Runner:
     # -- expects ---------------------------------------------------------------------------
     def _expect(self, step: Step, start: float) -> tuple[bool, dict[str, Any]]:
         subject = step.verb
-        if subject in ("routes", "client", "vrrp", "move", "api"):
+        if subject in ("routes", "client", "vrrp", "move", "api", "slow"):
             assert step.seconds is not None
             deadline = self.ref + step.seconds
             probe: Callable[[Step, float], tuple[bool | None, dict[str, Any]]] = getattr(self, "_probe_" + subject)
@@ -476,6 +505,21 @@ class Runner:
                 "text": f"node {step.node}'s first route move {'converged' if e['converged'] else 'did NOT converge'}"
                         f" on {e['tables']} of {tables} tables, {self._after_text(e['ts'])}"}
         return held, seen
+
+    def _probe_slow(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
+        done = [r for r in self.slow if "done" in r]
+        failed = [r for r in done if r.get("error")]
+        seen = {"slow": [{k: r.get(k) for k in ("line", "node", "status", "error")} for r in self.slow],
+                "text": f"{len(done)} of {len(self.slow)} slow requests finished, {len(failed)} failed"
+                        + "".join(f" (line {r['line']}: {r['error']})" for r in failed)}
+        if failed:
+            return False, seen
+        if len(done) < len(self.slow):
+            return _OPEN, seen
+        last = max(r["done"] for r in done)
+        nodes = ", ".join(str(r.get("node")) for r in done)
+        seen["text"] += f" (answered by {nodes}), the last {self._after_text(last)}"
+        return last <= deadline, seen
 
     def _probe_api(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
         faults = self._faults_so_far() - self._proxy_baseline

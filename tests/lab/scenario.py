@@ -31,6 +31,9 @@ DEFAULT_TABLES = 3
 # this much longer (Python starting, the API's own timeouts) before the runner kills it.
 CLI_DEFAULT_DEADLINE_S = 20.0
 CLI_SLACK_S = 40.0
+# A replace step waits for the hook (at most the drain timeout, plus slack) and for the new
+# instance to boot and be ready; the runner allows this long for the boot.
+REPLACE_BOOT_S = 90.0
 
 _NODE = "|".join(NODES)
 _DUR = r"(?:\d+(?:\.\d+)?|\.\d+)(?:ms|s)"
@@ -40,7 +43,7 @@ _ACTION = re.compile(r"^[A-Z][A-Za-z0-9]{1,63}$")
 
 # Every step, as the errors and the README show it.
 SYNTAX: dict[str, str] = {
-    "lab": f"lab [profile={'|'.join(PROFILES)}] [preempt=on|off] [tables=1..{MAX_TABLES}]",
+    "lab": f"lab [profile={'|'.join(PROFILES)}] [preempt=on|off] [tables=1..{MAX_TABLES}] [drain=DURATION]",
     "kill": f"kill {'|'.join(SERVICES)} on {_NODE}",
     "stop": f"stop {'|'.join(SERVICES)} on {_NODE}",
     "start": f"start {'|'.join(SERVICES)} on {_NODE}",
@@ -50,10 +53,12 @@ SYNTAX: dict[str, str] = {
     "api": "api throttle|5xx for DURATION|N calls [of ACTION[,ACTION...]]; api down for DURATION; api ok",
     "delete": "delete route in table N",
     "instance": f"instance stop|start on {_NODE}",
+    "replace": f"replace {_NODE}",
+    "request": "request slow DURATION",
     "cli": f"cli status [--json]; cli failover --to {_NODE} [--dry-run] [--force] [--deadline SECONDS] [--json]",
     "wait": "wait DURATION",
     "mark": "mark NAME",
-    "expect": "expect routes|client|vrrp|move|api|failed|moves|cli ...",
+    "expect": "expect routes|client|vrrp|move|api|failed|moves|cli|slow ...",
 }
 EXPECT_SYNTAX: dict[str, str] = {
     "routes": f"routes at {_NODE} within DURATION",
@@ -64,6 +69,7 @@ EXPECT_SYNTAX: dict[str, str] = {
     "failed": "failed [at most|at least] N since MARK",
     "moves": "moves [at most|at least] N since MARK",
     "cli": "cli exit N",
+    "slow": "slow answered within DURATION",
 }
 _EXPECT_FORMS: dict[str, re.Pattern[str]] = {
     "routes": re.compile(rf"routes at (?P<node>{_NODE}) within (?P<dur>{_DUR})"),
@@ -74,9 +80,10 @@ _EXPECT_FORMS: dict[str, re.Pattern[str]] = {
     "failed": re.compile(rf"failed {_COUNT} since (?P<mark>{_NAME})"),
     "moves": re.compile(rf"moves {_COUNT} since (?P<mark>{_NAME})"),
     "cli": re.compile(r"cli exit (?P<n>\d+)"),
+    "slow": re.compile(rf"slow answered within (?P<dur>{_DUR})"),
 }
 # Expects that watch something change; each must say how long it may take.
-WAITING_EXPECTS = ("routes", "client", "vrrp", "move", "api")
+WAITING_EXPECTS = ("routes", "client", "vrrp", "move", "api", "slow")
 _BOUND_HINT = " (an expect that waits needs a bound: add 'within DURATION', e.g. 'within 2s')"
 _DURATION_HELP = " (DURATION: a number with s or ms, such as 2s or 500ms)"
 
@@ -94,6 +101,7 @@ class Setup:
     profile: str = "fast"
     preempt: bool = False
     tables: int = DEFAULT_TABLES
+    drain_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,10 @@ class Scenario:
             if s.kind == "wait" or (s.kind == "expect" and s.seconds is not None):
                 total += s.seconds or 0.0
             total += (s.seconds or CLI_DEFAULT_DEADLINE_S) + CLI_SLACK_S if s.kind == "cli" else 10.0
+            if s.kind == "replace":
+                total += self.setup.drain_s + 30 + REPLACE_BOOT_S
+            elif s.kind == "request":
+                total += s.seconds or 0.0
         return total
 
 
@@ -164,6 +176,7 @@ class _Parser:
         self.seen_cli = False
         self.seen_api_fault = False
         self.seen_lab = False
+        self.seen_slow = False
 
     def bad(self, line: int, step: str, got: str, allowed: str) -> None:
         self.problems.append(f"{self.name}:{line}: {step}: got {got!r}; allowed: {allowed}")
@@ -217,8 +230,8 @@ class _Parser:
         values: dict[str, str] = {}
         for item in rest.split():
             key, eq, value = item.partition("=")
-            if not eq or key not in ("profile", "preempt", "tables") or key in values:
-                self.bad(n, "lab", item, "each of profile=, preempt=, tables= at most once")
+            if not eq or key not in ("profile", "preempt", "tables", "drain") or key in values:
+                self.bad(n, "lab", item, "each of profile=, preempt=, tables=, drain= at most once")
                 continue
             values[key] = value
         profile = values.get("profile", Setup.profile)
@@ -231,7 +244,13 @@ class _Parser:
         if not tables.isdigit() or not 1 <= int(tables) <= MAX_TABLES:
             self.bad(n, "lab", f"tables={tables}", f"tables=1..{MAX_TABLES}")
             tables = str(DEFAULT_TABLES)
-        self.setup = Setup(profile=profile, preempt=preempt == "on", tables=int(tables))
+        drain = values.get("drain", f"{Setup.drain_s:g}s")
+        drain_s = Setup.drain_s
+        if not re.fullmatch(_DUR, drain):
+            self.bad(n, "lab", f"drain={drain}", "drain=DURATION" + _DURATION_HELP)
+        else:
+            drain_s = self._duration(n, "lab", drain, allow_zero=True) or 0.0
+        self.setup = Setup(profile=profile, preempt=preempt == "on", tables=int(tables), drain_s=drain_s)
 
     def _service(self, n: int, content: str, rest: str) -> Step | None:
         kind = content.split(" ", 1)[0]
@@ -311,6 +330,23 @@ class _Parser:
             return None
         return Step(n, content, "instance", verb=m["verb"], node=m["node"])
 
+    def _replace(self, n: int, content: str, rest: str) -> Step | None:
+        m = self._form(n, "replace", rest, _NODE)
+        if m is None:
+            return None
+        if rest in self.link_down:
+            self.bad(n, "replace", rest, f"replace a node whose link is up (link up on {rest} first)")
+        # A new instance runs every service.
+        self.running |= {(rest, s) for s in SERVICES}
+        return Step(n, content, "replace", node=rest)
+
+    def _request(self, n: int, content: str, rest: str) -> Step | None:
+        m = self._form(n, "request", rest, rf"slow (?P<dur>{_DUR})")
+        if m is None:
+            return None
+        self.seen_slow = True
+        return Step(n, content, "request", verb="slow", seconds=self._duration(n, "request", m["dur"], False))
+
     def _cli(self, n: int, content: str, rest: str) -> Step | None:
         try:
             args = shlex.split(rest)
@@ -383,6 +419,8 @@ class _Parser:
                                         f"({', '.join(sorted(self.marks))})")
         if subject == "cli" and not self.seen_cli:
             self.bad(n, "expect", rest, "expect cli exit N after a cli line")
+        if subject == "slow" and not self.seen_slow:
+            self.bad(n, "expect", rest, "expect slow answered ... after a request slow line")
         if subject == "api" and not self.seen_api_fault:
             self.bad(n, "expect", rest, "expect api faults ... after an api throttle|5xx line")
         return Step(n, content, "expect", verb=subject, node=groups.get("node") or "",

@@ -57,6 +57,15 @@ def test_a_script_parses_into_steps_with_file_line_numbers() -> None:
     assert lab_options(scenario).fault_proxy and lab_options(scenario).tables == 5
 
 
+def test_a_replaced_node_runs_every_service_again() -> None:
+    scenario = parse("lab drain=2s\nkill haproxy on a\nreplace a\nkill haproxy on a\nrequest slow 2s\n"
+                     "expect slow answered within 5s\n")
+    assert scenario.setup.drain_s == 2.0
+    assert [s.kind for s in scenario.steps] == ["kill", "replace", "kill", "request", "expect"]
+    # Each replace allows for the drain, the launch and the boot; each slow request for its time.
+    assert scenario.budget_s() > parse("kill haproxy on a\n").budget_s() + 2.0 + 2.0 + 90
+
+
 def test_the_lab_line_is_optional_and_the_fault_proxy_only_comes_when_needed() -> None:
     scenario = parse("api down for 2s\nwait 1s\n")
     assert scenario.setup.profile == "fast" and scenario.setup.tables == 3 and not scenario.setup.preempt
@@ -65,7 +74,14 @@ def test_the_lab_line_is_optional_and_the_fault_proxy_only_comes_when_needed() -
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("lab\nreboot a\n", "s.txt:2: got 'reboot'; allowed steps: lab, kill, stop, start, link, partition, heal, api, "
-                         "delete, instance, cli, wait, mark, expect"),
+                         "delete, instance, replace, request, cli, wait, mark, expect"),
+    ("replace c\n", "s.txt:1: replace: got 'c'; allowed: a|b"),
+    ("link down on a\nreplace a\n", "s.txt:2: replace: got 'a'; allowed: replace a node whose link is up"),
+    ("request slow\n", "s.txt:1: request: got 'slow'; allowed: slow DURATION (DURATION: a number with s or ms"),
+    ("request slow 0s\n", "s.txt:1: request: got '0s'; allowed: a duration from more than 0s to 600s"),
+    ("expect slow answered within 2s\n", "s.txt:1: expect: got 'slow answered within 2s'; allowed: expect slow "
+                                         "answered ... after a request slow line"),
+    ("lab drain=5\n", "s.txt:1: lab: got 'drain=5'; allowed: drain=DURATION (DURATION: a number with s or ms"),
     ("instance reboot on a\n", "s.txt:1: instance: got 'reboot on a'; allowed: stop|start on a|b"),
     ("kill haproxy on c\n", "s.txt:1: kill: got 'haproxy on c'; allowed: haproxy|keepalived|agent on a|b"),
     ("kill nginx on a\n", "s.txt:1: kill: got 'nginx on a'; allowed: haproxy|keepalived|agent on a|b"),
@@ -98,7 +114,8 @@ def test_the_lab_line_is_optional_and_the_fault_proxy_only_comes_when_needed() -
     ("lab profile=slow\n", "s.txt:1: lab: got 'profile=slow'; allowed: profile=default|fast"),
     ("lab tables=0\n", "s.txt:1: lab: got 'tables=0'; allowed: tables=1..200"),
     ("lab preempt=yes\n", "s.txt:1: lab: got 'preempt=yes'; allowed: preempt=on|off"),
-    ("lab colour=blue\n", "s.txt:1: lab: got 'colour=blue'; allowed: each of profile=, preempt=, tables= at most once"),
+    ("lab colour=blue\n", "s.txt:1: lab: got 'colour=blue'; allowed: each of profile=, preempt=, tables=, drain= "
+                           "at most once"),
     ("wait 1s\nlab\n", "s.txt:2: lab: got 'lab'; allowed: one lab line, before every other step"),
     ("start haproxy on a\n", "s.txt:1: start: got 'haproxy on a'; allowed: start a service that a kill or stop line "
                              "ended (haproxy on a is running here)"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -85,7 +86,7 @@ def haproxy_with_slow_backend(tmp_path: Path) -> Iterator[tuple[NodeConfig, _Slo
 def test_drain_waits_for_the_request_in_flight_and_no_longer(
         haproxy_with_slow_backend: tuple[NodeConfig, _SlowBackend, int]) -> None:
     cfg, backend, port = haproxy_with_slow_backend
-    sessions = lambda: lifecycle.listener_sessions(cfg.paths.haproxy_socket, ["web"])  # noqa: E731
+    sessions = lambda: lifecycle.requests_in_flight(cfg.paths.haproxy_socket, ["web"])  # noqa: E731
     assert sessions() == 0
     answers: list[int] = []
 
@@ -106,8 +107,39 @@ def test_drain_waits_for_the_request_in_flight_and_no_longer(
     assert drained and waited < 10 and answers == [200]  # the request finished, and was answered
 
 
+def _frontend_sessions(socket_path: str, name: str) -> int:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(socket_path)
+        s.sendall(b"show stat -1 1 -1\n")
+        text = b"".join(iter(lambda: s.recv(65536), b"")).decode()
+    lines = text.splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    row = next(line.split(",") for line in lines[1:] if line.startswith(name + ",FRONTEND,"))
+    return int(row[header.index("scur")])
+
+
+def test_an_idle_keep_alive_connection_is_no_request_in_flight(
+        haproxy_with_slow_backend: tuple[NodeConfig, _SlowBackend, int]) -> None:
+    # After the VIP's routes move, the client's FIN for such a connection goes to the peer, so the
+    # old node would hold it until `timeout client`: the drain must not wait for it.
+    cfg, backend, port = haproxy_with_slow_backend
+    backend.release.set()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200 and not resp.will_close  # HTTP/1.1: the connection stays open
+        assert _frontend_sessions(cfg.paths.haproxy_socket, "web") == 1
+        assert lifecycle.requests_in_flight(cfg.paths.haproxy_socket, ["web"]) == 0
+        drained, waited = lifecycle.drain(lambda: lifecycle.requests_in_flight(cfg.paths.haproxy_socket, ["web"]), 5)
+        assert drained and waited < 1
+    finally:
+        conn.close()
+
+
 def test_drain_ends_at_once_when_haproxy_is_gone(tmp_path: Path) -> None:
-    drained, waited = lifecycle.drain(lambda: lifecycle.listener_sessions(str(tmp_path / "none.sock"), ["web"]), 5)
+    drained, waited = lifecycle.drain(lambda: lifecycle.requests_in_flight(str(tmp_path / "none.sock"), ["web"]), 5)
     assert drained and waited < 1
 
 

@@ -3,14 +3,25 @@
 (recorded, so that a test can see the node asked to be replaced) and SignalResource.
 
 Both are Query-protocol APIs: the action is in the form body.  Point a client at it with
-AWS_ENDPOINT_URL_AUTOSCALING / AWS_ENDPOINT_URL_CLOUDFORMATION, or `endpoint_url`.
+AWS_ENDPOINT_URL_AUTO_SCALING / AWS_ENDPOINT_URL_CLOUDFORMATION, or `endpoint_url`.
+
+In a test, `AwsStandIn()` serves from a thread.  The lab runs it as a process, which appends each
+call to a JSON-lines file:
+
+    python -m tests.support.aws_stand_in --host 192.0.2.254 --port 5003 --log calls.jsonl
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import signal
+import sys
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 _NS = {
@@ -26,7 +37,7 @@ class AwsStandIn:
     `refuse` actions to answer as AWS refuses a request (400 ValidationError: for SignalResource,
     a resource that waits for no signal)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, log: Path | None = None) -> None:
         self.calls: list[tuple[str, dict[str, str]]] = []
         self.fail: set[str] = set()
         self.refuse: set[str] = set()
@@ -43,6 +54,9 @@ class AwsStandIn:
                                     "stood in for</Message></Error></ErrorResponse>")
                     return
                 stand_in.calls.append((action, params))
+                if log is not None:
+                    with open(log, "a", encoding="utf-8") as f:
+                        f.write(json.dumps({"ts": round(time.time(), 4), "action": action, **params}) + "\n")
                 if action in stand_in.refuse:
                     self._send(400, "<ErrorResponse><Error><Type>Sender</Type><Code>ValidationError</Code><Message>"
                                     "Resource is in CREATE_COMPLETE state and can not be signaled</Message></Error>"
@@ -56,6 +70,9 @@ class AwsStandIn:
                                 f"<ResponseMetadata><RequestId>stand-in</RequestId></ResponseMetadata>"
                                 f"</{action}Response>")
 
+            def do_GET(self) -> None:
+                self._send(200, "stand-in for Auto Scaling and CloudFormation")  # for readiness probes
+
             def _send(self, status: int, body: str) -> None:
                 data = body.encode()
                 self.send_response(status)
@@ -67,8 +84,8 @@ class AwsStandIn:
             def log_message(self, *_: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server = ThreadingHTTPServer((host, port), H)
+        self.url = f"http://{host}:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def of(self, action: str) -> list[dict[str, str]]:
@@ -79,3 +96,23 @@ class AwsStandIn:
         """Stop serving."""
         self.server.shutdown()
         self.server.server_close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until SIGTERM."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--log", type=Path, required=True, help="append each call here, as a JSON line")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stand_in = AwsStandIn(args.host, args.port, args.log)
+    print(f"Auto Scaling and CloudFormation stand-in at {stand_in.url}", flush=True)
+    stop.wait()
+    stand_in.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,25 +1,46 @@
 """Stand-in for the instance metadata service (IMDSv2 only), on loopback: the ENI of the primary
-MAC, the instance ID, and `autoscaling/target-lifecycle-state`, which moto does not serve."""
+MAC, the instance ID, and `autoscaling/target-lifecycle-state`, which moto does not serve.
+
+In a test, `FakeImds()` serves from a thread.  The lab runs one per instance, in the node's
+namespace, where the group's plan for the instance is the text of a file that the lab writes:
+
+    python -m tests.support.imds_stand_in --port 9254 --eni-id eni-1 --instance-id i-1 \
+        --lifecycle-file /tmp/lab/a/lifecycle-state
+"""
 
 from __future__ import annotations
 
+import argparse
+import signal
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 
 class FakeImds:
     """Serves IMDSv2 with a session token; `lifecycle_state` is what the group plans (None: 404)."""
 
-    def __init__(self, eni_id: str = "eni-0123456789abcdef0", instance_id: str = "i-0123456789abcdef0") -> None:
+    def __init__(self, eni_id: str = "eni-0123456789abcdef0", instance_id: str = "i-0123456789abcdef0",
+                 port: int = 0, lifecycle_file: Path | None = None) -> None:
         self.tokens_issued = 0
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.lifecycle_state: str | None = None
+
+        def lifecycle_state() -> str | None:
+            if lifecycle_file is None:
+                return self.lifecycle_state
+            try:
+                return lifecycle_file.read_text().strip() or None
+            except FileNotFoundError:
+                return None
+
         values = {
             "/latest/meta-data/mac": lambda: "0a:1b:2c:3d:4e:5f",
             "/latest/meta-data/network/interfaces/macs/0a:1b:2c:3d:4e:5f/interface-id": lambda: eni_id,
             "/latest/meta-data/instance-id": lambda: instance_id,
-            "/latest/meta-data/autoscaling/target-lifecycle-state": lambda: self.lifecycle_state,
+            "/latest/meta-data/autoscaling/target-lifecycle-state": lifecycle_state,
         }
         fake = self
 
@@ -49,7 +70,7 @@ class FakeImds:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), H)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -57,3 +78,25 @@ class FakeImds:
         """Stop serving."""
         self.server.shutdown()
         self.server.server_close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until SIGTERM."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--eni-id", required=True)
+    parser.add_argument("--instance-id", required=True)
+    parser.add_argument("--lifecycle-file", type=Path, required=True,
+                        help="autoscaling/target-lifecycle-state is this file's text (no file: 404)")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    imds = FakeImds(args.eni_id, args.instance_id, port=args.port, lifecycle_file=args.lifecycle_file)
+    print(f"IMDS stand-in for {args.instance_id} at {imds.url}", flush=True)
+    stop.wait()
+    imds.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
