@@ -17,12 +17,15 @@ NODE_FILES_DIR = "/opt/haproxy-ha"
 NODE_CONFIG_PATH = "/etc/haproxy-ha/node.json"
 
 # User data writes these files of userdata/ itself, rather than shipping them in the node files:
-# they fetch the node files.  Each maps to the path it is written to on the node.
+# they fetch the node files, or act when that failed.  Each maps to the path it is written to on
+# the node.
 BOOT_UNIT = "haproxy-ha-boot.service"
 FETCH_SCRIPT = "fetch-node-files.sh"
 USER_DATA_FILES: dict[str, str] = {
     BOOT_UNIT: "/etc/systemd/system/haproxy-ha-boot.service",
     FETCH_SCRIPT: "/usr/local/libexec/haproxy-ha/fetch-node-files.sh",
+    "haproxy-ha-boot-failed.service": "/etc/systemd/system/haproxy-ha-boot-failed.service",
+    "boot-failed.sh": "/usr/local/libexec/haproxy-ha/boot-failed.sh",
 }
 # What the boot unit reads besides those: the node files' S3 URL and the region (an
 # EnvironmentFile), and the commands callers add after boot.sh.

@@ -604,6 +604,9 @@ class HaproxyHa(Construct):
             # Rendered at synth, so that commands callers add later still count.
             (AFTER_BOOT_PATH, "HAPROXY_HA_AFTER_BOOT", Lazy.string(_RenderUserData(after_boot))),
             (USER_DATA_FILES[BOOT_UNIT], "HAPROXY_HA_BOOT_UNIT", user_data_file(BOOT_UNIT).rstrip("\n")),
+            *((USER_DATA_FILES[name], marker, user_data_file(name).rstrip("\n")) for name, marker in (
+                ("haproxy-ha-boot-failed.service", "HAPROXY_HA_BOOT_FAILED_UNIT"),
+                ("boot-failed.sh", "HAPROXY_HA_BOOT_FAILED_SCRIPT"))),
         )
         commands = list(NODE_PREPARE_COMMANDS)
         for path, marker, text in files:

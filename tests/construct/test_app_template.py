@@ -467,6 +467,10 @@ def test_user_data_writes_the_boot_unit_and_starts_it_without_waiting(app_doc: d
         assert heredoc(text, "HAPROXY_HA_FETCH_SCRIPT") + "\n" == (REPO / "userdata" / FETCH_SCRIPT).read_text()
         assert f"cat > {USER_DATA_FILES[BOOT_UNIT]} <<'HAPROXY_HA_BOOT_UNIT'" in lines
         assert f"cat > {USER_DATA_FILES[FETCH_SCRIPT]} <<'HAPROXY_HA_FETCH_SCRIPT'" in lines
+        for name, marker in (("haproxy-ha-boot-failed.service", "HAPROXY_HA_BOOT_FAILED_UNIT"),
+                             ("boot-failed.sh", "HAPROXY_HA_BOOT_FAILED_SCRIPT")):
+            assert heredoc(text, marker) + "\n" == (REPO / "userdata" / name).read_text()
+            assert f"cat > {USER_DATA_FILES[name]} <<'{marker}'" in lines
         # The unit fetches exactly the object the role may read.
         env = dict(line.split("=", 1) for line in heredoc(text, "HAPROXY_HA_BOOT_ENV").splitlines())
         assert env == {"NODE_FILES_URL": object_arn.replace("arn:aws:s3:::", "s3://"), "AWS_REGION": "eu-west-1"}

@@ -43,4 +43,5 @@ def test_the_wheel_carries_lambda_and_node_files(tmp_path: Path) -> None:
             "haproxy_ha_runtime/__main__.py"} <= set(found["node"])
     # The files user data writes come from the wheel too, as they are in the checkout.
     assert found["user_data"] == {name: (REPO / "userdata" / name).read_text()
-                                  for name in ("haproxy-ha-boot.service", "fetch-node-files.sh")}
+                                  for name in ("haproxy-ha-boot.service", "fetch-node-files.sh",
+                                               "haproxy-ha-boot-failed.service", "boot-failed.sh")}

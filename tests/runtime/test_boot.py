@@ -20,6 +20,7 @@ import pytest
 from haproxy_ha_runtime import peer
 from tests.conftest import REPO, client_for, make_world, require
 from tests.runtime.samples import doc
+from tests.support.imds_stand_in import FakeImds
 from tests.support.moto_server import free_port
 
 STUBS = {
@@ -168,3 +169,33 @@ def test_ready_fails_with_exit_4_and_says_why(node: Node, tmp_path: Path) -> Non
     proc = subprocess.run([sys.executable, "-m", "haproxy_ha_runtime", "ready", "--config", str(path),
                            "--timeout", "1"], env=node.env, capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 4 and "the agent does not answer at /state (haproxy-down)" in proc.stderr
+
+
+@pytest.mark.parametrize(("status", "asked"), [("4", True), ("1", True), ("2", False)])
+def test_a_boot_that_gave_up_asks_the_group_for_a_new_instance_unless_the_document_was_refused(
+        tmp_path: Path, status: str, asked: bool) -> None:
+    # The real script, the real curl against an IMDS stand-in, and a stub `aws` that records its
+    # arguments (the AWS CLI is not installed here).
+    require("curl", shutil.which("curl") is not None)
+    imds = FakeImds(instance_id="i-0feedfacecafe0001")
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    calls = tmp_path / "aws.log"
+    (stubs / "aws").write_text(f'#!/bin/bash\necho "$*" >> "{calls}"\n')
+    (stubs / "aws").chmod(0o755)
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "HAPROXY_HA_IMDS": imds.url,
+           "AWS_REGION": "eu-west-1", "MONITOR_EXIT_STATUS": status}
+    try:
+        result = subprocess.run(["bash", str(REPO / "userdata" / "boot-failed.sh")], env=env, capture_output=True,
+                                text=True, timeout=30)
+    finally:
+        imds.stop()
+    assert result.returncode == 0, result.stderr
+    if asked:
+        assert calls.read_text().split() == [
+            "autoscaling", "set-instance-health", "--region", "eu-west-1", "--instance-id", "i-0feedfacecafe0001",
+            "--health-status", "Unhealthy", "--no-should-respect-grace-period"]
+        assert "asked the group to replace i-0feedfacecafe0001" in result.stderr
+    else:
+        assert not calls.exists()
+        assert "refused the node's document" in result.stderr

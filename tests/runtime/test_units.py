@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from haproxy_ha.assets import USER_DATA_FILES
 from haproxy_ha_runtime import agent, systemd
 from haproxy_ha_runtime.config import parse_config
 from tests.conftest import REPO, client_for, make_world, require
@@ -45,9 +46,11 @@ def test_units_and_drop_ins_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         (tmp_path / f"{name}.service").write_text(stub)
         (tmp_path / f"{name}.service.d").mkdir()
         shutil.copy(USERDATA / drop_in, tmp_path / f"{name}.service.d" / "haproxy-ha.conf")
-    shutil.copy(USERDATA / "haproxy-ha-agent.service", tmp_path)
+    for name in ("haproxy-ha-agent.service", "haproxy-ha-boot.service", "haproxy-ha-boot-failed.service"):
+        shutil.copy(USERDATA / name, tmp_path)
+    names = ("haproxy-ha-agent", "keepalived", "haproxy", "haproxy-ha-boot", "haproxy-ha-boot-failed")
     result = subprocess.run(
-        [analyze, "verify", *(str(tmp_path / f"{n}.service") for n in ("haproxy-ha-agent", "keepalived", "haproxy"))],
+        [analyze, "verify", *(str(tmp_path / f"{n}.service") for n in names)],
         capture_output=True, text=True, env={**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"}, check=False)
     # verify exits 0 on unknown keys and bad dependencies, and only says so: any output is a finding.
     assert result.returncode == 0 and not result.stderr.strip() and not result.stdout.strip(), result.stderr
@@ -61,6 +64,17 @@ def test_crashed_services_come_back_with_rate_limits() -> None:
         d = unit(drop_in)
         assert d.get("Service", "Restart") == "on-failure", drop_in
         assert int(d.get("Unit", "StartLimitBurst")) >= 3 and int(d.get("Unit", "StartLimitIntervalSec")) > 0
+
+
+def test_a_boot_that_gives_up_for_good_asks_for_a_new_instance() -> None:
+    boot = unit("haproxy-ha-boot.service")
+    failed = unit("haproxy-ha-boot-failed.service")
+    assert words(boot, "Unit", "OnFailure") == {"haproxy-ha-boot-failed.service"}
+    # Retried first: OnFailure= runs only once the unit is failed, after the restarts.
+    assert boot.get("Service", "Restart") == "on-failure" and int(boot.get("Unit", "StartLimitBurst")) > 1
+    assert failed.get("Service", "Type") == "oneshot"
+    assert failed.get("Service", "ExecStart").split() == ["/usr/bin/bash", USER_DATA_FILES["boot-failed.sh"]]
+    assert failed.get("Service", "EnvironmentFile") == boot.get("Service", "EnvironmentFile")
 
 
 def test_keepalived_starts_only_after_the_agent_is_ready_and_the_agent_after_haproxy() -> None:
