@@ -8,11 +8,8 @@ node a, created by the same route module the Lambda uses.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-from botocore.exceptions import ClientError
 
 from haproxy_ha_runtime import routes
 from tests.support import moto_server
@@ -77,33 +74,3 @@ def run_instance(client: Any, node: str, eni_id: str) -> str:
         NetworkInterfaces=[{"DeviceIndex": 0, "NetworkInterfaceId": eni_id}],
         TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": f"haproxy-ha-{node}"}]}],
     )["Instances"][0]["InstanceId"])
-
-
-@dataclass
-class EniRelease:
-    """Stands in for "ENI still in use", which moto does not model.
-
-    On AWS, a terminated instance's device-0 ENI (DeleteOnTermination false) stays attached until
-    the instance is gone, some seconds later, and a launch that names it fails meanwhile with
-    InvalidNetworkInterface.InUse; the group tries again.  moto launches with an attached ENI at
-    once and never frees it.  Here, `terminate` frees the ENI `release_s` later, and `launch`
-    refuses as AWS does until then.
-    """
-
-    release_s: float = 1.0
-    _busy_until: dict[str, float] = field(default_factory=dict)
-
-    def terminate(self, client: Any, instance_id: str, eni_id: str) -> None:
-        """Terminate the instance; its ENI stays in use for `release_s`."""
-        client.terminate_instances(InstanceIds=[instance_id])
-        self._busy_until[eni_id] = time.monotonic() + self.release_s
-
-    def launch(self, client: Any, node: str, eni_id: str) -> str:
-        """Launch node's new instance with the ENI; raises ClientError InvalidNetworkInterface.InUse
-        while the ENI is still held."""
-        if time.monotonic() < self._busy_until.get(eni_id, 0.0):
-            raise ClientError({"Error": {"Code": "InvalidNetworkInterface.InUse",
-                                         "Message": f"Interface: [{eni_id}] in use."}}, "RunInstances")
-        # moto keeps the terminated instance's attachment (and refuses to detach a device 0), but
-        # launches with the ENI all the same, which then names the new instance.
-        return run_instance(client, node, eni_id)

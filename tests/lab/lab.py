@@ -38,6 +38,7 @@ from haproxy_ha_runtime import lifecycle, routes
 from haproxy_ha_runtime.agent import HealthCheck
 from haproxy_ha_runtime.config import PROFILES
 from tests.support import moto_server
+from tests.support.eni_release import EniRelease
 
 from . import cloud, observe, topology
 from .observe import JsonLines, Record
@@ -85,7 +86,7 @@ class LabOptions:
     full_poll_max_tables: int = 10
     # How long a node being terminated lets requests in flight finish (the drain_timeout prop).
     drain_timeout_s: float = 10.0
-    # How long a terminated instance keeps its ENI ("ENI still in use", cloud.EniRelease).
+    # How long a terminated instance keeps its ENI ("ENI still in use", tests/support/eni_release.py).
     eni_release_s: float = 1.0
 
 
@@ -181,7 +182,7 @@ class Lab:
         # Each node's instance now (a replacement changes it), and the ENIs' release after a
         # termination.
         self.instance: dict[str, str] = {}
-        self.eni_release = cloud.EniRelease(self.options.eni_release_s)
+        self.eni_release = EniRelease(self.options.eni_release_s)
         self._agent_started: dict[str, float] = {}
         self._api: Any = None
         self.env = dict(os.environ)
@@ -600,7 +601,7 @@ class Lab:
                 nonlocal launch_tries
                 launch_tries += 1
                 try:
-                    return self.eni_release.launch(self._api, node, eni)
+                    return self.eni_release.launch(eni, lambda: cloud.run_instance(self._api, node, eni))
                 except ClientError as e:
                     if e.response["Error"]["Code"] != "InvalidNetworkInterface.InUse":
                         raise
