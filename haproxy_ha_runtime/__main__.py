@@ -23,8 +23,11 @@ from . import agent, lifecycle, peer, routes
 from .apply import CheckFailed, apply_config
 from .config import ConfigError, NodeConfig, load_config
 from .imds import Imds, ImdsError
+from .live_config import LiveConfig
 
 DEFAULT_CONFIG = "/etc/haproxy-ha/node.json"
+# The agent stopped to be started again on a new document (EX_TEMPFAIL).
+EXIT_RESTART = 75
 
 
 def interface_for(local_ip: str) -> str:
@@ -54,7 +57,7 @@ def _render(cfg: NodeConfig, source: str) -> None:
           f"{cfg.paths.haproxy_conf} ({what(applied.haproxy_changed)}) for node {cfg.node_name}")
 
 
-def _agent(cfg: NodeConfig) -> None:
+def _agent(cfg: NodeConfig, source: str) -> int:
     eni_id = cfg.eni_id or Imds().primary_eni_id()
     client = routes.make_client(cfg.region, cfg.endpoint_url)
     # The VIP must sit on the node before it can answer; the route decides who gets traffic.
@@ -63,7 +66,14 @@ def _agent(cfg: NodeConfig) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     platform = lifecycle.aws_platform(cfg) if cfg.auto_scaling_group else None
-    agent.run(cfg, client, eni_id, stop, invoke_reconciler=_reconciler_invoker(cfg), platform=platform)
+    live = None
+    if cfg.config_bucket is not None:
+        s3 = (platform or lifecycle.aws_platform(cfg)).client("s3")
+        live = LiveConfig(cfg, s3, source, instance_id=platform.instance_id if platform else lambda: None)
+    ran = agent.run(cfg, client, eni_id, stop, invoke_reconciler=_reconciler_invoker(cfg), platform=platform,
+                    live=live)
+    # A new document that only a new agent can take: systemd (Restart=always) starts it again.
+    return EXIT_RESTART if ran.restart_requested else 0
 
 
 def _ready(cfg: NodeConfig, timeout_s: float) -> int:
@@ -122,7 +132,8 @@ def _reconciler_invoker(cfg: NodeConfig) -> Callable[[list[str]], None] | None:
 
 def main(argv: list[str] | None = None) -> int:
     """The node command line; returns the exit status (2: a bad document, or a rendered file that
-    haproxy or keepalived refuses; 3: no ENI from IMDS; 4: not ready in time)."""
+    haproxy or keepalived refuses; 3: no ENI from IMDS; 4: not ready in time; 75: the agent
+    stopped to restart on a new document)."""
     parser = argparse.ArgumentParser(prog="python3 -m haproxy_ha_runtime", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("check", "validate the node config document"),
@@ -145,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "ready":
             return _ready(cfg, args.timeout)
         else:
-            _agent(cfg)
+            return _agent(cfg, args.config)
     except (ConfigError, CheckFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, Callable
 
-from . import lifecycle, ownership, peer, routes, systemd
+from . import lifecycle, live_config, ownership, peer, routes, systemd
 from .config import NodeConfig, Peer
 from .files import read_text, write_atomically
 from .log import log_event
@@ -199,6 +199,9 @@ class Agent:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="routes")
         self._job: Future[None] | None = None
         self._state_changed_at = time.monotonic()
+        # A new document changed what only a new agent can take: the run loop ends, and
+        # `python -m haproxy_ha_runtime agent` exits 75 so that systemd starts it again.
+        self.restart_requested = False
 
     # -- state -------------------------------------------------------------------------------
     def on_state(self, new_state: str, reason: str = "notify_fifo", resumed: bool = False) -> None:
@@ -445,11 +448,34 @@ def _ask_replacement(cfg: NodeConfig, platform: lifecycle.Platform, log: Callabl
         log("replacement_ask_failed", node=cfg.node_name, error=str(e))
 
 
+def _watch_config(agent: Agent, live: live_config.LiveConfig, stop: threading.Event,
+                  log: Callable[..., None]) -> None:
+    """Poll the node's document in S3 and apply each new version (live_config)."""
+    while True:
+        try:
+            outcome = live.poll_once()
+        except Exception as e:  # S3 does not answer: try again at the next poll
+            log("config_poll_failed", node=agent.cfg.node_name, error=str(e))
+            outcome = None
+        if outcome is not None:
+            log("config_" + outcome.state, node=agent.cfg.node_name, version=outcome.version, reason=outcome.reason,
+                haproxy_reloaded=outcome.haproxy_reloaded, keepalived_reloaded=outcome.keepalived_reloaded,
+                restart_agent=outcome.restart_agent)
+            if outcome.cfg is not None and not outcome.restart_agent:
+                agent.cfg = outcome.cfg  # only AGENT_LIVE_FIELDS differ: the listeners, the drain
+            if outcome.restart_agent:
+                agent.restart_requested = True
+                stop.set()
+                return
+        if stop.wait(live.cfg.config_poll_s):
+            return
+
+
 def _watch_lifecycle(agent: Agent, platform: lifecycle.Platform, interval_s: float, stop: threading.Event,
                      log: Callable[..., None]) -> None:
     """When the group is about to terminate this instance: hand over, drain, complete the hook."""
-    cfg = agent.cfg
     while not stop.wait(interval_s):
+        cfg = agent.cfg  # live config may have changed the listeners
         try:
             state = platform.lifecycle_state()
         except Exception as e:
@@ -479,11 +505,13 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
         log: Callable[..., None] = log_event,
         invoke_reconciler: Callable[[list[str]], None] | None = None,
         peer_address: Callable[[Peer], tuple[str, int]] | None = None,
-        platform: lifecycle.Platform | None = None) -> None:
+        platform: lifecycle.Platform | None = None, live: live_config.LiveConfig | None = None) -> Agent:
     """The agent's main loop: health ticks, FIFO lines, repair ticks, until `stop` is set.
+    Returns the agent (its `restart_requested` says why it stopped).
 
     Beside it run the peer poller (the peer's /state, through its stats port, or wherever
-    `peer_address` says) and the server of this agent's own /state on 127.0.0.1.
+    `peer_address` says), the server of this agent's own /state on 127.0.0.1, and, with `live`,
+    the poller of the node's document in S3.
     """
     stop = stop or threading.Event()
     t = cfg.timing
@@ -507,6 +535,10 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
         watcher = threading.Thread(target=_watch_lifecycle, name="lifecycle", daemon=True,
                                    args=(agent, platform, min(5.0, t.repair_interval_s), poller_stop, log))
         watcher.start()
+    config_watcher = None
+    if live is not None:
+        config_watcher = threading.Thread(target=_watch_config, name="live-config", daemon=True,
+                                          args=(agent, live, poller_stop, log))
     unhealthy_since: float | None = None
     replacement_asked = False
     fifo = FifoReader(cfg.paths.notify_fifo)
@@ -525,8 +557,10 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
     notifier = systemd.Notifier()
     # The FIFO is open and /state is served: keepalived (ordered after this unit) may start.
     notifier.ready()
+    if config_watcher is not None:
+        config_watcher.start()
     try:
-        while not stop.is_set():
+        while not stop.is_set() and not agent.restart_requested:
             # A loop that stalls stops these pings, and systemd restarts the agent (WatchdogSec).
             notifier.ping()
             now = time.monotonic()
@@ -578,4 +612,7 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
         poller.join(5)
         if watcher is not None:
             watcher.join(5)
-        log("agent_stop", node=cfg.node_name)
+        if config_watcher is not None:
+            config_watcher.join(5)
+        log("agent_stop", node=cfg.node_name, restart_requested=agent.restart_requested)
+    return agent

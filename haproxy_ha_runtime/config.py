@@ -178,6 +178,13 @@ class NodeConfig:
     # null: signal nobody.
     cfn_stack: str | None = None
     cfn_resource: str | None = None
+    # Live config: this node's document in S3 (its bucket and key), and the node's status object
+    # beside it, which says which version of the document the node applied or refused.  The
+    # agent polls the document every config_poll_s seconds.  null: the document is only a file.
+    config_bucket: str | None = None
+    config_key: str | None = None
+    status_key: str | None = None
+    config_poll_s: float = 10.0
     priority: int = 100
     preempt: bool = False
     virtual_router_id: int = 51
@@ -385,6 +392,10 @@ def _paths(c: Problems, raw: Any) -> Paths:
     return Paths(**kwargs)
 
 
+# S3's rules for a bucket name: 3-63 lowercase letters, digits, dots and hyphens.
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
 def _optional(c: Problems, doc: dict[str, Any], key: str, pattern: re.Pattern[str], allowed: str) -> str | None:
     value = doc.get(key)
     return None if value is None else c.string(value, key, pattern, allowed)
@@ -437,6 +448,16 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
         c.bad("cfn_resource", cfn_resource, "set together with cfn_stack, or both null")
     if lifecycle_hook is not None and auto_scaling_group is None:
         c.bad("lifecycle_hook", lifecycle_hook, "null, or set together with auto_scaling_group")
+    config_bucket = _optional(c, doc, "config_bucket", _BUCKET_RE, "an S3 bucket name, or null")
+    object_key = re.compile(r"^[\x21-\x7e]{1,1024}$")
+    config_key = _optional(c, doc, "config_key", object_key, "an S3 object key, or null")
+    status_key = _optional(c, doc, "status_key", object_key, "an S3 object key other than config_key, or null")
+    live = {k: doc.get(k) for k in ("config_bucket", "config_key", "status_key")}
+    if len({v is None for v in live.values()}) > 1:
+        c.bad("config_bucket", live, "config_bucket, config_key and status_key all set, or all null")
+    elif config_key is not None and config_key == status_key:
+        c.bad("status_key", status_key, "an S3 object key other than config_key, or null")
+    config_poll_s = c.number(doc.get("config_poll_s", default("config_poll_s")), "config_poll_s", 1, 3600)
     priority = c.integer(doc.get("priority", default("priority")), "priority", 1, 254)
     preempt = c.boolean(doc.get("preempt", default("preempt")), "preempt")
     vrid = c.integer(doc.get("virtual_router_id", default("virtual_router_id")), "virtual_router_id", 1, 255)
@@ -462,12 +483,14 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
         raise ConfigError(c.items, source)
     assert node_name and vip and local_ip and region and priority and vrid and stats_port and agent_port
     assert preempt is not None and drain_timeout_s is not None and replace_after_s is not None
+    assert config_poll_s is not None
     return NodeConfig(
         node_name=node_name, vip=str(vip), local_ip=str(local_ip), peers=peers, route_table_ids=tables,
         region=region, listeners=listeners, priority=priority, timing=timing, profile=profile,
         eni_id=eni_id, interface=interface, endpoint_url=endpoint_url, vpc_id=vpc_id, reconciler=reconciler,
         auto_scaling_group=auto_scaling_group, lifecycle_hook=lifecycle_hook, cfn_stack=cfn_stack,
         cfn_resource=cfn_resource, drain_timeout_s=drain_timeout_s, replace_unhealthy_after_s=replace_after_s,
+        config_bucket=config_bucket, config_key=config_key, status_key=status_key, config_poll_s=config_poll_s,
         preempt=preempt, virtual_router_id=vrid, stats_port=stats_port, agent_port=agent_port, paths=paths,
     )
 

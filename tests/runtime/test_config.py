@@ -35,6 +35,13 @@ def _problems(d: dict[str, object]) -> list[str]:
 
 @pytest.mark.parametrize(("changes", "expected"), [
     ({"vip": "203.0.113.300"}, "vip: got '203.0.113.300'; allowed: a single IPv4 address"),
+    ({"config_bucket": "My_Bucket", "config_key": "k", "status_key": "s"},
+     "config_bucket: got 'My_Bucket'; allowed: an S3 bucket name, or null"),
+    ({"config_bucket": "bucket-1", "config_key": "k"}, "allowed: config_bucket, config_key and status_key all set, "
+                                                       "or all null"),
+    ({"config_bucket": "bucket-1", "config_key": "k", "status_key": "k"},
+     "status_key: got 'k'; allowed: an S3 object key other than config_key"),
+    ({"config_poll_s": 0.5}, "config_poll_s: got 0.5; allowed: a number from 1 to 3600"),
     ({"vip": "224.0.0.5"}, "vip: got '224.0.0.5'; allowed: a unicast IPv4 address"),
     ({"vip": "192.0.2.10"}, "vip: got '192.0.2.10'; allowed: an address other than local_ip"),
     ({"eni_id": "i-0123456789abcdef0"}, "eni_id: got 'i-0123456789abcdef0'; allowed: an ENI ID"),
