@@ -14,6 +14,10 @@ Scenarios, and what `duration_s` and `route_move_s` measure in each:
 - haproxy-comeback: HAProxy on the active node is killed, and started again a second later.
   duration_s: from its restart until node a is BACKUP again.  route_move_s: from the kill until
   every route points at the peer (the failover).
+- config-live: a backend, then a listener, added to both nodes' documents in S3.  duration_s:
+  from the new objects to both nodes serving the new backend (both status objects say applied;
+  each node writes its status after HAProxy's reload), the agents polling every second.
+  route_move_s: n/a.
 failed_requests counts the client's failures over the whole script (a request every 10 ms).
 """
 
@@ -60,11 +64,20 @@ def _comeback(run: RunResult) -> tuple[float | None, float | None]:
     return rejoined, _first_move_after(run, _step(run, "kill"))
 
 
+def _config(run: RunResult) -> tuple[float | None, float | None]:
+    first = _step(run, "config")
+    applied = [s.seen.get("after_s") for s in run.steps
+               if s.kind == "expect" and s.step.startswith("expect config applied") and s.start_s >= first.start_s]
+    times = [t for t in applied[:2] if t is not None]  # both nodes, for the first change
+    return (max(times) if len(times) == 2 else None), None
+
+
 # Each scenario's measures: (duration_s, route_move_s) from its run.
 SCENARIOS: dict[str, Callable[[RunResult], tuple[float | None, float | None]]] = {
     "replace-backup": _replace,
     "replace-active": _replace,
     "haproxy-comeback": _comeback,
+    "config-live": _config,
 }
 
 

@@ -122,6 +122,11 @@ def _backend(lst: Listener) -> list[str]:
     return lines
 
 
+def _duration(seconds: float) -> str:
+    """A time for haproxy.cfg, in whole milliseconds."""
+    return f"{round(seconds * 1000)}ms"
+
+
 def render_haproxy(cfg: NodeConfig, source: str = "the node config document") -> str:
     """The text of haproxy.cfg for this node: the health and stats frontend, then each listener."""
     out = [
@@ -132,7 +137,11 @@ def render_haproxy(cfg: NodeConfig, source: str = "the node config document") ->
         "    # Binds its ports and the stats socket as root, then drops to this user.",
         "    user haproxy",
         "    group haproxy",
-        f"    stats socket {cfg.paths.haproxy_socket} mode 600 level admin",
+        # expose-fd: a reload (master-worker) hands the listening sockets to the new worker, so
+        # no connection is refused while it starts.
+        f"    stats socket {cfg.paths.haproxy_socket} mode 600 level admin expose-fd listeners",
+        # After a reload or a stop, the old worker finishes its requests for at most this long.
+        *([f"    hard-stop-after {_duration(cfg.drain_timeout_s)}"] if cfg.drain_timeout_s > 0 else []),
         "",
         "defaults",
         "    log global",

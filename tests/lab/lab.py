@@ -65,6 +65,11 @@ AWS_URL = f"http://{topology.API_IP}:{AWS_PORT}"
 # Each instance's metadata service, on the node's loopback (tests/support/imds_stand_in.py).
 IMDS_PORT = 9254
 LIFECYCLE_HOOK = "haproxy-ha-drain"
+# Live config: each node's document in moto's S3, as the stack writes it, polled every second.
+CONFIG_BUCKET = "haproxy-ha-lab-config"
+CONFIG_POLL_S = 1.0
+# What `config add listener` adds: a second HTTP listener on this port.
+SECOND_PORT = 8081
 STACK = "haproxy-ha-lab"
 IN_SERVICE = "InService"
 
@@ -184,6 +189,14 @@ class Lab:
         self.instance: dict[str, str] = {}
         self.eni_release = EniRelease(self.options.eni_release_s)
         self._agent_started: dict[str, float] = {}
+        # The listeners of both nodes' documents; config steps change them.
+        self.listeners: list[dict[str, Any]] = [{
+            "name": "web", "port": HTTP_PORT, "mode": "http", "check_path": "/",
+            "backends": [{"name": f"be{i + 1}", "host": ip, "port": 8080}
+                         for i, ip in enumerate(topology.BACKEND_IPS[:2])]}]
+        # The ETag of each node's document as the lab last wrote it to S3.
+        self.config_versions: dict[str, str] = {}
+        self._s3: Any = None
         self._api: Any = None
         self.env = dict(os.environ)
         for key in [k for k in self.env if k.startswith("AWS_")]:
@@ -195,6 +208,8 @@ class Lab:
             "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
             # The agents invoke the reconciler for a missing route; their Lambda client goes here.
             "AWS_ENDPOINT_URL_LAMBDA": LAMBDA_URL,
+            # The nodes read their documents from S3 (moto) and write their status there.
+            "AWS_ENDPOINT_URL_S3": MOTO_URL,
             # Lifecycle hooks, instance health and CloudFormation signals go to the stand-in; the
             # instance metadata to the stand-in on the node's own loopback.
             "AWS_ENDPOINT_URL_AUTO_SCALING": AWS_URL, "AWS_ENDPOINT_URL_CLOUDFORMATION": AWS_URL,
@@ -257,13 +272,17 @@ class Lab:
         # Dummy credentials of its own: the harness never signs with whatever the caller has.
         self._api = boto3.session.Session(aws_access_key_id="lab", aws_secret_access_key="lab").client(
             "ec2", region_name=cloud.REGION, endpoint_url=MOTO_URL)
+        self._s3 = boto3.session.Session(aws_access_key_id="lab", aws_secret_access_key="lab").client(
+            "s3", region_name=cloud.REGION, endpoint_url=MOTO_URL)
         with topology.entered(ROUTER):
             self.state = cloud.create(self._api, VIP, self.options.tables)
+            self._s3.create_bucket(Bucket=CONFIG_BUCKET)
         self.instance = dict(self.state.instance)
         self._start_emulator()
         self._start_reconciler()
         for node in NODES:
             self._write_document(node)
+        self.publish_documents()
         renders = [subprocess.Popen(["ip", "netns", "exec", NODES[n].namespace, sys.executable, "-m",
                                      "haproxy_ha_runtime", "render", "--config", str(self.document(n))],
                                     cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -328,7 +347,8 @@ class Lab:
     def document(self, node: str) -> Path:
         return self.node_dir(node) / "node.json"
 
-    def _write_document(self, node: str) -> None:
+    def document_for(self, node: str, **changes: Any) -> dict[str, Any]:
+        """Node's document as the lab's stack would write it (with `changes` on top)."""
         assert self.state is not None
         d = self.node_dir(node)
         (d / "run").mkdir(parents=True, exist_ok=True)
@@ -349,21 +369,68 @@ class Lab:
             "priority": PRIORITY[node],
             "preempt": self.options.preempt,
             "profile": self.options.profile,
-            "listeners": [{
-                "name": "web", "port": HTTP_PORT, "mode": "http", "check_path": "/",
-                "backends": [{"name": f"be{i + 1}", "host": ip, "port": 8080}
-                             for i, ip in enumerate(topology.BACKEND_IPS)],
-            }],
+            "listeners": self.listeners,
             "stats_port": STATS_PORT,
             "auto_scaling_group": f"haproxy-ha-lab-node-{node}",
             "lifecycle_hook": LIFECYCLE_HOOK,
             "drain_timeout_s": self.options.drain_timeout_s,
             "cfn_stack": STACK,
             "cfn_resource": f"Node{node.upper()}Group",
+            "config_bucket": CONFIG_BUCKET,
+            "config_key": f"nodes/{node}/node.json",
+            "status_key": f"nodes/{node}/status.json",
+            "config_poll_s": CONFIG_POLL_S,
             "paths": {"run_dir": str(d / "run"), "keepalived_conf": str(d / "keepalived.conf"),
                       "haproxy_conf": str(d / "haproxy.cfg"), "log_socket": str(d / "log.sock")},
         }
-        self.document(node).write_text(json.dumps(doc, indent=2) + "\n")
+        doc.update(changes)
+        return doc
+
+    def _write_document(self, node: str) -> None:
+        """The document boot leaves on the node (a new instance's disk gets the current one)."""
+        (self.node_dir(node) / "run").mkdir(parents=True, exist_ok=True)
+        self.document(node).write_text(json.dumps(self.document_for(node), indent=2) + "\n")
+
+    def publish_documents(self, **changes: Any) -> dict[str, str]:
+        """Write both nodes' documents to S3, as the stack does on a deploy; their new ETags."""
+        with topology.entered(ROUTER):
+            for node in NODES:
+                body = json.dumps(self.document_for(node, **changes), indent=2).encode()
+                etag = self._s3.put_object(Bucket=CONFIG_BUCKET, Key=f"nodes/{node}/node.json", Body=body)["ETag"]
+                self.config_versions[node] = str(etag).strip('"')
+        return dict(self.config_versions)
+
+    def change_config(self, change: str) -> dict[str, str]:
+        """`config add backend|add listener|bad`: change both documents in S3 as a deploy would."""
+        if change == "add backend":
+            web = self.listeners[0]
+            n = len(web["backends"])
+            if n >= len(topology.BACKEND_IPS):
+                raise LabError(f"the lab has {len(topology.BACKEND_IPS)} backends, and all serve already")
+            web["backends"].append({"name": f"be{n + 1}", "host": topology.BACKEND_IPS[n], "port": 8080})
+        elif change == "add listener":
+            if any(lst["port"] == SECOND_PORT for lst in self.listeners):
+                raise LabError(f"a listener on port {SECOND_PORT} is there already")
+            self.listeners.append({"name": "web2", "port": SECOND_PORT, "mode": "http", "check_path": "/",
+                                   "backends": [dict(b) for b in self.listeners[0]["backends"]]})
+        elif change == "bad":
+            # Valid to the schema, refused by the real keepalived -t: no such interface.
+            return self.publish_documents(interface="nosuchif0")
+        else:
+            raise LabError(f"config: got {change!r}; allowed: add backend, add listener, bad")
+        return self.publish_documents()
+
+    def config_status(self, node: str) -> dict[str, Any] | None:
+        """Node's status object in S3 (None until it wrote one)."""
+        with topology.entered(ROUTER):
+            try:
+                body = self._s3.get_object(Bucket=CONFIG_BUCKET, Key=f"nodes/{node}/status.json")["Body"].read()
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+        result: dict[str, Any] = json.loads(body)
+        return result
 
     def lifecycle_file(self, node: str) -> Path:
         """What the node's group plans for its instance, as its IMDS stand-in serves it."""
@@ -379,15 +446,22 @@ class Lab:
             "--lifecycle-file", str(self.lifecycle_file(node))], log_name=f"{node}/imds.log")
 
     def start_haproxy(self, node: str) -> None:
+        # Master-worker, as the distribution's unit runs it (-Ws): a reload (SIGUSR2 to the
+        # master) starts a new worker on the same listening sockets.
         self._spawn(f"haproxy-{node}", NODES[node].namespace,
-                    ["haproxy", "-db", "-f", str(self.node_dir(node) / "haproxy.cfg")],
+                    ["haproxy", "-W", "-db", "-f", str(self.node_dir(node) / "haproxy.cfg"),
+                     "-p", str(self.node_dir(node) / "run" / "haproxy.pid")],
                     log_name=f"{node}/haproxy.log")
 
     def start_agent(self, node: str) -> None:
         self._agent_started[node] = time.time()
+        run = self.node_dir(node) / "run"
+        # What systemctl reload does on a node: SIGUSR2 to HAProxy's master, SIGHUP to keepalived.
+        reloads = {"HAPROXY_HA_RELOAD_HAPROXY": f"sh -c 'kill -USR2 $(cat {run / 'haproxy.pid'})'",
+                   "HAPROXY_HA_RELOAD_KEEPALIVED": f"sh -c 'kill -HUP $(cat {run / 'keepalived.pid'})'"}
         self._spawn(f"agent-{node}", NODES[node].namespace,
                     [sys.executable, "-m", "haproxy_ha_runtime", "agent", "--config", str(self.document(node))],
-                    log_name=f"{node}/agent.jsonl", stderr_name=f"{node}/agent.err")
+                    log_name=f"{node}/agent.jsonl", stderr_name=f"{node}/agent.err", env=reloads)
 
     def start_keepalived(self, node: str) -> None:
         run = self.node_dir(node) / "run"
@@ -458,10 +532,10 @@ class Lab:
         with topology.entered(NODES[node].namespace):
             return HealthCheck(STATS_PORT, timeout_s=1.0, fall=1, rise=1).probe()
 
-    def ask_vip(self) -> str | None:
+    def ask_vip(self, port: int = HTTP_PORT) -> str | None:
         """One request from the client namespace; the node that answered, or None."""
         with topology.entered(topology.CLIENT):
-            conn = http.client.HTTPConnection(VIP, HTTP_PORT, timeout=1)
+            conn = http.client.HTTPConnection(VIP, port, timeout=1)
             try:
                 conn.request("GET", "/")
                 resp = conn.getresponse()
@@ -508,7 +582,13 @@ class Lab:
 
     # -- faults ----------------------------------------------------------------------------
     def kill_haproxy(self, node: str, sig: int = signal.SIGKILL) -> None:
+        """SIGTERM: a clean stop.  SIGKILL: a crash of the master and its workers (the master,
+        frozen first, cannot start a new worker)."""
         proc = self.named[f"haproxy-{node}"]
+        if sig == signal.SIGKILL:
+            os.kill(proc.pid, signal.SIGSTOP)
+            for child in _children(proc.pid):
+                os.kill(child, signal.SIGKILL)
         proc.send_signal(sig)
         proc.wait(5)
 
@@ -534,6 +614,9 @@ class Lab:
             raise LabError(f"{service} on node {node} is not running")
         if service == "keepalived":
             self.kill_keepalived(node, sig)
+            return
+        if service == "haproxy":
+            self.kill_haproxy(node, sig)
             return
         proc = self.named[f"{service}-{node}"]
         proc.send_signal(sig)
@@ -627,11 +710,15 @@ class Lab:
                 "boot_s": round(t_ready - t_launched, 3), "total_s": round(t_ready - t0, 3)}
 
     def boot(self, node: str) -> None:
-        """Boot node's current instance as its boot unit does, on a fresh disk: render the
-        configs, start HAProxy and the agent, then keepalived once HAProxy is healthy."""
+        """Boot node's current instance as its boot unit does, on a fresh disk: fetch the
+        document, render the configs, start HAProxy and the agent, then keepalived once HAProxy
+        is healthy."""
         run = self.node_dir(node) / "run"
         shutil.rmtree(run)
         run.mkdir()
+        with topology.entered(ROUTER):  # boot fetches the node's document from S3
+            body = self._s3.get_object(Bucket=CONFIG_BUCKET, Key=f"nodes/{node}/node.json")["Body"].read()
+        self.document(node).write_bytes(body)
         render = subprocess.run(["ip", "netns", "exec", NODES[node].namespace, sys.executable, "-m",
                                  "haproxy_ha_runtime", "render", "--config", str(self.document(node))],
                                 cwd=REPO, env=self.env, capture_output=True, text=True, timeout=30)

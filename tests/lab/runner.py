@@ -181,6 +181,11 @@ def _describe_event(e: dict[str, Any]) -> str | None:
         return "termination hook completed: the group may terminate the instance"
     if event == "step_down":
         return "stepped down"
+    if event == "config_applied":
+        reloaded = [n for n in ("haproxy", "keepalived") if e.get(f"{n}_reloaded")]
+        return f"config {e['version'][:8]} applied" + (f", reloaded {' and '.join(reloaded)}" if reloaded else "")
+    if event == "config_refused":
+        return f"config {e['version'][:8]} REFUSED: {(e.get('reason') or '')[:160]}"
     if event in ("route_move", "route_hand_over", "route_repair"):
         if e.get("converged"):
             moved = e["moved"] if "moved" in e else len(e.get("tables") or [])
@@ -341,6 +346,9 @@ class Runner:
         # Until the request is at a node, it is not in flight there.
         wait_until(lambda: self.lab.sessions_seen(record), 5, "the slow request to reach a node")
 
+    def _do_config(self, step: Step, result: StepResult) -> None:
+        result.seen = {"versions": self.lab.change_config(step.verb)}
+
     def _do_wait(self, step: Step, result: StepResult) -> None:
         time.sleep(step.seconds or 0.0)
 
@@ -423,7 +431,7 @@ class Runner:
     # -- expects ---------------------------------------------------------------------------
     def _expect(self, step: Step, start: float) -> tuple[bool, dict[str, Any]]:
         subject = step.verb
-        if subject in ("routes", "client", "vrrp", "move", "api", "slow"):
+        if subject in ("routes", "client", "vrrp", "move", "api", "slow", "config", "backend", "port"):
             assert step.seconds is not None
             deadline = self.ref + step.seconds
             probe: Callable[[Step, float], tuple[bool | None, dict[str, Any]]] = getattr(self, "_probe_" + subject)
@@ -520,6 +528,35 @@ class Runner:
         nodes = ", ".join(str(r.get("node")) for r in done)
         seen["text"] += f" (answered by {nodes}), the last {self._after_text(last)}"
         return last <= deadline, seen
+
+    def _probe_config(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
+        status = self.lab.config_status(step.node) or {}
+        want = self.lab.config_versions[step.node]
+        which = "the latest version" if status.get("version") == want else "another version"
+        seen = {"status": status, "text": f"node {step.node}'s status: {status.get('state')} of {which}"
+                                          + (f" ({status['reason'][:300]})" if status.get("reason") else "")}
+        if status.get("version") != want:
+            return _OPEN, seen
+        at = float(status["ts"])
+        seen["after_s"] = round(at - self.ref, 4)
+        seen["text"] += f", {self._after_text(at)}"
+        return status.get("state") == step.state.lower() and at <= deadline + GRACE_S, seen
+
+    def _probe_backend(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
+        answers = [r for r in self.client.records() if r.get("backend") == step.name and r["done"] >= self.ref]
+        if not answers:
+            return _OPEN, {"backend": None, "text": f"no answer from backend {step.name} since line {self.ref_line}"}
+        first = min(r["done"] for r in answers)
+        return first <= deadline, {"backend": step.name, "after_s": round(first - self.ref, 4),
+                                   "text": f"backend {step.name} answered {self._after_text(first)}"}
+
+    def _probe_port(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
+        node = self.lab.ask_vip(port=step.count or 0)
+        if node is None:
+            return _OPEN, {"node": None, "text": f"port {step.count} of the VIP did not answer"}
+        now = time.time()
+        return now <= deadline + GRACE_S, {"node": node, "text": f"port {step.count} answered by node {node} "
+                                                                 f"{self._after_text(now)}"}
 
     def _probe_api(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
         faults = self._faults_so_far() - self._proxy_baseline

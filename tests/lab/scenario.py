@@ -55,10 +55,11 @@ SYNTAX: dict[str, str] = {
     "instance": f"instance stop|start on {_NODE}",
     "replace": f"replace {_NODE}",
     "request": "request slow DURATION",
+    "config": "config add backend|add listener|bad",
     "cli": f"cli status [--json]; cli failover --to {_NODE} [--dry-run] [--force] [--deadline SECONDS] [--json]",
     "wait": "wait DURATION",
     "mark": "mark NAME",
-    "expect": "expect routes|client|vrrp|move|api|failed|moves|cli|slow ...",
+    "expect": "expect routes|client|vrrp|move|api|failed|moves|cli|slow|config|backend|port ...",
 }
 EXPECT_SYNTAX: dict[str, str] = {
     "routes": f"routes at {_NODE} within DURATION",
@@ -70,6 +71,9 @@ EXPECT_SYNTAX: dict[str, str] = {
     "moves": "moves [at most|at least] N since MARK",
     "cli": "cli exit N",
     "slow": "slow answered within DURATION",
+    "config": f"config applied|refused on {_NODE} within DURATION",
+    "backend": "backend NAME answered within DURATION",
+    "port": "port N answered within DURATION",
 }
 _EXPECT_FORMS: dict[str, re.Pattern[str]] = {
     "routes": re.compile(rf"routes at (?P<node>{_NODE}) within (?P<dur>{_DUR})"),
@@ -81,9 +85,12 @@ _EXPECT_FORMS: dict[str, re.Pattern[str]] = {
     "moves": re.compile(rf"moves {_COUNT} since (?P<mark>{_NAME})"),
     "cli": re.compile(r"cli exit (?P<n>\d+)"),
     "slow": re.compile(rf"slow answered within (?P<dur>{_DUR})"),
+    "config": re.compile(rf"config (?P<state>applied|refused) on (?P<node>{_NODE}) within (?P<dur>{_DUR})"),
+    "backend": re.compile(rf"backend (?P<name>be[1-9]) answered within (?P<dur>{_DUR})"),
+    "port": re.compile(rf"port (?P<n>\d{{1,5}}) answered within (?P<dur>{_DUR})"),
 }
 # Expects that watch something change; each must say how long it may take.
-WAITING_EXPECTS = ("routes", "client", "vrrp", "move", "api", "slow")
+WAITING_EXPECTS = ("routes", "client", "vrrp", "move", "api", "slow", "config", "backend", "port")
 _BOUND_HINT = " (an expect that waits needs a bound: add 'within DURATION', e.g. 'within 2s')"
 _DURATION_HELP = " (DURATION: a number with s or ms, such as 2s or 500ms)"
 
@@ -121,6 +128,7 @@ class Step:
     mark: str = ""  # mark NAME, expect ... since NAME
     actions: tuple[str, ...] = ()  # api ... of ACTION,...
     args: tuple[str, ...] = ()  # cli
+    name: str = ""  # expect backend NAME
 
     @property
     def is_action(self) -> bool:
@@ -177,6 +185,7 @@ class _Parser:
         self.seen_api_fault = False
         self.seen_lab = False
         self.seen_slow = False
+        self.seen_config = False
 
     def bad(self, line: int, step: str, got: str, allowed: str) -> None:
         self.problems.append(f"{self.name}:{line}: {step}: got {got!r}; allowed: {allowed}")
@@ -347,6 +356,13 @@ class _Parser:
         self.seen_slow = True
         return Step(n, content, "request", verb="slow", seconds=self._duration(n, "request", m["dur"], False))
 
+    def _config(self, n: int, content: str, rest: str) -> Step | None:
+        m = self._form(n, "config", rest, r"add backend|add listener|bad")
+        if m is None:
+            return None
+        self.seen_config = True
+        return Step(n, content, "config", verb=rest)
+
     def _cli(self, n: int, content: str, rest: str) -> Step | None:
         try:
             args = shlex.split(rest)
@@ -419,11 +435,13 @@ class _Parser:
                                         f"({', '.join(sorted(self.marks))})")
         if subject == "cli" and not self.seen_cli:
             self.bad(n, "expect", rest, "expect cli exit N after a cli line")
+        if subject == "config" and not self.seen_config:
+            self.bad(n, "expect", rest, "expect config ... after a config line")
         if subject == "slow" and not self.seen_slow:
             self.bad(n, "expect", rest, "expect slow answered ... after a request slow line")
         if subject == "api" and not self.seen_api_fault:
             self.bad(n, "expect", rest, "expect api faults ... after an api throttle|5xx line")
-        return Step(n, content, "expect", verb=subject, node=groups.get("node") or "",
+        return Step(n, content, "expect", verb=subject, node=groups.get("node") or "", name=groups.get("name") or "",
                     state=(groups.get("state") or "").upper(), seconds=seconds,
                     count=int(groups["n"]) if groups.get("n") else None,
                     op=groups.get("op") or ("at least" if subject == "api" else "exactly" if groups.get("n") else ""),

@@ -74,7 +74,12 @@ def test_the_lab_line_is_optional_and_the_fault_proxy_only_comes_when_needed() -
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("lab\nreboot a\n", "s.txt:2: got 'reboot'; allowed steps: lab, kill, stop, start, link, partition, heal, api, "
-                         "delete, instance, replace, request, cli, wait, mark, expect"),
+                         "delete, instance, replace, request, config, cli, wait, mark, expect"),
+    ("config remove backend\n", "s.txt:1: config: got 'remove backend'; allowed: add backend|add listener|bad"),
+    ("expect config applied on a within 2s\n", "s.txt:1: expect: got 'config applied on a within 2s'; allowed: "
+                                               "expect config ... after a config line"),
+    ("config bad\nexpect config done on a within 2s\n", "s.txt:2: expect: got 'config done on a within 2s'; "
+                                                         "allowed: config applied|refused on a|b within DURATION"),
     ("replace c\n", "s.txt:1: replace: got 'c'; allowed: a|b"),
     ("link down on a\nreplace a\n", "s.txt:2: replace: got 'a'; allowed: replace a node whose link is up"),
     ("request slow\n", "s.txt:1: request: got 'slow'; allowed: slow DURATION (DURATION: a number with s or ms"),

@@ -30,7 +30,8 @@ NAMESPACES = (ROUTER, NODE_NS["a"], NODE_NS["b"], CLIENT)
 
 VIP = "203.0.113.10"
 API_IP = "192.0.2.254"
-BACKEND_IPS = ("192.0.2.201", "192.0.2.202")
+# The listener starts with the first two; `config add backend` adds the third.
+BACKEND_IPS = ("192.0.2.201", "192.0.2.202", "192.0.2.203")
 CLIENT_IP = "198.51.100.10"
 CLIENT_GW = "198.51.100.1"
 NODE_IFACE = "eth0"
