@@ -194,6 +194,12 @@ class NodeConfig:
     stats_port: int = 8404
     # The agent answers GET /state on 127.0.0.1 here; HAProxy serves it to the peer on stats_port.
     agent_port: int = 8405
+    # Metrics (haproxy_ha_runtime.metrics): the value of the Pair dimension, the pair's name, unique
+    # in its account and region (null: the node belongs to no named pair: the lab, tests); and
+    # whether HAProxy's per-listener requests, 5xx, response times and sessions are published too
+    # (backend health is, either way: the alarms read it).
+    metrics_pair: str | None = None
+    detailed_metrics: bool = True
     # In the document: only the paths that differ from the defaults.
     paths: Paths = field(default_factory=Paths)
 
@@ -392,6 +398,10 @@ def _paths(c: Problems, raw: Any) -> Paths:
     return Paths(**kwargs)
 
 
+# A pair's name: what the construct makes of its stack's name and its path (at most 200 characters).
+PAIR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,199}$")
+PAIR_ALLOWED = "1-200 letters, digits or '-', starting with a letter or digit"
+
 # S3's rules for a bucket name: 3-63 lowercase letters, digits, dots and hyphens.
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -468,6 +478,8 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
     if agent_port is not None and agent_port == stats_port:
         c.bad("agent_port", agent_port, "a port other than stats_port")
     listeners = check_listeners(c, c.get(doc, "listeners", ""), stats_port, agent_port)
+    metrics_pair = _optional(c, doc, "metrics_pair", PAIR_RE, PAIR_ALLOWED + ", or null")
+    detailed_metrics = c.boolean(doc.get("detailed_metrics", default("detailed_metrics")), "detailed_metrics")
     paths = _paths(c, doc.get("paths"))
 
     if vip is not None and local_ip is not None and vip == local_ip:
@@ -483,7 +495,7 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
         raise ConfigError(c.items, source)
     assert node_name and vip and local_ip and region and priority and vrid and stats_port and agent_port
     assert preempt is not None and drain_timeout_s is not None and replace_after_s is not None
-    assert config_poll_s is not None
+    assert config_poll_s is not None and detailed_metrics is not None
     return NodeConfig(
         node_name=node_name, vip=str(vip), local_ip=str(local_ip), peers=peers, route_table_ids=tables,
         region=region, listeners=listeners, priority=priority, timing=timing, profile=profile,
@@ -491,7 +503,8 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
         auto_scaling_group=auto_scaling_group, lifecycle_hook=lifecycle_hook, cfn_stack=cfn_stack,
         cfn_resource=cfn_resource, drain_timeout_s=drain_timeout_s, replace_unhealthy_after_s=replace_after_s,
         config_bucket=config_bucket, config_key=config_key, status_key=status_key, config_poll_s=config_poll_s,
-        preempt=preempt, virtual_router_id=vrid, stats_port=stats_port, agent_port=agent_port, paths=paths,
+        preempt=preempt, virtual_router_id=vrid, stats_port=stats_port, agent_port=agent_port,
+        metrics_pair=metrics_pair, detailed_metrics=detailed_metrics, paths=paths,
     )
 
 

@@ -21,6 +21,13 @@ def test_accepts_the_sample_documents() -> None:
     assert many.preempt is True
 
 
+def test_metrics_fields_default_to_no_pair_and_detailed_metrics() -> None:
+    assert (parse_config(BASE).metrics_pair, parse_config(BASE).detailed_metrics) == (None, True)
+    cfg = parse_config(doc(metrics_pair="HaproxyHa-HaproxyHa-0123abcd", detailed_metrics=False))
+    assert (cfg.metrics_pair, cfg.detailed_metrics) == ("HaproxyHa-HaproxyHa-0123abcd", False)
+    assert parse_config(doc(metrics_pair="p" * 200)).metrics_pair == "p" * 200
+
+
 def test_timing_overrides_apply_on_top_of_the_profile() -> None:
     cfg = parse_config(doc(profile="fast", timing={"advert_int_s": 0.2, "health_fall": 4}))
     assert cfg.timing.advert_int_s == 0.2 and cfg.timing.health_fall == 4
@@ -57,6 +64,11 @@ def _problems(d: dict[str, object]) -> list[str]:
     ({"stats_port": 80}, "stats_port: got 80; allowed: a port that no listener uses"),
     ({"surprise": True}, "surprise: got True; allowed: no such field"),
     ({"paths": {"run_dir": "relative"}}, "paths.run_dir: got 'relative'; allowed: an absolute path"),
+    ({"metrics_pair": "my pair"}, "metrics_pair: got 'my pair'; allowed: 1-200 letters, digits or '-', starting "
+                                  "with a letter or digit, or null"),
+    ({"metrics_pair": "-pair"}, "metrics_pair: got '-pair'; allowed: 1-200 letters"),
+    ({"metrics_pair": "p" * 201}, "metrics_pair: got 'ppp"),
+    ({"detailed_metrics": "yes"}, "detailed_metrics: got 'yes'; allowed: true or false"),
 ])
 def test_fails_when_a_field_is_bad(changes: dict[str, object], expected: str) -> None:
     problems = _problems(doc(**changes))
