@@ -33,6 +33,7 @@ from aws_cdk import (
     Validations,
 )
 from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
@@ -40,9 +41,10 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3_assets as s3_assets
+from aws_cdk import aws_sns as sns
 from constructs import Construct, IDependable, IValidation
 
-from haproxy_ha import preview
+from haproxy_ha import observability, preview
 from haproxy_ha.assets import (
     AFTER_BOOT_PATH,
     BOOT_ENV_PATH,
@@ -55,16 +57,17 @@ from haproxy_ha.assets import (
     user_data_file,
 )
 from haproxy_ha.listener import Listener
-from haproxy_ha.node_config import NodeAddress, NodeLifecycle, node_config_document
+from haproxy_ha.node_config import NodeAddress, NodeLifecycle, NodeMetrics, node_config_document
 from haproxy_ha.validation import (
     DEFAULT_DRAIN_TIMEOUT,
     HaproxyHaPropsError,
+    check_observability,
     check_props,
     check_vip_outside,
     is_token,
 )
 from haproxy_ha_cli import outputs
-from haproxy_ha_runtime import config
+from haproxy_ha_runtime import config, metrics
 from haproxy_ha_runtime.problems import Problems
 from haproxy_ha_runtime.tags import NODE_TAG, ROUTES_DELETED_TAG
 
@@ -105,6 +108,8 @@ ROLLING_UPDATE_SUSPENDED = ("HealthCheck", "ReplaceUnhealthy", "AZRebalance", "A
                             "ScheduledActions")
 # An Auto Scaling group name is at most 255 characters, a stack name at most 128.
 GROUP_NAME_MAX = 255
+# The pair's name (the Pair dimension) goes into log and query names, which leave less room.
+PAIR_NAME_MAX = 200
 STACK_NAME_MAX = 128
 
 # The first commands of each node's user data, before it writes the node's files.  User data runs
@@ -173,6 +178,7 @@ class _NodeSettings:
     preempt: bool
     virtual_router_id: int
     stats_port: int
+    metrics: NodeMetrics | None = None
 
 
 @jsii.implements(ec2.IConnectable)
@@ -218,6 +224,18 @@ class HaproxyHa(Construct):
     """The EC2 interface endpoint in the node subnets (``ec2_endpoint=True``), else None."""
     drain_timeout: Duration
     """How long a leaving node lets requests in flight finish."""
+    metrics_pair: str
+    """The pair's name, unique in its account and region: the Pair dimension of its metrics."""
+    detailed_metrics: bool
+    """Whether the nodes publish HAProxy's per-listener requests, 5xx, response times and sessions."""
+    log_groups: observability.HaproxyHaLogGroups
+    """The agent's, HAProxy's and keepalived's log groups."""
+    alarms: observability.HaproxyHaAlarms
+    """The pair's alarms (see README "Observability")."""
+    dashboard: cloudwatch.Dashboard
+    """The pair's dashboard."""
+    log_queries: observability.HaproxyHaLogQueries
+    """The saved Logs Insights queries an operator runs first."""
 
     def __init__(
         self,
@@ -243,6 +261,11 @@ class HaproxyHa(Construct):
         nat_gateways: int | None = None,
         ec2_endpoint: bool = False,
         drain_timeout: Duration | None = None,
+        log_retention: logs.RetentionDays | None = None,
+        alarm_topic: sns.ITopic | None = None,
+        degraded_after: Duration | None = None,
+        detailed_metrics: bool = True,
+        cloudtrail_log_group: logs.ILogGroup | None = None,
     ) -> None:
         """Create the pair.
 
@@ -282,6 +305,18 @@ class HaproxyHa(Construct):
         :param drain_timeout: How long a node that leaves its group (a replacement, a new AMI)
             lets the requests in flight finish, after it has handed the routes to its peer, before
             it lets the group terminate it. 0 to 3600 seconds. Default: 30 seconds.
+        :param log_retention: How long the agent's, HAProxy's and keepalived's log groups keep events.
+            Default: one month.
+        :param alarm_topic: Where the alarms notify (their ALARM state; and OK for the conditions that
+            last). Default: no notification; the alarms are still there to see and to hook up.
+        :param degraded_after: How long the pair may have fewer than two healthy nodes before the
+            degraded alarm fires: longer than a node's replacement takes. Whole minutes, 1 to 1440.
+            Default: 15 minutes.
+        :param detailed_metrics: Whether the nodes publish HAProxy's per-listener requests, 5xx,
+            response times and sessions (backend health is published either way). Default: true.
+        :param cloudtrail_log_group: A log group that a CloudTrail trail of this account and region
+            delivers to: an alarm then fires when a node or route-Lambda role writes a route whose
+            destination is not the VIP /32. Default: none, and no such alarm.
         """
         super().__init__(scope, id)
         stack = Stack.of(self)
@@ -295,6 +330,9 @@ class HaproxyHa(Construct):
             allowed_cidrs=allowed_cidrs, extra_route_table_ids=extra_route_table_ids,
             timing_profile=timing_profile, preempt=preempt, virtual_router_id=virtual_router_id,
             stats_port=stats_port, ec2_endpoint=ec2_endpoint, drain_timeout=drain_timeout)
+        observed = check_observability(
+            problems, log_retention=log_retention, degraded_after=degraded_after, detailed_metrics=detailed_metrics,
+            alarm_topic=alarm_topic, cloudtrail_log_group=cloudtrail_log_group)
         built_vpc = vpc is None
         if problems and built_vpc:
             raise HaproxyHaPropsError(self.node.path, problems.items)
@@ -312,6 +350,8 @@ class HaproxyHa(Construct):
             raise HaproxyHaPropsError(self.node.path, problems.items)
         self._warn_about_egress(vpc, placement.node_subnets, built_vpc, nat_gateways, ec2_endpoint)
         assert checked.vip is not None and checked.drain_timeout_s is not None
+        assert observed.log_retention is not None and observed.degraded_after_minutes is not None
+        assert observed.detailed_metrics is not None
 
         self.vip = str(checked.vip)
         self.vpc = vpc
@@ -341,13 +381,21 @@ class HaproxyHa(Construct):
         self.route_function = functions.on_event
         self.reconcile_function = functions.reconcile
         instance_type = instance_type or ec2.InstanceType(DEFAULT_INSTANCE_TYPE)
-        settings = _NodeSettings(checked.listeners, preempt, virtual_router_id, stats_port)
+        # Observability (issue 13): the pair's name and its log groups come before the nodes' documents.
+        observability_scope = Construct(self, "Observability")
+        self.metrics_pair = _group_name(stack.stack_name, _path_in_stack(self), PAIR_NAME_MAX)
+        self.detailed_metrics = observed.detailed_metrics
+        self.log_groups = observability.make_log_groups(observability_scope, observed.log_retention)
+        settings = _NodeSettings(checked.listeners, preempt, virtual_router_id, stats_port,
+                                 NodeMetrics(self.metrics_pair, observed.detailed_metrics))
         endpoints = [e for e in (self.ec2_endpoint, s3_endpoint, *isolated_endpoints) if e is not None]
         self.nodes = self._nodes(
             enis, placement.node_subnets, instance_type, machine_image or _default_image(stack, instance_type),
             settings, functions.reconcile, endpoints)
         self.vip_routes = self._vip_routes(functions)
         self._reconcile_triggers(functions)
+        self.alarms, self.dashboard, self.log_queries = self._observe(
+            observability_scope, checked.listeners, observed.degraded_after_minutes, alarm_topic, cloudtrail_log_group)
 
         # 4. Show what will run: each node's rendered files, written into the cloud assembly at synth.
         self.node.add_validation(preview.NodeFilesWriter(self, self._preview_files(settings)))
@@ -356,6 +404,37 @@ class HaproxyHa(Construct):
     def connections(self) -> ec2.Connections:
         """The nodes' security group, as `ec2.IConnectable`: `lb.connections.allow_from(app_sg, ec2.Port.tcp(80))`."""
         return self._connections
+
+    # --- observability: grants, alarms, dashboard, queries (haproxy_ha/observability.py) -----------
+
+    def _observe(self, scope: Construct, listeners: Sequence[config.Listener], degraded_after_minutes: int,
+                 topic: sns.ITopic | None, cloudtrail_log_group: logs.ILogGroup | None,
+                 ) -> tuple[observability.HaproxyHaAlarms, cloudwatch.Dashboard, observability.HaproxyHaLogQueries]:
+        for n in self.nodes:
+            observability.grant_node_telemetry(n.role, self.log_groups)
+            Validations.of(n.role).acknowledge(_ack(
+                "AwsSolutions-IAM5[Resource::*]",
+                "ec2:DescribeRouteTables, DescribeInstances and DescribeNetworkInterfaces support no resource-level "
+                "permissions (the mutating route calls are scoped to this stack's tables); cloudwatch:PutMetricData "
+                f"supports none either, and is limited to the {metrics.NAMESPACE} namespace by the "
+                "cloudwatch:namespace condition."))
+        names = tuple(n.name for n in self.nodes)
+        pair_metrics = observability.PairMetrics(self.metrics_pair, names)
+        alarms = observability.make_alarms(
+            Construct(scope, "Alarms"), pair_metrics, listeners,
+            observability.AlarmSettings(
+                degraded_after_minutes=degraded_after_minutes, topic=topic, cloudtrail_log_group=cloudtrail_log_group,
+                vip=self.vip, route_roles=[*(n.role for n in self.nodes), self._route_role()]),
+            after=self.vip_routes)
+        dashboard = observability.make_dashboard(scope, pair_metrics, self.vip, listeners, alarms,
+                                                 self.detailed_metrics)
+        queries = observability.make_log_queries(scope, self.metrics_pair, names, self.log_groups)
+        return alarms, dashboard, queries
+
+    def _route_role(self) -> iam.IRole:
+        role = self.route_function.role
+        assert role is not None
+        return role
 
     # --- checks that need the VPC -------------------------------------------------------------------
 
@@ -516,6 +595,7 @@ class HaproxyHa(Construct):
                 profile=self.timing_profile,
                 listeners=settings.listeners,
                 stats_port=settings.stats_port,
+                metrics=settings.metrics,
             )
             for i, me in enumerate(addresses)
         ]
@@ -969,13 +1049,14 @@ def _path_in_stack(scope: Construct) -> str:
     return scope.node.path[len(stack_path) + 1:] if stack_path else scope.node.path
 
 
-def _group_name(stack_name: str, path: str) -> str:
-    """A node group's physical name: the stack's name, the node's path in the stack (cut to fit
-    the 255 characters of a group name with a stack name of up to 128) and a hash of that path.
-    Stack names are unique in an account and region, and paths in a stack, so the name is too."""
+def _group_name(stack_name: str, path: str, max_len: int = GROUP_NAME_MAX) -> str:
+    """A node group's physical name (or, with a shorter `max_len`, the pair's name): the stack's
+    name, the path in the stack (cut to fit `max_len` characters with a stack name of up to 128)
+    and a hash of that path.  Stack names are unique in an account and region, and paths in a
+    stack, so the name is too."""
     readable = re.sub(r"[^A-Za-z0-9]+", "-", path).strip("-")
     digest = hashlib.sha256(path.encode()).hexdigest()[:8]
-    room = GROUP_NAME_MAX - STACK_NAME_MAX - len(digest) - 2
+    room = max_len - STACK_NAME_MAX - len(digest) - 2
     return f"{stack_name}-{readable[:room].rstrip('-')}-{digest}"
 
 

@@ -24,6 +24,15 @@ class NodeLifecycle:
 
 
 @dataclass(frozen=True)
+class NodeMetrics:
+    """What one node's document says about its metrics: the pair's name (the Pair dimension), and
+    whether HAProxy's per-listener metrics are published too."""
+
+    metrics_pair: str
+    detailed_metrics: bool
+
+
+@dataclass(frozen=True)
 class NodeAddress:
     """What one node's config document says about a node: its name, ENI and primary IP (tokens allowed)."""
 
@@ -48,11 +57,13 @@ def node_config_document(
     stats_port: int,
     reconciler: str | None = None,
     lifecycle: NodeLifecycle | None = None,
+    metrics: NodeMetrics | None = None,
 ) -> dict[str, Any]:
     """The document for node `me`, with `{node}` in static replies filled in.  `interface` is
     null: the node finds the interface that holds local_ip.  `reconciler` is the function the
     agent invokes to create a missing route (its ARN; a token at synth time).  `lifecycle` names
-    the node's group, hook and signal (None: a node in no group)."""
+    the node's group, hook and signal (None: a node in no group); `metrics` its pair's name and how
+    much it publishes (None: no named pair)."""
     node_listeners = tuple(
         dataclasses.replace(lst, static_reply=lst.static_reply.replace("{node}", me.name))
         if lst.static_reply is not None else lst
@@ -70,6 +81,7 @@ def node_config_document(
         vpc_id=vpc_id,
         reconciler=reconciler,
         **(dataclasses.asdict(lifecycle) if lifecycle is not None else {}),
+        **(dataclasses.asdict(metrics) if metrics is not None else {}),
         priority=priority,
         preempt=preempt,
         virtual_router_id=virtual_router_id,

@@ -42,6 +42,12 @@ class HaproxyHaStack(Stack):
         lb = self.haproxy
         # Vip, VpcId, RouteTableIds and the node ENIs: what `haproxy-ha status --stack NAME` reads.
         lb.add_outputs()
+        CfnOutput(self, "Dashboard", value=lb.dashboard.dashboard_name,
+                  description="The pair's CloudWatch dashboard")
+        for key, log_group, what in (("AgentLogGroup", lb.log_groups.agent, "the agents' JSON events"),
+                                     ("HaproxyLogGroup", lb.log_groups.haproxy, "HAProxy's access log"),
+                                     ("KeepalivedLogGroup", lb.log_groups.keepalived, "keepalived's log")):
+            CfnOutput(self, key, value=log_group.log_group_name, description=f"Log group: {what}, both nodes")
         for n in lb.nodes:
             label = n.name.upper()
             group = n.auto_scaling_group_name

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aws_cdk import Duration, Token
+from aws_cdk import aws_logs as logs
 
 from haproxy_ha.listener import Listener, listener_documents
 from haproxy_ha_runtime import config
@@ -156,3 +157,56 @@ def check_route_table_ids(problems: Problems, prop: str, ids: Sequence[str]) -> 
             continue
         if not isinstance(rtb, str) or not config.RTB_RE.match(rtb):
             problems.bad(f"{prop}[{i}]", rtb, "a route table ID such as rtb-0123456789abcdef0")
+
+
+# Observability props (issue 13).  A pair is "degraded" for this long before its alarm fires:
+# longer than a node's replacement takes, so that a planned replacement pages nobody.  CloudWatch
+# evaluates at most a day of one-minute periods.
+DEFAULT_LOG_RETENTION = logs.RetentionDays.ONE_MONTH
+DEFAULT_DEGRADED_AFTER = Duration.minutes(15)
+DEGRADED_AFTER_MAX_MINUTES = 1440
+
+
+@dataclass(frozen=True)
+class CheckedObservability:
+    """The observability props as the construct uses them (defaults filled in); None where a
+    problem was recorded."""
+
+    log_retention: logs.RetentionDays | None
+    degraded_after_minutes: int | None
+    detailed_metrics: bool | None
+
+
+def check_observability(problems: Problems, *, log_retention: Any, degraded_after: Any, detailed_metrics: Any,
+                        alarm_topic: Any, cloudtrail_log_group: Any) -> CheckedObservability:
+    """Check the props of the pair's logs, alarms and dashboard."""
+    retention = DEFAULT_LOG_RETENTION if log_retention is None else log_retention
+    if not isinstance(retention, logs.RetentionDays):
+        problems.bad("log_retention", retention, "a logs.RetentionDays, such as RetentionDays.ONE_MONTH")
+        retention = None
+    minutes = _whole_minutes(problems, "degraded_after", DEFAULT_DEGRADED_AFTER if degraded_after is None
+                             else degraded_after, 1, DEGRADED_AFTER_MAX_MINUTES)
+    detailed = problems.boolean(detailed_metrics, "detailed_metrics")
+    # jsii interfaces cannot be checked with isinstance: look for what the construct reads.
+    if alarm_topic is not None and not isinstance(getattr(alarm_topic, "topic_arn", None), str):
+        problems.bad("alarm_topic", alarm_topic, "an sns.ITopic (sns.Topic, or sns.Topic.from_topic_arn), or None")
+    if cloudtrail_log_group is not None and not isinstance(getattr(cloudtrail_log_group, "log_group_name", None), str):
+        problems.bad("cloudtrail_log_group", cloudtrail_log_group,
+                     "a logs.ILogGroup that a CloudTrail trail delivers to (logs.LogGroup.from_log_group_name), "
+                     "or None")
+    return CheckedObservability(log_retention=retention, degraded_after_minutes=minutes, detailed_metrics=detailed)
+
+
+def _whole_minutes(problems: Problems, prop: str, value: Any, low: int, high: int) -> int | None:
+    allowed = f"a Duration of whole minutes from {low} to {high}, such as Duration.minutes(15)"
+    if not isinstance(value, Duration):
+        problems.bad(prop, value, allowed)
+        return None
+    if value.is_unresolved():
+        problems.bad(prop, value.to_string(), "a Duration known at synth time, not a token")
+        return None
+    millis = value.to_milliseconds()
+    if millis % 60_000 or not low <= millis // 60_000 <= high:
+        problems.bad(prop, value.to_human_string(), allowed)
+        return None
+    return int(millis // 60_000)

@@ -269,6 +269,15 @@ def _check_role(doc: dict[str, Any], prefix: str, route_actions: set[str], allow
     assert seen == {"route", "describe"} | ({"marker"} if marker else set())
 
 
+METRICS_NAMESPACE_CONDITION = {"StringEquals": {"cloudwatch:namespace": "HaproxyHa"}}
+
+
+def observability_log_groups(doc: dict[str, Any]) -> list[str]:
+    groups = sorted(k for k in resources(doc, "AWS::Logs::LogGroup") if k.startswith("HaproxyHaObservability"))
+    assert len(groups) == 3
+    return groups
+
+
 NODE_FILES_OBJECT = re.compile(r"arn:aws:s3:::cdk-hnb659fds-assets-123456789012-eu-west-1/[0-9a-f]{64}\.zip")
 
 
@@ -288,14 +297,22 @@ def test_each_node_role_grants_exactly_its_nodes_actions_each_on_its_exact_scope
         ("autoscaling:CompleteLifecycleAction", "autoscaling:SetInstanceHealth"):
             f"arn:aws:autoscaling:eu-west-1:123456789012:autoScalingGroup:*:autoScalingGroupName/{group_name}",
         ("cloudformation:SignalResource",): {"Ref": "AWS::StackId"},
+        # PutMetricData has no resource; the condition key keeps it to the pair's namespace.
+        ("cloudwatch:PutMetricData",): "*",
+        # What the CloudWatch agent needs, on the pair's three log groups only.
+        ("logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"):
+            by_sorted_json([{"Fn::GetAtt": [g, "Arn"]} for g in observability_log_groups(app_doc)]),
     }
     found: dict[tuple[str, ...], Any] = {}
     for st in statements(app_doc, f"HaproxyHaNode{node}Role"):
-        assert st["Effect"] == "Allow" and "Condition" not in st
         actions = tuple(sorted(actions_of(st)))
+        assert st["Effect"] == "Allow"
+        assert st.get("Condition") == (METRICS_NAMESPACE_CONDITION if actions == ("cloudwatch:PutMetricData",)
+                                       else None)
         assert actions not in found, f"{actions} granted twice"
         resource = st["Resource"]
-        if actions == ("ec2:ReplaceRoute",):
+        if actions in (("ec2:ReplaceRoute",), ("logs:CreateLogStream", "logs:DescribeLogStreams",
+                                                "logs:PutLogEvents")):
             resource = by_sorted_json(resource)
         elif actions == ("s3:GetObject",):
             assert NODE_FILES_OBJECT.fullmatch(resource), resource

@@ -129,3 +129,10 @@ def test_the_drain_timeout_bounds_of_the_prop_are_the_documents(stack: Stack, se
     except ConfigError as e:
         document = [p for p in e.problems if p.startswith("drain_timeout_s:")]
     assert (not prop, not document) == (accepted, accepted)
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_a_bad_detailed_metrics_gets_the_same_problem_from_props_and_document(stack: Stack, value: Any) -> None:
+    from_props = construct_problems(stack, detailed_metrics=value)
+    assert from_props == document_problems(detailed_metrics=value)
+    assert from_props == [f"detailed_metrics: got {value!r}; allowed: true or false"]
