@@ -3,6 +3,8 @@
 It talks to whatever EC2 endpoint boto3 is configured for (region, profile, AWS_ENDPOINT_URL).
 With `--stack NAME` it reads the VIP, the VPC, the route tables and the node ENIs from that
 CloudFormation stack's outputs (see haproxy_ha_cli.outputs) instead of taking them as options.
+`status` also shows each node's health from the pair's CloudWatch metrics (haproxy_ha_cli.health);
+health never changes the exit code.
 Exit codes: 0 ok; 1 the routes disagree, are not healthy, or a move did not converge;
 2 bad input (a malformed VIP, an unknown node, no table holding the VIP, a target that is not
 running, routes in more than one VPC).
@@ -23,7 +25,7 @@ from typing import Any
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
-from haproxy_ha_cli import outputs
+from haproxy_ha_cli import health, outputs
 from haproxy_ha_runtime import routes
 from haproxy_ha_runtime.tags import NODE_TAG, OPERATOR_CHOICE_TAG
 
@@ -80,6 +82,8 @@ class Scope:
     expected_tables: tuple[str, ...] | None = None
     node_enis: tuple[str, ...] = ()
     stack: str | None = None
+    # The pair's name (the Pair dimension of its metrics): --pair, or the stack's MetricsPair output.
+    pair: str | None = None
 
 
 def stack_scope(session: Any, stack: str, prefix: str = "") -> Scope:
@@ -107,7 +111,8 @@ def stack_scope(session: Any, stack: str, prefix: str = "") -> Scope:
     tables = tuple(dict.fromkeys(t.strip() for t in values[tables_key].split(",") if t.strip()))
     enis = tuple(values[prefix + outputs.node_eni_key(n)] for n in ("a", "b")
                  if values.get(prefix + outputs.node_eni_key(n)))
-    return Scope(vip=vip, vpc_id=values[vpc_key], expected_tables=tables, node_enis=enis, stack=stack)
+    return Scope(vip=vip, vpc_id=values[vpc_key], expected_tables=tables, node_enis=enis, stack=stack,
+                 pair=values.get(prefix + outputs.METRICS_PAIR) or None)
 
 
 def node_name(owner: routes.EniOwner) -> str | None:
@@ -138,9 +143,26 @@ def _tables_for(client: Any, scope: Scope) -> tuple[list[str], dict[str, routes.
     return sorted(found), found
 
 
-def _status(client: Any, scope: Scope, args: argparse.Namespace) -> int:
+def _node_health(session: Any, scope: Scope, known_nodes: set[str]) -> tuple[list[health.NodeHealth], str | None]:
+    """Each node's health from the pair's metrics, and why there is none, if there is none."""
+    if scope.pair is None:
+        return [], ("no MetricsPair output in stack " + scope.stack if scope.stack
+                    else "give --pair (the pair's MetricsPair output), or use --stack")
+    cloudwatch = health.client(session)
+    try:
+        nodes = sorted(known_nodes | set(health.published_nodes(cloudwatch, scope.pair)))
+        if not nodes:
+            return [], f"no node published metrics under pair {scope.pair}"
+        return health.read(cloudwatch, scope.pair, nodes), None
+    except (ClientError, BotoCoreError) as e:
+        return [], f"CloudWatch could not be read: {e}"
+
+
+def _status(client: Any, scope: Scope, args: argparse.Namespace, session: Any) -> int:
     tables, views = _tables_for(client, scope)
-    who = routes.eni_owners(client, [v.eni_id for v in views.values() if v.eni_id])
+    # The stack's node ENIs too: a node that is no route's target still has health to show.
+    who = routes.eni_owners(client, list(dict.fromkeys(
+        [*(v.eni_id for v in views.values() if v.eni_id), *scope.node_enis])))
     rows = []
     for table_id in tables:
         v = views.get(table_id)
@@ -156,22 +178,34 @@ def _status(client: Any, scope: Scope, args: argparse.Namespace) -> int:
         })
     agree = len({r["target"] for r in rows}) == 1
     healthy = all(r["route_state"] == routes.ROUTE_ACTIVE and r["instance_state"] == "running" for r in rows)
+    known = {name for name in (node_name(o) for o in who.values()) if name}
+    nodes, no_health = _node_health(session, scope, known)
     if args.json:
         print(json.dumps({"vip": scope.vip, "stack": scope.stack, "agree": agree, "healthy": healthy,
-                          "tables": rows}, indent=2))
+                          "tables": rows, "pair": scope.pair, "nodes": [n.to_json() for n in nodes],
+                          "nodes_unavailable": no_health}, indent=2))
     else:
-        header = ("ROUTE TABLE", "TARGET", "NODE", "INSTANCE", "INSTANCE STATE", "ROUTE")
-        lines = [header] + [(r["route_table_id"], r["target"] or "-", r["node"] or "-", r["instance_id"] or "-",
-                             r["instance_state"] or "-", r["route_state"]) for r in rows]
-        widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-        for line in lines:
-            print("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)).rstrip())
+        _print_table(("ROUTE TABLE", "TARGET", "NODE", "INSTANCE", "INSTANCE STATE", "ROUTE"),
+                     [[r["route_table_id"], r["target"] or "-", r["node"] or "-", r["instance_id"] or "-",
+                       r["instance_state"] or "-", r["route_state"]] for r in rows])
+        print()
+        if nodes:
+            _print_table(("NODE", "VRRP", "HAPROXY", "EC2 API"), health.rows(nodes))
+        else:
+            print(f"node health: not shown: {no_health}")
         lost = sum(1 for r in rows if r["route_state"] in (routes.ROUTE_MISSING, TABLE_NOT_FOUND))
         print(f"\nVIP {scope.vip}: {len(rows)} table(s)" + (f" of stack {scope.stack}" if scope.stack else "") + "; "
               + ("all point at the same target" if agree else "TABLES DISAGREE")
               + ("" if healthy else "; NOT ALL ROUTES ARE ACTIVE AT A RUNNING NODE")
               + (f"; {lost} TABLE(S) WITHOUT THE ROUTE" if lost else ""))
     return 0 if agree and healthy else 1
+
+
+def _print_table(header: Sequence[str], body: Sequence[Sequence[str | None]]) -> None:
+    lines = [list(header), *body]
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)).rstrip())
 
 
 def resolve_target(client: Any, to: str, vpc_ids: set[str], among: Sequence[str] = ()) -> tuple[str, str | None]:
@@ -299,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "HaproxyHa.add_outputs (default: none)")
         p.add_argument("--vpc-id", help="only route tables of this VPC (not with --stack)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--pair", help="with --vip: the pair's name (its MetricsPair output), to show each node's "
+                                       "health from its metrics (with --stack it comes from the stack)")
     failover.add_argument("--to", required=True, help="an ENI ID, or a node name (tag haproxy-ha:node or Name)")
     failover.add_argument("--dry-run", action="store_true", help="show what would move, change nothing")
     failover.add_argument("--force", action="store_true",
@@ -309,12 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _scope(session: Any, args: argparse.Namespace) -> Scope:
+    pair = getattr(args, "pair", None)
     if args.stack is None:
         if args.output_prefix:
             raise UsageError("--output-prefix: only with --stack")
-        return Scope(vip=args.vip, vpc_id=args.vpc_id)
+        return Scope(vip=args.vip, vpc_id=args.vpc_id, pair=pair)
     if args.vpc_id:
         raise UsageError("--vpc-id: not with --stack; the stack's VpcId output names the VPC")
+    if pair is not None:
+        raise UsageError("--pair: not with --stack; the stack's MetricsPair output names the pair")
     if not outputs.PREFIX_RE.match(args.output_prefix):
         raise UsageError(f"--output-prefix: got {args.output_prefix!r}; allowed: letters and digits")
     return stack_scope(session, args.stack, args.output_prefix)
@@ -327,7 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         session = _session(args.region)
         scope = _scope(session, args)
         client = _client(session)
-        return int(_status(client, scope, args) if args.command == "status" else _failover(client, scope, args))
+        return int(_status(client, scope, args, session) if args.command == "status"
+                   else _failover(client, scope, args))
     except UsageError as e:
         print(f"haproxy-ha: error: {e}", file=sys.stderr)
         return 2

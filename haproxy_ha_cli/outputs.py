@@ -11,6 +11,8 @@ VIP = "Vip"
 VPC_ID = "VpcId"
 # The route tables that hold the VIP route, comma-separated.
 ROUTE_TABLE_IDS = "RouteTableIds"
+# The pair's name: the Pair dimension of its metrics, which `status` reads node health from.
+METRICS_PAIR = "MetricsPair"
 # One output key per node, e.g. NodeAEniId.
 NODE_ENI_ID = "Node{label}EniId"
 

@@ -186,8 +186,9 @@ def test_add_outputs_publishes_what_the_cli_reads(stack: Stack) -> None:
     lb.add_outputs(prefix="Edge")
     doc = template_json(stack)
     keys = [outputs.VIP, outputs.VPC_ID, outputs.ROUTE_TABLE_IDS, outputs.node_eni_key("a"),
-            outputs.node_eni_key("b")]
+            outputs.node_eni_key("b"), outputs.METRICS_PAIR]
     assert sorted(doc["Outputs"]) == sorted("Edge" + k for k in keys)
+    assert doc["Outputs"]["EdgeMetricsPair"]["Value"] == lb.metrics_pair == "Test-Lb-" + lb.metrics_pair[-8:]
     assert doc["Outputs"]["EdgeVip"]["Value"] == "192.168.254.10"
     assert len(doc["Outputs"]["EdgeRouteTableIds"]["Value"]["Fn::Join"][1]) == 4
     assert doc["Outputs"]["EdgeNodeBEniId"]["Value"] == stack.resolve(lb.nodes[1].eni_id)
