@@ -3,7 +3,7 @@ publish, the alarms, the dashboard and the saved Logs Insights queries.
 
 The metric names and dimensions are haproxy_ha_runtime.metrics', which the nodes publish under
 (the Pair dimension is the construct's `metrics_pair`).  Every alarm and graph reads them at a
-one-minute period: the nodes publish their gauges at least once a minute.
+one-minute period, so they expect each node's gauges at least once a minute.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from haproxy_ha_runtime import config, metrics
 
 PERIOD = Duration.minutes(1)
 # A node with no successful EC2 call for this many minutes fires its alarm: one failed call is
-# not an outage, and the BACKUP checks about once a minute.
+# not an outage, and a node checks about once a minute, the BACKUP too.
 API_UNREACHABLE_MINUTES = 3
 # CloudTrail delivers to CloudWatch Logs minutes after the call: a longer period lets a late
 # event still fall in a period that the alarm evaluates.
@@ -247,7 +247,8 @@ def make_alarms(scope: Construct, pm: PairMetrics, listeners: Sequence[config.Li
 
 def route_write_pattern(vip: str, role_arns: Sequence[str]) -> logs.IFilterPattern:
     """CloudTrail events of a route write by one of `role_arns` whose destination is not the VIP
-    /32 (an IPv6 or prefix-list destination has no destinationCidrBlock at all)."""
+    /32 (an IPv6 or prefix-list destination has no destinationCidrBlock at all).  With three
+    roles of the longest names it is about 760 characters, within the 1024 a filter may have."""
     pattern = logs.FilterPattern
     destination = "$.requestParameters.destinationCidrBlock"
     return pattern.all(
@@ -378,15 +379,16 @@ def make_log_queries(scope: Construct, pair: str, nodes: Sequence[str],
                      log_groups: HaproxyHaLogGroups) -> HaproxyHaLogQueries:
     """The three queries an operator runs first, saved under haproxy-ha/PAIR/ in Logs Insights."""
 
-    def saved(id: str, name: str, query: logs.QueryString, group: logs.LogGroup) -> logs.QueryDefinition:
-        return logs.QueryDefinition(scope, id, query_definition_name=f"haproxy-ha/{pair}/{name}",
+    def saved(parent: Construct, id: str, name: str, query: logs.QueryString,
+              group: logs.LogGroup) -> logs.QueryDefinition:
+        return logs.QueryDefinition(parent, id, query_definition_name=f"haproxy-ha/{pair}/{name}",
                                     query_string=query, log_groups=[group])
 
     states = Construct(scope, "StateChangesQuery")
     return HaproxyHaLogQueries(
-        failovers=saved("FailoversQuery", "failovers", failovers_query(), log_groups.agent),
-        errors_5xx_by_backend=saved("Errors5xxQuery", "5xx by backend", errors_5xx_query(), log_groups.haproxy),
-        state_changes={n: logs.QueryDefinition(states, n, query_definition_name=f"haproxy-ha/{pair}/node {n} states",
-                                               query_string=state_changes_query(n), log_groups=[log_groups.agent])
+        failovers=saved(scope, "FailoversQuery", "failovers", failovers_query(), log_groups.agent),
+        errors_5xx_by_backend=saved(scope, "Errors5xxQuery", "5xx by backend", errors_5xx_query(),
+                                    log_groups.haproxy),
+        state_changes={n: saved(states, n, f"node {n} states", state_changes_query(n), log_groups.agent)
                        for n in nodes},
     )

@@ -232,6 +232,11 @@ def test_route_writes_not_to_the_vip_are_counted_from_cloudtrail_per_role_and_al
     assert shape(alarm) == (GE, 1, 1, 1, "notBreaching")
 
 
+def test_the_route_write_pattern_fits_the_1024_characters_of_a_filter_with_the_longest_role_names() -> None:
+    arn = "arn:aws-us-gov:iam::123456789012:role/" + "r" * 64
+    assert len(observability.route_write_pattern("255.255.255.254", [arn] * 3).log_pattern_string) <= 1024
+
+
 # --- dashboard ------------------------------------------------------------------------------------
 
 def widgets(s: Synth) -> list[dict[str, Any]]:
