@@ -418,6 +418,8 @@ class HaproxyHa(Construct):
                 "permissions (the mutating route calls are scoped to this stack's tables); cloudwatch:PutMetricData "
                 f"supports none either, and is limited to the {metrics.NAMESPACE} namespace by the "
                 "cloudwatch:namespace condition."))
+        # The reconciler's metrics carry the Pair dimension too (the dashboard's last graph).
+        self.reconcile_function.add_environment(observability.RECONCILER_PAIR_VARIABLE, self.metrics_pair)
         names = tuple(n.name for n in self.nodes)
         pair_metrics = observability.PairMetrics(self.metrics_pair, names)
         alarms = observability.make_alarms(

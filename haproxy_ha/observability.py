@@ -33,6 +33,8 @@ ROUTE_AUDIT_PERIOD = Duration.minutes(5)
 ROUTE_WRITES_NOT_VIP = "RouteWritesNotVip"
 ROLE = "Role"
 ROUTE_WRITE_EVENTS = ("CreateRoute", "ReplaceRoute", "DeleteRoute")
+# The reconciler finds the pair's name (its metrics' Pair dimension) in this environment variable.
+RECONCILER_PAIR_VARIABLE = "METRICS_PAIR"
 # The Logs Insights queries list this many events at most.
 QUERY_LIMIT = 50
 # HAProxy's `option httplog` line: "... [accept date] frontend backend/server TR/Tw/Tc/Tr/Ta

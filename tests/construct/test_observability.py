@@ -126,6 +126,13 @@ def test_pair_names_differ_between_stacks_and_pairs_and_fit_with_the_longest_sta
     assert all(config.PAIR_RE.fullmatch(n) for n in names)
 
 
+def test_the_reconciler_gets_the_pairs_name_for_its_metrics(app_doc: dict[str, Any]) -> None:
+    (reconcile,) = [v for k, v in app_doc["Resources"].items()
+                    if v["Type"] == "AWS::Lambda::Function" and "Reconcile" in k]
+    pair = next(iter(node_documents(app_doc).values()))["metrics_pair"]
+    assert reconcile["Properties"]["Environment"]["Variables"]["METRICS_PAIR"] == pair
+
+
 def test_detailed_metrics_off_reaches_the_documents(lean: Synth) -> None:
     assert lean.lb.detailed_metrics is False
     assert [d["detailed_metrics"] for d in node_documents(lean.doc).values()] == [False, False]
