@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from botocore.exceptions import ClientError
 
 from haproxy_ha_runtime import routes
 from tests.conftest import VIP, client_for, make_world, targets
@@ -131,6 +132,19 @@ def test_ensure_routes_creates_missing_and_never_repoints(moto: str) -> None:
         assert result.converged
     assert targets(c, world.tables) == {world.tables[0]: world.eni_b, world.tables[1]: world.eni_a,
                                         world.tables[2]: world.eni_a}
+
+
+def test_the_proxy_refuses_a_duplicate_create_route_as_ec2_does(moto: str, proxy) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url), 1)
+    kwargs = {"RouteTableId": world.tables[0], "DestinationCidrBlock": VIP + "/32", "NetworkInterfaceId": world.eni_b}
+    with pytest.raises(ClientError) as caught:
+        world.client.create_route(**kwargs)
+    error = caught.value.response
+    assert error["Error"]["Code"] == "RouteAlreadyExists"
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert targets(world.client, world.tables) == {world.tables[0]: world.eni_a}
+    assert proxy.state.stats()["route_exists"] == 1
+    client_for(moto).create_route(**kwargs)  # moto itself accepts it: that is why the proxy refuses it
 
 
 def test_delete_routes_is_idempotent(moto: str) -> None:
