@@ -97,6 +97,36 @@ def test_take_over_stops_writing_once_cancelled(proxy) -> None:  # type: ignore[
     assert proxy.state.stats()["calls"]["ReplaceRoute"] == writes_at_cancel
 
 
+def test_take_over_rewrites_writes_that_answered_but_did_not_land(proxy) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url), 5)
+    # Three ReplaceRoutes answer 200 and change nothing: only reading the tables back shows it.
+    proxy.state.set_fault("lose", 3, ["ReplaceRoute"])
+    result = routes.take_over(world.client, VIP, world.tables, world.eni_b, deadline_s=5)
+    assert result.converged, result.tables
+    assert set(targets(world.client, world.tables).values()) == {world.eni_b}
+    stats = proxy.state.stats()
+    assert stats["faults"] == {"ReplaceRoute": 3}
+    assert stats["calls"]["ReplaceRoute"] == 5 + 3  # each lost write written once more, no other
+    assert sorted(t.attempts for t in result.tables) == [1, 1, 2, 2, 2]
+
+
+def test_take_over_reports_writes_that_never_land(proxy) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url), 3)
+    c = world.client
+    c.replace_route(RouteTableId=world.tables[0], DestinationCidrBlock=VIP + "/32", NetworkInterfaceId=world.eni_b)
+    proxy.state.set_fault("lose", 10_000, ["ReplaceRoute", "CreateRoute"])
+    t0 = time.monotonic()
+    result = routes.take_over(c, VIP, world.tables, world.eni_b, deadline_s=0.5)
+    assert time.monotonic() - t0 < 3.0
+    assert not result.converged and not result.cancelled
+    # tables[0] already pointed at b, so it verifies; the other two are named, with the reason.
+    assert {t.route_table_id: t.error for t in result.tables if not t.ok} == {
+        t: "route did not point at the ENI when verified" for t in world.tables[1:]}
+    assert all(t.attempts >= 2 for t in result.tables[1:])  # it wrote them again until the deadline
+    assert targets(c, world.tables) == {world.tables[0]: world.eni_b, world.tables[1]: world.eni_a,
+                                        world.tables[2]: world.eni_a}
+
+
 def test_blackholed_route_needs_repair_and_is_repaired(proxy) -> None:  # type: ignore[no-untyped-def]
     world = make_world(client_for(proxy.url), 3)
     proxy.state.blackhole = {world.eni_a}
