@@ -9,7 +9,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from haproxy_ha_runtime import routes
-from tests.conftest import VIP, client_for, make_world, targets
+from tests.conftest import VIP, client_for, make_world, run_at_once, targets, vip_route_count
 
 
 @pytest.mark.parametrize("n_tables", [1, 50])
@@ -175,6 +175,20 @@ def test_the_proxy_refuses_a_duplicate_create_route_as_ec2_does(moto: str, proxy
     assert targets(world.client, world.tables) == {world.tables[0]: world.eni_a}
     assert proxy.state.stats()["route_exists"] == 1
     client_for(moto).create_route(**kwargs)  # moto itself accepts it: that is why the proxy refuses it
+
+
+def test_ensure_routes_run_twice_at_once_creates_each_route_once(proxy) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url), 3, with_routes=False)
+    # Both runs read the tables before either creates: every route is created by one, refused to the other.
+    proxy.state.release_together("CreateRoute", 2 * 3)
+    results = run_at_once(*[lambda: routes.ensure_routes(client_for(proxy.url), VIP, world.tables, world.eni_a)] * 2)
+    assert proxy.state.hook_errors == []
+    assert proxy.state.stats()["route_exists"] == 3
+    assert all(r.converged for r in results), [r.tables for r in results]
+    for i, table in enumerate(world.tables):
+        assert sorted(r.tables[i].action for r in results) == ["created", "unchanged"], table
+    assert vip_route_count(world.client, world.tables) == dict.fromkeys(world.tables, 1)
+    assert set(targets(world.client, world.tables).values()) == {world.eni_a}
 
 
 def test_delete_routes_is_idempotent(moto: str) -> None:
