@@ -299,6 +299,28 @@ def test_reconcile_raises_when_a_move_it_attempted_failed(proxy, monkeypatch) ->
     assert set(targets(world.client, world.tables).values()) == {world.eni_a}
 
 
+def test_reconcile_writes_again_a_move_that_did_not_land(proxy) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url), 3)
+    world.client.stop_instances(InstanceIds=[world.instance_a])
+    proxy.state.set_fault("lose", 2, ["ReplaceRoute"])
+    report = handler.reconcile_routes(world.client, VIP, world.tables, _nodes(world), deadline_s=5)
+    assert proxy.state.stats()["faults"] == {"ReplaceRoute": 2}
+    assert report["failed"] == {} and report["converged"]
+    assert set(targets(world.client, world.tables).values()) == {world.eni_b}
+
+
+def test_reconcile_raises_naming_the_tables_whose_move_never_landed(proxy, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url), 2)
+    world.client.stop_instances(InstanceIds=[world.instance_a])
+    _reconcile_env(monkeypatch, proxy.url, world)
+    proxy.state.set_fault("lose", 10_000, ["ReplaceRoute", "CreateRoute"])
+    with pytest.raises(RuntimeError) as caught:
+        handler.reconcile({"detail-type": "Scheduled Event"}, _Context(remaining_s=handler.RESPONSE_RESERVE_S + 1))
+    failed = json.loads(str(caught.value))["failed"]
+    assert failed == dict.fromkeys(world.tables, "route did not point at the ENI when verified")
+    assert set(targets(world.client, world.tables).values()) == {world.eni_a}
+
+
 # --- a stale view: a new MASTER moves the routes while the reconciler reads node states -------------
 
 @pytest.mark.parametrize("slow_call", ["DescribeNetworkInterfaces", "DescribeInstances"])
