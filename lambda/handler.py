@@ -339,7 +339,8 @@ def reconcile_routes(client: Any, vip: str, tables: list[str], nodes: list[dict[
         # One write and one verify per round (deadline 0): a retry must read the table again first.
         result = routes.take_over(client, vip, todo, target, deadline_s=0.0)
         moved.update(dict.fromkeys(result.moved))
-        failed.update({r.route_table_id: r.error for r in result.tables if not r.ok})
+        # What this round could not fix (a table an earlier round failed but this one fixed is no failure).
+        failed = {r.route_table_id: r.error for r in result.tables if not r.ok}
         pending = [r.route_table_id for r in result.tables if not r.ok]
         if not pending or time.monotonic() + pause >= start + deadline_s:
             break
