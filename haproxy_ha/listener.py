@@ -3,10 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from aws_cdk import Duration
+
+from haproxy_ha_runtime.config import HealthCheck as _DocumentHealthCheck
 from haproxy_ha_runtime.problems import Problems
+
+_DEFAULT_CHECK = _DocumentHealthCheck()
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """How HAProxy checks a listener's backend servers, with the fields of an ELB target group's
+    health check.  A check runs every `interval` and gets `timeout` to answer once connected (at
+    most `interval`); a server is up after `healthy_threshold_count` good checks in a row and
+    down after `unhealthy_threshold_count` bad ones.  For `mode="http"`, the check is a GET of
+    `path` (default: the listener's `check_path`), good when its status is in
+    `healthy_http_codes`, in ELB's syntax ("200", "200,202", "200-299")."""
+
+    interval: Duration = field(default_factory=lambda: Duration.seconds(_DEFAULT_CHECK.interval_s))
+    timeout: Duration = field(default_factory=lambda: Duration.seconds(_DEFAULT_CHECK.timeout_s))
+    healthy_threshold_count: int = _DEFAULT_CHECK.healthy_threshold
+    unhealthy_threshold_count: int = _DEFAULT_CHECK.unhealthy_threshold
+    healthy_http_codes: str = _DEFAULT_CHECK.status_codes
+    path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -25,6 +47,7 @@ class Listener:
     name: str | None = None
     check_path: str = "/"
     static_reply: str | None = None
+    health_check: HealthCheck | None = None
 
     @property
     def resolved_name(self) -> str:
@@ -54,15 +77,61 @@ def listener_documents(problems: Problems, listeners: Sequence[Any]) -> list[Any
         if not isinstance(lst, Listener):
             problems.bad(where, lst, "a haproxy_ha.Listener")
             continue
+        check_path: Any = lst.check_path
+        health_check = None
+        if lst.health_check is not None:
+            health_check, path = _health_check_document(problems, f"{where}.health_check", lst.health_check)
+            if path is not None:
+                if lst.check_path != "/":
+                    problems.bad(f"{where}.health_check.path", path,
+                                 f"None when check_path is set (check_path is {lst.check_path!r})")
+                problems.alias(f"{where}.check_path", f"{where}.health_check.path", path)
+                check_path = path
         out.append({
             "name": lst.resolved_name,
             "port": lst.port,
             "mode": lst.mode,
             "backends": _backend_documents(problems, where, lst.backends),
-            "check_path": lst.check_path,
+            "check_path": check_path,
             "static_reply": lst.static_reply,
+            "health_check": health_check,
         })
     return out
+
+
+def _seconds(problems: Problems, where: str, value: Any) -> Any:
+    """A Duration prop as the document's seconds (anything else as it is, for the runtime's rule)."""
+    if not isinstance(value, Duration):
+        problems.bad(where, value, "a Duration, such as Duration.seconds(5)")
+        return None
+    if value.is_unresolved():
+        problems.bad(where, value.to_string(), "a Duration known at synth time, not a token")
+        return None
+    return value.to_milliseconds() / 1000
+
+
+def _health_check_document(problems: Problems, where: str, check: Any) -> tuple[Any, Any]:
+    """The document's `health_check` object for a HealthCheck prop, and its path (or None).
+    The runtime's rules check it; their problems name the prop's fields."""
+    if not isinstance(check, HealthCheck):
+        problems.bad(where, check, "a haproxy_ha.HealthCheck")
+        return None, None
+    fields = {"interval_s": ("interval", check.interval), "timeout_s": ("timeout", check.timeout),
+              "healthy_threshold": ("healthy_threshold_count", check.healthy_threshold_count),
+              "unhealthy_threshold": ("unhealthy_threshold_count", check.unhealthy_threshold_count),
+              "status_codes": ("healthy_http_codes", check.healthy_http_codes)}
+    doc: dict[str, Any] = {}
+    for key, (prop, value) in fields.items():
+        if key.endswith("_s"):
+            if isinstance(value, Duration):
+                shown = value.to_string() if value.is_unresolved() else value.to_human_string()
+                problems.alias(f"{where}.{key}", f"{where}.{prop}", shown)
+            value = _seconds(problems, f"{where}.{prop}", value)
+        else:
+            problems.alias(f"{where}.{key}", f"{where}.{prop}", value)
+        if value is not None:
+            doc[key] = value
+    return doc, check.path
 
 
 def _backend_documents(problems: Problems, where: str, backends: Any) -> Any:

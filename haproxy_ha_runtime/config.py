@@ -92,6 +92,21 @@ class Backend:
 
 
 @dataclass(frozen=True)
+class HealthCheck:
+    """How HAProxy checks a listener's backend servers, as an ELB target group does: every
+    `interval_s`, each check given `timeout_s` to answer once connected; a server is up after
+    `healthy_threshold` good checks in a row and down after `unhealthy_threshold` bad ones.
+    For `http`, an answer is good when its status is in `status_codes` (ELB's matcher syntax:
+    "200", "200,202", "200-299")."""
+
+    interval_s: float = 1.0
+    timeout_s: float = 1.0
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 2
+    status_codes: str = "200-399"
+
+
+@dataclass(frozen=True)
 class Listener:
     """One HAProxy front end on the VIP, and its backend servers (or a static reply)."""
 
@@ -101,6 +116,7 @@ class Listener:
     backends: tuple[Backend, ...] = ()
     check_path: str = "/"
     static_reply: str | None = None
+    health_check: HealthCheck = field(default_factory=HealthCheck)
 
 
 @dataclass(frozen=True)
@@ -289,6 +305,7 @@ def check_listeners(c: Problems, raw: Any, stats_port: int | None, agent_port: i
         if static_reply is not None and mode != "http":
             c.bad(w + ".static_reply", static_reply, "only on a listener with mode 'http'")
         backends = _backends(c, item.get("backends", []), w, static_reply is not None)
+        health_check = check_health_check(c, item.get("health_check"), w + ".health_check", mode)
         if port is not None:
             if port in ports:
                 c.bad(w + ".port", port, f"a port no other listener uses ({ports[port]} already listens on it)")
@@ -304,8 +321,57 @@ def check_listeners(c: Problems, raw: Any, stats_port: int | None, agent_port: i
         if name is not None and port is not None and mode in ("http", "tcp"):
             out.append(Listener(name=name, port=port, mode=mode, backends=backends,
                                 check_path=check_path if isinstance(check_path, str) else "/",
-                                static_reply=static_reply))
+                                static_reply=static_reply, health_check=health_check))
     return tuple(out)
+
+
+# ELB's matcher syntax: codes and ranges, comma-separated.
+_STATUS_CODES_RE = re.compile(r"^\d{3}(-\d{3})?(,\d{3}(-\d{3})?)*$")
+STATUS_CODES_ALLOWED = ("HTTP status codes as ELB writes them: '200', '200,202' or '200-299' "
+                        "(each from 100 to 599, a range from low to high)")
+# Bounds, as (low, high), of the health check's numbers.
+HEALTH_CHECK_BOUNDS: dict[str, tuple[float, float]] = {
+    "interval_s": (0.1, 300), "timeout_s": (0.1, 120), "healthy_threshold": (1, 10), "unhealthy_threshold": (1, 10)}
+
+
+def status_codes_ok(codes: str) -> bool:
+    """Are `codes` in ELB's matcher syntax, each from 100 to 599, each range from low to high?"""
+    if not _STATUS_CODES_RE.match(codes):
+        return False
+    for part in codes.split(","):
+        low, _, high = part.partition("-")
+        if not 100 <= int(low) <= 599 or (high and not int(low) < int(high) <= 599):
+            return False
+    return True
+
+
+def check_health_check(c: Problems, raw: Any, where: str, mode: Any) -> HealthCheck:
+    """A listener's `health_check` object (absent or null: the defaults)."""
+    if raw is None:
+        return HealthCheck()
+    if not isinstance(raw, dict):
+        c.bad(where, raw, "an object with interval_s, timeout_s, healthy_threshold, unhealthy_threshold and "
+                          "status_codes, or null")
+        return HealthCheck()
+    unknown = sorted(set(raw) - {f.name for f in fields(HealthCheck)})
+    if unknown:
+        c.bad(where, unknown, f"only {', '.join(f.name for f in fields(HealthCheck))}")
+    default = HealthCheck()
+    values: dict[str, Any] = {}
+    for name, (low, high) in HEALTH_CHECK_BOUNDS.items():
+        value = raw.get(name, getattr(default, name))
+        checked = (c.number(value, f"{where}.{name}", low, high) if name.endswith("_s")
+                   else c.integer(value, f"{where}.{name}", int(low), int(high)))
+        values[name] = checked if checked is not None else getattr(default, name)
+    if values["timeout_s"] > values["interval_s"]:
+        c.bad(f"{where}.timeout_s", raw.get("timeout_s"), f"at most interval_s ({values['interval_s']:g})")
+    codes = raw.get("status_codes", default.status_codes)
+    if not isinstance(codes, str) or not status_codes_ok(codes):
+        c.bad(f"{where}.status_codes", codes, STATUS_CODES_ALLOWED)
+        codes = default.status_codes
+    elif mode == "tcp" and codes != default.status_codes:
+        c.bad(f"{where}.status_codes", codes, "only on a listener with mode 'http' (a tcp check only connects)")
+    return HealthCheck(status_codes=codes, **values)
 
 
 def _backends(c: Problems, raw: Any, w: str, has_static_reply: bool) -> tuple[Backend, ...]:

@@ -114,10 +114,15 @@ def _backend(lst: Listener) -> list[str]:
         f"    mode {lst.mode}",
         "    balance roundrobin",
     ]
+    hc = lst.health_check
     if lst.mode == "http":
         lines.append(f"    option httpchk GET {lst.check_path}")
+        lines.append(f"    http-check expect status {hc.status_codes}")
+    # How long a check may take once connected (`timeout connect` bounds the connect).
+    lines.append(f"    timeout check {_duration(hc.timeout_s)}")
     # Start even if a backend name does not resolve yet; the health check marks it down.
-    lines.append("    default-server check inter 1s fall 2 rise 2 init-addr last,libc,none")
+    lines.append(f"    default-server check inter {_duration(hc.interval_s)} fall {hc.unhealthy_threshold} "
+                 f"rise {hc.healthy_threshold} init-addr last,libc,none")
     lines += [f"    server {b.name} {b.host}:{b.port}" for b in lst.backends]
     return lines
 

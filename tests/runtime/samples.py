@@ -31,9 +31,12 @@ FAST = doc(profile="fast")
 MANY_LISTENERS = doc(listeners=[
     {"name": "web", "port": 80, "backends": [{"name": "w1", "host": "192.0.2.50", "port": 8080},
                                              {"name": "w2", "host": "app.internal", "port": 8080}],
-     "check_path": "/healthz"},
+     "check_path": "/healthz",
+     "health_check": {"interval_s": 5, "timeout_s": 2.5, "healthy_threshold": 3, "unhealthy_threshold": 4,
+                      "status_codes": "200,204,300-302"}},
     {"name": "hello", "port": 81, "static_reply": "hello from haproxy-ha"},
-    {"name": "pg", "port": 5432, "mode": "tcp", "backends": [{"name": "db1", "host": "192.0.2.60", "port": 5432}]},
+    {"name": "pg", "port": 5432, "mode": "tcp", "backends": [{"name": "db1", "host": "192.0.2.60", "port": 5432}],
+     "health_check": {"interval_s": 0.5, "timeout_s": 0.25, "unhealthy_threshold": 1}},
     {"name": "api", "port": 8443, "mode": "tcp", "backends": [{"name": "api1", "host": "192.0.2.70", "port": 443},
                                                              {"name": "api2", "host": "192.0.2.71", "port": 443}]},
 ], preempt=True, virtual_router_id=7)

@@ -70,6 +70,15 @@ def test_haproxy_has_listeners_backends_checks_health_and_journal_logging(tmp_pa
     assert 'string "hello from haproxy-ha\\n"' in text
     assert "frontend pg\n    bind :5432\n    mode tcp" in text
     assert "default-server check" in text
+    # Each listener's health check, as its document sets it (the defaults where it sets none).
+    web = text.split("\nbackend web\n", 1)[1].split("\n\n", 1)[0]
+    assert "    http-check expect status 200,204,300-302" in web and "    timeout check 2500ms" in web
+    assert "    default-server check inter 5000ms fall 4 rise 3 init-addr last,libc,none" in web
+    pg = text.split("\nbackend pg\n", 1)[1].split("\n\n", 1)[0]
+    assert "http-check" not in pg and "    timeout check 250ms" in pg
+    assert "    default-server check inter 500ms fall 1 rise 2 init-addr last,libc,none" in pg
+    api = text.split("\nbackend api\n", 1)[1].split("\n\n", 1)[0]
+    assert "    default-server check inter 1000ms fall 2 rise 2 init-addr last,libc,none" in api
 
 
 # The binaries the rendered files must pass: Debian 12's (HAProxy 2.6, keepalived 2.2.7) on this
