@@ -21,6 +21,7 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 NAME_ALLOWED = "1-32 lower-case letters, digits or '-', starting with one of the first two"
 _ENI_RE = re.compile(r"^eni-[0-9a-f]{8,17}$")
 RTB_RE = re.compile(r"^rtb-[0-9a-f]{8,17}$")
+_IPV4_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
 _REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 PATH_RE = re.compile(r"^/[!-~]*$")
@@ -84,11 +85,19 @@ _TIMING_BOUNDS: dict[str, tuple[float, float]] = {
 
 @dataclass(frozen=True)
 class Backend:
-    """One server HAProxy sends a listener's traffic to."""
+    """One server HAProxy sends a listener's traffic to.  A host that is a DNS name is resolved
+    by HAProxy while it runs (the document's `resolvers`), into up to `max_addresses` servers
+    that follow the answers with no reload."""
 
     name: str
     host: str
     port: int
+    max_addresses: int = 8
+
+    @property
+    def by_name(self) -> bool:
+        """Is the host a DNS name (not an IPv4 address)?"""
+        return not _IPV4_RE.match(self.host)
 
 
 @dataclass(frozen=True)
@@ -210,6 +219,9 @@ class NodeConfig:
     stats_port: int = 8404
     # The agent answers GET /state on 127.0.0.1 here; HAProxy serves it to the peer on stats_port.
     agent_port: int = 8405
+    # The DNS servers ("address" or "address:port") HAProxy asks for backends given by name.
+    # Empty: those of /etc/resolv.conf, the VPC resolver on a node.
+    resolvers: tuple[str, ...] = ()
     # In the document: only the paths that differ from the defaults.
     paths: Paths = field(default_factory=Paths)
 
@@ -390,8 +402,9 @@ def _backends(c: Problems, raw: Any, w: str, has_static_reply: bool) -> tuple[Ba
         name = c.string(c.get(b, "name", bw + "."), bw + ".name", NAME_RE, NAME_ALLOWED)
         host = c.string(c.get(b, "host", bw + "."), bw + ".host", HOST_RE, "an IPv4 address or a DNS name")
         port = c.integer(c.get(b, "port", bw + "."), bw + ".port", 1, 65535)
-        if name is not None and host is not None and port is not None:
-            out.append(Backend(name=name, host=host, port=port))
+        max_addresses = c.integer(b.get("max_addresses", 8), bw + ".max_addresses", 1, 64)
+        if name is not None and host is not None and port is not None and max_addresses is not None:
+            out.append(Backend(name=name, host=host, port=port, max_addresses=max_addresses))
     return tuple(out)
 
 
@@ -534,6 +547,7 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
     if agent_port is not None and agent_port == stats_port:
         c.bad("agent_port", agent_port, "a port other than stats_port")
     listeners = check_listeners(c, c.get(doc, "listeners", ""), stats_port, agent_port)
+    resolvers = _resolvers(c, doc.get("resolvers", []))
     paths = _paths(c, doc.get("paths"))
 
     if vip is not None and local_ip is not None and vip == local_ip:
@@ -558,7 +572,30 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
         cfn_resource=cfn_resource, drain_timeout_s=drain_timeout_s, replace_unhealthy_after_s=replace_after_s,
         config_bucket=config_bucket, config_key=config_key, status_key=status_key, config_poll_s=config_poll_s,
         preempt=preempt, virtual_router_id=vrid, stats_port=stats_port, agent_port=agent_port, paths=paths,
+        resolvers=resolvers,
     )
+
+
+def _resolvers(c: Problems, raw: Any) -> tuple[str, ...]:
+    allowed = 'a list of at most 3 DNS servers, "address" or "address:port" (IPv4), or [] for /etc/resolv.conf\'s'
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > 3:
+        c.bad("resolvers", raw, allowed)
+        return ()
+    out = []
+    for i, server in enumerate(raw):
+        address, _, port = server.partition(":") if isinstance(server, str) else ("", "", "")
+        try:
+            ipaddress.IPv4Address(address)
+            ok = not port or (port.isdigit() and 1 <= int(port) <= 65535)
+        except ValueError:
+            ok = False
+        if not ok:
+            c.bad(f"resolvers[{i}]", server, allowed)
+        else:
+            out.append(server)
+    return tuple(out)
 
 
 def load_config(path: str) -> NodeConfig:

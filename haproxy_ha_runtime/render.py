@@ -123,8 +123,32 @@ def _backend(lst: Listener) -> list[str]:
     # Start even if a backend name does not resolve yet; the health check marks it down.
     lines.append(f"    default-server check inter {_duration(hc.interval_s)} fall {hc.unhealthy_threshold} "
                  f"rise {hc.healthy_threshold} init-addr last,libc,none")
-    lines += [f"    server {b.name} {b.host}:{b.port}" for b in lst.backends]
+    for b in lst.backends:
+        if b.by_name:
+            # Up to max_addresses servers, filled from the name's A records while HAProxy runs and
+            # changed as the answers change, with no reload.
+            lines.append(f"    server-template {b.name} {b.max_addresses} {b.host}:{b.port} resolvers {RESOLVERS} "
+                         "resolve-prefer ipv4 init-addr none")
+        else:
+            lines.append(f"    server {b.name} {b.host}:{b.port}")
     return lines
+
+
+# The resolvers section that backends given by name use.
+RESOLVERS = "dns"
+
+
+def _resolvers(cfg: NodeConfig) -> list[str]:
+    """The resolvers section, when a backend is given by name: the document's DNS servers, or
+    /etc/resolv.conf's (the VPC resolver on a node)."""
+    if not any(b.by_name for lst in cfg.listeners if lst.static_reply is None for b in lst.backends):
+        return []
+    servers = ([f"    nameserver ns{i + 1} {s if ':' in s else s + ':53'}" for i, s in enumerate(cfg.resolvers)]
+               or ["    parse-resolv-conf"])
+    return ["", f"resolvers {RESOLVERS}", *servers,
+            # Ask again every second; keep a good answer for 10 s while the servers do not answer.
+            "    timeout resolve 1s", "    timeout retry 1s", "    resolve_retries 3", "    hold valid 10s",
+            "    hold obsolete 10s", "    accepted_payload_size 8192"]
 
 
 def _duration(seconds: float) -> str:
@@ -171,6 +195,7 @@ def render_haproxy(cfg: NodeConfig, source: str = "the node config document") ->
         "    mode http",
         "    timeout server 1s",
         f"    server agent 127.0.0.1:{cfg.agent_port}",
+        *_resolvers(cfg),
     ]
     for lst in cfg.listeners:
         out += ["", *_frontend(cfg, lst)]

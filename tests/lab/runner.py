@@ -44,7 +44,7 @@ _OPEN = None
 def lab_options(scenario: Scenario) -> LabOptions:
     s = scenario.setup
     return LabOptions(profile=s.profile, preempt=s.preempt, tables=s.tables, fault_proxy=scenario.fault_proxy,
-                      drain_timeout_s=s.drain_s)
+                      drain_timeout_s=s.drain_s, backends=s.backends)
 
 
 def compare(op: str, value: int, n: int) -> bool:
@@ -345,6 +345,9 @@ class Runner:
         thread.start()
         # Until the request is at a node, it is not in flight there.
         wait_until(lambda: self.lab.sessions_seen(record), 5, "the slow request to reach a node")
+
+    def _do_dns(self, step: Step, result: StepResult) -> None:
+        self.lab.set_dns_answers(list(step.args))
 
     def _do_config(self, step: Step, result: StepResult) -> None:
         result.seen = {"versions": self.lab.change_config(step.verb)}

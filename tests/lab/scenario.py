@@ -43,7 +43,8 @@ _ACTION = re.compile(r"^[A-Z][A-Za-z0-9]{1,63}$")
 
 # Every step, as the errors and the README show it.
 SYNTAX: dict[str, str] = {
-    "lab": f"lab [profile={'|'.join(PROFILES)}] [preempt=on|off] [tables=1..{MAX_TABLES}] [drain=DURATION]",
+    "lab": f"lab [profile={'|'.join(PROFILES)}] [preempt=on|off] [tables=1..{MAX_TABLES}] [drain=DURATION] "
+           "[backends=ip|dns]",
     "kill": f"kill {'|'.join(SERVICES)} on {_NODE}",
     "stop": f"stop {'|'.join(SERVICES)} on {_NODE}",
     "start": f"start {'|'.join(SERVICES)} on {_NODE}",
@@ -56,6 +57,7 @@ SYNTAX: dict[str, str] = {
     "replace": f"replace {_NODE}",
     "request": "request slow DURATION",
     "config": "config add backend|add listener|bad",
+    "dns": "dns answers be1|be2|be3[,...]",
     "cli": f"cli status [--json]; cli failover --to {_NODE} [--dry-run] [--force] [--deadline SECONDS] [--json]",
     "wait": "wait DURATION",
     "mark": "mark NAME",
@@ -109,6 +111,7 @@ class Setup:
     preempt: bool = False
     tables: int = DEFAULT_TABLES
     drain_s: float = 10.0
+    backends: str = "ip"
 
 
 @dataclass(frozen=True)
@@ -239,8 +242,8 @@ class _Parser:
         values: dict[str, str] = {}
         for item in rest.split():
             key, eq, value = item.partition("=")
-            if not eq or key not in ("profile", "preempt", "tables", "drain") or key in values:
-                self.bad(n, "lab", item, "each of profile=, preempt=, tables=, drain= at most once")
+            if not eq or key not in ("profile", "preempt", "tables", "drain", "backends") or key in values:
+                self.bad(n, "lab", item, "each of profile=, preempt=, tables=, drain=, backends= at most once")
                 continue
             values[key] = value
         profile = values.get("profile", Setup.profile)
@@ -259,7 +262,12 @@ class _Parser:
             self.bad(n, "lab", f"drain={drain}", "drain=DURATION" + _DURATION_HELP)
         else:
             drain_s = self._duration(n, "lab", drain, allow_zero=True) or 0.0
-        self.setup = Setup(profile=profile, preempt=preempt == "on", tables=int(tables), drain_s=drain_s)
+        backends = values.get("backends", Setup.backends)
+        if backends not in ("ip", "dns"):
+            self.bad(n, "lab", f"backends={backends}", "backends=ip|dns")
+            backends = Setup.backends
+        self.setup = Setup(profile=profile, preempt=preempt == "on", tables=int(tables), drain_s=drain_s,
+                           backends=backends)
 
     def _service(self, n: int, content: str, rest: str) -> Step | None:
         kind = content.split(" ", 1)[0]
@@ -362,6 +370,14 @@ class _Parser:
             return None
         self.seen_config = True
         return Step(n, content, "config", verb=rest)
+
+    def _dns(self, n: int, content: str, rest: str) -> Step | None:
+        m = self._form(n, "dns", rest, r"answers (?P<names>be[1-3](?:,be[1-3])*)")
+        if m is None:
+            return None
+        if self.setup.backends != "dns":
+            self.bad(n, "dns", rest, "dns answers ... in a lab with backends=dns (a backend given by name)")
+        return Step(n, content, "dns", args=tuple(m["names"].split(",")))
 
     def _cli(self, n: int, content: str, rest: str) -> Step | None:
         try:

@@ -74,7 +74,10 @@ def test_the_lab_line_is_optional_and_the_fault_proxy_only_comes_when_needed() -
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("lab\nreboot a\n", "s.txt:2: got 'reboot'; allowed steps: lab, kill, stop, start, link, partition, heal, api, "
-                         "delete, instance, replace, request, config, cli, wait, mark, expect"),
+                         "delete, instance, replace, request, config, dns, cli, wait, mark, expect"),
+    ("dns answers be1\n", "s.txt:1: dns: got 'answers be1'; allowed: dns answers ... in a lab with backends=dns"),
+    ("lab backends=dns\ndns answers be4\n", "s.txt:2: dns: got 'answers be4'; allowed: answers be1|be2|be3[,...]"),
+    ("lab backends=names\n", "s.txt:1: lab: got 'backends=names'; allowed: backends=ip|dns"),
     ("config remove backend\n", "s.txt:1: config: got 'remove backend'; allowed: add backend|add listener|bad"),
     ("expect config applied on a within 2s\n", "s.txt:1: expect: got 'config applied on a within 2s'; allowed: "
                                                "expect config ... after a config line"),
@@ -119,8 +122,8 @@ def test_the_lab_line_is_optional_and_the_fault_proxy_only_comes_when_needed() -
     ("lab profile=slow\n", "s.txt:1: lab: got 'profile=slow'; allowed: profile=default|fast"),
     ("lab tables=0\n", "s.txt:1: lab: got 'tables=0'; allowed: tables=1..200"),
     ("lab preempt=yes\n", "s.txt:1: lab: got 'preempt=yes'; allowed: preempt=on|off"),
-    ("lab colour=blue\n", "s.txt:1: lab: got 'colour=blue'; allowed: each of profile=, preempt=, tables=, drain= "
-                           "at most once"),
+    ("lab colour=blue\n", "s.txt:1: lab: got 'colour=blue'; allowed: each of profile=, preempt=, tables=, drain=, "
+                           "backends= at most once"),
     ("wait 1s\nlab\n", "s.txt:2: lab: got 'lab'; allowed: one lab line, before every other step"),
     ("start haproxy on a\n", "s.txt:1: start: got 'haproxy on a'; allowed: start a service that a kill or stop line "
                              "ended (haproxy on a is running here)"),

@@ -45,6 +45,18 @@ def test_haproxy_reloads_without_refusing_connections_and_drains_for_drain_timeo
     assert not any(line.split()[:1] == ["hard-stop-after"] for line in global_section(none))
 
 
+def test_backends_by_name_ask_the_documents_dns_servers_and_ip_backends_need_none(tmp_path: Path) -> None:
+    cfg = _cfg(PROFILES["many-listeners"], tmp_path)
+    named = dataclasses.replace(cfg, resolvers=("10.0.0.2", "192.0.2.254:5353"))
+    text = render_haproxy(named)
+    section = text.split("\nresolvers dns\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert section[:2] == ["    nameserver ns1 10.0.0.2:53", "    nameserver ns2 192.0.2.254:5353"]
+    assert "    parse-resolv-conf" not in section
+    only_ips = dataclasses.replace(cfg, listeners=tuple(
+        dataclasses.replace(lst, backends=tuple(b for b in lst.backends if not b.by_name)) for lst in cfg.listeners))
+    assert "resolvers" not in render_haproxy(only_ips)
+
+
 def test_keepalived_is_unicast_vrrpv3_backup_with_a_marker_and_track_file(tmp_path: Path) -> None:
     cfg = _cfg(PROFILES["fast"], tmp_path)
     text = render_keepalived(cfg)
@@ -66,7 +78,10 @@ def test_haproxy_has_listeners_backends_checks_health_and_journal_logging(tmp_pa
     assert f"log {tmp_path}/log.sock local0" in text
     assert "monitor-uri /healthz" in text and "bind :8404" in text
     assert "option httpchk GET /healthz" in text
-    assert "server w2 app.internal:8080" in text
+    # A backend given by name follows its DNS answers (the VPC resolver, from resolv.conf).
+    assert "    server-template w2 8 app.internal:8080 resolvers dns resolve-prefer ipv4 init-addr none" in text
+    assert "    server w1 192.0.2.50:8080" in text
+    assert "\nresolvers dns\n    parse-resolv-conf\n" in text
     assert 'string "hello from haproxy-ha\\n"' in text
     assert "frontend pg\n    bind :5432\n    mode tcp" in text
     assert "default-server check" in text
