@@ -39,6 +39,7 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_route53 as route53
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct, IDependable, IValidation
 
@@ -59,6 +60,7 @@ from haproxy_ha.node_config import NodeAddress, NodeLifecycle, node_config_docum
 from haproxy_ha.validation import (
     DEFAULT_DRAIN_TIMEOUT,
     HaproxyHaPropsError,
+    check_dns_name,
     check_props,
     check_vip_outside,
     is_token,
@@ -218,6 +220,11 @@ class HaproxyHa(Construct):
     """The EC2 interface endpoint in the node subnets (``ec2_endpoint=True``), else None."""
     drain_timeout: Duration
     """How long a leaving node lets requests in flight finish."""
+    dns_name: str | None
+    """The VIP's DNS name (``dns_name``), or None."""
+    hosted_zone: route53.IHostedZone | None
+    """The private hosted zone that holds the VIP's A record (``hosted_zone``, or the one made for
+    ``dns_name``), or None."""
 
     def __init__(
         self,
@@ -243,6 +250,8 @@ class HaproxyHa(Construct):
         nat_gateways: int | None = None,
         ec2_endpoint: bool = False,
         drain_timeout: Duration | None = None,
+        dns_name: str | None = None,
+        hosted_zone: route53.IHostedZone | None = None,
     ) -> None:
         """Create the pair.
 
@@ -282,6 +291,12 @@ class HaproxyHa(Construct):
         :param drain_timeout: How long a node that leaves its group (a replacement, a new AMI)
             lets the requests in flight finish, after it has handed the routes to its peer, before
             it lets the group terminate it. 0 to 3600 seconds. Default: 30 seconds.
+        :param dns_name: A DNS name for the VIP, e.g. "lb.internal.example": an A record in
+            ``hosted_zone``, or in a private hosted zone of that name made for it and associated
+            with the VPC. The record never changes: failover moves routes, not the address.
+            Default: none.
+        :param hosted_zone: A private hosted zone of the VPC (yours) to put the ``dns_name``
+            record in; ``dns_name`` must lie in it. Default: a zone made for ``dns_name``.
         """
         super().__init__(scope, id)
         stack = Stack.of(self)
@@ -295,6 +310,7 @@ class HaproxyHa(Construct):
             allowed_cidrs=allowed_cidrs, extra_route_table_ids=extra_route_table_ids,
             timing_profile=timing_profile, preempt=preempt, virtual_router_id=virtual_router_id,
             stats_port=stats_port, ec2_endpoint=ec2_endpoint, drain_timeout=drain_timeout)
+        check_dns_name(problems, dns_name, hosted_zone)
         built_vpc = vpc is None
         if problems and built_vpc:
             raise HaproxyHaPropsError(self.node.path, problems.items)
@@ -348,6 +364,9 @@ class HaproxyHa(Construct):
             settings, functions.reconcile, endpoints)
         self.vip_routes = self._vip_routes(functions)
         self._reconcile_triggers(functions)
+        self.dns_name, self.hosted_zone = dns_name, None
+        if dns_name is not None:
+            self.hosted_zone = self._vip_record(vpc, dns_name, hosted_zone)
 
         # 4. Show what will run: each node's rendered files, written into the cloud assembly at synth.
         self.node.add_validation(preview.NodeFilesWriter(self, self._preview_files(settings)))
@@ -870,6 +889,17 @@ class HaproxyHa(Construct):
             schedule=events.Schedule.rate(Duration.minutes(1)),
         )
         schedule.add_target(targets.LambdaFunction(functions.reconcile))
+
+    def _vip_record(self, vpc: ec2.IVpc, dns_name: str, zone: route53.IHostedZone | None) -> route53.IHostedZone:
+        """The VIP's A record, in the caller's zone or in a private zone of exactly that name (so
+        that no other name of a parent domain is shadowed in the VPC)."""
+        if zone is None:
+            zone = route53.PrivateHostedZone(self, "Zone", zone_name=dns_name, vpc=vpc,
+                                             comment=f"haproxy-ha: the VIP of {self.node.path}")
+        route53.ARecord(self, "VipRecord", zone=zone, record_name=dns_name + ".",
+                        target=route53.RecordTarget.from_ip_addresses(self.vip), ttl=Duration.seconds(300),
+                        comment="haproxy-ha VIP: failover moves routes, never this address")
+        return zone
 
     def add_outputs(self, prefix: str = "") -> tuple[CfnOutput, ...]:
         """Publish, as outputs of this construct's stack, what ``haproxy-ha status|failover --stack

@@ -116,6 +116,28 @@ def check_drain_timeout(problems: Problems, value: Any) -> float | None:
     return seconds
 
 
+def check_dns_name(problems: Problems, dns_name: Any, hosted_zone: Any) -> None:
+    """`dns_name`: a DNS name of two labels or more (lowercase, as Route 53 keeps it), inside
+    `hosted_zone` when one is given and its name is known at synth."""
+    allowed = "a DNS name of two labels or more, lowercase, such as lb.internal.example"
+    if dns_name is None:
+        if hosted_zone is not None:
+            problems.bad("hosted_zone", "a zone", "None unless dns_name is given (the zone is for its record)")
+        return
+    if is_token(dns_name):
+        problems.bad("dns_name", dns_name, "a name known at synth time, not a token")
+        return
+    if (not isinstance(dns_name, str) or not config.HOST_RE.match(dns_name) or "." not in dns_name
+            or dns_name != dns_name.lower() or dns_name.replace(".", "").isdigit()):
+        problems.bad("dns_name", dns_name, allowed)
+        return
+    zone_name = getattr(hosted_zone, "zone_name", None) if hosted_zone is not None else None
+    if isinstance(zone_name, str) and not is_token(zone_name):
+        zone = zone_name.rstrip(".").lower()
+        if dns_name != zone and not dns_name.endswith("." + zone):
+            problems.bad("dns_name", dns_name, f"a name in hosted_zone's domain {zone}")
+
+
 def check_vip(problems: Problems, vip: Any) -> ipaddress.IPv4Address | None:
     """The VIP as an address (the runtime's rule), or None after recording why it is not one."""
     if is_token(vip):
