@@ -314,7 +314,7 @@ class HaproxyHa(Construct):
         :param nat_gateways: Only without ``vpc``: NAT gateways of the new VPC. Default: one per AZ,
             so that the surviving node still reaches the EC2 API when an AZ fails. Fewer than one
             per node AZ gets a warning. 0 only with ``ec2_endpoint=True``: the private subnets are
-            then isolated, and the construct adds an S3 gateway endpoint (node files and packages)
+            then isolated, and the construct adds an S3 gateway endpoint (node files, documents, packages)
             next to the EC2 endpoint. Session Manager (ssm, ssmmessages, ec2messages) and the
             agent's call to the reconciler (lambda) then need interface endpoints you add.
         :param ec2_endpoint: Add an EC2 interface endpoint (private DNS on) in the node subnets,
@@ -451,7 +451,8 @@ class HaproxyHa(Construct):
             "autoscaling (the termination hook and the health report)"]) + [
             "ssm, ssmmessages and ec2messages (Session Manager)",
             "lambda (the agent asks the reconciler to create a missing route)"]
-        needed = ([] if s3_added else ["an S3 gateway endpoint (node files and the Amazon Linux repositories)"]) \
+        needed = ([] if s3_added else ["an S3 gateway endpoint (node files, the nodes' documents and the Amazon "
+                                       "Linux repositories)"]) \
             + ["interface endpoints for " + ", ".join(interfaces)]
         Annotations.of(self).add_warning_v2(
             "haproxy-ha:isolated-nodes",
@@ -466,7 +467,8 @@ class HaproxyHa(Construct):
                    ) -> tuple[ec2.Vpc, ec2.GatewayVpcEndpoint | None]:
         """The VPC, and the S3 gateway endpoint it has when it has no NAT gateway."""
         # With no NAT gateway (allowed only with ec2_endpoint=True), the private subnets have no
-        # egress: they are isolated, and an S3 gateway endpoint serves the node files and packages.
+        # egress: they are isolated, and an S3 gateway endpoint serves the node files, the nodes'
+        # documents and packages.
         private = ec2.SubnetType.PRIVATE_ISOLATED if nat_gateways == 0 else ec2.SubnetType.PRIVATE_WITH_EGRESS
         vpc = ec2.Vpc(
             self,
