@@ -24,6 +24,17 @@ class NodeLifecycle:
 
 
 @dataclass(frozen=True)
+class NodeLiveConfig:
+    """Where one node's document lives in S3, where the node writes its status beside it, and how
+    often it polls the document (see haproxy_ha_runtime.live_config)."""
+
+    config_bucket: str
+    config_key: str
+    status_key: str
+    config_poll_s: float
+
+
+@dataclass(frozen=True)
 class NodeAddress:
     """What one node's config document says about a node: its name, ENI and primary IP (tokens allowed)."""
 
@@ -48,11 +59,13 @@ def node_config_document(
     stats_port: int,
     reconciler: str | None = None,
     lifecycle: NodeLifecycle | None = None,
+    live: NodeLiveConfig | None = None,
 ) -> dict[str, Any]:
     """The document for node `me`, with `{node}` in static replies filled in.  `interface` is
     null: the node finds the interface that holds local_ip.  `reconciler` is the function the
     agent invokes to create a missing route (its ARN; a token at synth time).  `lifecycle` names
-    the node's group, hook and signal (None: a node in no group)."""
+    the node's group, hook and signal (None: a node in no group); `live` its object in S3 (None: a
+    document that is only a file, as in the synth-time preview)."""
     node_listeners = tuple(
         dataclasses.replace(lst, static_reply=lst.static_reply.replace("{node}", me.name))
         if lst.static_reply is not None else lst
@@ -70,6 +83,7 @@ def node_config_document(
         vpc_id=vpc_id,
         reconciler=reconciler,
         **(dataclasses.asdict(lifecycle) if lifecycle is not None else {}),
+        **(dataclasses.asdict(live) if live is not None else {}),
         priority=priority,
         preempt=preempt,
         virtual_router_id=virtual_router_id,

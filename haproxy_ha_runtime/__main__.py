@@ -69,7 +69,8 @@ def _agent(cfg: NodeConfig, source: str) -> int:
     live = None
     if cfg.config_bucket is not None:
         s3 = (platform or lifecycle.aws_platform(cfg)).client("s3")
-        live = LiveConfig(cfg, s3, source, instance_id=platform.instance_id if platform else lambda: None)
+        live = LiveConfig(cfg, s3, source, instance_id=platform.instance_id if platform else lambda: None,
+                          resolve=resolved)
     ran = agent.run(cfg, client, eni_id, stop, invoke_reconciler=_reconciler_invoker(cfg), platform=platform,
                     live=live)
     # A new document that only a new agent can take: systemd (Restart=always) starts it again.

@@ -472,6 +472,8 @@ def _paths(c: Problems, raw: Any) -> Paths:
 
 
 # S3's rules for a bucket name: 3-63 lowercase letters, digits, dots and hyphens.
+# How often a node may poll its document in S3, in seconds.
+CONFIG_POLL_BOUNDS_S = (1.0, 3600.0)
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -536,7 +538,7 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
         c.bad("config_bucket", live, "config_bucket, config_key and status_key all set, or all null")
     elif config_key is not None and config_key == status_key:
         c.bad("status_key", status_key, "an S3 object key other than config_key, or null")
-    config_poll_s = c.number(doc.get("config_poll_s", default("config_poll_s")), "config_poll_s", 1, 3600)
+    config_poll_s = c.number(doc.get("config_poll_s", default("config_poll_s")), "config_poll_s", *CONFIG_POLL_BOUNDS_S)
     priority = c.integer(doc.get("priority", default("priority")), "priority", 1, 254)
     preempt = c.boolean(doc.get("preempt", default("preempt")), "preempt")
     vrid = c.integer(doc.get("virtual_router_id", default("virtual_router_id")), "virtual_router_id", 1, 255)

@@ -71,7 +71,8 @@ class LiveConfig:
     """Polls one node's document in S3 and applies each new version (see the module docstring)."""
 
     def __init__(self, cfg: NodeConfig, s3: Any, document_path: str, instance_id: Callable[[], str | None],
-                 run: Callable[[str], None] = _run, haproxy: str = "haproxy", keepalived: str = "keepalived") -> None:
+                 run: Callable[[str], None] = _run, haproxy: str = "haproxy", keepalived: str = "keepalived",
+                 resolve: Callable[[NodeConfig], NodeConfig] | None = None) -> None:
         if cfg.config_bucket is None or cfg.config_key is None or cfg.status_key is None:
             raise ValueError("the document names no S3 object (config_bucket, config_key, status_key)")
         self.cfg = cfg
@@ -81,6 +82,9 @@ class LiveConfig:
         self.run = run
         self.haproxy = haproxy
         self.keepalived = keepalived
+        # What boot does to a document before it renders it (fill in a null `interface`): a
+        # version must render here exactly as boot renders it, or an unchanged one would differ.
+        self.resolve = resolve
         self.bucket: str = cfg.config_bucket
         self.key: str = cfg.config_key
         self.status_key: str = cfg.status_key
@@ -133,8 +137,9 @@ class LiveConfig:
         try:
             # Rendered as from the file boot renders from, so that an unchanged version changes
             # no file (the header names its source).
-            applied = apply_config(new, self.document_path, self.haproxy, self.keepalived)
-        except CheckFailed as e:
+            rendered = self.resolve(new) if self.resolve is not None else new
+            applied = apply_config(rendered, self.document_path, self.haproxy, self.keepalived)
+        except (CheckFailed, ConfigError) as e:
             return Outcome(version, REFUSED, str(e))
         # From here the new files are in place: keep the document beside them, for restarts.
         write_atomically(self.document_path, json.dumps(doc, indent=2) + "\n")
