@@ -60,7 +60,7 @@ from haproxy_ha.assets import (
     node_files_dir,
     user_data_file,
 )
-from haproxy_ha.listener import Listener
+from haproxy_ha.listener import Listener, preview_secrets, with_secrets
 from haproxy_ha.node_config import NodeAddress, NodeLifecycle, NodeLiveConfig, node_config_document
 from haproxy_ha.validation import (
     DEFAULT_CONFIG_POLL_INTERVAL,
@@ -407,7 +407,7 @@ class HaproxyHa(Construct):
         self.route_function = functions.on_event
         self.reconcile_function = functions.reconcile
         instance_type = instance_type or ec2.InstanceType(DEFAULT_INSTANCE_TYPE)
-        settings = _NodeSettings(checked.listeners, preempt, virtual_router_id, stats_port)
+        settings = _NodeSettings(with_secrets(checked.listeners, listeners), preempt, virtual_router_id, stats_port)
         endpoints = [e for e in (self.ec2_endpoint, s3_endpoint, *isolated_endpoints) if e is not None]
         store = self._config_store(checked.config_poll_s)
         self.config_bucket = store.bucket
@@ -650,6 +650,7 @@ class HaproxyHa(Construct):
         """Each node's haproxy.cfg and keepalived.conf, rendered from its document with placeholders
         for what only the deploy knows (see haproxy_ha/preview.py)."""
         ips = preview.placeholder_ips(self.vip, len(NODE_NAMES))
+        settings = dataclasses.replace(settings, listeners=preview_secrets(settings.listeners))
         addresses = [NodeAddress(name=name, eni_id=preview.placeholder_eni(name), ip=ip)
                      for name, ip in zip(NODE_NAMES, ips, strict=True)]
         documents = self._documents(
@@ -806,6 +807,11 @@ class HaproxyHa(Construct):
         ))
         role.add_to_principal_policy(iam.PolicyStatement(
             actions=["cloudformation:SignalResource"], resources=[Aws.STACK_ID]))
+        # GetSecretValue and DescribeSecret on exactly the TLS listeners' secrets (and kms:Decrypt
+        # through Secrets Manager when a secret has its own key): the secret's own grant.
+        for lst in self.listeners:
+            if lst.certificate is not None:
+                lst.certificate.grant_read(role)
         Validations.of(role).acknowledge(
             _ack("AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore]",
                  "Session Manager access instead of SSH: AWS maintains this minimal policy for the SSM agent."),

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from aws_cdk import Duration
+from aws_cdk import Duration, Token
+from aws_cdk import aws_secretsmanager as secretsmanager
 
+from haproxy_ha_runtime import config
 from haproxy_ha_runtime.config import HealthCheck as _DocumentHealthCheck
 from haproxy_ha_runtime.problems import Problems
+from haproxy_ha_runtime.tls_policy import DEFAULT_POLICY
 
 _DEFAULT_CHECK = _DocumentHealthCheck()
 
@@ -39,6 +43,15 @@ class Listener:
     `static_reply` answers every HTTP request itself with that text and needs no backend;
     `{node}` in the text is replaced by the name of the node that answered ("a" or "b"),
     which makes failover visible with `curl`.
+
+    With `certificate`, the listener terminates TLS: the secret's SecretString is JSON
+    `{"certificate": PEM, "private_key": PEM, "chain": PEM}` (chain optional), which each node
+    reads itself (the key never reaches the template or user data), and each node's role may
+    read exactly that secret.  `ssl_policy` names the protocol versions and ciphers as the ELB
+    security policy of that name does (default: TLS 1.2 and 1.3,
+    "ELBSecurityPolicy-TLS13-1-2-2021-06").  `backend_tls` re-encrypts to the servers, without
+    verifying their certificates (as an ALB does).  A tcp listener without `certificate` passes
+    TLS through untouched.
     """
 
     port: int
@@ -48,6 +61,9 @@ class Listener:
     check_path: str = "/"
     static_reply: str | None = None
     health_check: HealthCheck | None = None
+    certificate: secretsmanager.ISecret | None = None
+    ssl_policy: str = DEFAULT_POLICY
+    backend_tls: bool = False
 
     @property
     def resolved_name(self) -> str:
@@ -95,8 +111,37 @@ def listener_documents(problems: Problems, listeners: Sequence[Any]) -> list[Any
             "check_path": check_path,
             "static_reply": lst.static_reply,
             "health_check": health_check,
+            "tls": _tls_document(problems, where, lst),
         })
     return out
+
+
+def _tls_document(problems: Problems, where: str, lst: Listener) -> Any:
+    """The document's `tls` object for a listener's TLS props (None without a certificate).  A
+    secret's ARN that is a token is checked as a name here; `with_secrets` puts the ARN back."""
+    if lst.certificate is None:
+        for prop, value, unset in (("ssl_policy", lst.ssl_policy, DEFAULT_POLICY), ("backend_tls", lst.backend_tls,
+                                                                                    False)):
+            if value != unset:
+                problems.bad(f"{where}.{prop}", value, "only with a certificate")
+        return None
+    # jsii interfaces are not runtime-checkable: an ISecret is what has a secret_arn and grant_read.
+    if not isinstance(getattr(lst.certificate, "secret_arn", None), str) or not hasattr(lst.certificate,
+                                                                                        "grant_read"):
+        problems.bad(f"{where}.certificate", lst.certificate, "a secretsmanager.ISecret, or None")
+        return None
+    arn = lst.certificate.secret_arn
+    problems.alias(f"{where}.tls.policy", f"{where}.ssl_policy", lst.ssl_policy)
+    problems.alias(f"{where}.tls.backend_tls", f"{where}.backend_tls", lst.backend_tls)
+    return {"secret": "token-secret" if Token.is_unresolved(arn) else arn, "policy": lst.ssl_policy,
+            "backend_tls": lst.backend_tls}
+
+
+def with_secrets(checked: Sequence[config.Listener], listeners: Sequence[Listener]) -> tuple[config.Listener, ...]:
+    """The checked listeners, each TLS one naming its certificate's ARN (a token, maybe)."""
+    arns = {lst.resolved_name: lst.certificate.secret_arn for lst in listeners if lst.certificate is not None}
+    return tuple(dataclasses.replace(lst, tls=dataclasses.replace(lst.tls, secret=arns[lst.name]))
+                 if lst.tls is not None and lst.name in arns else lst for lst in checked)
 
 
 def _seconds(problems: Problems, where: str, value: Any) -> Any:
@@ -149,3 +194,10 @@ def _backend_documents(problems: Problems, where: str, backends: Any) -> Any:
         host, port = parts if parts is not None else (None, None)
         out.append({"name": f"srv{j + 1}", "host": host, "port": port})
     return out
+
+
+def preview_secrets(checked: Sequence[config.Listener]) -> tuple[config.Listener, ...]:
+    """The listeners with each secret ARN that is a token replaced by a name, for the synth-time
+    preview (the node reads the secret, so the preview needs only a valid name)."""
+    return tuple(dataclasses.replace(lst, tls=dataclasses.replace(lst.tls, secret="known-at-deploy"))
+                 if lst.tls is not None and Token.is_unresolved(lst.tls.secret) else lst for lst in checked)

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Callable
 
-from . import agent, lifecycle, peer, routes
+from . import agent, lifecycle, peer, routes, tls
 from .apply import CheckFailed, apply_config
 from .config import ConfigError, NodeConfig, load_config
 from .imds import Imds, ImdsError
@@ -47,9 +47,24 @@ def resolved(cfg: NodeConfig) -> NodeConfig:
     return dataclasses.replace(cfg, interface=interface_for(cfg.local_ip))
 
 
+def _tls_store(cfg: NodeConfig) -> tls.TlsStore | None:
+    """The TLS listeners' certificates, or None when no listener terminates TLS."""
+    if not any(lst.tls is not None for lst in cfg.listeners):
+        return None
+    return tls.TlsStore(tls.make_client(cfg), cfg.paths)
+
+
 def _render(cfg: NodeConfig, source: str) -> None:
     cfg = resolved(cfg)
-    applied = apply_config(cfg, source)
+    store = _tls_store(cfg)
+    left_out: dict[str, str] = {}
+    if store is not None:
+        # Boot serves whatever certificates are valid now; the agent keeps polling the rest.
+        store.refresh(cfg)
+        left_out = store.left_out(cfg)
+        for name, why in left_out.items():
+            print(f"warning: TLS listener {name} is left out: {why}", file=sys.stderr)
+    applied = apply_config(cfg, source, left_out=left_out)
     def what(changed: bool) -> str:
         return "changed" if changed else "as it was"
 
@@ -67,12 +82,15 @@ def _agent(cfg: NodeConfig, source: str) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     platform = lifecycle.aws_platform(cfg) if cfg.auto_scaling_group else None
     live = None
+    # Every TLS listener's secret is polled by the agent, with or without a listener now: a new
+    # document may add one.
+    store = tls.TlsStore(tls.make_client(cfg), cfg.paths)
     if cfg.config_bucket is not None:
         s3 = (platform or lifecycle.aws_platform(cfg)).client("s3")
         live = LiveConfig(cfg, s3, source, instance_id=platform.instance_id if platform else lambda: None,
-                          resolve=resolved)
+                          resolve=resolved, tls=store)
     ran = agent.run(cfg, client, eni_id, stop, invoke_reconciler=_reconciler_invoker(cfg), platform=platform,
-                    live=live)
+                    live=live, tls=store, document_path=source)
     # A new document that only a new agent can take: systemd (Restart=always) starts it again.
     return EXIT_RESTART if ran.restart_requested else 0
 

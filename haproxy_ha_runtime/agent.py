@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any, Callable
 
 from . import lifecycle, live_config, ownership, peer, routes, systemd
+from . import tls as tls_certs
 from .config import NodeConfig, Peer
 from .files import read_text, write_atomically
 from .log import log_event
@@ -471,6 +472,26 @@ def _watch_config(agent: Agent, live: live_config.LiveConfig, stop: threading.Ev
             return
 
 
+def _watch_tls(agent: Agent, store: tls_certs.TlsStore, live: live_config.LiveConfig | None, document_path: str,
+               stop: threading.Event, log: Callable[..., None]) -> None:
+    """Every tls_poll_s, bring the TLS listeners' certificates to their secrets' current versions;
+    a new one reaches HAProxy through a reload (live_config.apply_tls)."""
+    while not stop.wait(agent.cfg.tls_poll_s):
+        cfg = agent.cfg  # live config may have changed the listeners
+        try:
+            if live is not None:
+                changed, error = live.poll_tls()
+            else:
+                changed, error = live_config.apply_tls(cfg, store, document_path)
+        except Exception as e:  # never let the poller die: try again at the next poll
+            log("tls_poll_failed", node=cfg.node_name, error=str(e))
+            continue
+        if changed:
+            # Versions and problems only: never any part of a secret's value.
+            log("tls_" + ("refused" if error else "applied"), node=cfg.node_name, reason=error,
+                versions={name: s.served for name, s in store.states.items()}, problems=store.problems(cfg))
+
+
 def _watch_lifecycle(agent: Agent, platform: lifecycle.Platform, interval_s: float, stop: threading.Event,
                      log: Callable[..., None]) -> None:
     """When the group is about to terminate this instance: hand over, drain, complete the hook."""
@@ -505,13 +526,15 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
         log: Callable[..., None] = log_event,
         invoke_reconciler: Callable[[list[str]], None] | None = None,
         peer_address: Callable[[Peer], tuple[str, int]] | None = None,
-        platform: lifecycle.Platform | None = None, live: live_config.LiveConfig | None = None) -> Agent:
+        platform: lifecycle.Platform | None = None, live: live_config.LiveConfig | None = None,
+        tls: tls_certs.TlsStore | None = None, document_path: str | None = None) -> Agent:
     """The agent's main loop: health ticks, FIFO lines, repair ticks, until `stop` is set.
     Returns the agent (its `restart_requested` says why it stopped).
 
     Beside it run the peer poller (the peer's /state, through its stats port, or wherever
     `peer_address` says), the server of this agent's own /state on 127.0.0.1, and, with `live`,
-    the poller of the node's document in S3.
+    the poller of the node's document in S3, and, with `tls`, the poller of the TLS listeners'
+    secrets (which re-renders from `document_path`).
     """
     stop = stop or threading.Event()
     t = cfg.timing
@@ -539,6 +562,10 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
     if live is not None:
         config_watcher = threading.Thread(target=_watch_config, name="live-config", daemon=True,
                                           args=(agent, live, poller_stop, log))
+    tls_watcher = None
+    if tls is not None and document_path is not None:
+        tls_watcher = threading.Thread(target=_watch_tls, name="tls", daemon=True,
+                                       args=(agent, tls, live, document_path, poller_stop, log))
     unhealthy_since: float | None = None
     replacement_asked = False
     fifo = FifoReader(cfg.paths.notify_fifo)
@@ -559,6 +586,8 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
     notifier.ready()
     if config_watcher is not None:
         config_watcher.start()
+    if tls_watcher is not None:
+        tls_watcher.start()
     try:
         while not stop.is_set() and not agent.restart_requested:
             # A loop that stalls stops these pings, and systemd restarts the agent (WatchdogSec).
@@ -614,5 +643,7 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
             watcher.join(5)
         if config_watcher is not None:
             config_watcher.join(5)
+        if tls_watcher is not None:
+            tls_watcher.join(5)
         log("agent_stop", node=cfg.node_name, restart_requested=agent.restart_requested)
     return agent

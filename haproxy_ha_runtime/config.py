@@ -14,6 +14,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from .problems import InvalidInput, Problems
+from .tls_policy import DEFAULT_POLICY, POLICIES
 
 SCHEMA_VERSION = 1
 
@@ -116,8 +117,27 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class Tls:
+    """A listener that terminates TLS: its certificate and key are the current version of the
+    Secrets Manager secret `secret` (its ARN or name; SecretString JSON, see tls.py), served with
+    the ELB-named `policy` (tls_policy.POLICIES).  `backend_tls`: re-encrypt to the servers,
+    without verifying their certificates (an ALB does not verify its targets' either)."""
+
+    secret: str
+    policy: str = DEFAULT_POLICY
+    backend_tls: bool = False
+
+
+# A secret's name (Secrets Manager's characters, at most 512) or its full or partial ARN.
+SECRET_RE = re.compile(r"^([A-Za-z0-9/_+=.@-]{1,512}|arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:"
+                       r"[A-Za-z0-9/_+=.@-]{1,512})$")
+SECRET_ALLOWED = "a Secrets Manager secret's name or ARN"
+
+
+@dataclass(frozen=True)
 class Listener:
-    """One HAProxy front end on the VIP, and its backend servers (or a static reply)."""
+    """One HAProxy front end on the VIP, and its backend servers (or a static reply).  With `tls`
+    it terminates TLS; a tcp listener without it passes TLS through untouched."""
 
     name: str
     port: int
@@ -126,6 +146,7 @@ class Listener:
     check_path: str = "/"
     static_reply: str | None = None
     health_check: HealthCheck = field(default_factory=HealthCheck)
+    tls: Tls | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +188,15 @@ class Paths:
     def haproxy_socket(self) -> str:
         """HAProxy's admin socket."""
         return self.run_dir + "/haproxy.sock"
+
+    @property
+    def tls_dir(self) -> str:
+        """The TLS listeners' certificate bundles (mode 0600) and what the node knows of their secrets."""
+        return self.run_dir + "/tls"
+
+    def tls_bundle(self, listener: str) -> str:
+        """The PEM bundle (certificate, chain, key) HAProxy serves on TLS listener `listener`."""
+        return f"{self.tls_dir}/{listener}.pem"
 
 
 @dataclass(frozen=True)
@@ -210,6 +240,8 @@ class NodeConfig:
     config_key: str | None = None
     status_key: str | None = None
     config_poll_s: float = 10.0
+    # How often the agent asks Secrets Manager for the version of each TLS listener's secret.
+    tls_poll_s: float = 60.0
     priority: int = 100
     preempt: bool = False
     virtual_router_id: int = 51
@@ -318,6 +350,7 @@ def check_listeners(c: Problems, raw: Any, stats_port: int | None, agent_port: i
             c.bad(w + ".static_reply", static_reply, "only on a listener with mode 'http'")
         backends = _backends(c, item.get("backends", []), w, static_reply is not None)
         health_check = check_health_check(c, item.get("health_check"), w + ".health_check", mode)
+        tls = check_tls(c, item.get("tls"), w + ".tls", bool(backends))
         if port is not None:
             if port in ports:
                 c.bad(w + ".port", port, f"a port no other listener uses ({ports[port]} already listens on it)")
@@ -333,8 +366,32 @@ def check_listeners(c: Problems, raw: Any, stats_port: int | None, agent_port: i
         if name is not None and port is not None and mode in ("http", "tcp"):
             out.append(Listener(name=name, port=port, mode=mode, backends=backends,
                                 check_path=check_path if isinstance(check_path, str) else "/",
-                                static_reply=static_reply, health_check=health_check))
+                                static_reply=static_reply, health_check=health_check, tls=tls))
     return tuple(out)
+
+
+def check_tls(c: Problems, raw: Any, where: str, has_backends: bool) -> Tls | None:
+    """A listener's `tls` object (absent or null: no TLS)."""
+    if raw is None:
+        return None
+    names = [f.name for f in fields(Tls)]
+    if not isinstance(raw, dict):
+        c.bad(where, raw, f"an object with {', '.join(names)}, or null")
+        return None
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        c.bad(where, unknown, f"only {', '.join(names)}")
+    secret = c.string(c.get(raw, "secret", where + "."), where + ".secret", SECRET_RE, SECRET_ALLOWED)
+    policy = raw.get("policy", DEFAULT_POLICY)
+    if not isinstance(policy, str) or policy not in POLICIES:
+        c.bad(where + ".policy", policy, " or ".join(POLICIES))
+        policy = None
+    backend_tls = c.boolean(raw.get("backend_tls", False), where + ".backend_tls")
+    if backend_tls and not has_backends:
+        c.bad(where + ".backend_tls", backend_tls, "false on a listener without backends")
+    if secret is None or policy is None or backend_tls is None:
+        return None
+    return Tls(secret=secret, policy=policy, backend_tls=backend_tls)
 
 
 # ELB's matcher syntax: codes and ranges, comma-separated.
@@ -539,6 +596,7 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
     elif config_key is not None and config_key == status_key:
         c.bad("status_key", status_key, "an S3 object key other than config_key, or null")
     config_poll_s = c.number(doc.get("config_poll_s", default("config_poll_s")), "config_poll_s", *CONFIG_POLL_BOUNDS_S)
+    tls_poll_s = c.number(doc.get("tls_poll_s", default("tls_poll_s")), "tls_poll_s", 1, 86400)
     priority = c.integer(doc.get("priority", default("priority")), "priority", 1, 254)
     preempt = c.boolean(doc.get("preempt", default("preempt")), "preempt")
     vrid = c.integer(doc.get("virtual_router_id", default("virtual_router_id")), "virtual_router_id", 1, 255)
@@ -565,7 +623,7 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
         raise ConfigError(c.items, source)
     assert node_name and vip and local_ip and region and priority and vrid and stats_port and agent_port
     assert preempt is not None and drain_timeout_s is not None and replace_after_s is not None
-    assert config_poll_s is not None
+    assert config_poll_s is not None and tls_poll_s is not None
     return NodeConfig(
         node_name=node_name, vip=str(vip), local_ip=str(local_ip), peers=peers, route_table_ids=tables,
         region=region, listeners=listeners, priority=priority, timing=timing, profile=profile,
@@ -573,8 +631,8 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
         auto_scaling_group=auto_scaling_group, lifecycle_hook=lifecycle_hook, cfn_stack=cfn_stack,
         cfn_resource=cfn_resource, drain_timeout_s=drain_timeout_s, replace_unhealthy_after_s=replace_after_s,
         config_bucket=config_bucket, config_key=config_key, status_key=status_key, config_poll_s=config_poll_s,
-        preempt=preempt, virtual_router_id=vrid, stats_port=stats_port, agent_port=agent_port, paths=paths,
-        resolvers=resolvers,
+        tls_poll_s=tls_poll_s, preempt=preempt, virtual_router_id=vrid, stats_port=stats_port, agent_port=agent_port,
+        paths=paths, resolvers=resolvers,
     )
 
 

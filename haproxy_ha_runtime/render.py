@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from .config import Listener, NodeConfig
+from .tls_policy import POLICIES
 
 # VRRPv3 refuses an instance with no virtual_ipaddress, and the real VIP is not keepalived's to
 # manage (it sits on lo on both nodes; the VPC route decides who gets the traffic).  So each
@@ -88,16 +91,35 @@ def render_keepalived(cfg: NodeConfig, source: str = "the node config document")
     )
 
 
+def _bind(cfg: NodeConfig, lst: Listener) -> str:
+    """The bind line: the port, and for TLS the bundle and the policy's versions and ciphers."""
+    if lst.tls is None:
+        return f"    bind :{lst.port}"
+    policy = POLICIES[lst.tls.policy]
+    words = [f"bind :{lst.port} ssl crt {cfg.paths.tls_bundle(lst.name)}"]
+    if lst.mode == "http":
+        # HTTP/2 where the client offers it; HAProxy speaks both in mode http.
+        words.append("alpn h2,http/1.1")
+    words.append(f"ssl-min-ver {policy.min_version} ssl-max-ver {policy.max_version}")
+    if policy.ciphers:
+        words.append("ciphers " + ":".join(policy.ciphers))
+    words.append("ciphersuites " + ":".join(policy.ciphersuites))
+    return "    " + " ".join(words)
+
+
 def _frontend(cfg: NodeConfig, lst: Listener) -> list[str]:
     lines = [
         f"frontend {lst.name}",
-        f"    bind :{lst.port}",
+        _bind(cfg, lst),
         f"    mode {lst.mode}",
         f"    option {'httplog' if lst.mode == 'http' else 'tcplog'}",
     ]
     if lst.mode == "http":
         # Lets a client (and the lab) see which node answered, generated replies included.
         lines.append(f"    http-after-response set-header X-Haproxy-Node {cfg.node_name}")
+        # As an ELB does: the client's address and the protocol it used, for the servers.
+        lines.append("    option forwardfor")
+        lines.append(f"    http-request set-header X-Forwarded-Proto {'https' if lst.tls else 'http'}")
     if lst.static_reply is not None:
         lines.append(
             "    http-request return status 200 content-type text/plain "
@@ -121,8 +143,11 @@ def _backend(lst: Listener) -> list[str]:
     # How long a check may take once connected (`timeout connect` bounds the connect).
     lines.append(f"    timeout check {_duration(hc.timeout_s)}")
     # Start even if a backend name does not resolve yet; the health check marks it down.
+    # Re-encrypted to the servers without verifying their certificates, as an ALB does with its
+    # targets (they are usually self-signed, and named by address); health checks use TLS too.
+    reencrypt = " ssl verify none" if lst.tls is not None and lst.tls.backend_tls else ""
     lines.append(f"    default-server check inter {_duration(hc.interval_s)} fall {hc.unhealthy_threshold} "
-                 f"rise {hc.healthy_threshold} init-addr last,libc,none")
+                 f"rise {hc.healthy_threshold} init-addr last,libc,none{reencrypt}")
     for b in lst.backends:
         if b.by_name:
             # Up to max_addresses servers, filled from the name's A records while HAProxy runs and
@@ -156,8 +181,12 @@ def _duration(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
-def render_haproxy(cfg: NodeConfig, source: str = "the node config document") -> str:
-    """The text of haproxy.cfg for this node: the health and stats frontend, then each listener."""
+def render_haproxy(cfg: NodeConfig, source: str = "the node config document",
+                   left_out: Mapping[str, str] | None = None) -> str:
+    """The text of haproxy.cfg for this node: the health and stats frontend, then each listener.
+    The TLS listeners in `left_out` (name: why) have no certificate to serve: each is left out,
+    with a comment saying why, so that the others still serve."""
+    left_out = left_out or {}
     out = [
         _header(cfg, source).rstrip("\n"),
         "",
@@ -198,6 +227,10 @@ def render_haproxy(cfg: NodeConfig, source: str = "the node config document") ->
         *_resolvers(cfg),
     ]
     for lst in cfg.listeners:
+        if lst.tls is not None and lst.name in left_out:
+            why = " ".join(left_out[lst.name].split())
+            out += ["", f"# Listener {lst.name} (port {lst.port}) is left out: no valid certificate ({why})."]
+            continue
         out += ["", *_frontend(cfg, lst)]
         if lst.backends and lst.static_reply is None:
             out += ["", *_backend(lst)]

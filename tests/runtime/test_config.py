@@ -106,10 +106,32 @@ def test_fails_when_a_field_is_bad(changes: dict[str, object], expected: str) ->
      "listeners[0].mode: got 'udp'; allowed: 'http' or 'tcp'"),
     ([{"name": "web", "port": 80, "static_reply": 'say "hi"'}],
      "listeners[0].static_reply"),
+    *[([{"name": "web", "port": 443, "backends": [{"name": "b", "host": "h", "port": 1}], "tls": tls}], expected)
+      for tls, expected in [
+          ({}, "listeners[0].tls.secret: missing"),
+          ("lb/https", "listeners[0].tls: got 'lb/https'; allowed: an object with secret, policy, backend_tls"),
+          ({"secret": "has space"}, "listeners[0].tls.secret: got 'has space'; allowed: a Secrets Manager secret's"),
+          ({"secret": "arn:aws:secretsmanager:us-east-1:12:secret:x"}, "listeners[0].tls.secret: got 'arn:aws:"),
+          ({"secret": "s", "policy": "ELBSecurityPolicy-2016-08"},
+           "listeners[0].tls.policy: got 'ELBSecurityPolicy-2016-08'; allowed: ELBSecurityPolicy-TLS13-1-2-2021-06 or"),
+          ({"secret": "s", "backend_tls": "yes"}, "listeners[0].tls.backend_tls: got 'yes'"),
+          ({"secret": "s", "certificate": "x"}, "listeners[0].tls: got ['certificate']; allowed: only secret"),
+      ]],
+    ([{"name": "hi", "port": 443, "static_reply": "hi", "tls": {"secret": "s", "backend_tls": True}}],
+     "listeners[0].tls.backend_tls: got True; allowed: false on a listener without backends"),
 ])
 def test_fails_when_a_listener_is_bad(listeners: list[object], expected: str) -> None:
     problems = _problems(doc(listeners=listeners))
     assert any(expected in p for p in problems), problems
+
+
+def test_a_tls_listener_takes_the_default_policy_and_the_secrets_are_polled_every_minute() -> None:
+    cfg = parse_config(doc(listeners=[{"name": "web", "port": 443, "static_reply": "hi", "tls": {"secret": "lb/x"}}]))
+    assert cfg.listeners[0].tls is not None
+    assert cfg.listeners[0].tls.policy == "ELBSecurityPolicy-TLS13-1-2-2021-06"
+    assert cfg.listeners[0].tls.backend_tls is False
+    assert cfg.tls_poll_s == 60
+    assert any("tls_poll_s: got 0.5" in p for p in _problems(doc(tls_poll_s=0.5)))
 
 
 def test_fails_with_every_problem_at_once() -> None:

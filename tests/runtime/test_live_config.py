@@ -82,7 +82,7 @@ def test_the_version_the_node_booted_with_is_reported_and_reloads_nothing(node: 
     assert outcome is not None and outcome.state == live_config.APPLIED and outcome.version == version
     assert node.reloads == [] and not outcome.restart_agent
     assert node.status() | {"ts": 0} == {"node": "a", "version": version, "state": "applied", "reason": None,
-                                         "instance_id": "i-0abc", "ts": 0}
+                                         "listeners": {}, "instance_id": "i-0abc", "ts": 0}
     assert node.live.poll_once() is None  # unchanged: S3 answers 304 to the conditional GET
 
 
@@ -143,7 +143,7 @@ def test_a_file_haproxy_refuses_is_refused(node: Node, monkeypatch: pytest.Monke
     node.put(_doc(node.tmp))
     node.live.poll_once()
     before = node.files()
-    monkeypatch.setattr(apply, "render_haproxy", lambda c, s: "global\n    no-such-keyword\n")
+    monkeypatch.setattr(apply, "render_haproxy", lambda c, s, left_out=None: "global\n    no-such-keyword\n")
     node.put(_doc(node.tmp, listeners=[{"name": "web", "port": 81, "static_reply": "new"}]))
     outcome = node.live.poll_once()
     assert outcome is not None and outcome.state == "refused" and "haproxy refused" in (outcome.reason or "")
