@@ -133,7 +133,9 @@ def render_haproxy(cfg: NodeConfig, source: str = "the node config document") ->
         _header(cfg, source).rstrip("\n"),
         "",
         "global",
-        f"    log {cfg.paths.log_socket} local0",
+        *(["    # The access log goes to rsyslog's socket, for the file the CloudWatch agent ships.",
+           f"    log {cfg.paths.syslog_socket} local0"] if cfg.log_group_prefix else
+          [f"    log {cfg.paths.log_socket} local0"]),
         "    # Binds its ports and the stats socket as root, then drops to this user.",
         "    user haproxy",
         "    group haproxy",
