@@ -32,13 +32,16 @@ INTERVAL_S = 60.0
 def classify_take_over(view: peer.PeerView, routes_were_here: bool | None) -> tuple[str, str] | None:
     """Was a take-over a failover or a planned move, and why?  `view` is what the peer said just
     after it; `routes_were_here` is whether the routes the agent last read before it pointed here
-    already (None: it had not read them).  None: nothing moved and nothing failed (the first
-    election, with the routes already here)."""
+    already (None: it had not read them).  None: nothing failed, and nothing says the routes
+    moved (the first election, with the routes already here)."""
     if view.reach == peer.REACHED and view.stepped_down:
         return PLANNED_MOVE, ("the peer is leaving (its instance is being terminated)" if view.leaving
                               else "the peer stepped down (an operator's move)")
     if view.healthy_haproxy and view.vrrp in ("MASTER", "BACKUP"):
-        return None if routes_were_here else (PLANNED_MOVE, "the healthy peer lost an election (preemption)")
+        # Without a reading of where the routes were, nothing says they moved: count nothing.
+        if routes_were_here is False:
+            return PLANNED_MOVE, "the healthy peer lost an election (preemption)"
+        return None
     if view.reach != peer.REACHED:
         return FAILOVER, f"the peer does not answer ({view.reach})"
     if view.healthy is not True:

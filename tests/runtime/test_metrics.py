@@ -181,10 +181,11 @@ REACHED_HEALTHY = {"reach": peer.REACHED, "healthy": True}
      (telemetry.PLANNED_MOVE, "the peer is leaving (its instance is being terminated)")),
     (peer.PeerView(peer.REACHED, vrrp="BACKUP", healthy=True), False,
      (telemetry.PLANNED_MOVE, "the healthy peer lost an election (preemption)")),
-    (peer.PeerView(peer.REACHED, vrrp="MASTER", healthy=True), None,
+    (peer.PeerView(peer.REACHED, vrrp="MASTER", healthy=True), False,
      (telemetry.PLANNED_MOVE, "the healthy peer lost an election (preemption)")),
-    # The first election, with the routes already here: no move at all.
+    # The first election, with the routes already here (or not read yet): no move at all.
     (peer.PeerView(peer.REACHED, vrrp="BACKUP", healthy=True), True, None),
+    (peer.PeerView(peer.REACHED, vrrp="BACKUP", healthy=True), None, None),
 ])
 def test_take_over_kind(view: peer.PeerView, routes_were_here: bool | None, expected: tuple[str, str] | None) -> None:
     assert telemetry.classify_take_over(view, routes_were_here) == expected
