@@ -165,8 +165,17 @@ class Paths:
     run_dir: str = "/run/haproxy-ha"
     keepalived_conf: str = "/etc/keepalived/keepalived.conf"
     haproxy_conf: str = "/etc/haproxy/haproxy.cfg"
-    # HAProxy logs to the journal through the syslog socket.
+    # HAProxy logs to the journal through the syslog socket (unless the node ships its logs:
+    # then to rsyslog's socket, `syslog_socket`).
     log_socket: str = "/dev/log"
+    # The agent's JSON events and metric records, and the files rsyslog writes for HAProxy's
+    # access log and keepalived's log (what the CloudWatch agent ships).
+    log_dir: str = "/var/log/haproxy-ha"
+    # Rendered when the node ships its logs (log_group_prefix): the CloudWatch agent's config,
+    # rsyslog's drop-in and logrotate's.
+    cloudwatch_agent_conf: str = "/etc/haproxy-ha/cloudwatch-agent.json"
+    rsyslog_conf: str = "/etc/rsyslog.d/haproxy-ha.conf"
+    logrotate_conf: str = "/etc/logrotate.d/haproxy-ha"
 
     @property
     def notify_fifo(self) -> str:
@@ -197,6 +206,31 @@ class Paths:
     def tls_bundle(self, listener: str) -> str:
         """The PEM bundle (certificate, chain, key) HAProxy serves on TLS listener `listener`."""
         return f"{self.tls_dir}/{listener}.pem"
+
+    @property
+    def syslog_socket(self) -> str:
+        """rsyslog's socket for HAProxy's access log, when the node ships its logs."""
+        return self.run_dir + "/syslog.sock"
+
+    @property
+    def events_log(self) -> str:
+        """The agent's JSON events (also on its stdout), when the node ships its logs."""
+        return self.log_dir + "/agent.jsonl"
+
+    @property
+    def metrics_log(self) -> str:
+        """The agent's metric records (CloudWatch embedded metric format), when it has a pair_name."""
+        return self.log_dir + "/metrics.jsonl"
+
+    @property
+    def access_log(self) -> str:
+        """HAProxy's access log, as rsyslog writes it."""
+        return self.log_dir + "/haproxy.log"
+
+    @property
+    def keepalived_log(self) -> str:
+        """keepalived's log, as rsyslog writes it from the journal."""
+        return self.log_dir + "/keepalived.log"
 
 
 @dataclass(frozen=True)
@@ -242,6 +276,17 @@ class NodeConfig:
     config_poll_s: float = 10.0
     # How often the agent asks Secrets Manager for the version of each TLS listener's secret.
     tls_poll_s: float = 60.0
+    # Observability (issue 13; names in metrics.py).  The Pair dimension of this node's metrics:
+    # the construct's name for the pair, unique in its account and region.  null: the agent
+    # writes no metric records.
+    pair_name: str | None = None
+    # HAProxy's metrics per listener and backend (requests, 5xx, sessions, response time,
+    # servers up), from its stats socket.  false: only the node's own metrics.
+    detailed_metrics: bool = True
+    # CloudWatch Logs: the CloudWatch agent ships the node's files to the groups PREFIX/agent,
+    # PREFIX/metrics, PREFIX/haproxy and PREFIX/keepalived (shipping.LOG_GROUPS), which the stack
+    # creates.  null: nothing ships, and the files stay on the node.
+    log_group_prefix: str | None = None
     priority: int = 100
     preempt: bool = False
     virtual_router_id: int = 51
@@ -528,6 +573,27 @@ def _paths(c: Problems, raw: Any) -> Paths:
     return Paths(**kwargs)
 
 
+# A CloudWatch dimension value: printable ASCII, at most 1024 characters, not starting or ending
+# with a space.
+PAIR_NAME_RE = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,1022}[\x21-\x7e])?\Z")
+PAIR_NAME_ALLOWED = "a CloudWatch dimension value (1-1024 printable ASCII characters), or null"
+# CloudWatch Logs allows 512 characters in a group name; the longest suffix is "/keepalived".
+_LOG_GROUP_PREFIX_RE = re.compile(r"^[A-Za-z0-9._/#-]{1,500}\Z")
+LOG_GROUP_PREFIX_ALLOWED = ("a CloudWatch Logs group name prefix (1-500 letters, digits and . _ / # -, not ending "
+                            "in / and not starting with aws/), or null")
+
+
+def check_log_group_prefix(c: Problems, value: Any, where: str = "log_group_prefix") -> str | None:
+    """The prefix of the node's log groups (null: nothing ships)."""
+    if value is None:
+        return None
+    checked = c.string(value, where, _LOG_GROUP_PREFIX_RE, LOG_GROUP_PREFIX_ALLOWED)
+    if checked is not None and (checked.endswith("/") or checked.startswith("aws/")):
+        c.bad(where, checked, LOG_GROUP_PREFIX_ALLOWED)
+        return None
+    return checked
+
+
 # S3's rules for a bucket name: 3-63 lowercase letters, digits, dots and hyphens.
 # How often a node may poll its document in S3, in seconds.
 CONFIG_POLL_BOUNDS_S = (1.0, 3600.0)
@@ -597,6 +663,9 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
         c.bad("status_key", status_key, "an S3 object key other than config_key, or null")
     config_poll_s = c.number(doc.get("config_poll_s", default("config_poll_s")), "config_poll_s", *CONFIG_POLL_BOUNDS_S)
     tls_poll_s = c.number(doc.get("tls_poll_s", default("tls_poll_s")), "tls_poll_s", 1, 86400)
+    pair_name = _optional(c, doc, "pair_name", PAIR_NAME_RE, PAIR_NAME_ALLOWED)
+    detailed_metrics = c.boolean(doc.get("detailed_metrics", default("detailed_metrics")), "detailed_metrics")
+    log_group_prefix = check_log_group_prefix(c, doc.get("log_group_prefix"))
     priority = c.integer(doc.get("priority", default("priority")), "priority", 1, 254)
     preempt = c.boolean(doc.get("preempt", default("preempt")), "preempt")
     vrid = c.integer(doc.get("virtual_router_id", default("virtual_router_id")), "virtual_router_id", 1, 255)
@@ -623,7 +692,7 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
         raise ConfigError(c.items, source)
     assert node_name and vip and local_ip and region and priority and vrid and stats_port and agent_port
     assert preempt is not None and drain_timeout_s is not None and replace_after_s is not None
-    assert config_poll_s is not None and tls_poll_s is not None
+    assert config_poll_s is not None and tls_poll_s is not None and detailed_metrics is not None
     return NodeConfig(
         node_name=node_name, vip=str(vip), local_ip=str(local_ip), peers=peers, route_table_ids=tables,
         region=region, listeners=listeners, priority=priority, timing=timing, profile=profile,
@@ -631,8 +700,9 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
         auto_scaling_group=auto_scaling_group, lifecycle_hook=lifecycle_hook, cfn_stack=cfn_stack,
         cfn_resource=cfn_resource, drain_timeout_s=drain_timeout_s, replace_unhealthy_after_s=replace_after_s,
         config_bucket=config_bucket, config_key=config_key, status_key=status_key, config_poll_s=config_poll_s,
-        tls_poll_s=tls_poll_s, preempt=preempt, virtual_router_id=vrid, stats_port=stats_port, agent_port=agent_port,
-        paths=paths, resolvers=resolvers,
+        tls_poll_s=tls_poll_s, pair_name=pair_name, detailed_metrics=detailed_metrics,
+        log_group_prefix=log_group_prefix, preempt=preempt, virtual_router_id=vrid, stats_port=stats_port,
+        agent_port=agent_port, paths=paths, resolvers=resolvers,
     )
 
 

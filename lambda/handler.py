@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from botocore.exceptions import ClientError
-from haproxy_ha_runtime import routes
+from haproxy_ha_runtime import reconcile_metrics, routes
 from haproxy_ha_runtime.log import log_event
 from haproxy_ha_runtime.tags import ROUTES_DELETED_TAG
 
@@ -360,6 +360,7 @@ def reconcile(event: dict[str, Any], context: Any) -> dict[str, Any]:
     detail = event.get("detail") or {}
     deadline_s = max(1.0, min(RECONCILE_DEADLINE_S, _remaining_s(context) - RESPONSE_RESERVE_S))
     report = reconcile_routes(_ec2(), vip, tables, nodes, deadline_s=deadline_s)
+    reconcile_metrics.emit(report, trigger=event.get("detail-type", "schedule"))
     # Auto Scaling's events name the instance EC2InstanceId; EC2's, instance-id.
     instance = detail.get("EC2InstanceId") or detail.get("instance-id")
     log_event("reconcile", trigger=event.get("detail-type", "schedule"), instance=instance,

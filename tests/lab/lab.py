@@ -75,6 +75,7 @@ SECOND_PORT = 8081
 DNS_NAME = "app.lab.internal"
 DNS_PORT = 53
 STACK = "haproxy-ha-lab"
+PAIR_NAME = "haproxy-ha-lab"
 IN_SERVICE = "InService"
 
 
@@ -396,8 +397,11 @@ class Lab:
             "status_key": f"nodes/{node}/status.json",
             "config_poll_s": CONFIG_POLL_S,
             "resolvers": [f"{topology.API_IP}:{DNS_PORT}"] if self.options.backends == "dns" else [],
+            # The agents write metric records (logs/metrics.jsonl); nothing ships them here.
+            "pair_name": PAIR_NAME,
             "paths": {"run_dir": str(d / "run"), "keepalived_conf": str(d / "keepalived.conf"),
-                      "haproxy_conf": str(d / "haproxy.cfg"), "log_socket": str(d / "log.sock")},
+                      "haproxy_conf": str(d / "haproxy.cfg"), "log_socket": str(d / "log.sock"),
+                      "log_dir": str(d / "logs")},
         }
         doc.update(changes)
         return doc
@@ -511,6 +515,10 @@ class Lab:
 
     def agent_events(self, node: str) -> list[Record]:
         return self._log(self.node_dir(node) / "agent.jsonl")
+
+    def metric_records(self, node: str) -> list[Record]:
+        """The EMF records node's agent wrote to its metrics file (what the CloudWatch agent ships)."""
+        return self._log(self.node_dir(node) / "logs" / "metrics.jsonl")
 
     def agent_health(self, node: str, since: float = 0.0) -> bool | None:
         health = [e for e in self.agent_events(node) if e["event"] == "health" and e["ts"] >= since]

@@ -21,6 +21,18 @@ def test_accepts_the_sample_documents() -> None:
     assert many.preempt is True
 
 
+def test_observability_fields_default_to_no_metrics_and_no_shipping() -> None:
+    cfg = parse_config(BASE)
+    assert (cfg.pair_name, cfg.detailed_metrics, cfg.log_group_prefix) == (None, True, None)
+    assert cfg.paths.metrics_log == "/var/log/haproxy-ha/metrics.jsonl"
+    assert cfg.paths.syslog_socket == "/run/haproxy-ha/syslog.sock"
+    cfg = parse_config(doc(pair_name="Prod Stack/HaproxyHa", detailed_metrics=False,
+                           log_group_prefix="/haproxy-ha/prod", paths={"log_dir": "/srv/logs"}))
+    assert (cfg.pair_name, cfg.detailed_metrics, cfg.log_group_prefix) == ("Prod Stack/HaproxyHa", False,
+                                                                           "/haproxy-ha/prod")
+    assert cfg.paths.events_log == "/srv/logs/agent.jsonl" and cfg.paths.access_log == "/srv/logs/haproxy.log"
+
+
 def test_timing_overrides_apply_on_top_of_the_profile() -> None:
     cfg = parse_config(doc(profile="fast", timing={"advert_int_s": 0.2, "health_fall": 4}))
     assert cfg.timing.advert_int_s == 0.2 and cfg.timing.health_fall == 4
@@ -63,6 +75,13 @@ def _problems(d: dict[str, object]) -> list[str]:
     ({"stats_port": 80}, "stats_port: got 80; allowed: a port that no listener uses"),
     ({"surprise": True}, "surprise: got True; allowed: no such field"),
     ({"paths": {"run_dir": "relative"}}, "paths.run_dir: got 'relative'; allowed: an absolute path"),
+    ({"paths": {"log_dir": "logs"}}, "paths.log_dir: got 'logs'; allowed: an absolute path"),
+    ({"pair_name": ""}, "pair_name: got ''; allowed: a CloudWatch dimension value"),
+    ({"pair_name": "prod\n"}, "pair_name: got 'prod\\n'; allowed: a CloudWatch dimension value"),
+    ({"detailed_metrics": "yes"}, "detailed_metrics: got 'yes'; allowed: true or false"),
+    ({"log_group_prefix": "/haproxy-ha/"}, "log_group_prefix: got '/haproxy-ha/'; allowed: a CloudWatch Logs group"),
+    ({"log_group_prefix": "aws/haproxy-ha"}, "log_group_prefix: got 'aws/haproxy-ha'; allowed: a CloudWatch Logs"),
+    ({"log_group_prefix": "/haproxy ha"}, "log_group_prefix: got '/haproxy ha'; allowed: a CloudWatch Logs group"),
 ])
 def test_fails_when_a_field_is_bad(changes: dict[str, object], expected: str) -> None:
     problems = _problems(doc(**changes))
