@@ -13,8 +13,12 @@ import haproxy_ha_runtime
 
 # Node files are installed to this folder on each node; the runtime package lands inside it.
 NODE_FILES_DIR = "/opt/haproxy-ha"
-# Where user data writes the node's config document.
+# Where the boot saves the node's config document (fetched from S3, as the agent saves each new version).
 NODE_CONFIG_PATH = "/etc/haproxy-ha/node.json"
+# Each node's config document and its status object, at fixed keys in the construct's bucket
+# (`config_bucket`): the agent polls the one and writes the other, the deploy writes and waits.
+DOCUMENT_KEY = "nodes/{node}/node.json"
+STATUS_KEY = "nodes/{node}/status.json"
 
 # User data writes these files of userdata/ itself, rather than shipping them in the node files:
 # they fetch the node files, or act when that failed.  Each maps to the path it is written to on
@@ -27,8 +31,8 @@ USER_DATA_FILES: dict[str, str] = {
     "haproxy-ha-boot-failed.service": "/etc/systemd/system/haproxy-ha-boot-failed.service",
     "boot-failed.sh": "/usr/local/libexec/haproxy-ha/boot-failed.sh",
 }
-# What the boot unit reads besides those: the node files' S3 URL and the region (an
-# EnvironmentFile), and the commands callers add after boot.sh.
+# What the boot unit reads besides those: the S3 URLs of the node files and of the node's
+# document, and the region (an EnvironmentFile), and the commands callers add after boot.sh.
 BOOT_ENV_PATH = "/etc/haproxy-ha/boot.env"
 AFTER_BOOT_PATH = "/etc/haproxy-ha/after-boot.sh"
 

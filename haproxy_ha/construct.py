@@ -28,6 +28,7 @@ from aws_cdk import (
     Fn,
     IStableStringProducer,
     Lazy,
+    RemovalPolicy,
     Stack,
     Token,
     Validations,
@@ -40,8 +41,12 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_route53 as route53
+from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_sns as sns
+from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import custom_resources as cr
 from constructs import Construct, IDependable, IValidation
 
 from haproxy_ha import observability, preview
@@ -49,25 +54,28 @@ from haproxy_ha.assets import (
     AFTER_BOOT_PATH,
     BOOT_ENV_PATH,
     BOOT_UNIT,
+    DOCUMENT_KEY,
     FETCH_SCRIPT,
-    NODE_CONFIG_PATH,
+    STATUS_KEY,
     USER_DATA_FILES,
     lambda_code_dir,
     node_files_dir,
     user_data_file,
 )
-from haproxy_ha.listener import Listener
-from haproxy_ha.node_config import NodeAddress, NodeLifecycle, NodeMetrics, node_config_document
+from haproxy_ha.listener import Listener, preview_secrets, with_secrets
+from haproxy_ha.node_config import NodeAddress, NodeLifecycle, NodeLiveConfig, NodeMetrics, node_config_document
 from haproxy_ha.validation import (
+    DEFAULT_CONFIG_POLL_INTERVAL,
     DEFAULT_DRAIN_TIMEOUT,
     HaproxyHaPropsError,
+    check_dns_name,
     check_observability,
     check_props,
     check_vip_outside,
     is_token,
 )
 from haproxy_ha_cli import outputs
-from haproxy_ha_runtime import config, metrics
+from haproxy_ha_runtime import config
 from haproxy_ha_runtime.problems import Problems
 from haproxy_ha_runtime.tags import NODE_TAG, ROUTES_DELETED_TAG
 
@@ -91,6 +99,19 @@ NODE_GROUP_EVENTS = (
 ON_EVENT_TIMEOUT = Duration.minutes(2)
 VIP_ROUTES_SERVICE_TIMEOUT = Duration.minutes(5)
 RECONCILE_TIMEOUT = Duration.seconds(50)
+
+# The nodes' documents (a custom resource on the Provider framework): the waiter asks the nodes'
+# status objects this often, and gives the nodes their poll interval plus this margin (an apply,
+# an agent that restarts on its new document, an instance in service that is still booting)
+# before it fails the deploy, naming what each node reports.
+CONFIG_QUERY_INTERVAL = Duration.seconds(5)
+CONFIG_APPLY_MARGIN_S = 300
+# The framework gives up this much after the waiter would have (its own message only says "Operation
+# timed out"), and CloudFormation this much after the framework would have answered.
+CONFIG_FRAMEWORK_MARGIN_S = 60
+CONFIG_SERVICE_MARGIN_S = 120
+CONFIG_WRITER_TIMEOUT = Duration.seconds(60)
+CONFIG_WAITER_TIMEOUT = Duration.seconds(30)
 
 # How long a new instance may take to say it is ready (boot.sh's `ready` waits 15 minutes, after
 # the packages are installed): the creation policy's signal timeout and the rolling update's
@@ -171,6 +192,19 @@ class _RouteFunctions:
 
 
 @dataclass(frozen=True)
+class _ConfigStore:
+    """Where the nodes' documents live (the bucket), and the Provider that writes them and waits
+    for the nodes: its waiter for `wait_s`, the framework itself for `total_s`."""
+
+    scope: Construct
+    bucket: s3.Bucket
+    provider: cr.Provider
+    wait_s: float
+    poll_s: float
+    total_s: float
+
+
+@dataclass(frozen=True)
 class _NodeSettings:
     """What both nodes' documents share besides the VIP and the tables."""
 
@@ -191,7 +225,9 @@ class HaproxyHa(Construct):
     client route table holds a /32 route for the VIP that targets the active node's ENI; the
     active node moves the routes on failover, and a Lambda owns the routes (creates them on
     deploy, removes them on delete) and repairs routes that point at a node that is not running.
-    Deploys wait for each new instance to say it is ready, and replace one node at a time.
+    Deploys wait for each new instance to say it is ready, and replace one node at a time.  Each
+    node's config document lives in S3 (``config_bucket``): the running nodes apply a new version
+    (new listeners or backends replace nothing), and the deploy waits until they have.
 
     Allow a client in: ``lb.connections.allow_from(app_sg, ec2.Port.tcp(80))``.
     """
@@ -228,14 +264,28 @@ class HaproxyHa(Construct):
     """The pair's name, unique in its account and region: the Pair dimension of its metrics."""
     detailed_metrics: bool
     """Whether the nodes publish HAProxy's per-listener requests, 5xx, response times and sessions."""
+    log_group_prefix: str
+    """The prefix of the pair's log groups, ``/haproxy-ha/<metrics_pair>``, which both nodes' documents name."""
     log_groups: observability.HaproxyHaLogGroups
-    """The agent's, HAProxy's and keepalived's log groups."""
+    """The pair's four log groups, ``<log_group_prefix>/agent|metrics|haproxy|keepalived``."""
     alarms: observability.HaproxyHaAlarms
     """The pair's alarms (see README "Observability")."""
     dashboard: cloudwatch.Dashboard
     """The pair's dashboard."""
     log_queries: observability.HaproxyHaLogQueries
     """The saved Logs Insights queries an operator runs first."""
+    dns_name: str | None
+    """The VIP's DNS name (``dns_name``), or None."""
+    hosted_zone: route53.IHostedZone | None
+    """The private hosted zone that holds the VIP's A record (``hosted_zone``, or the one made for
+    ``dns_name``), or None."""
+    config_poll_interval: Duration
+    """How often each node polls its document in S3."""
+    config_bucket: s3.Bucket
+    """The bucket of the nodes' documents (``nodes/<a|b>/node.json``) and status objects
+    (``nodes/<a|b>/status.json``)."""
+    config_documents: CustomResource
+    """The custom resource that writes the nodes' documents and waits until the nodes in service apply them."""
 
     def __init__(
         self,
@@ -266,6 +316,9 @@ class HaproxyHa(Construct):
         degraded_after: Duration | None = None,
         detailed_metrics: bool = True,
         cloudtrail_log_group: logs.ILogGroup | None = None,
+        dns_name: str | None = None,
+        hosted_zone: route53.IHostedZone | None = None,
+        config_poll_interval: Duration | None = None,
     ) -> None:
         """Create the pair.
 
@@ -295,7 +348,7 @@ class HaproxyHa(Construct):
         :param nat_gateways: Only without ``vpc``: NAT gateways of the new VPC. Default: one per AZ,
             so that the surviving node still reaches the EC2 API when an AZ fails. Fewer than one
             per node AZ gets a warning. 0 only with ``ec2_endpoint=True``: the private subnets are
-            then isolated, and the construct adds an S3 gateway endpoint (node files and packages)
+            then isolated, and the construct adds an S3 gateway endpoint (node files, documents, packages)
             next to the EC2 endpoint. Session Manager (ssm, ssmmessages, ec2messages) and the
             agent's call to the reconciler (lambda) then need interface endpoints you add.
         :param ec2_endpoint: Add an EC2 interface endpoint (private DNS on) in the node subnets,
@@ -305,18 +358,30 @@ class HaproxyHa(Construct):
         :param drain_timeout: How long a node that leaves its group (a replacement, a new AMI)
             lets the requests in flight finish, after it has handed the routes to its peer, before
             it lets the group terminate it. 0 to 3600 seconds. Default: 30 seconds.
-        :param log_retention: How long the agent's, HAProxy's and keepalived's log groups keep events.
+        :param log_retention: How long the pair's log groups (the agent's events, its metric records,
+            HAProxy's and keepalived's logs) keep events.
             Default: one month.
         :param alarm_topic: Where the alarms notify (their ALARM state; and OK for the conditions that
             last). Default: no notification; the alarms are still there to see and to hook up.
         :param degraded_after: How long the pair may have fewer than two healthy nodes before the
-            degraded alarm fires: longer than a node's replacement takes. Whole minutes, 1 to 1440.
+            degraded alarm fires: longer than a node's replacement takes. Whole minutes, 2 to 1440 (a
+            node writes its health every 60 s, not on the minute: one minute may hold none).
             Default: 15 minutes.
         :param detailed_metrics: Whether the nodes publish HAProxy's per-listener requests, 5xx,
             response times and sessions (backend health is published either way). Default: true.
         :param cloudtrail_log_group: A log group that a CloudTrail trail of this account and region
             delivers to: an alarm then fires when a node or route-Lambda role writes a route whose
             destination is not the VIP /32. Default: none, and no such alarm.
+        :param dns_name: A DNS name for the VIP, e.g. "lb.internal.example": an A record in
+            ``hosted_zone``, or in a private hosted zone of that name made for it and associated
+            with the VPC. The record never changes: failover moves routes, not the address.
+            Default: none.
+        :param hosted_zone: A private hosted zone of the VPC (yours) to put the ``dns_name``
+            record in; ``dns_name`` must lie in it. Default: a zone made for ``dns_name``.
+        :param config_poll_interval: How often each node polls its document in S3 for a new
+            version (a listener or backend change reaches the nodes this way, replacing nothing).
+            A deploy that changes the documents waits up to this plus 5 minutes for the nodes to
+            apply them. 1 to 300 seconds. Default: 10 seconds.
         """
         super().__init__(scope, id)
         stack = Stack.of(self)
@@ -329,10 +394,16 @@ class HaproxyHa(Construct):
             vpc_cidr=vpc_cidr, nat_gateways=nat_gateways, reserved_cidrs=reserved_cidrs,
             allowed_cidrs=allowed_cidrs, extra_route_table_ids=extra_route_table_ids,
             timing_profile=timing_profile, preempt=preempt, virtual_router_id=virtual_router_id,
-            stats_port=stats_port, ec2_endpoint=ec2_endpoint, drain_timeout=drain_timeout)
+            stats_port=stats_port, ec2_endpoint=ec2_endpoint, drain_timeout=drain_timeout,
+            config_poll_interval=config_poll_interval)
+        check_dns_name(problems, dns_name, hosted_zone)
         observed = check_observability(
             problems, log_retention=log_retention, degraded_after=degraded_after, detailed_metrics=detailed_metrics,
             alarm_topic=alarm_topic, cloudtrail_log_group=cloudtrail_log_group)
+        # The pair's name (the Pair dimension of its metrics) and its log groups' prefix, which the
+        # nodes' documents carry: from the stack's name and the construct's path, so unique to the pair.
+        pair = _group_name(stack.stack_name, _path_in_stack(self), PAIR_NAME_MAX)
+        log_group_prefix = observability.check_log_group_prefix(problems, pair)
         built_vpc = vpc is None
         if problems and built_vpc:
             raise HaproxyHaPropsError(self.node.path, problems.items)
@@ -349,15 +420,17 @@ class HaproxyHa(Construct):
         if problems:
             raise HaproxyHaPropsError(self.node.path, problems.items)
         self._warn_about_egress(vpc, placement.node_subnets, built_vpc, nat_gateways, ec2_endpoint)
-        assert checked.vip is not None and checked.drain_timeout_s is not None
+        assert checked.vip is not None and checked.drain_timeout_s is not None and checked.config_poll_s is not None
         assert observed.log_retention is not None and observed.degraded_after_minutes is not None
-        assert observed.detailed_metrics is not None
+        assert observed.detailed_metrics is not None and log_group_prefix is not None
 
         self.vip = str(checked.vip)
         self.vpc = vpc
         self.listeners = listeners
         self.timing_profile = timing_profile
         self.drain_timeout = drain_timeout if drain_timeout is not None else DEFAULT_DRAIN_TIMEOUT
+        self.config_poll_interval = (config_poll_interval if config_poll_interval is not None
+                                     else DEFAULT_CONFIG_POLL_INTERVAL)
         self.route_table_ids = placement.route_table_ids
         self.route_table_arns = tuple(
             stack.format_arn(service="ec2", resource="route-table", resource_name=rtb,
@@ -366,7 +439,8 @@ class HaproxyHa(Construct):
         )
 
         # 3. Build: security group, endpoints, node files, the ENIs, the route Lambdas (the nodes'
-        #    documents name the reconciler), the nodes, then the custom resource and the triggers.
+        #    documents name the reconciler), the documents' bucket and Provider, the nodes, their
+        #    documents (the groups wait for them), then the routes' custom resource and the triggers.
         self.security_group = self._security_group(vpc, known_cidr, listeners, allowed_cidrs, stats_port)
         self._connections = ec2.Connections(security_groups=[self.security_group])
         self.ec2_endpoint = (self._interface_endpoint("Ec2Endpoint", ec2.InterfaceVpcEndpointAwsService.EC2,
@@ -383,19 +457,26 @@ class HaproxyHa(Construct):
         instance_type = instance_type or ec2.InstanceType(DEFAULT_INSTANCE_TYPE)
         # Observability (issue 13): the pair's name and its log groups come before the nodes' documents.
         observability_scope = Construct(self, "Observability")
-        self.metrics_pair = _group_name(stack.stack_name, _path_in_stack(self), PAIR_NAME_MAX)
+        self.metrics_pair = pair
         self.detailed_metrics = observed.detailed_metrics
-        self.log_groups = observability.make_log_groups(observability_scope, observed.log_retention)
-        settings = _NodeSettings(checked.listeners, preempt, virtual_router_id, stats_port,
-                                 NodeMetrics(self.metrics_pair, observed.detailed_metrics))
+        self.log_group_prefix = log_group_prefix
+        self.log_groups = observability.make_log_groups(observability_scope, log_group_prefix, observed.log_retention)
+        settings = _NodeSettings(with_secrets(checked.listeners, listeners), preempt, virtual_router_id, stats_port,
+                                 NodeMetrics(pair, observed.detailed_metrics, log_group_prefix))
         endpoints = [e for e in (self.ec2_endpoint, s3_endpoint, *isolated_endpoints) if e is not None]
+        store = self._config_store(checked.config_poll_s)
+        self.config_bucket = store.bucket
         self.nodes = self._nodes(
             enis, placement.node_subnets, instance_type, machine_image or _default_image(stack, instance_type),
-            settings, functions.reconcile, endpoints)
+            functions.reconcile, endpoints, store.bucket)
+        self.config_documents = self._config_documents(store, settings, functions.reconcile)
         self.vip_routes = self._vip_routes(functions)
         self._reconcile_triggers(functions)
         self.alarms, self.dashboard, self.log_queries = self._observe(
             observability_scope, checked.listeners, observed.degraded_after_minutes, alarm_topic, cloudtrail_log_group)
+        self.dns_name, self.hosted_zone = dns_name, None
+        if dns_name is not None:
+            self.hosted_zone = self._vip_record(vpc, dns_name, hosted_zone)
 
         # 4. Show what will run: each node's rendered files, written into the cloud assembly at synth.
         self.node.add_validation(preview.NodeFilesWriter(self, self._preview_files(settings)))
@@ -412,12 +493,6 @@ class HaproxyHa(Construct):
                  ) -> tuple[observability.HaproxyHaAlarms, cloudwatch.Dashboard, observability.HaproxyHaLogQueries]:
         for n in self.nodes:
             observability.grant_node_telemetry(n.role, self.log_groups)
-            Validations.of(n.role).acknowledge(_ack(
-                "AwsSolutions-IAM5[Resource::*]",
-                "ec2:DescribeRouteTables, DescribeInstances and DescribeNetworkInterfaces support no resource-level "
-                "permissions (the mutating route calls are scoped to this stack's tables); cloudwatch:PutMetricData "
-                f"supports none either, and is limited to the {metrics.NAMESPACE} namespace by the "
-                "cloudwatch:namespace condition."))
         # The reconciler's metrics carry the Pair dimension too (the dashboard's last graph).
         self.reconcile_function.add_environment(observability.RECONCILER_PAIR_VARIABLE, self.metrics_pair)
         names = tuple(n.name for n in self.nodes)
@@ -479,7 +554,8 @@ class HaproxyHa(Construct):
             "autoscaling (the termination hook and the health report)"]) + [
             "ssm, ssmmessages and ec2messages (Session Manager)",
             "lambda (the agent asks the reconciler to create a missing route)"]
-        needed = ([] if s3_added else ["an S3 gateway endpoint (node files and the Amazon Linux repositories)"]) \
+        needed = ([] if s3_added else ["an S3 gateway endpoint (node files, the nodes' documents and the Amazon "
+                                       "Linux repositories)"]) \
             + ["interface endpoints for " + ", ".join(interfaces)]
         Annotations.of(self).add_warning_v2(
             "haproxy-ha:isolated-nodes",
@@ -494,7 +570,8 @@ class HaproxyHa(Construct):
                    ) -> tuple[ec2.Vpc, ec2.GatewayVpcEndpoint | None]:
         """The VPC, and the S3 gateway endpoint it has when it has no NAT gateway."""
         # With no NAT gateway (allowed only with ec2_endpoint=True), the private subnets have no
-        # egress: they are isolated, and an S3 gateway endpoint serves the node files and packages.
+        # egress: they are isolated, and an S3 gateway endpoint serves the node files, the nodes'
+        # documents and packages.
         private = ec2.SubnetType.PRIVATE_ISOLATED if nat_gateways == 0 else ec2.SubnetType.PRIVATE_WITH_EGRESS
         vpc = ec2.Vpc(
             self,
@@ -578,8 +655,8 @@ class HaproxyHa(Construct):
         return [self._network_interface(name, subnet) for name, subnet in zip(NODE_NAMES, subnets, strict=False)]
 
     def _documents(self, addresses: Sequence[NodeAddress], settings: _NodeSettings, *, route_table_ids: Sequence[str],
-                   region: str, vpc_id: str, reconciler: str,
-                   lifecycles: Sequence[NodeLifecycle]) -> list[dict[str, Any]]:
+                   region: str, vpc_id: str, reconciler: str, lifecycles: Sequence[NodeLifecycle],
+                   live: Sequence[NodeLiveConfig] | None = None) -> list[dict[str, Any]]:
         """Each node's config document, in NODE_NAMES order."""
         return [
             node_config_document(
@@ -591,6 +668,7 @@ class HaproxyHa(Construct):
                 vpc_id=vpc_id,
                 reconciler=reconciler,
                 lifecycle=lifecycles[i],
+                live=live[i] if live is not None else None,
                 priority=NODE_PRIORITIES[i],
                 preempt=settings.preempt,
                 virtual_router_id=settings.virtual_router_id,
@@ -622,20 +700,24 @@ class HaproxyHa(Construct):
         subnets: Sequence[ec2.ISubnet],
         instance_type: ec2.InstanceType,
         machine_image: ec2.IMachineImage,
-        settings: _NodeSettings,
         reconcile: lambda_.IFunction,
         endpoints: Sequence[ec2.IVpcEndpoint],
+        bucket: s3.IBucket,
     ) -> tuple[HaproxyHaNode, ...]:
         stack = Stack.of(self)
         nodes: list[HaproxyHaNode] = []
-        scripts: list[ec2.UserData] = []
         for name, eni, subnet in zip(NODE_NAMES, enis, subnets, strict=False):
             scope = self._node_scope(name)
             group_name = _group_name(stack.stack_name, _path_in_stack(scope))
-            role = self._node_role(scope, name, group_name, reconcile)
-            # Written below, once both groups exist: each document names its own group's logical ID.
-            # The launch template renders its user data at synth, so the commands still count.
+            role = self._node_role(scope, name, group_name, reconcile, bucket)
+            after_boot = ec2.UserData.for_linux()
+            # The document is not in user data: the boot fetches it from its fixed key, so a new
+            # document changes neither the launch template nor the group.
             script = ec2.UserData.for_linux()
+            script.add_commands(*self._user_data_commands(
+                bucket.s3_url_for_object(DOCUMENT_KEY.format(node=name)), after_boot))
+            # Checked at synth, once callers have added their after-boot commands too.
+            self.node.add_validation(_UserDataLimit(stack, name, script))
             template = self._launch_template(scope, eni, role, instance_type, machine_image, script)
             # The instance calls AWS with the role's policies from its first boot, and fetches
             # through NAT or the endpoints: it starts only once they exist.
@@ -643,16 +725,7 @@ class HaproxyHa(Construct):
                                 [role, subnet.internet_connectivity_established, *endpoints])
             nodes.append(HaproxyHaNode(
                 name=name, auto_scaling_group=group, launch_template=template, network_interface=eni, role=role,
-                availability_zone=subnet.availability_zone, after_boot=ec2.UserData.for_linux()))
-            scripts.append(script)
-        addresses = [NodeAddress(name=n.name, eni_id=n.eni_id, ip=n.private_ip) for n in nodes]
-        documents = self._documents(addresses, settings, route_table_ids=self.route_table_ids, region=stack.region,
-                                    vpc_id=self.vpc.vpc_id, reconciler=reconcile.function_arn,
-                                    lifecycles=self._lifecycles(nodes, Aws.STACK_ID))
-        for node, script, document in zip(nodes, scripts, documents, strict=True):
-            script.add_commands(*self._user_data_commands(stack.to_json_string(document), node.after_boot))
-            # Checked at synth, once callers have added their after-boot commands too.
-            self.node.add_validation(_UserDataLimit(stack, node.name, script))
+                availability_zone=subnet.availability_zone, after_boot=after_boot))
         # One node at a time: node b's group is created, and rolled on an update, only once node
         # a's new instance has signalled that it serves.
         nodes[1].auto_scaling_group.node.add_dependency(nodes[0].auto_scaling_group)
@@ -662,6 +735,7 @@ class HaproxyHa(Construct):
         """Each node's haproxy.cfg and keepalived.conf, rendered from its document with placeholders
         for what only the deploy knows (see haproxy_ha/preview.py)."""
         ips = preview.placeholder_ips(self.vip, len(NODE_NAMES))
+        settings = dataclasses.replace(settings, listeners=preview_secrets(settings.listeners))
         addresses = [NodeAddress(name=name, eni_id=preview.placeholder_eni(name), ip=ip)
                      for name, ip in zip(NODE_NAMES, ips, strict=True)]
         documents = self._documents(
@@ -675,13 +749,14 @@ class HaproxyHa(Construct):
                                          strict=True)])
         return {name: preview.render_node_files(doc) for name, doc in zip(NODE_NAMES, documents, strict=True)}
 
-    def _user_data_commands(self, document_json: str, after_boot: ec2.UserData) -> list[str]:
-        """Write the node's document, the boot unit and what it reads, then start the unit without
-        waiting for it: cloud-init returns, and systemd retries a boot that fails."""
+    def _user_data_commands(self, document_url: str, after_boot: ec2.UserData) -> list[str]:
+        """Write the boot unit and what it reads (where the node files and the node's document
+        are), then start the unit without waiting for it: cloud-init returns, and systemd retries
+        a boot that fails."""
         files = (
-            (NODE_CONFIG_PATH, "HAPROXY_HA_NODE_CONFIG", document_json),
             (BOOT_ENV_PATH, "HAPROXY_HA_BOOT_ENV",
-             f"NODE_FILES_URL={self.node_files.s3_object_url}\nAWS_REGION={Stack.of(self).region}"),
+             f"NODE_FILES_URL={self.node_files.s3_object_url}\nNODE_CONFIG_URL={document_url}\n"
+             f"AWS_REGION={Stack.of(self).region}"),
             (USER_DATA_FILES[FETCH_SCRIPT], "HAPROXY_HA_FETCH_SCRIPT", user_data_file(FETCH_SCRIPT).rstrip("\n")),
             # Rendered at synth, so that commands callers add later still count.
             (AFTER_BOOT_PATH, "HAPROXY_HA_AFTER_BOOT", Lazy.string(_RenderUserData(after_boot))),
@@ -782,7 +857,8 @@ class HaproxyHa(Construct):
             "to would add nothing. Operators who want mail add their own EventBridge rule on these events."))
         return group
 
-    def _node_role(self, scope: Construct, name: str, group_name: str, reconcile: lambda_.IFunction) -> iam.Role:
+    def _node_role(self, scope: Construct, name: str, group_name: str, reconcile: lambda_.IFunction,
+                   bucket: s3.IBucket) -> iam.Role:
         stack = Stack.of(self)
         role = iam.Role(
             scope,
@@ -797,11 +873,15 @@ class HaproxyHa(Construct):
         # Exactly the function: Function.grant_invoke would add its versions and aliases (ARN:*).
         role.add_to_principal_policy(iam.PolicyStatement(
             actions=["lambda:InvokeFunction"], resources=[reconcile.function_arn]))
-        # Exactly the one object the nodes download, rather than Asset.grant_read's bucket-wide wildcards.
+        # Exactly the objects this node reads, rather than grant_read's bucket-wide wildcards: the
+        # node files, and its own document (never the peer's); and the one it writes, its status.
         role.add_to_principal_policy(iam.PolicyStatement(
             actions=["s3:GetObject"],
-            resources=[self.node_files.bucket.arn_for_objects(self.node_files.s3_object_key)],
+            resources=[self.node_files.bucket.arn_for_objects(self.node_files.s3_object_key),
+                       bucket.arn_for_objects(DOCUMENT_KEY.format(node=name))],
         ))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["s3:PutObject"], resources=[bucket.arn_for_objects(STATUS_KEY.format(node=name))]))
         # Its own group only: the group's ID in its ARN is unknown before it exists, its name is not.
         group_arn = stack.format_arn(service="autoscaling", resource="autoScalingGroup",
                                      resource_name=f"*:autoScalingGroupName/{group_name}",
@@ -812,6 +892,11 @@ class HaproxyHa(Construct):
         ))
         role.add_to_principal_policy(iam.PolicyStatement(
             actions=["cloudformation:SignalResource"], resources=[Aws.STACK_ID]))
+        # GetSecretValue and DescribeSecret on exactly the TLS listeners' secrets (and kms:Decrypt
+        # through Secrets Manager when a secret has its own key): the secret's own grant.
+        for lst in self.listeners:
+            if lst.certificate is not None:
+                lst.certificate.grant_read(role)
         Validations.of(role).acknowledge(
             _ack("AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore]",
                  "Session Manager access instead of SSH: AWS maintains this minimal policy for the SSM agent."),
@@ -848,6 +933,150 @@ class HaproxyHa(Construct):
     def _node_scope(self, name: str) -> Construct:
         existing = self.node.try_find_child(f"Node{name.upper()}")
         return existing if isinstance(existing, Construct) else Construct(self, f"Node{name.upper()}")
+
+    # --- the nodes' documents: in S3, written and waited for by a custom resource -------------------
+
+    def _config_store(self, poll_s: float) -> _ConfigStore:
+        """The bucket of the nodes' documents, and the Provider whose handlers write them
+        (config_handler.on_event) and wait until the nodes in service applied them (is_complete)."""
+        scope = Construct(self, "Config")
+        bucket = s3.Bucket(
+            scope,
+            "Bucket",
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            # Unversioned, and deleted with the stack: it holds only the two documents and the two
+            # status objects, which the documents' custom resource deletes when it is deleted.  It
+            # is deleted after both groups (they depend on it), so no node writes after it.
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        documents = [bucket.arn_for_objects(DOCUMENT_KEY.format(node=n)) for n in NODE_NAMES]
+        statuses = [bucket.arn_for_objects(STATUS_KEY.format(node=n)) for n in NODE_NAMES]
+        writer = self._config_function(scope, "Writer", "config_handler.on_event", CONFIG_WRITER_TIMEOUT,
+                                       "write the nodes' documents; remove them and the status objects on delete", [
+            iam.PolicyStatement(actions=["s3:PutObject"], resources=documents),
+            iam.PolicyStatement(actions=["s3:DeleteObject"], resources=documents + statuses),
+        ])
+        waiter = self._config_function(scope, "Waiter", "config_handler.is_complete", CONFIG_WAITER_TIMEOUT,
+                                       "wait until the nodes in service applied their new documents", [
+            iam.PolicyStatement(actions=["s3:GetObject"], resources=statuses),
+            # Without it S3 answers a status object that is not there yet with 403, not 404.
+            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[bucket.bucket_arn]),
+            iam.PolicyStatement(actions=["autoscaling:DescribeAutoScalingGroups"], resources=["*"]),
+        ])
+        wait_s = poll_s + CONFIG_APPLY_MARGIN_S
+        # The framework counts its tries as total / interval, and refuses a total that is not a multiple.
+        interval_s = CONFIG_QUERY_INTERVAL.to_seconds()
+        total_s = math.ceil((wait_s + CONFIG_FRAMEWORK_MARGIN_S) / interval_s) * interval_s
+        provider = cr.Provider(
+            scope,
+            "Provider",
+            on_event_handler=writer,
+            is_complete_handler=waiter,
+            query_interval=CONFIG_QUERY_INTERVAL,
+            total_timeout=Duration.seconds(total_s),
+            log_group=logs.LogGroup(scope, "ProviderLogs", retention=logs.RetentionDays.ONE_MONTH),
+            disable_waiter_state_machine_logging=False,
+            waiter_state_machine_log_options=cr.LogOptions(
+                destination=logs.LogGroup(scope, "WaiterStateMachineLogs", retention=logs.RetentionDays.ONE_MONTH),
+                level=sfn.LogLevel.ALL),
+        )
+        stack = Stack.of(self)
+        Validations.of(bucket).acknowledge(_ack(
+            "AwsSolutions-S1",
+            "The bucket holds only the two node documents and the nodes' status objects. Its only writers are "
+            "this construct's writer function (the two document keys) and each node's role (its own status key), "
+            "each granted exactly those object ARNs; the writer logs every version it writes."))
+        assert waiter.role is not None
+        Validations.of(waiter.role).acknowledge(_ack(
+            "AwsSolutions-IAM5[Resource::*]",
+            "autoscaling:DescribeAutoScalingGroups supports no resource-level permissions; the waiter only reads "
+            "the two node groups' instances in service, by name."))
+        Validations.of(scope).acknowledge(_ack(
+            "AwsSolutions-L1",
+            "The writer and waiter are pinned to Python 3.12, as the route functions are, so a CDK upgrade never "
+            "changes their runtime unseen; the runtime code they run is kept Python 3.9-clean (ruff, vermin)."))
+        Validations.of(provider).acknowledge(
+            _ack("AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                 "AWSLambdaBasicExecutionRole]",
+                 "The Provider framework's own functions take AWS's minimal managed policy to write their logs; "
+                 "their other grants (invoking this construct's two functions, starting the waiter) are scoped "
+                 "to those resources by the framework."),
+            _ack("AwsSolutions-IAM5[Resource::*]",
+                 "The waiter state machine's role holds the CloudWatch Logs delivery actions that Step Functions "
+                 "logging needs (CreateLogDelivery and the like), which support no resource-level permissions."),
+            # The framework grants invoke on each function it calls, versions and aliases included:
+            # its onEvent and isComplete call ours, its waiter state machine calls its own two.
+            *(_ack(f"AwsSolutions-IAM5[Resource::<{stack.get_logical_id(_cfn(fn))}.Arn>:*]",
+                   f"The Provider framework may invoke {fn.node.id} (versions and aliases included), a function of "
+                   "this construct's own custom resource; nothing else is granted.")
+              for fn in (writer, waiter, *_framework_functions(provider, "framework-isComplete",
+                                                               "framework-onTimeout"))),
+            _ack("AwsSolutions-SF2",
+                 "The waiter state machine only calls the waiter function every few seconds until the nodes "
+                 "report; every event of its executions is logged to CloudWatch Logs, which shows each call."),
+        )
+        return _ConfigStore(scope, bucket, provider, wait_s, poll_s, total_s)
+
+    def _config_function(self, scope: Construct, id: str, handler: str, timeout: Duration, what: str,
+                         statements: Sequence[iam.PolicyStatement]) -> lambda_.Function:
+        role = iam.Role(scope, f"{id}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+                        description=f"haproxy-ha documents: {what}")
+        for statement in statements:
+            role.add_to_principal_policy(statement)
+        log_group = logs.LogGroup(scope, f"{id}Logs", retention=logs.RetentionDays.ONE_MONTH)
+        log_group.grant_write(role)
+        return lambda_.Function(
+            scope,
+            f"{id}Function",
+            runtime=lambda_.Runtime.PYTHON_3_12,
+            architecture=lambda_.Architecture.ARM_64,
+            handler=handler,
+            code=lambda_.Code.from_asset(str(lambda_code_dir())),
+            role=role,
+            timeout=timeout,
+            memory_size=256,
+            log_group=log_group,
+            # Lambda allows 256 characters; a deep construct path is cut.
+            description=f"haproxy-ha {handler}: the nodes' documents of {self.node.path}"[:256],
+        )
+
+    def _config_documents(self, store: _ConfigStore, settings: _NodeSettings,
+                          reconcile: lambda_.IFunction) -> CustomResource:
+        """The custom resource that writes each node's document to its fixed key and waits for the
+        nodes in service; the groups depend on it, so a new instance boots with the new document."""
+        stack = Stack.of(self)
+        addresses = [NodeAddress(name=n.name, eni_id=n.eni_id, ip=n.private_ip) for n in self.nodes]
+        live = [NodeLiveConfig(config_bucket=store.bucket.bucket_name, config_key=DOCUMENT_KEY.format(node=n.name),
+                               status_key=STATUS_KEY.format(node=n.name), config_poll_s=store.poll_s)
+                for n in self.nodes]
+        documents = self._documents(addresses, settings, route_table_ids=self.route_table_ids, region=stack.region,
+                                    vpc_id=self.vpc.vpc_id, reconciler=reconcile.function_arn,
+                                    lifecycles=self._lifecycles(self.nodes, Aws.STACK_ID), live=live)
+        resource = CustomResource(
+            store.scope,
+            "Documents",
+            service_token=store.provider.service_token,
+            resource_type="Custom::HaproxyHaNodeDocuments",
+            # After the framework's own timeout, which comes after the waiter's.
+            service_timeout=Duration.seconds(store.total_s + CONFIG_SERVICE_MARGIN_S),
+            properties={
+                "Bucket": store.bucket.bucket_name,
+                "WaitSeconds": store.wait_s,
+                "Nodes": [{
+                    "Name": n.name,
+                    "Key": DOCUMENT_KEY.format(node=n.name),
+                    "StatusKey": STATUS_KEY.format(node=n.name),
+                    "AutoScalingGroupName": n.auto_scaling_group_name,
+                    # JSON text: CloudFormation would hand every number and boolean over as a string.
+                    "Document": stack.to_json_string(document),
+                } for n, document in zip(self.nodes, documents, strict=True)],
+            },
+        )
+        for n in self.nodes:
+            n.auto_scaling_group.node.add_dependency(resource)
+        return resource
 
     # --- VIP routes: the Lambda that owns and repairs them -----------------------------------------
 
@@ -953,6 +1182,17 @@ class HaproxyHa(Construct):
         )
         schedule.add_target(targets.LambdaFunction(functions.reconcile))
 
+    def _vip_record(self, vpc: ec2.IVpc, dns_name: str, zone: route53.IHostedZone | None) -> route53.IHostedZone:
+        """The VIP's A record, in the caller's zone or in a private zone of exactly that name (so
+        that no other name of a parent domain is shadowed in the VPC)."""
+        if zone is None:
+            zone = route53.PrivateHostedZone(self, "Zone", zone_name=dns_name, vpc=vpc,
+                                             comment=f"haproxy-ha: the VIP of {self.node.path}")
+        route53.ARecord(self, "VipRecord", zone=zone, record_name=dns_name + ".",
+                        target=route53.RecordTarget.from_ip_addresses(self.vip), ttl=Duration.seconds(300),
+                        comment="haproxy-ha VIP: failover moves routes, never this address")
+        return zone
+
     def add_outputs(self, prefix: str = "") -> tuple[CfnOutput, ...]:
         """Publish, as outputs of this construct's stack, what ``haproxy-ha status|failover --stack
         NAME`` reads: ``Vip``, ``VpcId``, ``RouteTableIds``, ``NodeAEniId``, ``NodeBEniId`` and
@@ -1001,10 +1241,10 @@ class _UserDataLimit:
         size = _resolved_size(self._stack.resolve(self._user_data.render()))
         if size <= USER_DATA_LIMIT_BYTES:
             return []
-        return [f"listeners, extra_route_table_ids or node.after_boot: node {self._node}'s user data would be "
-                f"about {size} bytes (deploy-time values counted at {_DEPLOY_TIME_VALUE_BYTES} bytes each); "
-                f"allowed: at most {USER_DATA_LIMIT_BYTES} bytes, EC2's limit. Use fewer listeners, backends or "
-                "route tables, or shorter after-boot commands"]
+        return [f"node.after_boot: node {self._node}'s user data would be about {size} bytes (deploy-time "
+                f"values counted at {_DEPLOY_TIME_VALUE_BYTES} bytes each); allowed: at most "
+                f"{USER_DATA_LIMIT_BYTES} bytes, EC2's limit. Use shorter after-boot commands, or have them "
+                "fetch a script"]
 
 
 def _resolved_size(value: Any) -> int:
@@ -1032,6 +1272,19 @@ class _RenderUserData:
 def _listed(items: Sequence[str]) -> str:
     """'a', 'a and b', 'a, b and c'."""
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _framework_functions(provider: cr.Provider, *ids: str) -> list[lambda_.Function]:
+    """The Provider framework's own functions, by their construct IDs."""
+    found = [provider.node.find_child(i) for i in ids]
+    assert all(isinstance(f, lambda_.Function) for f in found), found
+    return [f for f in found if isinstance(f, lambda_.Function)]
+
+
+def _cfn(function: lambda_.Function) -> lambda_.CfnFunction:
+    child = function.node.default_child
+    assert isinstance(child, lambda_.CfnFunction)
+    return child
 
 
 def _ack(rule_id: str, reason: str) -> Acknowledgment:

@@ -25,11 +25,24 @@ class NodeLifecycle:
 
 @dataclass(frozen=True)
 class NodeMetrics:
-    """What one node's document says about its metrics: the pair's name (the Pair dimension), and
-    whether HAProxy's per-listener metrics are published too."""
+    """What one node's document says about its metrics and logs: the pair's name (the Pair
+    dimension), whether HAProxy's per-listener metrics are published too, and the prefix of the
+    log groups it ships to (haproxy_ha_runtime.shipping)."""
 
-    metrics_pair: str
+    pair_name: str
     detailed_metrics: bool
+    log_group_prefix: str
+
+
+@dataclass(frozen=True)
+class NodeLiveConfig:
+    """Where one node's document lives in S3, where the node writes its status beside it, and how
+    often it polls the document (see haproxy_ha_runtime.live_config)."""
+
+    config_bucket: str
+    config_key: str
+    status_key: str
+    config_poll_s: float
 
 
 @dataclass(frozen=True)
@@ -57,13 +70,15 @@ def node_config_document(
     stats_port: int,
     reconciler: str | None = None,
     lifecycle: NodeLifecycle | None = None,
+    live: NodeLiveConfig | None = None,
     metrics: NodeMetrics | None = None,
 ) -> dict[str, Any]:
     """The document for node `me`, with `{node}` in static replies filled in.  `interface` is
     null: the node finds the interface that holds local_ip.  `reconciler` is the function the
     agent invokes to create a missing route (its ARN; a token at synth time).  `lifecycle` names
-    the node's group, hook and signal (None: a node in no group); `metrics` its pair's name and how
-    much it publishes (None: no named pair)."""
+    the node's group, hook and signal (None: a node in no group); `live` its object in S3 (None: a
+    document that is only a file, as in the synth-time preview); `metrics` its pair's name, how
+    much it publishes and where its logs go (None: no named pair, nothing ships)."""
     node_listeners = tuple(
         dataclasses.replace(lst, static_reply=lst.static_reply.replace("{node}", me.name))
         if lst.static_reply is not None else lst
@@ -81,6 +96,7 @@ def node_config_document(
         vpc_id=vpc_id,
         reconciler=reconciler,
         **(dataclasses.asdict(lifecycle) if lifecycle is not None else {}),
+        **(dataclasses.asdict(live) if live is not None else {}),
         **(dataclasses.asdict(metrics) if metrics is not None else {}),
         priority=priority,
         preempt=preempt,

@@ -1,9 +1,11 @@
 """The pair's observability, stack side (issue 13): its log groups, what the node roles may
 publish, the alarms, the dashboard and the saved Logs Insights queries.
 
-The metric names and dimensions are haproxy_ha_runtime.metrics', which the nodes publish under
-(the Pair dimension is the construct's `metrics_pair`).  Every alarm and graph reads them at a
-one-minute period, so they expect each node's gauges at least once a minute.
+The metric names and dimensions are haproxy_ha_runtime.metrics'.  The nodes write them as EMF
+records (haproxy_ha_runtime.telemetry), which the CloudWatch agent ships to PREFIX/metrics, where
+CloudWatch Logs makes the metrics; the reconciler prints its record to its own function's log.
+The Pair dimension is the document's `pair_name` (the construct's `metrics_pair`).  Every alarm and
+graph reads them at a one-minute period: a node writes its state and HAProxy's numbers every 60 s.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from constructs import Construct, IDependable
 
-from haproxy_ha_runtime import config, metrics
+from haproxy_ha_runtime import config, metrics, reconcile_metrics, shipping
+from haproxy_ha_runtime.problems import Problems
 
 PERIOD = Duration.minutes(1)
 # A node with no successful EC2 call for this many minutes fires its alarm: one failed call is
@@ -34,7 +37,13 @@ ROUTE_WRITES_NOT_VIP = "RouteWritesNotVip"
 ROLE = "Role"
 ROUTE_WRITE_EVENTS = ("CreateRoute", "ReplaceRoute", "DeleteRoute")
 # The reconciler finds the pair's name (its metrics' Pair dimension) in this environment variable.
-RECONCILER_PAIR_VARIABLE = "METRICS_PAIR"
+RECONCILER_PAIR_VARIABLE = reconcile_metrics.PAIR_NAME_ENV
+# The pair's log groups are LOG_GROUP_ROOT/<pair>/<kind> (shipping.LOG_GROUPS).
+LOG_GROUP_ROOT = "/haproxy-ha"
+# A node writes its state and samples HAProxy every 60 s, not on the minute: now and then a
+# minute holds no record of a node.  The alarms that count a missing node as 0 need two minutes
+# (validation.DEGRADED_AFTER_MIN_MINUTES is the same for degraded_after).
+GAP_PROOF_MINUTES = 2
 # The Logs Insights queries list this many events at most.
 QUERY_LIMIT = 50
 # HAProxy's `option httplog` line: "... [accept date] frontend backend/server TR/Tw/Tc/Tr/Ta
@@ -45,18 +54,21 @@ HTTPLOG_PARSE = (r"/\] (?<frontend>\S+) (?<backend>[^\s\/]+)\/(?<server>\S+) (?:
 
 @dataclass(frozen=True)
 class HaproxyHaLogGroups:
-    """The pair's log groups in CloudWatch Logs; both nodes write to each."""
+    """The pair's log groups in CloudWatch Logs, PREFIX/<kind>; both nodes ship to each (a stream
+    per node and instance)."""
 
     agent: logs.LogGroup
-    """The agent's JSON event lines (and its metric lines)."""
+    """The agent's JSON events (PREFIX/agent): transitions, failovers, route writes."""
+    metrics: logs.LogGroup
+    """The agent's EMF metric records (PREFIX/metrics), from which CloudWatch makes the metrics."""
     haproxy: logs.LogGroup
-    """HAProxy's access log."""
+    """HAProxy's access log (PREFIX/haproxy)."""
     keepalived: logs.LogGroup
-    """keepalived's log: elections and VRRP state changes."""
+    """keepalived's log (PREFIX/keepalived): elections and VRRP state changes."""
 
     def all(self) -> tuple[logs.LogGroup, ...]:
-        """Every log group of the pair."""
-        return (self.agent, self.haproxy, self.keepalived)
+        """Every log group of the pair, in shipping.LOG_GROUPS order."""
+        return (self.agent, self.metrics, self.haproxy, self.keepalived)
 
 
 @dataclass(frozen=True)
@@ -137,20 +149,32 @@ class PairMetrics:
                                          using_metrics=using, period=PERIOD, label=label)
 
 
-def make_log_groups(scope: Construct, retention: logs.RetentionDays) -> HaproxyHaLogGroups:
-    """The agent's, HAProxy's and keepalived's log groups, each kept for `retention`."""
-    return HaproxyHaLogGroups(*(logs.LogGroup(scope, id, retention=retention)
-                                for id in ("AgentLogs", "HaproxyLogs", "KeepalivedLogs")))
+def check_log_group_prefix(problems: Problems, pair: str) -> str | None:
+    """The prefix of the pair's log groups, checked by the node's own rule."""
+    return config.check_log_group_prefix(problems, f"{LOG_GROUP_ROOT}/{pair}",
+                                         "log group prefix (from the stack's name and the construct's path)")
+
+
+# The construct IDs of the log groups, by kind (shipping.LOG_GROUPS).
+_LOG_GROUP_IDS = {"agent": "AgentLogs", "metrics": "MetricsLogs", "haproxy": "HaproxyLogs",
+                  "keepalived": "KeepalivedLogs"}
+
+
+def make_log_groups(scope: Construct, prefix: str, retention: logs.RetentionDays) -> HaproxyHaLogGroups:
+    """The groups the nodes ship to, PREFIX/agent|metrics|haproxy|keepalived (the names the node
+    renders into the CloudWatch agent's config, which creates no group), each kept for `retention`.
+    They stay when the stack is deleted (the CDK's default for a log group)."""
+    return HaproxyHaLogGroups(**{
+        kind: logs.LogGroup(scope, _LOG_GROUP_IDS[kind], log_group_name=shipping.log_group(prefix, kind),
+                            retention=retention)
+        for kind in shipping.LOG_GROUPS})
 
 
 def grant_node_telemetry(role: iam.IRole, log_groups: HaproxyHaLogGroups) -> None:
-    """What a node may publish: metrics in the pair's namespace only (in case it calls
-    PutMetricData itself), and log events to the pair's log groups only (the CloudWatch agent)."""
-    role.add_to_principal_policy(iam.PolicyStatement(
-        actions=["cloudwatch:PutMetricData"],
-        resources=["*"],
-        conditions={"StringEquals": {"cloudwatch:namespace": metrics.NAMESPACE}},
-    ))
+    """What a node's CloudWatch agent needs to ship its files: a stream of its own in each of the
+    pair's groups, and its events there.  Nothing else: the groups exist (it creates none and sets
+    no retention), its config has no metrics section, and the node's metrics are EMF lines in
+    PREFIX/metrics (no PutMetricData)."""
     for group in log_groups.all():
         group.grant(role, "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams")
 
@@ -210,8 +234,9 @@ def make_alarms(scope: Construct, pm: PairMetrics, listeners: Sequence[config.Li
     no_active = alarm(
         scope, "NoActiveNode",
         pm.total({n: pm.node(metrics.ACTIVE, n, "Maximum") for n in pm.nodes}, "nodes that own the VIP"),
-        1, below=True, periods=1, missing=breaching,
-        description="no healthy node owned the VIP for a minute (none was MASTER with HAProxy healthy and "
+        1, below=True, periods=GAP_PROOF_MINUTES, missing=breaching,
+        description=f"no healthy node owned the VIP for {GAP_PROOF_MINUTES} minutes (none was MASTER with HAProxy "
+                    "healthy and "
                     "every route at it, or none published). Clients of the VIP are not served: run "
                     "haproxy-ha status.")
     failover = alarm(
@@ -226,8 +251,9 @@ def make_alarms(scope: Construct, pm: PairMetrics, listeners: Sequence[config.Li
             backend_scope, lst.name,
             pm.best({n: pm.backend(metrics.SERVERS_UP, lst.name, n, "Maximum", f"servers up, node {n}")
                      for n in pm.nodes}, f"{lst.name}: servers up"),
-            1, below=True, periods=1, missing=not_breaching,
-            description=f"every server of listener {lst.name}'s backend was down for a minute, as every node "
+            1, below=True, periods=GAP_PROOF_MINUTES, missing=not_breaching,
+            description=f"every server of listener {lst.name}'s backend was down for {GAP_PROOF_MINUTES} minutes, "
+                        "as every node "
                         "saw it: the listener answers 503.")
         for lst in listeners if lst.backends
     }
@@ -355,15 +381,16 @@ def make_dashboard(scope: Construct, pm: PairMetrics, vip: str, listeners: Seque
 
 
 def failovers_query() -> logs.QueryString:
-    """The last failovers, newest first, with the node that took over and how long it took (ms):
-    the agent's metric lines carry each metric as a member of their own (EMF)."""
-    return logs.QueryString(fields=["@timestamp", metrics.NODE, metrics.FAILOVER_TIME],
-                            filter_statements=[f"ispresent({metrics.FAILOVER_TIME})"],
+    """The last failovers, newest first, as the agent that took over logged them (event
+    "failover" in PREFIX/agent): the node, how long the take-over took (ms) and why it was a fault."""
+    return logs.QueryString(fields=["@timestamp", "node", "took_ms", "reason"],
+                            filter_statements=['event = "failover"'],
                             sort="@timestamp desc", limit=QUERY_LIMIT)
 
 
 def errors_5xx_query() -> logs.QueryString:
-    """5xx answers in HAProxy's access log, counted by backend, server and status."""
+    """5xx answers in HAProxy's access log (PREFIX/haproxy: rsyslog's file format, then HAProxy's
+    httplog line), counted by backend, server and status."""
     return logs.QueryString(parse_statements=[f"@message {HTTPLOG_PARSE}"],
                             filter_statements=["status like /^5/"],
                             stats_statements=["count(*) as answers_5xx by backend, server, status"],

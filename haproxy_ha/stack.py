@@ -45,6 +45,7 @@ class HaproxyHaStack(Stack):
         CfnOutput(self, "Dashboard", value=lb.dashboard.dashboard_name,
                   description="The pair's CloudWatch dashboard")
         for key, log_group, what in (("AgentLogGroup", lb.log_groups.agent, "the agents' JSON events"),
+                                     ("MetricsLogGroup", lb.log_groups.metrics, "the agents' metric records (EMF)"),
                                      ("HaproxyLogGroup", lb.log_groups.haproxy, "HAProxy's access log"),
                                      ("KeepalivedLogGroup", lb.log_groups.keepalived, "keepalived's log")):
             CfnOutput(self, key, value=log_group.log_group_name, description=f"Log group: {what}, both nodes")

@@ -39,6 +39,7 @@ class CheckedProps:
     vip: ipaddress.IPv4Address | None
     listeners: tuple[config.Listener, ...]
     drain_timeout_s: float | None = None
+    config_poll_s: float | None = None
 
 
 def check_props(
@@ -59,6 +60,7 @@ def check_props(
     stats_port: Any,
     ec2_endpoint: Any = False,
     drain_timeout: Any = None,
+    config_poll_interval: Any = None,
 ) -> CheckedProps:
     """Check every prop that can be checked before the VPC exists."""
     if vpc_given:
@@ -92,7 +94,10 @@ def check_props(
     checked_stats_port = problems.integer(stats_port, "stats_port", 1, 65535)
     checked_listeners = config.check_listeners(problems, listener_documents(problems, listeners), checked_stats_port)
     drain_timeout_s = check_drain_timeout(problems, DEFAULT_DRAIN_TIMEOUT if drain_timeout is None else drain_timeout)
-    return CheckedProps(vip=vip_addr, listeners=checked_listeners, drain_timeout_s=drain_timeout_s)
+    config_poll_s = check_config_poll_interval(
+        problems, DEFAULT_CONFIG_POLL_INTERVAL if config_poll_interval is None else config_poll_interval)
+    return CheckedProps(vip=vip_addr, listeners=checked_listeners, drain_timeout_s=drain_timeout_s,
+                        config_poll_s=config_poll_s)
 
 
 # The node's own bounds for drain_timeout_s (haproxy_ha_runtime.config.parse_config); the shared
@@ -101,20 +106,61 @@ DRAIN_TIMEOUT_MAX_S = 3600
 DEFAULT_DRAIN_TIMEOUT = Duration.seconds(config.default("drain_timeout_s"))
 
 
-def check_drain_timeout(problems: Problems, value: Any) -> float | None:
-    """The drain timeout in seconds (the document's drain_timeout_s), or None after recording why not."""
-    allowed = f"a Duration from 0 to {DRAIN_TIMEOUT_MAX_S} seconds, such as Duration.seconds(30)"
+# The node polls its document in S3 this often (the document's config_poll_s).  The document
+# allows up to an hour, but a deploy waits for each node's next poll (the documents' custom
+# resource), and CloudFormation waits at most an hour for it: the prop stays within minutes.
+CONFIG_POLL_INTERVAL_MAX_S = 300
+DEFAULT_CONFIG_POLL_INTERVAL = Duration.seconds(config.default("config_poll_s"))
+
+
+def check_duration(problems: Problems, prop: str, value: Any, low: float, high: float, example: str) -> float | None:
+    """A Duration known at synth time, from `low` to `high` seconds, in seconds; or None after
+    recording why not."""
+    allowed = f"a Duration from {low:g} to {high:g} seconds, such as {example}"
     if not isinstance(value, Duration):
-        problems.bad("drain_timeout", value, allowed)
+        problems.bad(prop, value, allowed)
         return None
     if value.is_unresolved():
-        problems.bad("drain_timeout", value.to_string(), "a Duration known at synth time, not a token")
+        problems.bad(prop, value.to_string(), "a Duration known at synth time, not a token")
         return None
     seconds = value.to_milliseconds() / 1000
-    if not 0 <= seconds <= DRAIN_TIMEOUT_MAX_S:
-        problems.bad("drain_timeout", value.to_human_string(), allowed)
+    if not low <= seconds <= high:
+        problems.bad(prop, value.to_human_string(), allowed)
         return None
     return seconds
+
+
+def check_dns_name(problems: Problems, dns_name: Any, hosted_zone: Any) -> None:
+    """`dns_name`: a DNS name of two labels or more (lowercase, as Route 53 keeps it), inside
+    `hosted_zone` when one is given and its name is known at synth."""
+    allowed = "a DNS name of two labels or more, lowercase, such as lb.internal.example"
+    if dns_name is None:
+        if hosted_zone is not None:
+            problems.bad("hosted_zone", "a zone", "None unless dns_name is given (the zone is for its record)")
+        return
+    if is_token(dns_name):
+        problems.bad("dns_name", dns_name, "a name known at synth time, not a token")
+        return
+    if (not isinstance(dns_name, str) or not config.HOST_RE.match(dns_name) or "." not in dns_name
+            or dns_name != dns_name.lower() or dns_name.replace(".", "").isdigit()):
+        problems.bad("dns_name", dns_name, allowed)
+        return
+    zone_name = getattr(hosted_zone, "zone_name", None) if hosted_zone is not None else None
+    if isinstance(zone_name, str) and not is_token(zone_name):
+        zone = zone_name.rstrip(".").lower()
+        if dns_name != zone and not dns_name.endswith("." + zone):
+            problems.bad("dns_name", dns_name, f"a name in hosted_zone's domain {zone}")
+
+
+def check_drain_timeout(problems: Problems, value: Any) -> float | None:
+    """The drain timeout in seconds (the document's drain_timeout_s), or None after recording why not."""
+    return check_duration(problems, "drain_timeout", value, 0, DRAIN_TIMEOUT_MAX_S, "Duration.seconds(30)")
+
+
+def check_config_poll_interval(problems: Problems, value: Any) -> float | None:
+    """How often the nodes poll their documents, in seconds (the document's config_poll_s)."""
+    return check_duration(problems, "config_poll_interval", value, config.CONFIG_POLL_BOUNDS_S[0],
+                          min(CONFIG_POLL_INTERVAL_MAX_S, config.CONFIG_POLL_BOUNDS_S[1]), "Duration.seconds(10)")
 
 
 def check_vip(problems: Problems, vip: Any) -> ipaddress.IPv4Address | None:
@@ -165,6 +211,9 @@ def check_route_table_ids(problems: Problems, prop: str, ids: Sequence[str]) -> 
 DEFAULT_LOG_RETENTION = logs.RetentionDays.ONE_MONTH
 DEFAULT_DEGRADED_AFTER = Duration.minutes(15)
 DEGRADED_AFTER_MAX_MINUTES = 1440
+# A node writes its state every 60 s, not on the minute, so one minute may hold no record of a
+# healthy node; the degraded alarm counts that as unhealthy, so it needs two minutes at least.
+DEGRADED_AFTER_MIN_MINUTES = 2
 
 
 @dataclass(frozen=True)
@@ -185,7 +234,7 @@ def check_observability(problems: Problems, *, log_retention: Any, degraded_afte
         problems.bad("log_retention", retention, "a logs.RetentionDays, such as RetentionDays.ONE_MONTH")
         retention = None
     minutes = _whole_minutes(problems, "degraded_after", DEFAULT_DEGRADED_AFTER if degraded_after is None
-                             else degraded_after, 1, DEGRADED_AFTER_MAX_MINUTES)
+                             else degraded_after, DEGRADED_AFTER_MIN_MINUTES, DEGRADED_AFTER_MAX_MINUTES)
     detailed = problems.boolean(detailed_metrics, "detailed_metrics")
     # jsii interfaces cannot be checked with isinstance: look for what the construct reads.
     if alarm_topic is not None and not isinstance(getattr(alarm_topic, "topic_arn", None), str):

@@ -1,10 +1,11 @@
-"""Node commands: `check` and `render` a node config document, run the resident `agent`, and
-wait until the node is `ready` (then signal CloudFormation).
+"""Node commands: `check` and `render` a node config document, run the resident `agent`, wait
+until the node is `ready` (then signal CloudFormation), and render what `ship`s its logs.
 
     python3 -m haproxy_ha_runtime check  --config /etc/haproxy-ha/node.json
     python3 -m haproxy_ha_runtime render --config /etc/haproxy-ha/node.json
     python3 -m haproxy_ha_runtime agent  --config /etc/haproxy-ha/node.json
     python3 -m haproxy_ha_runtime ready  --config /etc/haproxy-ha/node.json --timeout 600
+    python3 -m haproxy_ha_runtime ship   --config /etc/haproxy-ha/node.json
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import threading
 import time
 from typing import Callable
 
-from . import agent, lifecycle, peer, routes
+from . import agent, lifecycle, peer, routes, shipping, tls
 from .apply import CheckFailed, apply_config
 from .config import ConfigError, NodeConfig, load_config
 from .imds import Imds, ImdsError
 from .live_config import LiveConfig
+from .log import log_event, logging_to
 
 DEFAULT_CONFIG = "/etc/haproxy-ha/node.json"
 # The agent stopped to be started again on a new document (EX_TEMPFAIL).
@@ -47,9 +49,24 @@ def resolved(cfg: NodeConfig) -> NodeConfig:
     return dataclasses.replace(cfg, interface=interface_for(cfg.local_ip))
 
 
+def _tls_store(cfg: NodeConfig) -> tls.TlsStore | None:
+    """The TLS listeners' certificates, or None when no listener terminates TLS."""
+    if not any(lst.tls is not None for lst in cfg.listeners):
+        return None
+    return tls.TlsStore(tls.make_client(cfg), cfg.paths)
+
+
 def _render(cfg: NodeConfig, source: str) -> None:
     cfg = resolved(cfg)
-    applied = apply_config(cfg, source)
+    store = _tls_store(cfg)
+    left_out: dict[str, str] = {}
+    if store is not None:
+        # Boot serves whatever certificates are valid now; the agent keeps polling the rest.
+        store.refresh(cfg)
+        left_out = store.left_out(cfg)
+        for name, why in left_out.items():
+            print(f"warning: TLS listener {name} is left out: {why}", file=sys.stderr)
+    applied = apply_config(cfg, source, left_out=left_out)
     def what(changed: bool) -> str:
         return "changed" if changed else "as it was"
 
@@ -67,11 +84,17 @@ def _agent(cfg: NodeConfig, source: str) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     platform = lifecycle.aws_platform(cfg) if cfg.auto_scaling_group else None
     live = None
+    # Every TLS listener's secret is polled by the agent, with or without a listener now: a new
+    # document may add one.
+    store = tls.TlsStore(tls.make_client(cfg), cfg.paths)
     if cfg.config_bucket is not None:
         s3 = (platform or lifecycle.aws_platform(cfg)).client("s3")
-        live = LiveConfig(cfg, s3, source, instance_id=platform.instance_id if platform else lambda: None)
-    ran = agent.run(cfg, client, eni_id, stop, invoke_reconciler=_reconciler_invoker(cfg), platform=platform,
-                    live=live)
+        live = LiveConfig(cfg, s3, source, instance_id=platform.instance_id if platform else lambda: None,
+                          resolve=resolved, tls=store)
+    # A node that ships its logs keeps its events in a file too, for the CloudWatch agent.
+    log = logging_to(cfg.paths.events_log) if cfg.log_group_prefix else log_event
+    ran = agent.run(cfg, client, eni_id, stop, log=log, invoke_reconciler=_reconciler_invoker(cfg),
+                    platform=platform, live=live, tls=store, document_path=source)
     # A new document that only a new agent can take: systemd (Restart=always) starts it again.
     return EXIT_RESTART if ran.restart_requested else 0
 
@@ -130,6 +153,17 @@ def _reconciler_invoker(cfg: NodeConfig) -> Callable[[list[str]], None] | None:
     return invoke
 
 
+def _ship(cfg: NodeConfig, source: str) -> None:
+    """Render (or, with no log groups in the document, remove) the CloudWatch agent's, rsyslog's and
+    logrotate's files; print the CloudWatch agent's config path when the node ships its logs."""
+    changed = shipping.write_files(cfg, source)
+    if cfg.log_group_prefix is not None:
+        print(cfg.paths.cloudwatch_agent_conf)
+    for path, did in changed.items():
+        if did:
+            print(f"{'wrote' if cfg.log_group_prefix else 'removed'} {path}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The node command line; returns the exit status (2: a bad document, or a rendered file that
     haproxy or keepalived refuses; 3: no ENI from IMDS; 4: not ready in time; 75: the agent
@@ -140,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
                        ("render", "write keepalived.conf and haproxy.cfg from the document, once haproxy -c "
                                   "and keepalived -t accept them"),
                        ("agent", "run the resident agent"),
-                       ("ready", "wait until the node serves, then signal CloudFormation")):
+                       ("ready", "wait until the node serves, then signal CloudFormation"),
+                       ("ship", "render the CloudWatch agent's, rsyslog's and logrotate's files (when the "
+                                "document names log groups) and print the CloudWatch agent's config path")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", default=DEFAULT_CONFIG, help=f"node config document (default {DEFAULT_CONFIG})")
         if name == "ready":
@@ -155,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             _render(cfg, args.config)
         elif args.command == "ready":
             return _ready(cfg, args.timeout)
+        elif args.command == "ship":
+            _ship(cfg, args.config)
         else:
             return _agent(cfg, args.config)
     except (ConfigError, CheckFailed) as e:

@@ -13,13 +13,15 @@ import stat
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, Callable
 
-from . import lifecycle, live_config, ownership, peer, routes, systemd
+from . import haproxy_stats, lifecycle, live_config, ownership, peer, routes, systemd, telemetry
+from . import tls as tls_certs
 from .config import NodeConfig, Peer
-from .files import read_text, write_atomically
+from .files import LineFile, read_text, write_atomically
 from .log import log_event
 from .render import marker_address
 from .tags import OPERATOR_CHOICE_TAG
@@ -174,8 +176,11 @@ class Agent:
     def __init__(self, cfg: NodeConfig, client: Any, eni_id: str,
                  log: Callable[..., None] = log_event,
                  invoke_reconciler: Callable[[list[str]], None] | None = None,
-                 probe: Callable[[Peer], peer.PeerView] | None = None) -> None:
+                 probe: Callable[[Peer], peer.PeerView] | None = None,
+                 metrics: telemetry.Telemetry | None = None) -> None:
         self.cfg = cfg
+        # Where this agent's metric records go (None: it writes none).
+        self.metrics = metrics
         # Asks a peer for its /state now (the poller keeps `peer_views` fresh with it).
         self.probe = probe
         self.client = client
@@ -185,6 +190,10 @@ class Agent:
         self.generation = 0
         # Own HAProxy health, as the run loop last judged it (None: not probed yet).
         self.healthy: bool | None = None
+        # Did the routes this agent last read (or wrote and verified) all point here?
+        self.routes_here: bool | None = None
+        # Did the last read-only EC2 call with this node's credentials work (None: not tried yet)?
+        self.ec2_ok: bool | None = None
         # Stepped down: the priority file holds STEP_DOWN_OFFSET.  Kept in that file, so that a
         # restarted agent knows it too.
         self.stepped_down = read_text(cfg.paths.priority_file) == f"{STEP_DOWN_OFFSET}\n"
@@ -217,6 +226,7 @@ class Agent:
             gen = self.generation
             self._state_changed_at = time.monotonic()
         self.log("transition", node=self.cfg.node_name, old=old, new=new_state, reason=reason)
+        self.report_state()
         if new_state == MASTER and not self.leaving:
             self._submit(self.check_routes if resumed else self._take_over, gen)
         elif new_state == BACKUP and old == MASTER:
@@ -227,7 +237,28 @@ class Agent:
     def state_report(self) -> dict[str, Any]:
         """What this agent tells its peer at GET /state."""
         return {"node": self.cfg.node_name, "vrrp": self.state, "healthy": self.healthy,
-                "stepped_down": self.stepped_down, "eni_id": self.eni_id}
+                "stepped_down": self.stepped_down, "leaving": self.leaving, "eni_id": self.eni_id}
+
+    @property
+    def active(self) -> bool:
+        """This node serves the VIP: MASTER, HAProxy healthy, and every route it last read is its own."""
+        return self.state == MASTER and self.healthy is True and self.routes_here is True
+
+    def report_state(self, force: bool = False) -> None:
+        """Write the state metrics if they changed (or `force`: the periodic record)."""
+        if self.metrics is not None:
+            self.metrics.state(self.state, self.healthy, self.active, self.ec2_ok, force=force)
+
+    def on_ec2_check(self, views: dict[str, routes.VipRoute] | None) -> None:
+        """Take in the periodic read-only EC2 call: the routes it read (None: the call failed)."""
+        ok = views is not None
+        if ok != self.ec2_ok:
+            self.log("ec2_api", node=self.cfg.node_name, reachable=ok)
+        self.ec2_ok = ok
+        if views is not None and not self.busy:
+            # The routes as read now (route work in progress will say so itself when it ends).
+            self.routes_here = _all_here(views, self.cfg.route_table_ids, self.eni_id)
+        self.report_state()
 
     @property
     def track_value(self) -> str:
@@ -285,6 +316,8 @@ class Agent:
         if not still_master():
             return
         t0 = time.monotonic()
+        noticed_at = self._state_changed_at
+        routes_were_here = self.routes_here
         first_write: list[float] = []
         # This node is active now: it no longer stays below its peer.
         self.stepped_down = False
@@ -303,6 +336,28 @@ class Agent:
             since_transition_s=round(time.monotonic() - self._state_changed_at, 4),
             moved=len(result.moved), tables=len(result.tables),
             failed={t.route_table_id: t.error for t in result.tables if not t.ok and t.error})
+        if result.converged and not result.cancelled:
+            self.routes_here = True
+            self.report_state()
+            if self.metrics is not None:
+                took_ms = (time.monotonic() - noticed_at) * 1000.0
+                threading.Thread(target=self._count_take_over, args=(routes_were_here, len(result.tables), took_ms),
+                                 name="take-over-kind", daemon=True).start()
+
+    def _count_take_over(self, routes_were_here: bool | None, tables: int, took_ms: float) -> None:
+        """Ask the peer how it is now, and count the take-over as a failover or a planned move
+        (telemetry.classify_take_over).  Off the route worker: the probe may wait for an answer."""
+        p, view = self._peer()
+        if p is not None and self.probe is not None:
+            view = self.probe(p)
+        verdict = telemetry.classify_take_over(view, routes_were_here)
+        if verdict is None or self.metrics is None:
+            return
+        kind, reason = verdict
+        self.log(kind, node=self.cfg.node_name, took_ms=round(took_ms, 1), reason=reason, tables=tables,
+                 peer_reach=view.reach, peer_vrrp=view.vrrp)
+        self.metrics.take_over(kind, took_ms, reason, tables=tables, routes_were_here=routes_were_here,
+                               peer_reach=view.reach, peer_vrrp=view.vrrp)
 
     def _give_routes_to_peer(self, reason: str, should_continue: Callable[[], bool]) -> None:
         """Point every route that targets this node at the peer."""
@@ -320,6 +375,9 @@ class Agent:
             return
         result = routes.take_over(self.client, self.cfg.vip, mine, p.eni_id,
                                   deadline_s=self.cfg.timing.takeover_deadline_s, should_continue=should_continue)
+        if result.moved:
+            self.routes_here = False
+            self.report_state()
         self.log("route_hand_over", node=self.cfg.node_name, reason=reason, to_eni=p.eni_id,
                  converged=result.converged, cancelled=result.cancelled, duration_s=round(result.elapsed_s, 4),
                  moved=len(result.moved))
@@ -331,6 +389,7 @@ class Agent:
         """Take in the run loop's health verdict.  A node whose HAProxy fails gives its routes to
         a healthy peer at once, rather than waiting for the peer to notice."""
         self.healthy = healthy
+        self.report_state()
         _p, view = self._peer()
         if not healthy and view.healthy_haproxy and not self.busy:
             self._submit(lambda _gen: self._hand_over_unhealthy(), self.generation)
@@ -395,6 +454,8 @@ class Agent:
         verdicts = {t: ownership.decide(v, self.eni_id, peer_eni, view, peer_running, choice)
                     for t, v in views.items()}
         not_found = [t for t in self.cfg.route_table_ids if t not in views]
+        self.routes_here = _all_here(views, self.cfg.route_table_ids, self.eni_id)
+        self.report_state()
         if not_found:
             self.log("repair_tables_not_found", node=self.cfg.node_name, tables=not_found)
         missing = [t for t, verdict in verdicts.items() if verdict == ownership.MISSING]
@@ -409,6 +470,13 @@ class Agent:
             self.log("route_repair", node=self.cfg.node_name, to_eni=self.eni_id, tables=take,
                      converged=result.converged, duration_s=round(result.elapsed_s, 4),
                      peer=view.reach, peer_vrrp=view.vrrp, peer_running=peer_running)
+            if result.moved and self.metrics is not None:
+                self.metrics.route_repair(len(result.moved), result.elapsed_s * 1000.0, converged=result.converged,
+                                          peer_reach=view.reach, peer_vrrp=view.vrrp, peer_running=peer_running)
+            if result.converged and not not_found and all(v in (ownership.OK, ownership.TAKE)
+                                                          for v in verdicts.values()):
+                self.routes_here = True
+                self.report_state()
         elif ownership.STEP_DOWN in verdicts.values() and still_master():
             self.step_down(gen)
         elif all(v == ownership.OK for v in verdicts.values()):
@@ -471,6 +539,68 @@ def _watch_config(agent: Agent, live: live_config.LiveConfig, stop: threading.Ev
             return
 
 
+def _watch_tls(agent: Agent, store: tls_certs.TlsStore, live: live_config.LiveConfig | None, document_path: str,
+               stop: threading.Event, log: Callable[..., None]) -> None:
+    """Every tls_poll_s, bring the TLS listeners' certificates to their secrets' current versions;
+    a new one reaches HAProxy through a reload (live_config.apply_tls)."""
+    while not stop.wait(agent.cfg.tls_poll_s):
+        cfg = agent.cfg  # live config may have changed the listeners
+        try:
+            if live is not None:
+                changed, error = live.poll_tls()
+            else:
+                changed, error = live_config.apply_tls(cfg, store, document_path)
+        except Exception as e:  # never let the poller die: try again at the next poll
+            log("tls_poll_failed", node=cfg.node_name, error=str(e))
+            continue
+        if changed:
+            # Versions and problems only: never any part of a secret's value.
+            log("tls_" + ("refused" if error else "applied"), node=cfg.node_name, reason=error,
+                versions={name: s.served for name, s in store.states.items()}, problems=store.problems(cfg))
+
+
+def _watch_metrics(agent: Agent, interval_s: float, stop: threading.Event) -> None:
+    """Every `interval_s`: the state record, and HAProxy's numbers per listener and backend
+    (unless the document turns them off)."""
+    sampler = haproxy_stats.Sampler()
+    while True:
+        agent.report_state(force=True)
+        cfg = agent.cfg  # live config may have changed the listeners
+        if cfg.detailed_metrics and agent.metrics is not None:
+            try:
+                answer = haproxy_stats.query(cfg.paths.haproxy_socket, haproxy_stats.SAMPLE_COMMAND)
+                listeners, backends = sampler.sample(
+                    answer, [(lst.name, lst.mode) for lst in cfg.listeners],
+                    [(lst.name, lst.mode) for lst in cfg.listeners if lst.backends and lst.static_reply is None])
+                agent.metrics.haproxy(listeners, backends)
+            except (OSError, RuntimeError):
+                pass  # HAProxy does not answer: its health metric says so
+        if stop.wait(interval_s):
+            return
+
+
+def _all_here(views: dict[str, routes.VipRoute], tables: Sequence[str], eni_id: str) -> bool:
+    """Does every table's VIP route point at `eni_id`, active?"""
+    return all(t in views and views[t].state == routes.ROUTE_ACTIVE and views[t].eni_id == eni_id for t in tables)
+
+
+def _watch_ec2(agent: Agent, interval_s: float, stop: threading.Event) -> None:
+    """Every `interval_s`, one read-only EC2 call with this node's credentials (MASTER and BACKUP
+    alike), so that a survivor that could not take over is known before it is needed: the call a
+    take-over needs first (DescribeRouteTables of its tables).  What it reads tells a BACKUP
+    where the routes were before it becomes MASTER."""
+    while True:
+        cfg = agent.cfg
+        try:
+            views: dict[str, routes.VipRoute] | None = routes.describe_vip_routes(agent.client, cfg.vip,
+                                                                                cfg.route_table_ids)
+        except Exception:
+            views = None
+        agent.on_ec2_check(views)
+        if stop.wait(interval_s):
+            return
+
+
 def _watch_lifecycle(agent: Agent, platform: lifecycle.Platform, interval_s: float, stop: threading.Event,
                      log: Callable[..., None]) -> None:
     """When the group is about to terminate this instance: hand over, drain, complete the hook."""
@@ -505,13 +635,18 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
         log: Callable[..., None] = log_event,
         invoke_reconciler: Callable[[list[str]], None] | None = None,
         peer_address: Callable[[Peer], tuple[str, int]] | None = None,
-        platform: lifecycle.Platform | None = None, live: live_config.LiveConfig | None = None) -> Agent:
+        platform: lifecycle.Platform | None = None, live: live_config.LiveConfig | None = None,
+        tls: tls_certs.TlsStore | None = None, document_path: str | None = None,
+        metrics_interval_s: float = telemetry.INTERVAL_S) -> Agent:
     """The agent's main loop: health ticks, FIFO lines, repair ticks, until `stop` is set.
     Returns the agent (its `restart_requested` says why it stopped).
 
     Beside it run the peer poller (the peer's /state, through its stats port, or wherever
     `peer_address` says), the server of this agent's own /state on 127.0.0.1, and, with `live`,
-    the poller of the node's document in S3.
+    the poller of the node's document in S3, and, with `tls`, the poller of the TLS listeners'
+    secrets (which re-renders from `document_path`).  With a `pair_name` in the document, the
+    agent writes metric records to its metrics file (telemetry): its state and HAProxy's numbers
+    every `metrics_interval_s`, after a read-only EC2 call as often, and every change and event.
     """
     stop = stop or threading.Event()
     t = cfg.timing
@@ -521,7 +656,9 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
     def probe(p: Peer) -> peer.PeerView:
         return peer.probe_peer(*address(p), probe_timeout_s)
 
-    agent = Agent(cfg, client, eni_id, log, invoke_reconciler, probe)
+    metrics = (telemetry.Telemetry(cfg.pair_name, cfg.node_name, LineFile(cfg.paths.metrics_log).write, log)
+               if cfg.pair_name else None)
+    agent = Agent(cfg, client, eni_id, log, invoke_reconciler, probe, metrics)
     health = HealthCheck(cfg.stats_port, timeout_s=max(0.05, min(0.5, t.health_interval_s)),
                          fall=t.health_fall, rise=t.health_rise)
     server = peer.StateServer(cfg.agent_port, agent.state_report).start()
@@ -535,10 +672,21 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
         watcher = threading.Thread(target=_watch_lifecycle, name="lifecycle", daemon=True,
                                    args=(agent, platform, min(5.0, t.repair_interval_s), poller_stop, log))
         watcher.start()
+    # Metrics only: the state and HAProxy's numbers, and the periodic EC2 call.
+    side_threads = [] if metrics is None else [
+        threading.Thread(target=_watch_metrics, name="metrics", daemon=True,
+                         args=(agent, metrics_interval_s, poller_stop)),
+        threading.Thread(target=_watch_ec2, name="ec2-check", daemon=True,
+                         args=(agent, metrics_interval_s, poller_stop)),
+    ]
     config_watcher = None
     if live is not None:
         config_watcher = threading.Thread(target=_watch_config, name="live-config", daemon=True,
                                           args=(agent, live, poller_stop, log))
+    tls_watcher = None
+    if tls is not None and document_path is not None:
+        tls_watcher = threading.Thread(target=_watch_tls, name="tls", daemon=True,
+                                       args=(agent, tls, live, document_path, poller_stop, log))
     unhealthy_since: float | None = None
     replacement_asked = False
     fifo = FifoReader(cfg.paths.notify_fifo)
@@ -559,6 +707,10 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
     notifier.ready()
     if config_watcher is not None:
         config_watcher.start()
+    if tls_watcher is not None:
+        tls_watcher.start()
+    for thread in side_threads:
+        thread.start()
     try:
         while not stop.is_set() and not agent.restart_requested:
             # A loop that stalls stops these pings, and systemd restarts the agent (WatchdogSec).
@@ -614,5 +766,9 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
             watcher.join(5)
         if config_watcher is not None:
             config_watcher.join(5)
+        if tls_watcher is not None:
+            tls_watcher.join(5)
+        for thread in side_threads:
+            thread.join(5)
         log("agent_stop", node=cfg.node_name, restart_requested=agent.restart_requested)
     return agent

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .config import NodeConfig
@@ -39,13 +40,15 @@ def _check(argv: list[str], binary: str, path: str) -> None:
         raise CheckFailed(binary, path, proc.stdout + proc.stderr)
 
 
-def apply_config(cfg: NodeConfig, source: str, haproxy: str = "haproxy", keepalived: str = "keepalived") -> Applied:
+def apply_config(cfg: NodeConfig, source: str, haproxy: str = "haproxy", keepalived: str = "keepalived",
+                 left_out: Mapping[str, str] | None = None) -> Applied:
     """Render, check with the real binaries, then swap in the files that changed.  Raises
-    CheckFailed (nothing swapped) when a binary refuses its file."""
+    CheckFailed (nothing swapped) when a binary refuses its file.  `left_out`: the TLS listeners
+    with no certificate to serve, and why (tls.TlsStore.left_out)."""
     # keepalived 2.3 drops a track file whose folder is missing, and HAProxy's socket lives here.
     os.makedirs(cfg.paths.run_dir, mode=0o755, exist_ok=True)
     texts = {
-        cfg.paths.haproxy_conf: render_haproxy(cfg, source),
+        cfg.paths.haproxy_conf: render_haproxy(cfg, source, left_out),
         cfg.paths.keepalived_conf: render_keepalived(cfg, source),
     }
     candidates = {path: path + ".haproxy-ha-new" for path in texts}

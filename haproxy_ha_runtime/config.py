@@ -14,6 +14,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from .problems import InvalidInput, Problems
+from .tls_policy import DEFAULT_POLICY, POLICIES
 
 SCHEMA_VERSION = 1
 
@@ -21,6 +22,7 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 NAME_ALLOWED = "1-32 lower-case letters, digits or '-', starting with one of the first two"
 _ENI_RE = re.compile(r"^eni-[0-9a-f]{8,17}$")
 RTB_RE = re.compile(r"^rtb-[0-9a-f]{8,17}$")
+_IPV4_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
 _REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 PATH_RE = re.compile(r"^/[!-~]*$")
@@ -84,16 +86,58 @@ _TIMING_BOUNDS: dict[str, tuple[float, float]] = {
 
 @dataclass(frozen=True)
 class Backend:
-    """One server HAProxy sends a listener's traffic to."""
+    """One server HAProxy sends a listener's traffic to.  A host that is a DNS name is resolved
+    by HAProxy while it runs (the document's `resolvers`), into up to `max_addresses` servers
+    that follow the answers with no reload."""
 
     name: str
     host: str
     port: int
+    max_addresses: int = 8
+
+    @property
+    def by_name(self) -> bool:
+        """Is the host a DNS name (not an IPv4 address)?"""
+        return not _IPV4_RE.match(self.host)
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """How HAProxy checks a listener's backend servers, as an ELB target group does: every
+    `interval_s`, each check given `timeout_s` to answer once connected; a server is up after
+    `healthy_threshold` good checks in a row and down after `unhealthy_threshold` bad ones.
+    For `http`, an answer is good when its status is in `status_codes` (ELB's matcher syntax:
+    "200", "200,202", "200-299")."""
+
+    interval_s: float = 1.0
+    timeout_s: float = 1.0
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 2
+    status_codes: str = "200-399"
+
+
+@dataclass(frozen=True)
+class Tls:
+    """A listener that terminates TLS: its certificate and key are the current version of the
+    Secrets Manager secret `secret` (its ARN or name; SecretString JSON, see tls.py), served with
+    the ELB-named `policy` (tls_policy.POLICIES).  `backend_tls`: re-encrypt to the servers,
+    without verifying their certificates (an ALB does not verify its targets' either)."""
+
+    secret: str
+    policy: str = DEFAULT_POLICY
+    backend_tls: bool = False
+
+
+# A secret's name (Secrets Manager's characters, at most 512) or its full or partial ARN.
+SECRET_RE = re.compile(r"^([A-Za-z0-9/_+=.@-]{1,512}|arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:"
+                       r"[A-Za-z0-9/_+=.@-]{1,512})$")
+SECRET_ALLOWED = "a Secrets Manager secret's name or ARN"
 
 
 @dataclass(frozen=True)
 class Listener:
-    """One HAProxy front end on the VIP, and its backend servers (or a static reply)."""
+    """One HAProxy front end on the VIP, and its backend servers (or a static reply).  With `tls`
+    it terminates TLS; a tcp listener without it passes TLS through untouched."""
 
     name: str
     port: int
@@ -101,6 +145,8 @@ class Listener:
     backends: tuple[Backend, ...] = ()
     check_path: str = "/"
     static_reply: str | None = None
+    health_check: HealthCheck = field(default_factory=HealthCheck)
+    tls: Tls | None = None
 
 
 @dataclass(frozen=True)
@@ -119,8 +165,17 @@ class Paths:
     run_dir: str = "/run/haproxy-ha"
     keepalived_conf: str = "/etc/keepalived/keepalived.conf"
     haproxy_conf: str = "/etc/haproxy/haproxy.cfg"
-    # HAProxy logs to the journal through the syslog socket.
+    # HAProxy logs to the journal through the syslog socket (unless the node ships its logs:
+    # then to rsyslog's socket, `syslog_socket`).
     log_socket: str = "/dev/log"
+    # The agent's JSON events and metric records, and the files rsyslog writes for HAProxy's
+    # access log and keepalived's log (what the CloudWatch agent ships).
+    log_dir: str = "/var/log/haproxy-ha"
+    # Rendered when the node ships its logs (log_group_prefix): the CloudWatch agent's config,
+    # rsyslog's drop-in and logrotate's.
+    cloudwatch_agent_conf: str = "/etc/haproxy-ha/cloudwatch-agent.json"
+    rsyslog_conf: str = "/etc/rsyslog.d/haproxy-ha.conf"
+    logrotate_conf: str = "/etc/logrotate.d/haproxy-ha"
 
     @property
     def notify_fifo(self) -> str:
@@ -142,6 +197,40 @@ class Paths:
     def haproxy_socket(self) -> str:
         """HAProxy's admin socket."""
         return self.run_dir + "/haproxy.sock"
+
+    @property
+    def tls_dir(self) -> str:
+        """The TLS listeners' certificate bundles (mode 0600) and what the node knows of their secrets."""
+        return self.run_dir + "/tls"
+
+    def tls_bundle(self, listener: str) -> str:
+        """The PEM bundle (certificate, chain, key) HAProxy serves on TLS listener `listener`."""
+        return f"{self.tls_dir}/{listener}.pem"
+
+    @property
+    def syslog_socket(self) -> str:
+        """rsyslog's socket for HAProxy's access log, when the node ships its logs."""
+        return self.run_dir + "/syslog.sock"
+
+    @property
+    def events_log(self) -> str:
+        """The agent's JSON events (also on its stdout), when the node ships its logs."""
+        return self.log_dir + "/agent.jsonl"
+
+    @property
+    def metrics_log(self) -> str:
+        """The agent's metric records (CloudWatch embedded metric format), when it has a pair_name."""
+        return self.log_dir + "/metrics.jsonl"
+
+    @property
+    def access_log(self) -> str:
+        """HAProxy's access log, as rsyslog writes it."""
+        return self.log_dir + "/haproxy.log"
+
+    @property
+    def keepalived_log(self) -> str:
+        """keepalived's log, as rsyslog writes it from the journal."""
+        return self.log_dir + "/keepalived.log"
 
 
 @dataclass(frozen=True)
@@ -185,6 +274,19 @@ class NodeConfig:
     config_key: str | None = None
     status_key: str | None = None
     config_poll_s: float = 10.0
+    # How often the agent asks Secrets Manager for the version of each TLS listener's secret.
+    tls_poll_s: float = 60.0
+    # Observability (issue 13; names in metrics.py).  The Pair dimension of this node's metrics:
+    # the construct's name for the pair, unique in its account and region.  null: the agent
+    # writes no metric records.
+    pair_name: str | None = None
+    # HAProxy's metrics per listener and backend (requests, 5xx, sessions, response time,
+    # servers up), from its stats socket.  false: only the node's own metrics.
+    detailed_metrics: bool = True
+    # CloudWatch Logs: the CloudWatch agent ships the node's files to the groups PREFIX/agent,
+    # PREFIX/metrics, PREFIX/haproxy and PREFIX/keepalived (shipping.LOG_GROUPS), which the stack
+    # creates.  null: nothing ships, and the files stay on the node.
+    log_group_prefix: str | None = None
     priority: int = 100
     preempt: bool = False
     virtual_router_id: int = 51
@@ -194,12 +296,9 @@ class NodeConfig:
     stats_port: int = 8404
     # The agent answers GET /state on 127.0.0.1 here; HAProxy serves it to the peer on stats_port.
     agent_port: int = 8405
-    # Metrics (haproxy_ha_runtime.metrics): the value of the Pair dimension, the pair's name, unique
-    # in its account and region (null: the node belongs to no named pair: the lab, tests); and
-    # whether HAProxy's per-listener requests, 5xx, response times and sessions are published too
-    # (backend health is, either way: the alarms read it).
-    metrics_pair: str | None = None
-    detailed_metrics: bool = True
+    # The DNS servers ("address" or "address:port") HAProxy asks for backends given by name.
+    # Empty: those of /etc/resolv.conf, the VPC resolver on a node.
+    resolvers: tuple[str, ...] = ()
     # In the document: only the paths that differ from the defaults.
     paths: Paths = field(default_factory=Paths)
 
@@ -295,6 +394,8 @@ def check_listeners(c: Problems, raw: Any, stats_port: int | None, agent_port: i
         if static_reply is not None and mode != "http":
             c.bad(w + ".static_reply", static_reply, "only on a listener with mode 'http'")
         backends = _backends(c, item.get("backends", []), w, static_reply is not None)
+        health_check = check_health_check(c, item.get("health_check"), w + ".health_check", mode)
+        tls = check_tls(c, item.get("tls"), w + ".tls", bool(backends))
         if port is not None:
             if port in ports:
                 c.bad(w + ".port", port, f"a port no other listener uses ({ports[port]} already listens on it)")
@@ -310,8 +411,81 @@ def check_listeners(c: Problems, raw: Any, stats_port: int | None, agent_port: i
         if name is not None and port is not None and mode in ("http", "tcp"):
             out.append(Listener(name=name, port=port, mode=mode, backends=backends,
                                 check_path=check_path if isinstance(check_path, str) else "/",
-                                static_reply=static_reply))
+                                static_reply=static_reply, health_check=health_check, tls=tls))
     return tuple(out)
+
+
+def check_tls(c: Problems, raw: Any, where: str, has_backends: bool) -> Tls | None:
+    """A listener's `tls` object (absent or null: no TLS)."""
+    if raw is None:
+        return None
+    names = [f.name for f in fields(Tls)]
+    if not isinstance(raw, dict):
+        c.bad(where, raw, f"an object with {', '.join(names)}, or null")
+        return None
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        c.bad(where, unknown, f"only {', '.join(names)}")
+    secret = c.string(c.get(raw, "secret", where + "."), where + ".secret", SECRET_RE, SECRET_ALLOWED)
+    policy = raw.get("policy", DEFAULT_POLICY)
+    if not isinstance(policy, str) or policy not in POLICIES:
+        c.bad(where + ".policy", policy, " or ".join(POLICIES))
+        policy = None
+    backend_tls = c.boolean(raw.get("backend_tls", False), where + ".backend_tls")
+    if backend_tls and not has_backends:
+        c.bad(where + ".backend_tls", backend_tls, "false on a listener without backends")
+    if secret is None or policy is None or backend_tls is None:
+        return None
+    return Tls(secret=secret, policy=policy, backend_tls=backend_tls)
+
+
+# ELB's matcher syntax: codes and ranges, comma-separated.
+_STATUS_CODES_RE = re.compile(r"^\d{3}(-\d{3})?(,\d{3}(-\d{3})?)*$")
+STATUS_CODES_ALLOWED = ("HTTP status codes as ELB writes them: '200', '200,202' or '200-299' "
+                        "(each from 100 to 599, a range from low to high)")
+# Bounds, as (low, high), of the health check's numbers.
+HEALTH_CHECK_BOUNDS: dict[str, tuple[float, float]] = {
+    "interval_s": (0.1, 300), "timeout_s": (0.1, 120), "healthy_threshold": (1, 10), "unhealthy_threshold": (1, 10)}
+
+
+def status_codes_ok(codes: str) -> bool:
+    """Are `codes` in ELB's matcher syntax, each from 100 to 599, each range from low to high?"""
+    if not _STATUS_CODES_RE.match(codes):
+        return False
+    for part in codes.split(","):
+        low, _, high = part.partition("-")
+        if not 100 <= int(low) <= 599 or (high and not int(low) < int(high) <= 599):
+            return False
+    return True
+
+
+def check_health_check(c: Problems, raw: Any, where: str, mode: Any) -> HealthCheck:
+    """A listener's `health_check` object (absent or null: the defaults)."""
+    if raw is None:
+        return HealthCheck()
+    if not isinstance(raw, dict):
+        c.bad(where, raw, "an object with interval_s, timeout_s, healthy_threshold, unhealthy_threshold and "
+                          "status_codes, or null")
+        return HealthCheck()
+    unknown = sorted(set(raw) - {f.name for f in fields(HealthCheck)})
+    if unknown:
+        c.bad(where, unknown, f"only {', '.join(f.name for f in fields(HealthCheck))}")
+    default = HealthCheck()
+    values: dict[str, Any] = {}
+    for name, (low, high) in HEALTH_CHECK_BOUNDS.items():
+        value = raw.get(name, getattr(default, name))
+        checked = (c.number(value, f"{where}.{name}", low, high) if name.endswith("_s")
+                   else c.integer(value, f"{where}.{name}", int(low), int(high)))
+        values[name] = checked if checked is not None else getattr(default, name)
+    if values["timeout_s"] > values["interval_s"]:
+        c.bad(f"{where}.timeout_s", raw.get("timeout_s"), f"at most interval_s ({values['interval_s']:g})")
+    codes = raw.get("status_codes", default.status_codes)
+    if not isinstance(codes, str) or not status_codes_ok(codes):
+        c.bad(f"{where}.status_codes", codes, STATUS_CODES_ALLOWED)
+        codes = default.status_codes
+    elif mode == "tcp" and codes != default.status_codes:
+        c.bad(f"{where}.status_codes", codes, "only on a listener with mode 'http' (a tcp check only connects)")
+    return HealthCheck(status_codes=codes, **values)
 
 
 def _backends(c: Problems, raw: Any, w: str, has_static_reply: bool) -> tuple[Backend, ...]:
@@ -330,8 +504,9 @@ def _backends(c: Problems, raw: Any, w: str, has_static_reply: bool) -> tuple[Ba
         name = c.string(c.get(b, "name", bw + "."), bw + ".name", NAME_RE, NAME_ALLOWED)
         host = c.string(c.get(b, "host", bw + "."), bw + ".host", HOST_RE, "an IPv4 address or a DNS name")
         port = c.integer(c.get(b, "port", bw + "."), bw + ".port", 1, 65535)
-        if name is not None and host is not None and port is not None:
-            out.append(Backend(name=name, host=host, port=port))
+        max_addresses = c.integer(b.get("max_addresses", 8), bw + ".max_addresses", 1, 64)
+        if name is not None and host is not None and port is not None and max_addresses is not None:
+            out.append(Backend(name=name, host=host, port=port, max_addresses=max_addresses))
     return tuple(out)
 
 
@@ -398,11 +573,30 @@ def _paths(c: Problems, raw: Any) -> Paths:
     return Paths(**kwargs)
 
 
-# A pair's name: what the construct makes of its stack's name and its path (at most 200 characters).
-PAIR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,199}$")
-PAIR_ALLOWED = "1-200 letters, digits or '-', starting with a letter or digit"
+# A CloudWatch dimension value: printable ASCII, at most 1024 characters, not starting or ending
+# with a space.
+PAIR_NAME_RE = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,1022}[\x21-\x7e])?\Z")
+PAIR_NAME_ALLOWED = "a CloudWatch dimension value (1-1024 printable ASCII characters), or null"
+# CloudWatch Logs allows 512 characters in a group name; the longest suffix is "/keepalived".
+_LOG_GROUP_PREFIX_RE = re.compile(r"^[A-Za-z0-9._/#-]{1,500}\Z")
+LOG_GROUP_PREFIX_ALLOWED = ("a CloudWatch Logs group name prefix (1-500 letters, digits and . _ / # -, not ending "
+                            "in / and not starting with aws/), or null")
+
+
+def check_log_group_prefix(c: Problems, value: Any, where: str = "log_group_prefix") -> str | None:
+    """The prefix of the node's log groups (null: nothing ships)."""
+    if value is None:
+        return None
+    checked = c.string(value, where, _LOG_GROUP_PREFIX_RE, LOG_GROUP_PREFIX_ALLOWED)
+    if checked is not None and (checked.endswith("/") or checked.startswith("aws/")):
+        c.bad(where, checked, LOG_GROUP_PREFIX_ALLOWED)
+        return None
+    return checked
+
 
 # S3's rules for a bucket name: 3-63 lowercase letters, digits, dots and hyphens.
+# How often a node may poll its document in S3, in seconds.
+CONFIG_POLL_BOUNDS_S = (1.0, 3600.0)
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -467,7 +661,11 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
         c.bad("config_bucket", live, "config_bucket, config_key and status_key all set, or all null")
     elif config_key is not None and config_key == status_key:
         c.bad("status_key", status_key, "an S3 object key other than config_key, or null")
-    config_poll_s = c.number(doc.get("config_poll_s", default("config_poll_s")), "config_poll_s", 1, 3600)
+    config_poll_s = c.number(doc.get("config_poll_s", default("config_poll_s")), "config_poll_s", *CONFIG_POLL_BOUNDS_S)
+    tls_poll_s = c.number(doc.get("tls_poll_s", default("tls_poll_s")), "tls_poll_s", 1, 86400)
+    pair_name = _optional(c, doc, "pair_name", PAIR_NAME_RE, PAIR_NAME_ALLOWED)
+    detailed_metrics = c.boolean(doc.get("detailed_metrics", default("detailed_metrics")), "detailed_metrics")
+    log_group_prefix = check_log_group_prefix(c, doc.get("log_group_prefix"))
     priority = c.integer(doc.get("priority", default("priority")), "priority", 1, 254)
     preempt = c.boolean(doc.get("preempt", default("preempt")), "preempt")
     vrid = c.integer(doc.get("virtual_router_id", default("virtual_router_id")), "virtual_router_id", 1, 255)
@@ -478,8 +676,7 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
     if agent_port is not None and agent_port == stats_port:
         c.bad("agent_port", agent_port, "a port other than stats_port")
     listeners = check_listeners(c, c.get(doc, "listeners", ""), stats_port, agent_port)
-    metrics_pair = _optional(c, doc, "metrics_pair", PAIR_RE, PAIR_ALLOWED + ", or null")
-    detailed_metrics = c.boolean(doc.get("detailed_metrics", default("detailed_metrics")), "detailed_metrics")
+    resolvers = _resolvers(c, doc.get("resolvers", []))
     paths = _paths(c, doc.get("paths"))
 
     if vip is not None and local_ip is not None and vip == local_ip:
@@ -495,7 +692,7 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
         raise ConfigError(c.items, source)
     assert node_name and vip and local_ip and region and priority and vrid and stats_port and agent_port
     assert preempt is not None and drain_timeout_s is not None and replace_after_s is not None
-    assert config_poll_s is not None and detailed_metrics is not None
+    assert config_poll_s is not None and tls_poll_s is not None and detailed_metrics is not None
     return NodeConfig(
         node_name=node_name, vip=str(vip), local_ip=str(local_ip), peers=peers, route_table_ids=tables,
         region=region, listeners=listeners, priority=priority, timing=timing, profile=profile,
@@ -503,9 +700,32 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
         auto_scaling_group=auto_scaling_group, lifecycle_hook=lifecycle_hook, cfn_stack=cfn_stack,
         cfn_resource=cfn_resource, drain_timeout_s=drain_timeout_s, replace_unhealthy_after_s=replace_after_s,
         config_bucket=config_bucket, config_key=config_key, status_key=status_key, config_poll_s=config_poll_s,
-        preempt=preempt, virtual_router_id=vrid, stats_port=stats_port, agent_port=agent_port,
-        metrics_pair=metrics_pair, detailed_metrics=detailed_metrics, paths=paths,
+        tls_poll_s=tls_poll_s, pair_name=pair_name, detailed_metrics=detailed_metrics,
+        log_group_prefix=log_group_prefix, preempt=preempt, virtual_router_id=vrid, stats_port=stats_port,
+        agent_port=agent_port, paths=paths, resolvers=resolvers,
     )
+
+
+def _resolvers(c: Problems, raw: Any) -> tuple[str, ...]:
+    allowed = 'a list of at most 3 DNS servers, "address" or "address:port" (IPv4), or [] for /etc/resolv.conf\'s'
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > 3:
+        c.bad("resolvers", raw, allowed)
+        return ()
+    out = []
+    for i, server in enumerate(raw):
+        address, _, port = server.partition(":") if isinstance(server, str) else ("", "", "")
+        try:
+            ipaddress.IPv4Address(address)
+            ok = not port or (port.isdigit() and 1 <= int(port) <= 65535)
+        except ValueError:
+            ok = False
+        if not ok:
+            c.bad(f"resolvers[{i}]", server, allowed)
+        else:
+            out.append(server)
+    return tuple(out)
 
 
 def load_config(path: str) -> NodeConfig:

@@ -1,9 +1,11 @@
-"""Reading and writing the node's own files (rendered configs, keepalived's track file) safely."""
+"""Reading and writing the node's own files (rendered configs, keepalived's track file, the agent's
+event and metric logs) safely."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
 
 
 def read_text(path: str) -> str | None:
@@ -29,3 +31,29 @@ def write_atomically(path: str, text: str, mode: int = 0o644) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+class LineFile:
+    """Appends whole lines to a file, from any thread.  At `max_bytes` it renames the file to
+    PATH.1 (replacing the one before) and starts a new one: the CloudWatch agent follows a file
+    renamed that way, and the node's disk holds at most twice `max_bytes`."""
+
+    def __init__(self, path: str, max_bytes: int = 10 * 1024 * 1024) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> None:
+        """Append `text` and a newline.  An error (a full disk, say) is raised to the caller."""
+        data = (text.rstrip("\n") + "\n").encode()
+        with self._lock:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            try:
+                size = os.path.getsize(self.path)
+            except OSError:
+                size = 0
+            if size and size + len(data) > self.max_bytes:
+                os.replace(self.path, self.path + ".1")
+            # Opened for each line, so that nothing is held when the file is renamed.
+            with open(self.path, "ab") as f:
+                f.write(data)

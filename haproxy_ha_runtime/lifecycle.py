@@ -4,7 +4,6 @@ hook), and ask to be replaced when its HAProxy cannot be recovered."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from typing import Any, Callable
 
 from botocore.exceptions import ClientError
 
-from . import peer, routes
+from . import haproxy_stats, peer, routes
 from .config import NodeConfig
 
 # What IMDS says in autoscaling/target-lifecycle-state when the group is terminating us.
@@ -25,26 +24,12 @@ def requests_in_flight(socket_path: str, backends: Iterable[str], timeout_s: flo
     request in flight: it holds a front-end session, but no back-end one (HTTP), so it cannot
     hold up a drain.  In TCP mode each connection is both."""
     names = set(backends)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout_s)
-        s.connect(socket_path)
-        s.sendall(b"show stat -1 2 -1\n")
-        chunks = []
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    lines = b"".join(chunks).decode(errors="replace").splitlines()
-    header = lines[0].lstrip("# ").split(",") if lines else []
-    if not {"pxname", "svname", "scur", "qcur"} <= set(header):
-        raise RuntimeError(f"unexpected answer from HAProxy's stats socket: {lines[:1]}")
-    pxname, svname, scur, qcur = (header.index(k) for k in ("pxname", "svname", "scur", "qcur"))
+    rows = haproxy_stats.parse_stat(haproxy_stats.query(socket_path, "show stat -1 2 -1", timeout_s),
+                                    need=("pxname", "svname", "scur", "qcur"))
     total = 0
-    for line in lines[1:]:
-        cells = line.split(",")
-        if len(cells) > max(scur, qcur) and cells[svname] == "BACKEND" and cells[pxname] in names:
-            total += int(cells[scur] or 0) + int(cells[qcur] or 0)
+    for row in rows:
+        if row["svname"] == "BACKEND" and row["pxname"] in names:
+            total += int(row.get("scur") or 0) + int(row.get("qcur") or 0)
     return total
 
 

@@ -12,7 +12,11 @@ and the node keeps serving the one it has.
 Either way the node writes its status object beside the document, which the deploy waits for:
 
     {"node": "a", "version": "<the document's ETag>", "state": "applied" | "refused",
-     "reason": null | "...", "instance_id": "i-...", "ts": 1764000000.0}
+     "reason": null | "...", "listeners": {"<name>": "..."}, "instance_id": "i-...", "ts": 1764000000.0}
+
+`listeners` holds each TLS listener whose secret's current version the node refused, and why
+(tls.py): that listener alone keeps its last good certificate, or is left out.  The agent checks
+the secrets every tls_poll_s, and a listener's change rewrites the status (same document version).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import json
 import os
 import shlex
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, fields
 from typing import Any, Callable
@@ -30,6 +35,7 @@ from botocore.exceptions import ClientError
 from .apply import CheckFailed, apply_config
 from .config import ConfigError, NodeConfig, parse_config
 from .files import write_atomically
+from .tls import TlsStore
 
 APPLIED = "applied"
 REFUSED = "refused"
@@ -67,11 +73,36 @@ def _run(command: str) -> None:
         raise RuntimeError(f"{command!r} exited {proc.returncode}: {(proc.stdout + proc.stderr).strip()[-500:]}")
 
 
+def apply_tls(cfg: NodeConfig, tls: TlsStore, document_path: str, run: Callable[[str], None] = _run,
+              haproxy: str = "haproxy", keepalived: str = "keepalived") -> tuple[bool, str | None]:
+    """Bring the TLS listeners' certificates to their secrets' current versions; when that changes
+    a certificate or which listeners serve, re-render, check and reload HAProxy (live: no
+    connection refused).  Returns (something changed, why it could not be applied or None)."""
+    before = tls.left_out(cfg)
+    changed = tls.refresh(cfg)
+    left_out = tls.left_out(cfg)
+    if not changed and left_out.keys() == before.keys():
+        return False, None
+    try:
+        applied = apply_config(cfg, document_path, haproxy, keepalived, left_out=left_out)
+    except CheckFailed as e:
+        return True, str(e)
+    try:
+        if changed or applied.haproxy_changed:
+            run(RELOAD_HAPROXY)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        return True, f"the new certificates are in place, but a reload failed: {e}"
+    return True, None
+
+
 class LiveConfig:
-    """Polls one node's document in S3 and applies each new version (see the module docstring)."""
+    """Polls one node's document in S3 and applies each new version (see the module docstring).
+    With `tls`, it also keeps the TLS listeners' certificates (poll_tls) and reports their problems."""
 
     def __init__(self, cfg: NodeConfig, s3: Any, document_path: str, instance_id: Callable[[], str | None],
-                 run: Callable[[str], None] = _run, haproxy: str = "haproxy", keepalived: str = "keepalived") -> None:
+                 run: Callable[[str], None] = _run, haproxy: str = "haproxy", keepalived: str = "keepalived",
+                 resolve: Callable[[NodeConfig], NodeConfig] | None = None,
+                 tls: TlsStore | None = None) -> None:
         if cfg.config_bucket is None or cfg.config_key is None or cfg.status_key is None:
             raise ValueError("the document names no S3 object (config_bucket, config_key, status_key)")
         self.cfg = cfg
@@ -81,11 +112,19 @@ class LiveConfig:
         self.run = run
         self.haproxy = haproxy
         self.keepalived = keepalived
+        # What boot does to a document before it renders it (fill in a null `interface`): a
+        # version must render here exactly as boot renders it, or an unchanged one would differ.
+        self.resolve = resolve
         self.bucket: str = cfg.config_bucket
         self.key: str = cfg.config_key
         self.status_key: str = cfg.status_key
         # The ETag of the version this node has dealt with (applied or refused); None at start.
         self.version: str | None = None
+        self.tls = tls
+        # The last version's outcome, reported again when a TLS listener's problems change.
+        self.last: Outcome | None = None
+        # The document poller and the TLS poller both render and reload: one at a time.
+        self.lock = threading.Lock()
 
     @property
     def source(self) -> str:
@@ -111,10 +150,23 @@ class LiveConfig:
         if fetched is None:
             return None
         version, body = fetched
-        outcome = self.apply(version, body)
-        self.version = version
-        self.report(outcome)
+        with self.lock:
+            outcome = self.apply(version, body)
+            self.version = version
+            self.last = outcome
+            self.report(outcome)
         return outcome
+
+    def poll_tls(self) -> tuple[bool, str | None]:
+        """apply_tls for the document in force; when something changed, report the status again."""
+        if self.tls is None:
+            return False, None
+        with self.lock:
+            changed, error = apply_tls(self.cfg, self.tls, self.document_path, self.run, self.haproxy,
+                                       self.keepalived)
+            if changed and self.last is not None:
+                self.report(self.last)
+        return changed, error
 
     def apply(self, version: str, body: bytes) -> Outcome:
         """Check, render, check, swap and reload; an Outcome either way, never half-applied
@@ -130,18 +182,22 @@ class LiveConfig:
         if new.node_name != self.cfg.node_name:
             return Outcome(version, REFUSED, f"{self.source} is node {new.node_name}'s document, not this node's "
                                              f"({self.cfg.node_name})")
+        # The new document's TLS listeners may name other secrets: fetch them before rendering.
+        tls_changed = self.tls.refresh(new) if self.tls is not None else False
         try:
             # Rendered as from the file boot renders from, so that an unchanged version changes
             # no file (the header names its source).
-            applied = apply_config(new, self.document_path, self.haproxy, self.keepalived)
-        except CheckFailed as e:
+            rendered = self.resolve(new) if self.resolve is not None else new
+            applied = apply_config(rendered, self.document_path, self.haproxy, self.keepalived,
+                                   left_out=self.tls.left_out(new) if self.tls is not None else None)
+        except (CheckFailed, ConfigError) as e:
             return Outcome(version, REFUSED, str(e))
         # From here the new files are in place: keep the document beside them, for restarts.
         write_atomically(self.document_path, json.dumps(doc, indent=2) + "\n")
         restart = needs_agent_restart(self.cfg, new)
         self.cfg = new
         problems = []
-        for changed, command in ((applied.haproxy_changed, RELOAD_HAPROXY),
+        for changed, command in ((applied.haproxy_changed or tls_changed, RELOAD_HAPROXY),
                                  (applied.keepalived_changed, RELOAD_KEEPALIVED)):
             if changed:
                 try:
@@ -152,7 +208,8 @@ class LiveConfig:
             # The files are in place, but a service still runs the old ones: say so, loudly.
             return Outcome(version, REFUSED, "the new configs are in place, but a reload failed: "
                            + "; ".join(problems), restart_agent=restart, cfg=new)
-        return Outcome(version, APPLIED, None, applied.haproxy_changed, applied.keepalived_changed, restart, new)
+        return Outcome(version, APPLIED, None, applied.haproxy_changed or tls_changed, applied.keepalived_changed,
+                       restart, new)
 
     def report(self, outcome: Outcome) -> None:
         """Write this node's status object beside its document."""
@@ -161,6 +218,8 @@ class LiveConfig:
         except Exception:  # the status matters more than the instance ID in it
             instance = None
         status = {"node": self.cfg.node_name, "version": outcome.version, "state": outcome.state,
-                  "reason": outcome.reason, "instance_id": instance, "ts": round(time.time(), 3)}
+                  "reason": outcome.reason,
+                  "listeners": self.tls.problems(self.cfg) if self.tls is not None else {},
+                  "instance_id": instance, "ts": round(time.time(), 3)}
         self.s3.put_object(Bucket=self.bucket, Key=self.status_key, Body=json.dumps(status).encode(),
                            ContentType="application/json")

@@ -28,6 +28,10 @@ class PeerView:
     vrrp: str | None = None
     healthy: bool | None = None
     at: float = 0.0
+    # The peer gave the VIP away on purpose: it stepped down (an operator's move), or its
+    # instance is leaving (the termination hook).
+    stepped_down: bool | None = None
+    leaving: bool | None = None
 
     @property
     def healthy_haproxy(self) -> bool:
@@ -52,9 +56,13 @@ def probe_peer(host: str, port: int, timeout_s: float) -> PeerView:
             return PeerView(AGENT_DOWN, at=now)
         data = json.loads(body)
         vrrp = data.get("vrrp")
-        healthy = data.get("healthy")
-        return PeerView(REACHED, vrrp=vrrp if isinstance(vrrp, str) else None,
-                        healthy=healthy if isinstance(healthy, bool) else None, at=now)
+
+        def flag(key: str) -> bool | None:
+            value = data.get(key)
+            return value if isinstance(value, bool) else None
+
+        return PeerView(REACHED, vrrp=vrrp if isinstance(vrrp, str) else None, healthy=flag("healthy"), at=now,
+                        stepped_down=flag("stepped_down"), leaving=flag("leaving"))
     except ConnectionRefusedError:
         return PeerView(HAPROXY_DOWN, at=now)
     except (OSError, socket.timeout, http.client.HTTPException, ValueError):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from .config import Listener, NodeConfig
+from .tls_policy import POLICIES
 
 # VRRPv3 refuses an instance with no virtual_ipaddress, and the real VIP is not keepalived's to
 # manage (it sits on lo on both nodes; the VPC route decides who gets the traffic).  So each
@@ -88,16 +91,35 @@ def render_keepalived(cfg: NodeConfig, source: str = "the node config document")
     )
 
 
+def _bind(cfg: NodeConfig, lst: Listener) -> str:
+    """The bind line: the port, and for TLS the bundle and the policy's versions and ciphers."""
+    if lst.tls is None:
+        return f"    bind :{lst.port}"
+    policy = POLICIES[lst.tls.policy]
+    words = [f"bind :{lst.port} ssl crt {cfg.paths.tls_bundle(lst.name)}"]
+    if lst.mode == "http":
+        # HTTP/2 where the client offers it; HAProxy speaks both in mode http.
+        words.append("alpn h2,http/1.1")
+    words.append(f"ssl-min-ver {policy.min_version} ssl-max-ver {policy.max_version}")
+    if policy.ciphers:
+        words.append("ciphers " + ":".join(policy.ciphers))
+    words.append("ciphersuites " + ":".join(policy.ciphersuites))
+    return "    " + " ".join(words)
+
+
 def _frontend(cfg: NodeConfig, lst: Listener) -> list[str]:
     lines = [
         f"frontend {lst.name}",
-        f"    bind :{lst.port}",
+        _bind(cfg, lst),
         f"    mode {lst.mode}",
         f"    option {'httplog' if lst.mode == 'http' else 'tcplog'}",
     ]
     if lst.mode == "http":
         # Lets a client (and the lab) see which node answered, generated replies included.
         lines.append(f"    http-after-response set-header X-Haproxy-Node {cfg.node_name}")
+        # As an ELB does: the client's address and the protocol it used, for the servers.
+        lines.append("    option forwardfor")
+        lines.append(f"    http-request set-header X-Forwarded-Proto {'https' if lst.tls else 'http'}")
     if lst.static_reply is not None:
         lines.append(
             "    http-request return status 200 content-type text/plain "
@@ -114,12 +136,44 @@ def _backend(lst: Listener) -> list[str]:
         f"    mode {lst.mode}",
         "    balance roundrobin",
     ]
+    hc = lst.health_check
     if lst.mode == "http":
         lines.append(f"    option httpchk GET {lst.check_path}")
+        lines.append(f"    http-check expect status {hc.status_codes}")
+    # How long a check may take once connected (`timeout connect` bounds the connect).
+    lines.append(f"    timeout check {_duration(hc.timeout_s)}")
     # Start even if a backend name does not resolve yet; the health check marks it down.
-    lines.append("    default-server check inter 1s fall 2 rise 2 init-addr last,libc,none")
-    lines += [f"    server {b.name} {b.host}:{b.port}" for b in lst.backends]
+    # Re-encrypted to the servers without verifying their certificates, as an ALB does with its
+    # targets (they are usually self-signed, and named by address); health checks use TLS too.
+    reencrypt = " ssl verify none" if lst.tls is not None and lst.tls.backend_tls else ""
+    lines.append(f"    default-server check inter {_duration(hc.interval_s)} fall {hc.unhealthy_threshold} "
+                 f"rise {hc.healthy_threshold} init-addr last,libc,none{reencrypt}")
+    for b in lst.backends:
+        if b.by_name:
+            # Up to max_addresses servers, filled from the name's A records while HAProxy runs and
+            # changed as the answers change, with no reload.
+            lines.append(f"    server-template {b.name} {b.max_addresses} {b.host}:{b.port} resolvers {RESOLVERS} "
+                         "resolve-prefer ipv4 init-addr none")
+        else:
+            lines.append(f"    server {b.name} {b.host}:{b.port}")
     return lines
+
+
+# The resolvers section that backends given by name use.
+RESOLVERS = "dns"
+
+
+def _resolvers(cfg: NodeConfig) -> list[str]:
+    """The resolvers section, when a backend is given by name: the document's DNS servers, or
+    /etc/resolv.conf's (the VPC resolver on a node)."""
+    if not any(b.by_name for lst in cfg.listeners if lst.static_reply is None for b in lst.backends):
+        return []
+    servers = ([f"    nameserver ns{i + 1} {s if ':' in s else s + ':53'}" for i, s in enumerate(cfg.resolvers)]
+               or ["    parse-resolv-conf"])
+    return ["", f"resolvers {RESOLVERS}", *servers,
+            # Ask again every second; keep a good answer for 10 s while the servers do not answer.
+            "    timeout resolve 1s", "    timeout retry 1s", "    resolve_retries 3", "    hold valid 10s",
+            "    hold obsolete 10s", "    accepted_payload_size 8192"]
 
 
 def _duration(seconds: float) -> str:
@@ -127,13 +181,19 @@ def _duration(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
-def render_haproxy(cfg: NodeConfig, source: str = "the node config document") -> str:
-    """The text of haproxy.cfg for this node: the health and stats frontend, then each listener."""
+def render_haproxy(cfg: NodeConfig, source: str = "the node config document",
+                   left_out: Mapping[str, str] | None = None) -> str:
+    """The text of haproxy.cfg for this node: the health and stats frontend, then each listener.
+    The TLS listeners in `left_out` (name: why) have no certificate to serve: each is left out,
+    with a comment saying why, so that the others still serve."""
+    left_out = left_out or {}
     out = [
         _header(cfg, source).rstrip("\n"),
         "",
         "global",
-        f"    log {cfg.paths.log_socket} local0",
+        *(["    # The access log goes to rsyslog's socket, for the file the CloudWatch agent ships.",
+           f"    log {cfg.paths.syslog_socket} local0"] if cfg.log_group_prefix else
+          [f"    log {cfg.paths.log_socket} local0"]),
         "    # Binds its ports and the stats socket as root, then drops to this user.",
         "    user haproxy",
         "    group haproxy",
@@ -166,8 +226,13 @@ def render_haproxy(cfg: NodeConfig, source: str = "the node config document") ->
         "    mode http",
         "    timeout server 1s",
         f"    server agent 127.0.0.1:{cfg.agent_port}",
+        *_resolvers(cfg),
     ]
     for lst in cfg.listeners:
+        if lst.tls is not None and lst.name in left_out:
+            why = " ".join(left_out[lst.name].split())
+            out += ["", f"# Listener {lst.name} (port {lst.port}) is left out: no valid certificate ({why})."]
+            continue
         out += ["", *_frontend(cfg, lst)]
         if lst.backends and lst.static_reply is None:
             out += ["", *_backend(lst)]

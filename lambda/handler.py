@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from botocore.exceptions import ClientError
-from haproxy_ha_runtime import routes
+from haproxy_ha_runtime import reconcile_metrics, routes
 from haproxy_ha_runtime.log import log_event
 from haproxy_ha_runtime.tags import ROUTES_DELETED_TAG
 
@@ -339,7 +339,8 @@ def reconcile_routes(client: Any, vip: str, tables: list[str], nodes: list[dict[
         # One write and one verify per round (deadline 0): a retry must read the table again first.
         result = routes.take_over(client, vip, todo, target, deadline_s=0.0)
         moved.update(dict.fromkeys(result.moved))
-        failed.update({r.route_table_id: r.error for r in result.tables if not r.ok})
+        # What this round could not fix (a table an earlier round failed but this one fixed is no failure).
+        failed = {r.route_table_id: r.error for r in result.tables if not r.ok}
         pending = [r.route_table_id for r in result.tables if not r.ok]
         if not pending or time.monotonic() + pause >= start + deadline_s:
             break
@@ -359,6 +360,7 @@ def reconcile(event: dict[str, Any], context: Any) -> dict[str, Any]:
     detail = event.get("detail") or {}
     deadline_s = max(1.0, min(RECONCILE_DEADLINE_S, _remaining_s(context) - RESPONSE_RESERVE_S))
     report = reconcile_routes(_ec2(), vip, tables, nodes, deadline_s=deadline_s)
+    reconcile_metrics.emit(report, trigger=event.get("detail-type", "schedule"))
     # Auto Scaling's events name the instance EC2InstanceId; EC2's, instance-id.
     instance = detail.get("EC2InstanceId") or detail.get("instance-id")
     log_event("reconcile", trigger=event.get("detail-type", "schedule"), instance=instance,

@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,3 +117,16 @@ def make_world(client: Any, n_tables: int, vip: str = VIP, with_routes: bool = T
 def targets(client: Any, tables: list[str], vip: str = VIP) -> dict[str, str | None]:
     views = routes.describe_vip_routes(client, vip, tables)
     return {t: (views[t].eni_id if t in views else None) for t in tables}
+
+
+def vip_route_count(client: Any, tables: list[str], vip: str = VIP) -> dict[str, int]:
+    """How many routes for the VIP's /32 each table holds (EC2 allows one; moto would store more)."""
+    found = client.describe_route_tables(RouteTableIds=tables)["RouteTables"]
+    return {t["RouteTableId"]: sum(r.get("DestinationCidrBlock") == vip + "/32" for r in t["Routes"]) for t in found}
+
+
+def run_at_once(*calls: Callable[[], Any], timeout_s: float = 20.0) -> list[Any]:
+    """Run the calls in threads at once; their results in order, or the first one's error."""
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = [pool.submit(call) for call in calls]
+        return [f.result(timeout=timeout_s) for f in futures]

@@ -18,7 +18,7 @@ import aws_cdk as cdk
 from haproxy_ha.stack import PLACEHOLDER_ENV
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG_MARKER = "HAPROXY_HA_NODE_CONFIG"
+DOCUMENTS_TYPE = "Custom::HaproxyHaNodeDocuments"
 
 
 def repo_context() -> dict[str, Any]:
@@ -54,6 +54,8 @@ class Resolver:
         if name in pseudo:
             return pseudo[name]
         rtype = self.resources.get(name, {}).get("Type", "")
+        if rtype == "AWS::S3::Bucket":  # lower case, as CloudFormation names a bucket
+            return f"{name.lower()[:40]}-{self._hex(name)[:12]}"
         prefix = {"AWS::EC2::NetworkInterface": "eni", "AWS::EC2::RouteTable": "rtb", "AWS::EC2::VPC": "vpc",
                   "AWS::EC2::Instance": "i", "AWS::EC2::Subnet": "subnet"}.get(rtype)
         if prefix is None:
@@ -63,6 +65,8 @@ class Resolver:
     def get_att(self, name: str, attribute: str) -> str:
         if attribute == "Arn" and self.resources.get(name, {}).get("Type") == "AWS::Lambda::Function":
             return f"arn:aws:lambda:eu-west-1:123456789012:function:{name}"
+        if attribute == "Arn" and self.resources.get(name, {}).get("Type") == "AWS::S3::Bucket":
+            return f"arn:aws:s3:::{self.ref(name)}"
         if attribute == "PrimaryPrivateIpAddress":
             n = len(self.ips) + 1
             return self.ips.setdefault(name, f"10.0.{100 + n}.{200 + n}")
@@ -104,11 +108,23 @@ def heredoc(text: str, marker: str) -> str:
     return text[start:end]
 
 
+def documents_resource(template: dict[str, Any]) -> dict[str, Any]:
+    """The one custom resource that writes the nodes' documents."""
+    (resource,) = [v for v in template["Resources"].values() if v["Type"] == DOCUMENTS_TYPE]
+    return resource
+
+
 def node_documents(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each launch template's config document (intrinsics resolved), by logical ID."""
+    """Each node's config document (intrinsics resolved) as the documents' custom resource writes
+    it to S3, by the logical ID of the node's launch template."""
     resolver = Resolver(template)
-    return {logical_id: json.loads(heredoc(raw_user_data(template, logical_id, resolver), CONFIG_MARKER))
-            for logical_id in launch_template_ids(template)}
+    documents = {n["Name"]: json.loads(resolver.resolve(n["Document"]))
+                 for n in documents_resource(template)["Properties"]["Nodes"]}
+    by_template = {}
+    for logical_id in launch_template_ids(template):
+        (name,) = [n for n in documents if f"Node{n.upper()}LaunchTemplate" in logical_id]
+        by_template[logical_id] = documents[name]
+    return by_template
 
 
 def of_type(template: dict[str, Any], rtype: str) -> list[str]:

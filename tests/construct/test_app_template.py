@@ -269,16 +269,23 @@ def _check_role(doc: dict[str, Any], prefix: str, route_actions: set[str], allow
     assert seen == {"route", "describe"} | ({"marker"} if marker else set())
 
 
-METRICS_NAMESPACE_CONDITION = {"StringEquals": {"cloudwatch:namespace": "HaproxyHa"}}
-
-
 def observability_log_groups(doc: dict[str, Any]) -> list[str]:
     groups = sorted(k for k in resources(doc, "AWS::Logs::LogGroup") if k.startswith("HaproxyHaObservability"))
-    assert len(groups) == 3
+    assert len(groups) == 4
     return groups
 
 
 NODE_FILES_OBJECT = re.compile(r"arn:aws:s3:::cdk-hnb659fds-assets-123456789012-eu-west-1/[0-9a-f]{64}\.zip")
+
+
+def config_bucket(doc: dict[str, Any]) -> str:
+    (bucket,) = resources(doc, "AWS::S3::Bucket")
+    return bucket
+
+
+def config_object(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    """The ARN of one object in the documents' bucket, as the template writes it."""
+    return {"Fn::Join": ["", [{"Fn::GetAtt": [config_bucket(doc), "Arn"]}, "/" + key]]}
 
 
 @pytest.mark.parametrize("node", ["A", "B"])
@@ -292,14 +299,15 @@ def test_each_node_role_grants_exactly_its_nodes_actions_each_on_its_exact_scope
         # These three allow no resource scope; every call filters by ID or VPC.
         ("ec2:DescribeInstances", "ec2:DescribeNetworkInterfaces", "ec2:DescribeRouteTables"): "*",
         ("lambda:InvokeFunction",): {"Fn::GetAtt": [reconcile_function(app_doc), "Arn"]},
-        ("s3:GetObject",): "node files object",
+        # The node files, and its own document (never the peer's); it writes its own status only.
+        ("s3:GetObject",): ["node files object", config_object(app_doc, f"nodes/{node.lower()}/node.json")],
+        ("s3:PutObject",): config_object(app_doc, f"nodes/{node.lower()}/status.json"),
         # Its own group only: by name, the group's ID (a UUID) being unknown before it exists.
         ("autoscaling:CompleteLifecycleAction", "autoscaling:SetInstanceHealth"):
             f"arn:aws:autoscaling:eu-west-1:123456789012:autoScalingGroup:*:autoScalingGroupName/{group_name}",
         ("cloudformation:SignalResource",): {"Ref": "AWS::StackId"},
-        # PutMetricData has no resource; the condition key keeps it to the pair's namespace.
-        ("cloudwatch:PutMetricData",): "*",
-        # What the CloudWatch agent needs, on the pair's three log groups only.
+        # What the CloudWatch agent needs, on the pair's four log groups only.  No PutMetricData:
+        # the node's metrics are EMF lines that CloudWatch Logs makes into metrics.
         ("logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"):
             by_sorted_json([{"Fn::GetAtt": [g, "Arn"]} for g in observability_log_groups(app_doc)]),
     }
@@ -307,28 +315,28 @@ def test_each_node_role_grants_exactly_its_nodes_actions_each_on_its_exact_scope
     for st in statements(app_doc, f"HaproxyHaNode{node}Role"):
         actions = tuple(sorted(actions_of(st)))
         assert st["Effect"] == "Allow"
-        assert st.get("Condition") == (METRICS_NAMESPACE_CONDITION if actions == ("cloudwatch:PutMetricData",)
-                                       else None)
+        assert st.get("Condition") is None
         assert actions not in found, f"{actions} granted twice"
         resource = st["Resource"]
         if actions in (("ec2:ReplaceRoute",), ("logs:CreateLogStream", "logs:DescribeLogStreams",
                                                 "logs:PutLogEvents")):
             resource = by_sorted_json(resource)
         elif actions == ("s3:GetObject",):
-            assert NODE_FILES_OBJECT.fullmatch(resource), resource
-            resource = "node files object"
+            assert NODE_FILES_OBJECT.fullmatch(resource[0]), resource
+            resource = ["node files object", *resource[1:]]
         found[actions] = resource
     assert found == expected
 
 
-def test_the_node_roles_differ_only_in_their_own_group(app_doc: dict[str, Any]) -> None:
+def test_the_node_roles_differ_only_in_their_own_group_document_and_status(app_doc: dict[str, Any]) -> None:
     a, b = (statements(app_doc, f"HaproxyHaNode{n}Role") for n in "AB")
     differ = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
-    assert len(differ) == 1
-    (x, y), = differ
-    assert actions_of(x) == ["autoscaling:CompleteLifecycleAction", "autoscaling:SetInstanceHealth"]
-    assert "-NodeA-" in x["Resource"] and "-NodeB-" not in x["Resource"]
-    assert "-NodeB-" in y["Resource"] and "-NodeA-" not in y["Resource"]
+    assert [actions_of(x) for x, _ in differ] == [
+        ["s3:GetObject"], ["s3:PutObject"], ["autoscaling:CompleteLifecycleAction", "autoscaling:SetInstanceHealth"]]
+    for x, y in differ:
+        own_a, own_b = json.dumps(x["Resource"]), json.dumps(y["Resource"])
+        assert ("-NodeA-" in own_a or "nodes/a/" in own_a) and "-NodeB-" not in own_a and "nodes/b/" not in own_a
+        assert ("-NodeB-" in own_b or "nodes/b/" in own_b) and "-NodeA-" not in own_b and "nodes/a/" not in own_b
 
 
 @pytest.mark.parametrize("node", ["A", "B"])
@@ -432,7 +440,7 @@ def test_the_groups_own_events_and_a_schedule_run_the_reconciler(app_doc: dict[s
 
 # --- user data and the node config document ------------------------------------------------------
 
-def test_user_data_documents_are_accepted_by_the_runtime(app_doc: dict[str, Any]) -> None:
+def test_the_documents_are_accepted_by_the_runtime(app_doc: dict[str, Any]) -> None:
     docs = node_documents(app_doc)
     configs = {d["node_name"]: parse_config(d) for d in docs.values()}
     a, b = configs["a"], configs["b"]
@@ -447,6 +455,11 @@ def test_user_data_documents_are_accepted_by_the_runtime(app_doc: dict[str, Any]
     # The agent invokes the reconciler to create a missing route: the node role may only replace.
     reconciler = f"arn:aws:lambda:eu-west-1:123456789012:function:{reconcile_function(app_doc)}"
     assert a.reconciler == b.reconciler == reconciler
+    # Each names its own object in S3 and its status beside it, and polls every 10 s.
+    bucket = Resolver(app_doc).ref(config_bucket(app_doc))
+    for cfg in (a, b):
+        assert (cfg.config_bucket, cfg.config_key, cfg.status_key, cfg.config_poll_s) == (
+            bucket, f"nodes/{cfg.node_name}/node.json", f"nodes/{cfg.node_name}/status.json", 10.0)
 
 
 def test_each_document_names_its_own_group_hook_drain_and_signal(app_doc: dict[str, Any]) -> None:
@@ -473,10 +486,12 @@ def test_reconcile_function_and_its_rules_do_not_depend_on_the_groups(app_doc: d
 
 
 def test_user_data_writes_the_boot_unit_and_starts_it_without_waiting(app_doc: dict[str, Any]) -> None:
-    s3 = [st["Resource"] for st in statements(app_doc, "HaproxyHaNodeARole") if actions_of(st) == ["s3:GetObject"]]
-    (object_arn,) = s3
-    for logical_id in launch_template_ids(app_doc):
-        text = raw_user_data(app_doc, logical_id)
+    resolver = Resolver(app_doc)
+    for node, logical_id in zip("ab", launch_template_ids(app_doc), strict=True):
+        (readable,) = [st["Resource"] for st in statements(app_doc, f"HaproxyHaNode{node.upper()}Role")
+                       if actions_of(st) == ["s3:GetObject"]]
+        node_files, document = (resolver.resolve(arn) for arn in readable)
+        text = raw_user_data(app_doc, logical_id, resolver)
         lines = text.splitlines()
         assert lines[:3] == ["#!/bin/bash", *NODE_PREPARE_COMMANDS]
         # What ships is what the unit tests check: the files of userdata/, as they are.
@@ -488,9 +503,13 @@ def test_user_data_writes_the_boot_unit_and_starts_it_without_waiting(app_doc: d
                              ("boot-failed.sh", "HAPROXY_HA_BOOT_FAILED_SCRIPT")):
             assert heredoc(text, marker) + "\n" == (REPO / "userdata" / name).read_text()
             assert f"cat > {USER_DATA_FILES[name]} <<'{marker}'" in lines
-        # The unit fetches exactly the object the role may read.
+        # The unit fetches exactly the objects the role may read: the node files and its own document.
         env = dict(line.split("=", 1) for line in heredoc(text, "HAPROXY_HA_BOOT_ENV").splitlines())
-        assert env == {"NODE_FILES_URL": object_arn.replace("arn:aws:s3:::", "s3://"), "AWS_REGION": "eu-west-1"}
+        assert env == {"NODE_FILES_URL": node_files.replace("arn:aws:s3:::", "s3://"),
+                       "NODE_CONFIG_URL": document.replace("arn:aws:s3:::", "s3://"), "AWS_REGION": "eu-west-1"}
+        assert env["NODE_CONFIG_URL"].endswith(f"/nodes/{node}/node.json")
+        # The document itself is not in user data: a new one changes no launch template.
+        assert '"listeners"' not in text and "HAPROXY_HA_NODE_CONFIG" not in text
         assert heredoc(text, "HAPROXY_HA_AFTER_BOOT") == "#!/bin/bash"
         # cloud-init returns at once; systemd runs (and retries) the boot.
         assert lines[-3:] == ["systemctl daemon-reload", f"systemctl enable {BOOT_UNIT}",

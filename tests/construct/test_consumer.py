@@ -110,18 +110,23 @@ def test_large_config_stays_under_the_user_data_limit(stack: Stack) -> None:
 
 
 def test_fails_at_synth_when_the_user_data_would_exceed_the_ec2_limit(stack: Stack) -> None:
-    """800 route tables: EC2 would refuse the user data only at RunInstances; synth refuses it first."""
-    HaproxyHa(stack, "Lb", vip="192.168.254.10", extra_route_table_ids=[f"rtb-{i:017x}" for i in range(800)])
+    """Long after-boot commands (the document is in S3, not in user data): EC2 would refuse the user
+    data only at RunInstances; synth refuses it first."""
+    lb = HaproxyHa(stack, "Lb", vip="192.168.254.10")
+    lb.nodes[0].after_boot.add_commands(*(f"echo after-boot step {i:04d} >> /var/log/after-boot.log"
+                                          for i in range(400)))
     with pytest.raises(Exception, match=r"node a's user data would be about \d+ bytes .*allowed: at most 16384"):
         template_json(stack)
 
 
 def test_the_synth_check_counts_what_ec2_would_receive(stack: Stack) -> None:
-    """The check's estimate is never below the real size: with 300 tables (near the limit) the
-    resolved user data, with this test's stand-in values, is smaller than what the check counted."""
+    """The check's estimate is never below the real size: with after-boot commands that bring it
+    near the limit, the resolved user data, with this test's stand-in values, is smaller than what
+    the check counted."""
     from haproxy_ha.construct import _resolved_size
 
-    lb = HaproxyHa(stack, "Lb", vip="192.168.254.10", extra_route_table_ids=[f"rtb-{i:017x}" for i in range(300)])
+    lb = HaproxyHa(stack, "Lb", vip="192.168.254.10")
+    lb.nodes[0].after_boot.add_commands(*(f"echo after-boot step {i:04d}" for i in range(280)))
     doc = template_json(stack)
     real = len(raw_user_data(doc, launch_template_ids(doc)[0]).encode())
     template = lb.nodes[0].launch_template.node.default_child

@@ -103,7 +103,8 @@ def test_isolated_caller_vpc_warning_lists_every_endpoint_still_needed(stack: St
     (warning,) = Annotations.from_stack(stack).find_warning("/Test/Lb", Match.string_like_regexp("isolated"))
     text = str(warning.entry.data)
     assert "This construct added" not in text
-    assert "Still needed: an S3 gateway endpoint (node files and the Amazon Linux repositories); " in text
+    assert ("Still needed: an S3 gateway endpoint (node files, the nodes' documents and the Amazon Linux "
+            "repositories); ") in text
     assert ("interface endpoints for ec2 (route moves), cloudformation (a new node's ready signal: without it "
             "every deploy fails), autoscaling (the termination hook and the health report), ssm, ssmmessages and "
             "ec2messages" in text)

@@ -148,20 +148,22 @@ def test_boot_unit_fetches_then_boots_then_runs_the_callers_commands_and_retries
 
 @pytest.fixture
 def fetch_env(tmp_path: Path) -> dict[str, str]:
-    """A scratch root, a node files zip, and an `aws` that fails as often as FAIL_TIMES says, then copies it."""
+    """A scratch root, a node files zip, a document, and an `aws` that fails as often as FAIL_TIMES says,
+    then copies the zip or the document (whichever the URL names)."""
     payload = tmp_path / "payload"
     (payload / "haproxy_ha_runtime").mkdir(parents=True)
     (payload / "boot.sh").write_text("echo new boot\n")
     (payload / "haproxy_ha_runtime" / "__init__.py").write_text("")
     zip_path = tmp_path / "node-files.zip"
     shutil.make_archive(str(zip_path.with_suffix("")), "zip", payload)
+    (tmp_path / "node.json").write_text('{"node_name": "a"}\n')
     stubs = tmp_path / "stubs"
     stubs.mkdir()
     (stubs / "aws").write_text(f"""#!/bin/bash
 echo "aws $*" >> "{tmp_path}/aws.log"
 count=$(wc -l < "{tmp_path}/aws.log")
 if [ "$count" -le "${{FAIL_TIMES:-0}}" ]; then echo "fetch failed" >&2; exit 1; fi
-cp "{zip_path}" "${{@: -1}}"
+case "${{@: -2:1}}" in *.zip) cp "{zip_path}" "${{@: -1}}" ;; *) cp "{tmp_path}/node.json" "${{@: -1}}" ;; esac
 """)
     (stubs / "aws").chmod(0o755)
     (stubs / "python3").write_text(f'#!/bin/bash\nexec "{sys.executable}" "$@"\n')
@@ -170,7 +172,8 @@ cp "{zip_path}" "${{@: -1}}"
     (root / "opt" / "haproxy-ha").mkdir(parents=True)
     (root / "opt" / "haproxy-ha" / "boot.sh").write_text("echo old boot\n")
     return {"PATH": f"{stubs}:{os.environ['PATH']}", "HAPROXY_HA_ROOT": str(root), "HAPROXY_HA_FETCH_DELAY_S": "0",
-            "NODE_FILES_URL": "s3://bucket/abc.zip", "AWS_REGION": "eu-west-1", "LOG": str(tmp_path / "aws.log")}
+            "NODE_FILES_URL": "s3://bucket/abc.zip", "NODE_CONFIG_URL": "s3://docs/nodes/a/node.json",
+            "AWS_REGION": "eu-west-1", "LOG": str(tmp_path / "aws.log")}
 
 
 def run_fetch(env: dict[str, str], **more: str) -> subprocess.CompletedProcess[str]:
@@ -178,12 +181,17 @@ def run_fetch(env: dict[str, str], **more: str) -> subprocess.CompletedProcess[s
                           text=True, timeout=60, check=False)
 
 
-def test_fetch_retries_until_s3_answers_then_swaps_in_the_node_files(fetch_env: dict[str, str]) -> None:
+def test_fetch_retries_until_s3_answers_then_swaps_in_the_node_files_and_the_document(
+        fetch_env: dict[str, str]) -> None:
     result = run_fetch(fetch_env, FAIL_TIMES="2")
     assert result.returncode == 0, result.stderr
     calls = Path(fetch_env["LOG"]).read_text().splitlines()
+    root = fetch_env["HAPROXY_HA_ROOT"]
     assert calls == ["aws s3 cp --only-show-errors --region eu-west-1 s3://bucket/abc.zip "
-                     f"{fetch_env['HAPROXY_HA_ROOT']}/var/lib/haproxy-ha/node-files.zip.part"] * 3
+                     f"{root}/var/lib/haproxy-ha/node-files.zip.part"] * 3 + [
+                     "aws s3 cp --only-show-errors --region eu-west-1 s3://docs/nodes/a/node.json "
+                     f"{root}/etc/haproxy-ha/node.json.part"]
+    assert Path(root, "etc", "haproxy-ha", "node.json").read_text() == '{"node_name": "a"}\n'
     assert "try 1 of 5" in result.stderr and "try 2 of 5" in result.stderr
     files = Path(fetch_env["HAPROXY_HA_ROOT"]) / "opt" / "haproxy-ha"
     assert (files / "boot.sh").read_text() == "echo new boot\n"
@@ -200,8 +208,9 @@ def test_fetch_gives_up_after_its_tries_and_leaves_the_last_node_files(fetch_env
     assert (files / "boot.sh").read_text() == "echo old boot\n"
 
 
-def test_fetch_refuses_to_run_without_the_url_it_fetches(fetch_env: dict[str, str]) -> None:
-    env = {k: v for k, v in fetch_env.items() if k != "NODE_FILES_URL"}
+@pytest.mark.parametrize("url", ["NODE_FILES_URL", "NODE_CONFIG_URL"])
+def test_fetch_refuses_to_run_without_the_urls_it_fetches(fetch_env: dict[str, str], url: str) -> None:
+    env = {k: v for k, v in fetch_env.items() if k != url}
     result = run_fetch(env)
-    assert result.returncode != 0 and "NODE_FILES_URL" in result.stderr
+    assert result.returncode != 0 and f"{url} (" in result.stderr
     assert not Path(fetch_env["LOG"]).exists()

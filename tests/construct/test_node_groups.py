@@ -1,5 +1,5 @@
-"""Each node is an Auto Scaling group of one: what a change of AMI, instance type or props does to
-the template, the drain timeout's hook, and the groups' physical names."""
+"""Each node is an Auto Scaling group of one: what a change of AMI, instance type or listeners does
+to the template, the drain timeout's hook, and the groups' physical names."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ from aws_cdk import App, Duration, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk.assertions import Template
 from constructs import Construct
-from template_tools import PLACEHOLDER_ENV, group_ids, launch_template_ids, new_app, new_stack, node_documents
+from template_tools import (
+    DOCUMENTS_TYPE,
+    PLACEHOLDER_ENV,
+    group_ids,
+    launch_template_ids,
+    new_app,
+    new_stack,
+    node_documents,
+)
 
 from haproxy_ha import HaproxyHa, Listener
 from haproxy_ha.construct import GROUP_NAME_MAX
@@ -67,14 +75,30 @@ def test_a_new_instance_type_changes_only_the_launch_templates() -> None:
     assert_groups_roll_their_templates_one_at_a_time(new)
 
 
-def test_a_props_change_reaches_the_nodes_through_their_launch_templates_only() -> None:
-    # The document is in user data: a new reply replaces each node, one at a time, health-gated.
+def in_documents(doc: dict[str, Any]) -> set[tuple[str, ...]]:
+    """Each node's document, in the properties of the documents' custom resource."""
+    (documents,) = [k for k, v in doc["Resources"].items() if v["Type"] == DOCUMENTS_TYPE]
+    nodes = doc["Resources"][documents]["Properties"]["Nodes"]
+    return {("Resources", documents, "Properties", "Nodes", str(i), "Document") for i in range(len(nodes))}
+
+
+def test_new_backends_reach_the_nodes_through_their_documents_and_replace_nothing() -> None:
+    # The documents are in S3, written by a custom resource: the nodes apply them as they run.
+    old = synth(listeners=[Listener(port=80, backends=("10.0.5.10:8080",))])
+    new = synth(listeners=[Listener(port=80, backends=("10.0.5.11:8080", "10.0.5.12:8080"))])
+    for logical_id in (*launch_template_ids(old), *group_ids(old)):
+        assert old["Resources"][logical_id] == new["Resources"][logical_id], logical_id
+    changed = differences(old, new)
+    assert changed and {path[:6] for path in changed} == in_documents(old)
+    backends = {d["node_name"]: [b.host for b in parse_config(d).listeners[0].backends]
+                for d in node_documents(new).values()}
+    assert backends == {"a": ["10.0.5.11", "10.0.5.12"], "b": ["10.0.5.11", "10.0.5.12"]}
+
+
+def test_a_new_reply_changes_only_the_documents() -> None:
     old = synth(listeners=[Listener(port=80, static_reply="old {node}")])
     new = synth(listeners=[Listener(port=80, static_reply="new {node}")])
-    changed = differences(old, new)
-    user_data = in_launch_templates(old, "UserData")
-    assert changed and all(path[:5] in user_data for path in changed)
-    assert {path[:5] for path in changed} == user_data
+    assert {path[:6] for path in differences(old, new)} == in_documents(old)
     replies = sorted(parse_config(d).listeners[0].static_reply or "" for d in node_documents(new).values())
     assert replies == ["new a", "new b"]
 

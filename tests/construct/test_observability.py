@@ -20,8 +20,9 @@ from template_tools import PLACEHOLDER_ENV, REPO, Resolver, new_app, new_stack, 
 
 from haproxy_ha import HaproxyHa, HaproxyHaPropsError, Listener, observability
 from haproxy_ha.construct import PAIR_NAME_MAX
-from haproxy_ha_runtime import config, metrics
+from haproxy_ha_runtime import config, metrics, reconcile_metrics, shipping
 from haproxy_ha_runtime.config import parse_config
+from haproxy_ha_runtime.problems import Problems
 
 VIP = "192.168.254.10"
 LISTENERS = [
@@ -104,10 +105,13 @@ LT, GE = "LessThanThreshold", "GreaterThanOrEqualToThreshold"
 
 def test_the_pair_is_named_for_its_stack_and_path_and_goes_into_both_documents(app_doc: dict[str, Any]) -> None:
     docs = node_documents(app_doc)
-    pair = next(iter(docs.values()))["metrics_pair"]
+    pair = next(iter(docs.values()))["pair_name"]
     assert re.fullmatch(r"HaproxyHa-HaproxyHa-[0-9a-f]{8}", pair)
-    assert [(d["metrics_pair"], d["detailed_metrics"]) for d in docs.values()] == [(pair, True)] * 2
-    assert all(parse_config(d).metrics_pair == pair for d in docs.values())
+    assert [(d["pair_name"], d["detailed_metrics"], d["log_group_prefix"]) for d in docs.values()] == [
+        (pair, True, f"/haproxy-ha/{pair}")] * 2
+    assert "metrics_pair" not in next(iter(docs.values()))
+    parsed = [parse_config(d) for d in docs.values()]
+    assert [(c.pair_name, c.log_group_prefix) for c in parsed] == [(pair, f"/haproxy-ha/{pair}")] * 2
 
 
 def test_pair_names_differ_between_stacks_and_pairs_and_fit_with_the_longest_stack_name() -> None:
@@ -123,14 +127,21 @@ def test_pair_names_differ_between_stacks_and_pairs_and_fit_with_the_longest_sta
     assert len(set(names)) == 4
     assert names[:2] == ["One-Lb-" + names[0][-8:], "Two-Lb-" + names[1][-8:]]
     assert len(names[3]) <= PAIR_NAME_MAX and names[3].startswith("s" * 128 + "-Level0-")
-    assert all(config.PAIR_RE.fullmatch(n) for n in names)
+    assert all(config.PAIR_NAME_RE.fullmatch(n) for n in names)
+    # Every prefix passes the node's own check, the longest too.
+    prefixes = [lb.log_group_prefix for lb in (first, second, third, longest)]
+    assert prefixes == [f"/haproxy-ha/{n}" for n in names]
+    checked = Problems()
+    assert [config.check_log_group_prefix(checked, p) for p in prefixes] == prefixes and not checked.items
+    assert len(shipping.log_group(prefixes[3], "keepalived")) <= 512
 
 
 def test_the_reconciler_gets_the_pairs_name_for_its_metrics(app_doc: dict[str, Any]) -> None:
     (reconcile,) = [v for k, v in app_doc["Resources"].items()
                     if v["Type"] == "AWS::Lambda::Function" and "Reconcile" in k]
-    pair = next(iter(node_documents(app_doc).values()))["metrics_pair"]
-    assert reconcile["Properties"]["Environment"]["Variables"]["METRICS_PAIR"] == pair
+    pair = next(iter(node_documents(app_doc).values()))["pair_name"]
+    assert reconcile["Properties"]["Environment"]["Variables"][reconcile_metrics.PAIR_NAME_ENV] == pair
+    assert reconcile_metrics.PAIR_NAME_ENV == "PAIR_NAME"
 
 
 def test_detailed_metrics_off_reaches_the_documents(lean: Synth) -> None:
@@ -140,17 +151,33 @@ def test_detailed_metrics_off_reaches_the_documents(lean: Synth) -> None:
 
 # --- log groups -----------------------------------------------------------------------------------
 
-def test_three_log_groups_keep_events_for_the_retention_given(app_doc: dict[str, Any], full: Synth) -> None:
+def test_four_log_groups_named_as_the_node_ships_keep_events_for_the_retention_given(
+        app_doc: dict[str, Any], full: Synth) -> None:
     default = {k: v for k, v in app_doc["Resources"].items()
                if v["Type"] == "AWS::Logs::LogGroup" and k.startswith("HaproxyHaObservability")}
     assert sorted(re.sub(r"[0-9A-F]{8}$", "", k) for k in default) == [
-        f"HaproxyHaObservability{s}" for s in ("AgentLogs", "HaproxyLogs", "KeepalivedLogs")]
-    assert [g["Properties"]["RetentionInDays"] for g in default.values()] == [30] * 3
+        f"HaproxyHaObservability{s}" for s in ("AgentLogs", "HaproxyLogs", "KeepalivedLogs", "MetricsLogs")]
+    prefix = next(iter(node_documents(app_doc).values()))["log_group_prefix"]
+    assert sorted(g["Properties"]["LogGroupName"] for g in default.values()) == sorted(
+        shipping.log_group(prefix, kind) for kind in shipping.LOG_GROUPS)
+    assert [g["Properties"]["RetentionInDays"] for g in default.values()] == [30] * 4
     given = [full.doc["Resources"][full.stack.get_logical_id(g.node.default_child)]  # type: ignore[arg-type]
              for g in full.lb.log_groups.all()]
-    assert [g["Properties"]["RetentionInDays"] for g in given] == [14] * 3
+    assert [g["Properties"]["LogGroupName"] for g in given] == [
+        f"{full.lb.log_group_prefix}/{kind}" for kind in ("agent", "metrics", "haproxy", "keepalived")]
+    assert [g["Properties"]["RetentionInDays"] for g in given] == [14] * 4
     # Kept after the stack goes, as CDK keeps log groups by default: they expire by retention.
     assert {g["DeletionPolicy"] for g in given} == {"Retain"}
+
+
+def test_the_node_ships_each_file_to_a_group_the_stack_made(app_doc: dict[str, Any]) -> None:
+    """The CloudWatch agent's config that a node renders from its document names only the stack's groups."""
+    made = {g["Properties"]["LogGroupName"] for k, g in app_doc["Resources"].items()
+            if g["Type"] == "AWS::Logs::LogGroup" and k.startswith("HaproxyHaObservability")}
+    for document in node_documents(app_doc).values():
+        rendered = json.loads(shipping.render_cloudwatch_agent(parse_config(document)))
+        shipped = {c["log_group_name"] for c in rendered["logs"]["logs_collected"]["files"]["collect_list"]}
+        assert shipped == made
 
 
 # --- alarms ---------------------------------------------------------------------------------------
@@ -163,15 +190,16 @@ def test_the_pair_alarms_read_the_contract_metrics_with_their_statistic_threshol
     expected = {
         # Fewer than two healthy nodes for degraded_after; a dead node publishes nothing, so no data breaches.
         "Degraded": (both, [(metrics.HAPROXY_HEALTHY, d, "Minimum", 60) for d in nodes], (LT, 2, 20, 20, "breaching")),
-        # No node owned the VIP in a minute; both silent is the worst case, so no data breaches.
-        "NoActiveNode": (both, [(metrics.ACTIVE, d, "Maximum", 60) for d in nodes], (LT, 1, 1, 1, "breaching")),
+        # No node owned the VIP for two minutes (a node writes every 60 s, not on the minute, so one
+        # minute may hold none of its records); both silent is the worst case, so no data breaches.
+        "NoActiveNode": (both, [(metrics.ACTIVE, d, "Maximum", 60) for d in nodes], (LT, 1, 2, 2, "breaching")),
         # Any failover in a minute; no data is no failover.
         "Failover": (both, [(metrics.FAILOVERS, d, "Sum", 60) for d in nodes], (GE, 1, 1, 1, "notBreaching")),
-        # Only listeners with backends: no node saw one of their servers up in a minute.
+        # Only listeners with backends: no node saw one of their servers up for two minutes.
         **{f"BackendDown/{name}": (
             "MAX([FILL(node_a, 0), FILL(node_b, 0)])",
             [(metrics.SERVERS_UP, {**d, "Backend": name}, "Maximum", 60) for d in nodes],
-            (LT, 1, 1, 1, "notBreaching")) for name in ("web", "pg")},
+            (LT, 1, 2, 2, "notBreaching")) for name in ("web", "pg")},
         # Per node, three minutes with no successful call; a silent node is the degraded alarm's.
         **{f"Ec2ApiUnreachable/{n}": (None, [(metrics.EC2_API_REACHABLE, d, "Maximum", 60)],
                                       (LT, 1, 3, 3, "notBreaching")) for n, d in zip("ab", nodes, strict=True)},
@@ -366,11 +394,13 @@ def problems(stack: Stack, **props: Any) -> list[str]:
 
 @pytest.mark.parametrize(("props", "expected"), [
     ({"log_retention": 30}, "log_retention: got 30; allowed: a logs.RetentionDays, such as RetentionDays.ONE_MONTH"),
-    ({"degraded_after": 15}, "degraded_after: got 15; allowed: a Duration of whole minutes from 1 to 1440, such as "
+    ({"degraded_after": 15}, "degraded_after: got 15; allowed: a Duration of whole minutes from 2 to 1440, such as "
                              "Duration.minutes(15)"),
     ({"degraded_after": Duration.seconds(90)}, "degraded_after: got '1 minute 30 seconds'; allowed: a Duration of "
-                                               "whole minutes from 1 to 1440"),
+                                               "whole minutes from 2 to 1440"),
     ({"degraded_after": Duration.seconds(0)}, "degraded_after: got '0 seconds'; allowed: a Duration of whole minutes"),
+    ({"degraded_after": Duration.minutes(1)}, "degraded_after: got '1 minute'; allowed: a Duration of whole minutes "
+                                              "from 2 to 1440"),
     ({"degraded_after": Duration.days(2)}, "degraded_after: got '2 days'; allowed: a Duration of whole minutes"),
     ({"detailed_metrics": "yes"}, "detailed_metrics: got 'yes'; allowed: true or false"),
     ({"alarm_topic": "arn:aws:sns:eu-west-1:123456789012:pager"},

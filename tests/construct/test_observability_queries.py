@@ -3,8 +3,9 @@
 moto's StartQuery runs only `fields` (of @timestamp, @message, @logStream and @log), `sort` and
 `limit`; it ignores `filter`, `parse` and `stats` and accepts any text in them.  So: moto runs each
 query over HTTP (it is accepted, sorted newest first and cut at its limit); the 5xx query's
-`parse` pattern is run here on lines a real HAProxy logs; the state-change query's fields are the
-ones the agent writes.
+`parse` pattern is run here on lines a real HAProxy logs, laid out as rsyslog's file format writes
+them to PREFIX/haproxy; the failover and state-change queries' fields and filters are those of the
+events the agent writes to PREFIX/agent.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import boto3
 import pytest
 
 from haproxy_ha import observability
-from haproxy_ha_runtime import agent, metrics
+from haproxy_ha_runtime import agent, peer, telemetry
 from haproxy_ha_runtime.config import parse_config
 from haproxy_ha_runtime.render import render_haproxy
 from tests.conftest import client_for, make_world, require
@@ -69,11 +70,12 @@ def test_moto_runs_each_saved_query_newest_first_and_within_its_limit(moto: str)
     logs = boto3.client("logs", endpoint_url=moto, region_name="us-east-1")
     start = int(time.time() * 1000) - 120_000
     lines = {
-        "agent": [json.dumps({"ts": i, "event": "transition", "node": "a", "old": "BACKUP", "new": "MASTER",
-                              "reason": "notify_fifo", metrics.NODE: "a", metrics.FAILOVER_TIME: 300 + i})
+        "agent": [json.dumps({"ts": i, "event": "failover" if i % 2 else "transition", "node": "a",
+                              "old": "BACKUP", "new": "MASTER", "reason": "notify_fifo", "took_ms": 300 + i})
                   for i in range(observability.QUERY_LIMIT + 10)],
-        "haproxy": ['haproxy[1]: 10.0.1.2:3317 [03/Dec/2026:07:50:11.678] web web/<NOSRV> 0/-1/-1/-1/0 503 232 - - '
-                    'SC-- 1/1/0/0/0 0/0 "GET / HTTP/1.1"'] * 3,
+        "haproxy": ['2026-12-03T07:50:11.679012+00:00 ip-10-0-1-5 haproxy[1]: 10.0.1.2:3317 '
+                    '[03/Dec/2026:07:50:11.678] web web/<NOSRV> 0/-1/-1/-1/0 503 232 - - SC-- 1/1/0/0/0 0/0 '
+                    '"GET / HTTP/1.1"'] * 3,
     }
     for group, messages in lines.items():
         logs.create_log_group(logGroupName=group)
@@ -166,7 +168,7 @@ def test_the_5xx_query_parses_what_a_real_haproxy_logs_and_leaves_tcp_lines_alon
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
-    access = [line for line in lines if re.search(r"\] (web|down|pg) ", line)]
+    access = [_as_rsyslog_writes_it(line) for line in lines if re.search(r"\] (web|down|pg) ", line)]
     assert len(access) == 4, lines
     pattern = _insights_regex(QUERIES["5xx"])
     parsed = [m.groupdict() for m in map(pattern.search, access) if m]
@@ -182,7 +184,37 @@ def test_the_5xx_query_parses_what_a_real_haproxy_logs_and_leaves_tcp_lines_alon
     assert counted == {("web", "web1", "500"): 1, ("down", down_server, "503"): 1}
 
 
-# --- the state-change query reads what the agent writes ----------------------------------------------
+def _as_rsyslog_writes_it(datagram: str) -> str:
+    """A syslog datagram from HAProxy ("<PRI>Mon DD HH:MM:SS tag[pid]: message") as rsyslog's
+    RSYSLOG_FileFormat writes it to the file the CloudWatch agent ships (shipping.render_rsyslog):
+    an RFC 3339 time and the host, then the tag and the message."""
+    match = re.fullmatch(r"<\d+>\w{3} [ \d]\d \d\d:\d\d:\d\d (\S+\[\d+\]: .*)", datagram.rstrip("\n"), flags=re.S)
+    assert match, datagram
+    return f"2026-12-03T07:50:11.678901+00:00 ip-10-0-1-5 {match.group(1)}"
+
+
+# --- the failover and state-change queries read what the agent writes ---------------------------
+
+def test_the_failovers_query_names_the_fields_of_the_agents_failover_event(moto: str, tmp_path: Path) -> None:
+    world = make_world(client_for(moto), 1)
+    cfg = parse_config(doc(eni_id=world.eni_a, route_table_ids=world.tables, paths={"run_dir": str(tmp_path)},
+                           pair_name="prod", peers=[{"name": "b", "ip": "192.0.2.20", "eni_id": world.eni_b}]))
+    log = Log()
+    # The peer does not answer: the take-over is a fault, a failover.
+    node = agent.Agent(cfg, world.client, world.eni_a, log, probe=lambda _p: peer.PeerView(reach=peer.UNREACHABLE),
+                       metrics=telemetry.Telemetry("prod", cfg.node_name, lambda _line: None))
+    try:
+        node._count_take_over(True, 1, 321.0)
+    finally:
+        node.shutdown()
+    (event,) = log.of("failover")
+    fields_line, filter_line = QUERIES["failovers"].splitlines()[:2]
+    assert filter_line == '| filter event = "failover"'
+    shown = [f.strip() for f in fields_line.removeprefix("fields ").split(",")]
+    assert shown == ["@timestamp", "node", "took_ms", "reason"]
+    assert set(shown[1:]) <= set(event), (shown, event)
+    assert (event["node"], event["took_ms"]) == (cfg.node_name, 321.0) and event["reason"]
+
 
 def test_the_state_change_query_names_the_fields_of_the_agents_transition_event(moto: str, tmp_path: Path) -> None:
     world = make_world(client_for(moto), 1)

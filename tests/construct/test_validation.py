@@ -7,7 +7,7 @@ from aws_cdk import Duration, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk.assertions import Annotations, Match
 
-from haproxy_ha import HaproxyHa, HaproxyHaPropsError, Listener
+from haproxy_ha import HaproxyHa, HaproxyHaPropsError, HealthCheck, Listener
 
 
 def imported_vpc(stack: Stack, azs: int = 2, cidr: str = "10.1.0.0/16") -> ec2.IVpc:
@@ -107,6 +107,41 @@ def test_fails_when_a_listener_has_no_backend_and_no_static_reply(stack: Stack) 
 def test_fails_when_a_backend_is_malformed(stack: Stack, backend: str) -> None:
     with pytest.raises(HaproxyHaPropsError, match=r"listeners\[0\]\.backends\[0\]: got"):
         HaproxyHa(stack, "Lb", vip="192.168.254.10", listeners=[Listener(port=80, backends=(backend,))])
+
+
+@pytest.mark.parametrize(("check", "expected"), [
+    (HealthCheck(healthy_http_codes="2xx"),
+     "listeners[0].health_check.healthy_http_codes: got '2xx'; allowed: HTTP status codes as ELB writes them"),
+    (HealthCheck(healthy_http_codes="299-200"), "listeners[0].health_check.healthy_http_codes: got '299-200'"),
+    (HealthCheck(interval=Duration.seconds(400)),
+     "listeners[0].health_check.interval: got '6 minutes 40 seconds'; allowed: a number from 0.1 to 300"),
+    (HealthCheck(interval=Duration.seconds(2), timeout=Duration.seconds(3)),
+     "listeners[0].health_check.timeout: got '3 seconds'; allowed: at most interval_s (2)"),
+    (HealthCheck(healthy_threshold_count=0),
+     "listeners[0].health_check.healthy_threshold_count: got 0; allowed: a whole number from 1 to 10"),
+    (HealthCheck(unhealthy_threshold_count=11),
+     "listeners[0].health_check.unhealthy_threshold_count: got 11; allowed: a whole number from 1 to 10"),
+    (HealthCheck(interval=5),  # type: ignore[arg-type]
+     "listeners[0].health_check.interval: got 5; allowed: a Duration, such as Duration.seconds(5)"),
+    (HealthCheck(path="no-slash"), "listeners[0].health_check.path: got 'no-slash'; allowed: an absolute URL path"),
+])
+def test_fails_when_a_health_check_prop_is_out_of_range(stack: Stack, check: HealthCheck, expected: str) -> None:
+    with pytest.raises(HaproxyHaPropsError) as e:
+        HaproxyHa(stack, "Lb", vip="192.168.254.10",
+                  listeners=[Listener(port=80, backends=("10.0.2.5:80",), health_check=check)])
+    assert [p for p in problems_of(e) if p.startswith(expected)], problems_of(e)
+
+
+def test_fails_when_a_tcp_listener_expects_http_codes_or_names_two_paths(stack: Stack) -> None:
+    with pytest.raises(HaproxyHaPropsError) as e:
+        HaproxyHa(stack, "Lb", vip="192.168.254.10", listeners=[
+            Listener(port=5432, mode="tcp", backends=("10.0.2.5:5432",), health_check=HealthCheck(
+                healthy_http_codes="200")),
+            Listener(port=80, backends=("10.0.2.5:80",), check_path="/a", health_check=HealthCheck(path="/b"))])
+    assert sorted(problems_of(e)) == [
+        "listeners[0].health_check.healthy_http_codes: got '200'; allowed: only on a listener with mode 'http' "
+        "(a tcp check only connects)",
+        "listeners[1].health_check.path: got '/b'; allowed: None when check_path is set (check_path is '/a')"]
 
 
 def test_fails_when_static_reply_is_on_a_tcp_listener(stack: Stack) -> None:

@@ -70,7 +70,12 @@ CONFIG_BUCKET = "haproxy-ha-lab-config"
 CONFIG_POLL_S = 1.0
 # What `config add listener` adds: a second HTTP listener on this port.
 SECOND_PORT = 8081
+# With backends by name (LabOptions.backends="dns"): a DNS server in the router namespace
+# answers for this name, and `dns answers` changes its A records.
+DNS_NAME = "app.lab.internal"
+DNS_PORT = 53
 STACK = "haproxy-ha-lab"
+PAIR_NAME = "haproxy-ha-lab"
 IN_SERVICE = "InService"
 
 
@@ -93,6 +98,9 @@ class LabOptions:
     drain_timeout_s: float = 10.0
     # How long a terminated instance keeps its ENI ("ENI still in use", tests/support/eni_release.py).
     eni_release_s: float = 1.0
+    # "ip": the listener's backends are be1 and be2 by address.  "dns": one backend by name
+    # (DNS_NAME, answering be1 at first), which HAProxy resolves while it runs.
+    backends: str = "ip"
 
 
 @dataclass
@@ -190,10 +198,11 @@ class Lab:
         self.eni_release = EniRelease(self.options.eni_release_s)
         self._agent_started: dict[str, float] = {}
         # The listeners of both nodes' documents; config steps change them.
+        by_name = [{"name": "app", "host": DNS_NAME, "port": 8080, "max_addresses": 4}]
         self.listeners: list[dict[str, Any]] = [{
             "name": "web", "port": HTTP_PORT, "mode": "http", "check_path": "/",
-            "backends": [{"name": f"be{i + 1}", "host": ip, "port": 8080}
-                         for i, ip in enumerate(topology.BACKEND_IPS[:2])]}]
+            "backends": by_name if self.options.backends == "dns" else [
+                {"name": f"be{i + 1}", "host": ip, "port": 8080} for i, ip in enumerate(topology.BACKEND_IPS[:2])]}]
         # The ETag of each node's document as the lab last wrote it to S3.
         self.config_versions: dict[str, str] = {}
         self._s3: Any = None
@@ -263,6 +272,13 @@ class Lab:
             self._spawn("fault-proxy", ROUTER, [sys.executable, "-m", "tests.support.fault_proxy",
                                                 "--listen", f"{topology.API_IP}:{PROXY_PORT}",
                                                 "--upstream", MOTO_URL])
+        if self.options.backends == "dns":
+            self.set_dns_answers(["be1"])
+            self._spawn("dns", ROUTER, [
+                "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--user=root",
+                f"--addn-hosts={self.workdir / 'dns-hosts'}", f"--listen-address={topology.API_IP}",
+                "--bind-interfaces", f"--port={DNS_PORT}", "--local-ttl=1", "--no-negcache",
+                f"--pid-file={self.workdir / 'dnsmasq.pid'}", "--log-facility=-"], log_name="dnsmasq.log")
         self._spawn("aws-stand-in", ROUTER, [sys.executable, "-m", "tests.support.aws_stand_in", "--host",
                                              topology.API_IP, "--port", str(AWS_PORT), "--log",
                                              str(self.workdir / "aws-calls.jsonl")])
@@ -380,8 +396,12 @@ class Lab:
             "config_key": f"nodes/{node}/node.json",
             "status_key": f"nodes/{node}/status.json",
             "config_poll_s": CONFIG_POLL_S,
+            "resolvers": [f"{topology.API_IP}:{DNS_PORT}"] if self.options.backends == "dns" else [],
+            # The agents write metric records (logs/metrics.jsonl); nothing ships them here.
+            "pair_name": PAIR_NAME,
             "paths": {"run_dir": str(d / "run"), "keepalived_conf": str(d / "keepalived.conf"),
-                      "haproxy_conf": str(d / "haproxy.cfg"), "log_socket": str(d / "log.sock")},
+                      "haproxy_conf": str(d / "haproxy.cfg"), "log_socket": str(d / "log.sock"),
+                      "log_dir": str(d / "logs")},
         }
         doc.update(changes)
         return doc
@@ -419,6 +439,18 @@ class Lab:
         else:
             raise LabError(f"config: got {change!r}; allowed: add backend, add listener, bad")
         return self.publish_documents()
+
+    def set_dns_answers(self, backends: list[str]) -> None:
+        """Make DNS_NAME answer with these lab backends' addresses (be1..be3); the DNS server
+        reads them again on SIGHUP."""
+        ips = [topology.BACKEND_IPS[int(b.removeprefix("be")) - 1] for b in backends]
+        (self.workdir / "dns-hosts").write_text("".join(f"{ip} {DNS_NAME}\n" for ip in ips))
+        if self.running_named("dns"):
+            self.named["dns"].send_signal(signal.SIGHUP)
+
+    def running_named(self, name: str) -> bool:
+        proc = self.named.get(name)
+        return proc is not None and proc.poll() is None
 
     def config_status(self, node: str) -> dict[str, Any] | None:
         """Node's status object in S3 (None until it wrote one)."""
@@ -483,6 +515,10 @@ class Lab:
 
     def agent_events(self, node: str) -> list[Record]:
         return self._log(self.node_dir(node) / "agent.jsonl")
+
+    def metric_records(self, node: str) -> list[Record]:
+        """The EMF records node's agent wrote to its metrics file (what the CloudWatch agent ships)."""
+        return self._log(self.node_dir(node) / "logs" / "metrics.jsonl")
 
     def agent_health(self, node: str, since: float = 0.0) -> bool | None:
         health = [e for e in self.agent_events(node) if e["event"] == "health" and e["ts"] >= since]
@@ -899,8 +935,8 @@ class Lab:
                     _wait(functools.partial(self._left_vrrp, procs, node, since), 1.5,
                           f"keepalived on node {node} to stop")
             self._end(keepalived)
-            rest = ["agent", "haproxy", "imds", "emulator", "reconciler", "aws-stand-in", "backends", "fault-proxy",
-                    "moto"]
+            rest = ["agent", "haproxy", "imds", "emulator", "reconciler", "aws-stand-in", "dns", "backends",
+                    "fault-proxy", "moto"]
             self._end([p for prefix in rest for n, p in self.started if n.startswith(prefix)])
             for name, proc in self.started:
                 if proc.poll() is None:

@@ -110,3 +110,40 @@ def sent_before(records: list[Record], t: float) -> tuple[list[Record], bool]:
     later = [r["i"] for r in records if r["sent"] >= t]
     before = [r for r in records if r["sent"] < t]
     return before, bool(later) and len(before) == min(later)
+
+
+def _metrics_of(record: Record) -> dict[str, Any]:
+    """The metrics an EMF record carries, by name."""
+    directives = (record.get("_aws") or {}).get("CloudWatchMetrics") or []
+    return {m["Name"]: record.get(m["Name"]) for d in directives for m in d.get("Metrics", [])}
+
+
+def metric_text(value: Any) -> str:
+    """A metric's value as a script writes it: 1, not 1.0."""
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def metric_state(records: Iterable[Record], name: str) -> tuple[str | None, float | None]:
+    """The latest value of metric `name` in a node's metric records (as metric_text), and since
+    when it has had that value: the time of the first record of its unbroken run (the agent
+    writes its state again every minute, and whenever it changes)."""
+    value, since = None, None
+    for r in records:
+        metrics = _metrics_of(r)
+        if name not in metrics:
+            continue
+        now = metric_text(metrics[name])
+        if now != value:
+            value, since = now, r["_aws"]["Timestamp"] / 1000.0
+    return value, since
+
+
+def metric_events(records: Iterable[Record], name: str, after: float = 0.0) -> list[tuple[float, Record]]:
+    """Each record that carries metric `name`, written at or after `after`, with its time."""
+    out = []
+    for r in records:
+        if name in _metrics_of(r):
+            ts = r["_aws"]["Timestamp"] / 1000.0
+            if ts >= after:
+                out.append((ts, r))
+    return out

@@ -44,7 +44,7 @@ _OPEN = None
 def lab_options(scenario: Scenario) -> LabOptions:
     s = scenario.setup
     return LabOptions(profile=s.profile, preempt=s.preempt, tables=s.tables, fault_proxy=scenario.fault_proxy,
-                      drain_timeout_s=s.drain_s)
+                      drain_timeout_s=s.drain_s, backends=s.backends)
 
 
 def compare(op: str, value: int, n: int) -> bool:
@@ -162,6 +162,14 @@ class Printer(threading.Thread):
                 self.runner.say(time.time(), "".join("x" if r.get("error") else r.get("node") or "?" for r in new))
 
 
+def _metric_context(record: dict[str, Any], shown: str) -> str:
+    """What else a take-over's or repair's metric record says: its time and its reason."""
+    times = [f"{k} = {record[k]:g} ms" for k in ("FailoverTakeOverTime", "PlannedMoveTime", "RouteRepairTime")
+             if k != shown and isinstance(record.get(k), (int, float))]
+    reason = f" ({record['reason']})" if record.get("reason") else ""
+    return (", " + ", ".join(times) if times else "") + reason
+
+
 def _describe_event(e: dict[str, Any]) -> str | None:
     event = e["event"]
     if event == "transition":
@@ -181,6 +189,8 @@ def _describe_event(e: dict[str, Any]) -> str | None:
         return "termination hook completed: the group may terminate the instance"
     if event == "step_down":
         return "stepped down"
+    if event in ("failover", "planned_move"):
+        return f"{event.replace('_', ' ')} counted, take-over {e['took_ms']:.0f} ms ({e['reason']})"
     if event == "config_applied":
         reloaded = [n for n in ("haproxy", "keepalived") if e.get(f"{n}_reloaded")]
         return f"config {e['version'][:8]} applied" + (f", reloaded {' and '.join(reloaded)}" if reloaded else "")
@@ -346,6 +356,9 @@ class Runner:
         # Until the request is at a node, it is not in flight there.
         wait_until(lambda: self.lab.sessions_seen(record), 5, "the slow request to reach a node")
 
+    def _do_dns(self, step: Step, result: StepResult) -> None:
+        self.lab.set_dns_answers(list(step.args))
+
     def _do_config(self, step: Step, result: StepResult) -> None:
         result.seen = {"versions": self.lab.change_config(step.verb)}
 
@@ -431,7 +444,9 @@ class Runner:
     # -- expects ---------------------------------------------------------------------------
     def _expect(self, step: Step, start: float) -> tuple[bool, dict[str, Any]]:
         subject = step.verb
-        if subject in ("routes", "client", "vrrp", "move", "api", "slow", "config", "backend", "port"):
+        if subject == "metric" and step.seconds is None:
+            return self._metric_count(step)
+        if subject in ("routes", "client", "vrrp", "move", "api", "slow", "config", "backend", "port", "metric"):
             assert step.seconds is not None
             deadline = self.ref + step.seconds
             probe: Callable[[Step, float], tuple[bool | None, dict[str, Any]]] = getattr(self, "_probe_" + subject)
@@ -442,7 +457,7 @@ class Runner:
                 if time.time() > deadline + GRACE_S:
                     return False, seen
                 # Files are cheap to read; the API is one moto process that the nodes need too.
-                time.sleep(POLL_S if subject in ("client", "vrrp", "move") else API_POLL_S)
+                time.sleep(POLL_S if subject in ("client", "vrrp", "move", "metric") else API_POLL_S)
         if subject == "moves":
             changes = self.lab.route_changes(self.marks[step.mark])
             to = [self.state.node_of(r["all"]) for r in changes]
@@ -557,6 +572,28 @@ class Runner:
         now = time.time()
         return now <= deadline + GRACE_S, {"node": node, "text": f"port {step.count} answered by node {node} "
                                                                  f"{self._after_text(now)}"}
+
+    def _probe_metric(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
+        records = self.lab.metric_records(step.node)
+        label = f"node {step.node}'s {step.name}"
+        if step.value is not None:
+            # A state: its latest value, since when the node has said so.
+            value, since = observe.metric_state(records, step.name)
+            return self._verdict(observe.metric_text(step.value), value, since, deadline, "metric", f"{label} is")
+        # An event: a record of it written since the last action.
+        events = observe.metric_events(records, step.name, after=self.ref)
+        if not events:
+            return _OPEN, {"metric": None, "text": f"{label}: no record since line {self.ref_line}"}
+        ts, record = events[0]
+        return ts <= deadline, {"metric": record, "after_s": round(ts - self.ref, 4),
+                                "text": f"{label} = {observe.metric_text(record.get(step.name))}"
+                                        + _metric_context(record, step.name) + f", written {self._after_text(ts)}"}
+
+    def _metric_count(self, step: Step) -> tuple[bool, dict[str, Any]]:
+        events = observe.metric_events(self.lab.metric_records(step.node), step.name, after=self.marks[step.mark])
+        held = compare(step.op, len(events), step.count or 0)
+        return held, {"records": len(events), "text": f"{len(events)} record(s) of node {step.node}'s {step.name} "
+                                                      f"since mark {step.mark}"}
 
     def _probe_api(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
         faults = self._faults_so_far() - self._proxy_baseline

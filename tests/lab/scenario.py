@@ -16,6 +16,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from haproxy_ha_runtime import metrics
 from haproxy_ha_runtime.config import PROFILES
 
 from .cloud import MAX_TABLES
@@ -40,10 +41,17 @@ _DUR = r"(?:\d+(?:\.\d+)?|\.\d+)(?:ms|s)"
 _COUNT = r"(?:(?P<op>at most|at least)\s+)?(?P<n>\d+)"
 _NAME = r"[a-z][a-z0-9_-]{0,31}"
 _ACTION = re.compile(r"^[A-Z][A-Za-z0-9]{1,63}$")
+# The metrics a node's agent writes (metrics.py), which `expect metric` reads from its metrics file.
+NODE_METRICS = (metrics.VRRP_MASTER, metrics.VRRP_BACKUP, metrics.VRRP_FAULT, metrics.HAPROXY_HEALTHY, metrics.ACTIVE,
+                metrics.EC2_API_REACHABLE, metrics.FAILOVERS, metrics.FAILOVER_TIME, metrics.PLANNED_MOVES,
+                metrics.PLANNED_MOVE_TIME, metrics.ROUTE_REPAIRS, metrics.ROUTE_REPAIR_TIME, metrics.REQUESTS,
+                metrics.HTTP_5XX, metrics.CURRENT_SESSIONS, metrics.RESPONSE_TIME, metrics.SERVERS_UP, metrics.SERVERS)
+_NUMBER = r"-?\d+(?:\.\d+)?"
 
 # Every step, as the errors and the README show it.
 SYNTAX: dict[str, str] = {
-    "lab": f"lab [profile={'|'.join(PROFILES)}] [preempt=on|off] [tables=1..{MAX_TABLES}] [drain=DURATION]",
+    "lab": f"lab [profile={'|'.join(PROFILES)}] [preempt=on|off] [tables=1..{MAX_TABLES}] [drain=DURATION] "
+           "[backends=ip|dns]",
     "kill": f"kill {'|'.join(SERVICES)} on {_NODE}",
     "stop": f"stop {'|'.join(SERVICES)} on {_NODE}",
     "start": f"start {'|'.join(SERVICES)} on {_NODE}",
@@ -56,10 +64,11 @@ SYNTAX: dict[str, str] = {
     "replace": f"replace {_NODE}",
     "request": "request slow DURATION",
     "config": "config add backend|add listener|bad",
+    "dns": "dns answers be1|be2|be3[,...]",
     "cli": f"cli status [--json]; cli failover --to {_NODE} [--dry-run] [--force] [--deadline SECONDS] [--json]",
     "wait": "wait DURATION",
     "mark": "mark NAME",
-    "expect": "expect routes|client|vrrp|move|api|failed|moves|cli|slow|config|backend|port ...",
+    "expect": "expect routes|client|vrrp|move|api|failed|moves|cli|slow|config|backend|port|metric ...",
 }
 EXPECT_SYNTAX: dict[str, str] = {
     "routes": f"routes at {_NODE} within DURATION",
@@ -74,6 +83,8 @@ EXPECT_SYNTAX: dict[str, str] = {
     "config": f"config applied|refused on {_NODE} within DURATION",
     "backend": "backend NAME answered within DURATION",
     "port": "port N answered within DURATION",
+    "metric": f"metric NAME[=VALUE] on {_NODE} within DURATION; metric NAME on {_NODE} [at most|at least] N times "
+              "since MARK",
 }
 _EXPECT_FORMS: dict[str, re.Pattern[str]] = {
     "routes": re.compile(rf"routes at (?P<node>{_NODE}) within (?P<dur>{_DUR})"),
@@ -88,9 +99,11 @@ _EXPECT_FORMS: dict[str, re.Pattern[str]] = {
     "config": re.compile(rf"config (?P<state>applied|refused) on (?P<node>{_NODE}) within (?P<dur>{_DUR})"),
     "backend": re.compile(rf"backend (?P<name>be[1-9]) answered within (?P<dur>{_DUR})"),
     "port": re.compile(rf"port (?P<n>\d{{1,5}}) answered within (?P<dur>{_DUR})"),
+    "metric": re.compile(rf"metric (?P<name>[A-Za-z][A-Za-z0-9]*)(?:=(?P<value>{_NUMBER}))? on (?P<node>{_NODE}) "
+                         rf"(?:within (?P<dur>{_DUR})|{_COUNT} times? since (?P<mark>{_NAME}))"),
 }
 # Expects that watch something change; each must say how long it may take.
-WAITING_EXPECTS = ("routes", "client", "vrrp", "move", "api", "slow", "config", "backend", "port")
+WAITING_EXPECTS = ("routes", "client", "vrrp", "move", "api", "slow", "config", "backend", "port", "metric")
 _BOUND_HINT = " (an expect that waits needs a bound: add 'within DURATION', e.g. 'within 2s')"
 _DURATION_HELP = " (DURATION: a number with s or ms, such as 2s or 500ms)"
 
@@ -109,6 +122,7 @@ class Setup:
     preempt: bool = False
     tables: int = DEFAULT_TABLES
     drain_s: float = 10.0
+    backends: str = "ip"
 
 
 @dataclass(frozen=True)
@@ -128,7 +142,8 @@ class Step:
     mark: str = ""  # mark NAME, expect ... since NAME
     actions: tuple[str, ...] = ()  # api ... of ACTION,...
     args: tuple[str, ...] = ()  # cli
-    name: str = ""  # expect backend NAME
+    name: str = ""  # expect backend NAME, expect metric NAME
+    value: float | None = None  # expect metric NAME=VALUE
 
     @property
     def is_action(self) -> bool:
@@ -239,8 +254,8 @@ class _Parser:
         values: dict[str, str] = {}
         for item in rest.split():
             key, eq, value = item.partition("=")
-            if not eq or key not in ("profile", "preempt", "tables", "drain") or key in values:
-                self.bad(n, "lab", item, "each of profile=, preempt=, tables=, drain= at most once")
+            if not eq or key not in ("profile", "preempt", "tables", "drain", "backends") or key in values:
+                self.bad(n, "lab", item, "each of profile=, preempt=, tables=, drain=, backends= at most once")
                 continue
             values[key] = value
         profile = values.get("profile", Setup.profile)
@@ -259,7 +274,12 @@ class _Parser:
             self.bad(n, "lab", f"drain={drain}", "drain=DURATION" + _DURATION_HELP)
         else:
             drain_s = self._duration(n, "lab", drain, allow_zero=True) or 0.0
-        self.setup = Setup(profile=profile, preempt=preempt == "on", tables=int(tables), drain_s=drain_s)
+        backends = values.get("backends", Setup.backends)
+        if backends not in ("ip", "dns"):
+            self.bad(n, "lab", f"backends={backends}", "backends=ip|dns")
+            backends = Setup.backends
+        self.setup = Setup(profile=profile, preempt=preempt == "on", tables=int(tables), drain_s=drain_s,
+                           backends=backends)
 
     def _service(self, n: int, content: str, rest: str) -> Step | None:
         kind = content.split(" ", 1)[0]
@@ -363,6 +383,14 @@ class _Parser:
         self.seen_config = True
         return Step(n, content, "config", verb=rest)
 
+    def _dns(self, n: int, content: str, rest: str) -> Step | None:
+        m = self._form(n, "dns", rest, r"answers (?P<names>be[1-3](?:,be[1-3])*)")
+        if m is None:
+            return None
+        if self.setup.backends != "dns":
+            self.bad(n, "dns", rest, "dns answers ... in a lab with backends=dns (a backend given by name)")
+        return Step(n, content, "dns", args=tuple(m["names"].split(",")))
+
     def _cli(self, n: int, content: str, rest: str) -> Step | None:
         try:
             args = shlex.split(rest)
@@ -439,9 +467,16 @@ class _Parser:
             self.bad(n, "expect", rest, "expect config ... after a config line")
         if subject == "slow" and not self.seen_slow:
             self.bad(n, "expect", rest, "expect slow answered ... after a request slow line")
+        if subject == "metric" and groups["name"] not in NODE_METRICS:
+            self.bad(n, "expect", rest, f"{EXPECT_SYNTAX[subject]}, with a NAME that a node's agent writes "
+                                        f"({', '.join(NODE_METRICS)})")
+        if subject == "metric" and groups["value"] is not None and groups["mark"] is not None:
+            self.bad(n, "expect", rest, f"{EXPECT_SYNTAX[subject]} (=VALUE only with within)")
         if subject == "api" and not self.seen_api_fault:
             self.bad(n, "expect", rest, "expect api faults ... after an api throttle|5xx line")
+        value = groups.get("value")
         return Step(n, content, "expect", verb=subject, node=groups.get("node") or "", name=groups.get("name") or "",
+                    value=float(value) if value is not None else None,
                     state=(groups.get("state") or "").upper(), seconds=seconds,
                     count=int(groups["n"]) if groups.get("n") else None,
                     op=groups.get("op") or ("at least" if subject == "api" else "exactly" if groups.get("n") else ""),

@@ -5,6 +5,7 @@ tests."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,6 +58,19 @@ def test_a_script_parses_into_steps_with_file_line_numbers() -> None:
     assert lab_options(scenario).fault_proxy and lab_options(scenario).tables == 5
 
 
+def test_metric_expects_name_a_state_an_event_or_a_count() -> None:
+    scenario = parse("mark fault\nkill haproxy on a\nexpect metric VrrpMaster=1 on b within 2s\n"
+                     "expect metric FailoverTakeOverTime on b within 3s\n"
+                     "expect metric PlannedMoves on b at most 0 times since fault\n"
+                     "expect metric Failovers on b 1 time since fault\n", "s.txt")
+    state, event, count, one = scenario.steps[2:]
+    assert (state.verb, state.node, state.name, state.value, state.seconds) == ("metric", "b", "VrrpMaster", 1.0, 2.0)
+    assert (event.name, event.value, event.seconds) == ("FailoverTakeOverTime", None, 3.0)
+    assert (count.name, count.op, count.count, count.mark, count.seconds) == ("PlannedMoves", "at most", 0, "fault",
+                                                                              None)
+    assert (one.op, one.count) == ("exactly", 1)
+
+
 def test_a_replaced_node_runs_every_service_again() -> None:
     scenario = parse("lab drain=2s\nkill haproxy on a\nreplace a\nkill haproxy on a\nrequest slow 2s\n"
                      "expect slow answered within 5s\n")
@@ -74,7 +88,10 @@ def test_the_lab_line_is_optional_and_the_fault_proxy_only_comes_when_needed() -
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("lab\nreboot a\n", "s.txt:2: got 'reboot'; allowed steps: lab, kill, stop, start, link, partition, heal, api, "
-                         "delete, instance, replace, request, config, cli, wait, mark, expect"),
+                         "delete, instance, replace, request, config, dns, cli, wait, mark, expect"),
+    ("dns answers be1\n", "s.txt:1: dns: got 'answers be1'; allowed: dns answers ... in a lab with backends=dns"),
+    ("lab backends=dns\ndns answers be4\n", "s.txt:2: dns: got 'answers be4'; allowed: answers be1|be2|be3[,...]"),
+    ("lab backends=names\n", "s.txt:1: lab: got 'backends=names'; allowed: backends=ip|dns"),
     ("config remove backend\n", "s.txt:1: config: got 'remove backend'; allowed: add backend|add listener|bad"),
     ("expect config applied on a within 2s\n", "s.txt:1: expect: got 'config applied on a within 2s'; allowed: "
                                                "expect config ... after a config line"),
@@ -119,8 +136,8 @@ def test_the_lab_line_is_optional_and_the_fault_proxy_only_comes_when_needed() -
     ("lab profile=slow\n", "s.txt:1: lab: got 'profile=slow'; allowed: profile=default|fast"),
     ("lab tables=0\n", "s.txt:1: lab: got 'tables=0'; allowed: tables=1..200"),
     ("lab preempt=yes\n", "s.txt:1: lab: got 'preempt=yes'; allowed: preempt=on|off"),
-    ("lab colour=blue\n", "s.txt:1: lab: got 'colour=blue'; allowed: each of profile=, preempt=, tables=, drain= "
-                           "at most once"),
+    ("lab colour=blue\n", "s.txt:1: lab: got 'colour=blue'; allowed: each of profile=, preempt=, tables=, drain=, "
+                           "backends= at most once"),
     ("wait 1s\nlab\n", "s.txt:2: lab: got 'lab'; allowed: one lab line, before every other step"),
     ("start haproxy on a\n", "s.txt:1: start: got 'haproxy on a'; allowed: start a service that a kill or stop line "
                              "ended (haproxy on a is running here)"),
@@ -148,6 +165,20 @@ def test_the_lab_line_is_optional_and_the_fault_proxy_only_comes_when_needed() -
     ("cli status --deadline 3\n", "s.txt:1: cli: got 'status --deadline 3'; allowed: status [--json]; --deadline: "
                                   "each of --json at most once"),
     ("mark Fault!\n", "s.txt:1: mark: got 'Fault!'; allowed: NAME"),
+    ("expect metric Failover on b within 2s\n", "s.txt:1: expect: got 'metric Failover on b within 2s'; allowed: "
+                                               "metric NAME[=VALUE] on a|b within DURATION; metric NAME on a|b [at "
+                                               "most|at least] N times since MARK, with a NAME that a node's agent "
+                                               "writes (VrrpMaster, VrrpBackup, VrrpFault, HaproxyHealthy, Active,"),
+    ("expect metric Failovers on b\n", "s.txt:1: expect: got 'metric Failovers on b'; allowed: metric NAME[=VALUE] "
+                                       "on a|b within DURATION; metric NAME on a|b [at most|at least] N times since "
+                                       "MARK (an expect that waits needs a bound"),
+    ("expect metric Failovers=1 on b 1 time since start\n", "s.txt:1: expect: got 'metric Failovers=1 on b 1 time "
+                                                            "since start'; allowed: metric NAME[=VALUE] on a|b within "
+                                                            "DURATION; metric NAME on a|b [at most|at least] N times "
+                                                            "since MARK (=VALUE only with within)"),
+    ("expect metric VrrpMaster=yes on b within 1s\n", "s.txt:1: expect: got 'metric VrrpMaster=yes on b within 1s';"
+                                                      " allowed: metric NAME[=VALUE] on a|b within DURATION; "
+                                                      "metric NAME on a|b [at most|at least] N times since MARK"),
     ("# only a comment\n\n", "s.txt: no steps; allowed steps: lab, kill"),
 ])
 def test_fails_when_a_line_is_wrong_and_names_the_line_the_step_and_what_is_allowed(text: str,
@@ -235,6 +266,30 @@ def test_requests_sent_before_a_time_are_complete_only_when_none_is_in_flight() 
     before, complete = observe.sent_before([*records, {"i": 1, "sent": 1.1, "error": "timeout"}], 2.0)
     assert len(before) == 3 and complete
     assert observe.sent_before(records[:2], 2.0)[1] is False  # nothing sent after 2.0 has finished yet
+
+
+def _emf(ts: float, **values: float) -> dict[str, Any]:
+    return {"_aws": {"Timestamp": int(ts * 1000), "CloudWatchMetrics": [
+        {"Namespace": "HaproxyHa", "Dimensions": [["Pair", "Node"]], "Metrics": [{"Name": k} for k in values]}]},
+            "Pair": "p", "Node": "b", **values}
+
+
+def test_a_metric_s_state_is_its_latest_value_since_the_first_record_of_its_run() -> None:
+    records = [_emf(1.0, VrrpBackup=1, VrrpMaster=0), _emf(2.0, Requests=5), _emf(3.0, VrrpBackup=0, VrrpMaster=1),
+               _emf(63.0, VrrpBackup=0, VrrpMaster=1)]  # the periodic record restates it
+    assert observe.metric_state(records, "VrrpMaster") == ("1", 3.0)
+    assert observe.metric_state(records[:2], "VrrpMaster") == ("0", 1.0)
+    assert observe.metric_state(records, "Failovers") == (None, None)
+    # A name in a record's members but not among its metrics is no metric.
+    assert observe.metric_state([{**_emf(1.0, Requests=1), "Failovers": 1}], "Failovers") == (None, None)
+
+
+def test_a_metric_s_events_are_its_records_since_a_time() -> None:
+    records = [_emf(1.0, Failovers=1, FailoverTakeOverTime=300.5), _emf(5.0, VrrpMaster=1),
+               _emf(9.0, Failovers=1, FailoverTakeOverTime=120)]
+    assert [ts for ts, _ in observe.metric_events(records, "Failovers")] == [1.0, 9.0]
+    assert [r["FailoverTakeOverTime"] for _, r in observe.metric_events(records, "Failovers", after=2.0)] == [120]
+    assert observe.metric_text(120.0) == "120" and observe.metric_text(300.5) == "300.5"
 
 
 def test_counts_compare_as_the_script_says() -> None:

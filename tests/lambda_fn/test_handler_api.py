@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from haproxy_ha_runtime.tags import ROUTES_DELETED_TAG
-from tests.conftest import REPO, VIP, World, client_for, make_world, targets
+from tests.conftest import REPO, VIP, World, client_for, make_world, run_at_once, targets, vip_route_count
 from tests.support.lambda_stand_in import load_handler
 
 handler = load_handler()
@@ -98,23 +98,48 @@ def test_create_twice_adds_missing_routes_and_keeps_existing_ones(moto: str) -> 
                                         world.tables[2]: world.eni_a}
 
 
-def test_create_run_twice_at_once_succeeds(moto: str) -> None:
-    world = make_world(client_for(moto), 10, with_routes=False)
-    errors: list[BaseException] = []
+def _twice_at_once(url: str, event: dict[str, Any]) -> None:
+    """Run the custom resource's handler on `event` twice at once, each with its own client."""
+    run_at_once(*[lambda: handler.handle_custom_resource(event, client_for(url))] * 2)
 
-    def run() -> None:
-        try:
-            handler.handle_custom_resource(_event("Create", world), client_for(moto))
-        except BaseException as e:  # surfaced below
-            errors.append(e)
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+def test_create_run_twice_at_once_succeeds(proxy) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url), 3, with_routes=False)
+    # Both runs find every route missing before either creates one: for each table one CreateRoute
+    # wins and the other is refused with RouteAlreadyExists, as on AWS.
+    proxy.state.release_together("CreateRoute", 2 * 3)
+    _twice_at_once(proxy.url, _event("Create", world))
+    assert proxy.state.hook_errors == []
+    assert proxy.state.stats()["route_exists"] == 3
+    assert vip_route_count(world.client, world.tables) == dict.fromkeys(world.tables, 1)
     assert set(targets(world.client, world.tables).values()) == {world.eni_a}
+
+
+def test_update_run_twice_at_once_succeeds(proxy) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url), 3)
+    added = world.client.create_route_table(VpcId=world.vpc_id)["RouteTable"]["RouteTableId"]
+    kept = [world.tables[0], world.tables[1], added]
+    event = _event("Update", world, kept, PhysicalResourceId=f"haproxy-ha-vip-routes-{VIP}",
+                   OldResourceProperties=_event("Create", world)["ResourceProperties"])
+    # Both create the added table's route at once (one is refused), and both delete the dropped one's.
+    proxy.state.release_together("CreateRoute", 2)
+    proxy.state.release_together("DeleteRoute", 2)
+    _twice_at_once(proxy.url, event)
+    assert proxy.state.hook_errors == []
+    assert proxy.state.stats()["route_exists"] == 1
+    assert vip_route_count(world.client, kept) == dict.fromkeys(kept, 1)
+    assert targets(world.client, [*kept, world.tables[2]]) == {
+        world.tables[0]: world.eni_a, world.tables[1]: world.eni_a, added: world.eni_a, world.tables[2]: None}
+
+
+def test_delete_run_twice_at_once_succeeds(proxy) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url), 3)
+    # Every route is deleted by one run; the other's DeleteRoute finds it gone.
+    proxy.state.release_together("DeleteRoute", 2 * 3)
+    _twice_at_once(proxy.url, _event("Delete", world, PhysicalResourceId=f"haproxy-ha-vip-routes-{VIP}"))
+    assert proxy.state.hook_errors == []
+    assert set(targets(world.client, world.tables).values()) == {None}
+    assert all(_tags(world.client, t) == {ROUTES_DELETED_TAG: VIP} for t in world.tables)
 
 
 def test_update_never_repoints_a_moved_route(moto: str) -> None:
@@ -198,18 +223,21 @@ def test_reconcile_repairs_missing_and_blackholed_routes(proxy) -> None:  # type
     assert set(targets(c, world.tables).values()) == {world.eni_b}
 
 
-def test_reconcile_twice_at_once_agrees(moto: str) -> None:
-    world = make_world(client_for(moto), 20)
-    world.client.stop_instances(InstanceIds=[world.instance_a])
-    reports: list[dict[str, Any]] = []
-    threads = [threading.Thread(target=lambda: reports.append(
-        handler.reconcile_routes(client_for(moto), VIP, world.tables, _nodes(world)))) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert [r["target"] for r in reports] == [world.eni_b, world.eni_b]
-    assert set(targets(world.client, world.tables).values()) == {world.eni_b}
+def test_reconcile_twice_at_once_agrees(proxy) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url), 6)
+    c = world.client
+    c.stop_instances(InstanceIds=[world.instance_a])
+    for t in world.tables[:2]:
+        c.delete_route(RouteTableId=t, DestinationCidrBlock=VIP + "/32")
+    # Both runs find the two routes missing and create them at once: one create each is refused.
+    proxy.state.release_together("CreateRoute", 2 * 2)
+    reports = run_at_once(*[lambda: handler.reconcile_routes(client_for(proxy.url), VIP, world.tables,
+                                                             _nodes(world))] * 2)
+    assert proxy.state.hook_errors == []
+    assert proxy.state.stats()["route_exists"] == 2
+    assert [(r["target"], r["failed"], r["converged"]) for r in reports] == [(world.eni_b, {}, True)] * 2
+    assert vip_route_count(c, world.tables) == dict.fromkeys(world.tables, 1)
+    assert set(targets(c, world.tables).values()) == {world.eni_b}
 
 
 def test_reconcile_knows_each_node_by_its_eni(moto: str) -> None:
@@ -268,6 +296,28 @@ def test_reconcile_raises_when_a_move_it_attempted_failed(proxy, monkeypatch) ->
     proxy.state.set_fault("5xx", 10_000, ["ReplaceRoute"])
     with pytest.raises(RuntimeError, match="InternalError"):
         handler.reconcile({"detail-type": "Scheduled Event"}, _Context(remaining_s=handler.RESPONSE_RESERVE_S + 1))
+    assert set(targets(world.client, world.tables).values()) == {world.eni_a}
+
+
+def test_reconcile_writes_again_a_move_that_did_not_land(proxy) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url), 3)
+    world.client.stop_instances(InstanceIds=[world.instance_a])
+    proxy.state.set_fault("lose", 2, ["ReplaceRoute"])
+    report = handler.reconcile_routes(world.client, VIP, world.tables, _nodes(world), deadline_s=5)
+    assert proxy.state.stats()["faults"] == {"ReplaceRoute": 2}
+    assert report["failed"] == {} and report["converged"]
+    assert set(targets(world.client, world.tables).values()) == {world.eni_b}
+
+
+def test_reconcile_raises_naming_the_tables_whose_move_never_landed(proxy, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url), 2)
+    world.client.stop_instances(InstanceIds=[world.instance_a])
+    _reconcile_env(monkeypatch, proxy.url, world)
+    proxy.state.set_fault("lose", 10_000, ["ReplaceRoute", "CreateRoute"])
+    with pytest.raises(RuntimeError) as caught:
+        handler.reconcile({"detail-type": "Scheduled Event"}, _Context(remaining_s=handler.RESPONSE_RESERVE_S + 1))
+    failed = json.loads(str(caught.value))["failed"]
+    assert failed == dict.fromkeys(world.tables, "route did not point at the ENI when verified")
     assert set(targets(world.client, world.tables).values()) == {world.eni_a}
 
 

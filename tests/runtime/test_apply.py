@@ -59,7 +59,7 @@ def test_a_file_keepalived_refuses_leaves_both_live_files_as_they_were(tmp_path:
 def test_a_file_haproxy_refuses_is_never_swapped_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The renderer is replaced by one that writes a broken file; the check is the real haproxy."""
     cfg = _cfg(tmp_path)
-    monkeypatch.setattr(apply, "render_haproxy", lambda c, s: "global\n    no-such-keyword\n")
+    monkeypatch.setattr(apply, "render_haproxy", lambda c, s, left_out=None: "global\n    no-such-keyword\n")
     with pytest.raises(apply.CheckFailed) as e:
         apply.apply_config(cfg, "test")
     assert e.value.binary == "haproxy" and "no-such-keyword" in str(e.value)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from haproxy_ha_runtime import peer
@@ -115,6 +116,63 @@ def test_boot_installs_units_renders_checked_configs_starts_keepalived_last_and_
     assert "versions: HAProxy version" in proc.stderr and "node a is ready" in proc.stdout
 
 
+def _fetch_from(node: Node, moto: str, **env: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """The boot unit's first step: fetch-node-files.sh, with a stand-in for the AWS CLI that
+    downloads from moto's S3 (tests/support/aws_cli_stand_in.py); returns the run and its calls."""
+    stubs = node.log.parent / "stubs"
+    (stubs / "aws").write_text(f'#!/bin/bash\nPYTHONPATH="{REPO}" exec "{sys.executable}" '
+                               '-m tests.support.aws_cli_stand_in "$@"\n')
+    (stubs / "aws").chmod(0o755)
+    calls = node.log.parent / "aws-cli.log"
+    proc = subprocess.run(["bash", str(REPO / "userdata" / "fetch-node-files.sh")], capture_output=True, text=True,
+                          timeout=120, env={**node.env, "AWS_REGION": "us-east-1", "HAPROXY_HA_FETCH_DELAY_S": "0",
+                                            "AWS_CLI_LOG": str(calls), **env})
+    return proc, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_the_fetched_document_reaches_node_json_and_boot_serves_it(node: Node, moto: str) -> None:
+    s3 = boto3.session.Session().client("s3", region_name="us-east-1", endpoint_url=moto)
+    s3.create_bucket(Bucket="haproxy-ha-docs")
+    # The node files as the asset holds them: what the fixture laid out, zipped; the fetch brings them back.
+    files = node.root / "opt" / "haproxy-ha"
+    archive = shutil.make_archive(str(node.log.parent / "node-files"), "zip", files)
+    s3.upload_file(archive, "haproxy-ha-docs", "assets/node-files.zip")
+    shutil.rmtree(files)
+    path = node.root / "etc" / "haproxy-ha" / "node.json"
+    document = json.loads(path.read_text())
+    document["listeners"] = [{"name": "web", "port": 80, "static_reply": "from the document in S3"}]
+    s3.put_object(Bucket="haproxy-ha-docs", Key="nodes/a/node.json", Body=json.dumps(document).encode())
+    path.write_text(json.dumps({**document, "listeners": [{"name": "web", "port": 80, "static_reply": "stale"}]}))
+    fetched, calls = _fetch_from(node, moto, NODE_FILES_URL="s3://haproxy-ha-docs/assets/node-files.zip",
+                                 NODE_CONFIG_URL="s3://haproxy-ha-docs/nodes/a/node.json")
+    assert fetched.returncode == 0, fetched.stderr
+    assert [c.split()[-2] for c in calls] == ["s3://haproxy-ha-docs/assets/node-files.zip",
+                                              "s3://haproxy-ha-docs/nodes/a/node.json"]
+    assert json.loads(path.read_text()) == document and not path.with_suffix(".json.part").exists()
+    proc = node.boot()
+    assert proc.returncode == 0, proc.stderr
+    assert "from the document in S3" in (node.root / "etc" / "haproxy" / "haproxy.cfg").read_text()
+
+
+def test_a_document_that_cannot_be_fetched_is_retried_then_fails_the_boot_leaving_node_json(
+        node: Node, moto: str) -> None:
+    s3 = boto3.session.Session().client("s3", region_name="us-east-1", endpoint_url=moto)
+    s3.create_bucket(Bucket="haproxy-ha-docs")
+    files = node.root / "opt" / "haproxy-ha"
+    s3.upload_file(shutil.make_archive(str(node.log.parent / "node-files"), "zip", files), "haproxy-ha-docs",
+                   "assets/node-files.zip")
+    path = node.root / "etc" / "haproxy-ha" / "node.json"
+    before = path.read_text()
+    fetched, calls = _fetch_from(node, moto, HAPROXY_HA_FETCH_TRIES="3",
+                                 NODE_FILES_URL="s3://haproxy-ha-docs/assets/node-files.zip",
+                                 NODE_CONFIG_URL="s3://haproxy-ha-docs/nodes/a/missing.json")
+    assert fetched.returncode == 1
+    assert [c.split()[-2] for c in calls] == ["s3://haproxy-ha-docs/assets/node-files.zip",
+                                              *["s3://haproxy-ha-docs/nodes/a/missing.json"] * 3]
+    assert "could not fetch s3://haproxy-ha-docs/nodes/a/missing.json after 3 tries" in fetched.stderr
+    assert path.read_text() == before
+
+
 def test_a_second_boot_changes_nothing_and_never_restarts_keepalived(node: Node) -> None:
     assert node.boot().returncode == 0
     first_calls, first_files = node.calls(), _files(node.root)
@@ -126,6 +184,67 @@ def test_a_second_boot_changes_nothing_and_never_restarts_keepalived(node: Node)
     assert "systemctl reload keepalived.service" in second
     assert not any("keepalived" in c and c.split()[1] in ("restart", "start", "stop") for c in second)
     assert len(second) == len(first_calls)
+
+
+def _ship(node: Node, ctl_exit: int = 0) -> dict[str, Any]:
+    """Name log groups in the node's document (its shipping files in the scratch root), and stand
+    in for the CloudWatch agent's control script (not installed here): it records its arguments."""
+    path = node.root / "etc" / "haproxy-ha" / "node.json"
+    document: dict[str, Any] = json.loads(path.read_text())
+    document.update(pair_name="prod", log_group_prefix="/haproxy-ha/prod")
+    document["paths"].update(log_dir=str(node.root / "var" / "log" / "haproxy-ha"),
+                             cloudwatch_agent_conf=str(node.root / "etc" / "haproxy-ha" / "cloudwatch-agent.json"),
+                             rsyslog_conf=str(node.root / "etc" / "rsyslog.d" / "haproxy-ha.conf"),
+                             logrotate_conf=str(node.root / "etc" / "logrotate.d" / "haproxy-ha"))
+    path.write_text(json.dumps(document))
+    ctl = node.root / "opt" / "aws" / "amazon-cloudwatch-agent" / "bin" / "amazon-cloudwatch-agent-ctl"
+    ctl.parent.mkdir(parents=True, exist_ok=True)
+    ctl.write_text(f'#!/bin/bash\necho "amazon-cloudwatch-agent-ctl $*" >> "$STUB_LOG"\nexit {ctl_exit}\n')
+    ctl.chmod(0o755)
+    return document
+
+
+def test_a_node_that_names_log_groups_starts_rsyslog_before_haproxy_and_the_cloudwatch_agent_after(
+        node: Node) -> None:
+    document = _ship(node)
+    proc = node.boot()
+    assert proc.returncode == 0, proc.stderr
+    calls = node.calls()
+    conf = document["paths"]["cloudwatch_agent_conf"]
+    assert calls.index("systemctl restart rsyslog.service") < calls.index("systemctl reload-or-restart haproxy.service")
+    assert calls.index("systemctl start keepalived.service") < calls.index(
+        f"amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 -s -c file:{conf}")
+    agent_conf = json.loads(Path(conf).read_text())
+    groups = [f["log_group_name"] for f in agent_conf["logs"]["logs_collected"]["files"]["collect_list"]]
+    assert groups == ["/haproxy-ha/prod/agent", "/haproxy-ha/prod/metrics", "/haproxy-ha/prod/haproxy",
+                      "/haproxy-ha/prod/keepalived"]
+    assert Path(document["paths"]["rsyslog_conf"]).read_text().startswith("# Generated by haproxy-ha")
+    # HAProxy logs to rsyslog's socket now, not to the journal.
+    haproxy_cfg = (node.root / "etc" / "haproxy" / "haproxy.cfg").read_text()
+    assert f"log {document['paths']['run_dir']}/syslog.sock local0" in haproxy_cfg
+    # A second boot, and shipping turned off: the files go, and the agent an earlier boot started stops.
+    node.log.unlink()
+    path = node.root / "etc" / "haproxy-ha" / "node.json"
+    path.write_text(json.dumps({**document, "log_group_prefix": None}))
+    assert node.boot().returncode == 0
+    assert "amazon-cloudwatch-agent-ctl -a stop" in node.calls()
+    assert not Path(conf).exists() and not Path(document["paths"]["rsyslog_conf"]).exists()
+    assert not any("rsyslog" in c for c in node.calls())
+
+
+def test_a_cloudwatch_agent_that_refuses_its_config_costs_the_shipping_not_the_node(node: Node) -> None:
+    _ship(node, ctl_exit=1)
+    proc = node.boot()
+    assert proc.returncode == 0, proc.stderr
+    assert "the CloudWatch agent refused" in proc.stderr and "node a is ready" in proc.stdout
+
+
+def test_boot_installs_the_cloudwatch_agent_rsyslog_and_logrotate_with_the_others(node: Node) -> None:
+    stubs = Path(node.env["PATH"].split(":")[0])
+    (stubs / "rpm").write_text("#!/bin/bash\nexit 1\n")  # nothing installed yet
+    assert node.boot().returncode == 0
+    installs = [c for c in node.calls() if c.startswith("dnf ")]
+    assert installs == ["dnf install -y -q haproxy keepalived python3-boto3 amazon-cloudwatch-agent rsyslog logrotate"]
 
 
 def test_a_bad_document_stops_boot_with_exit_2_before_any_service_is_touched(node: Node) -> None:

@@ -21,11 +21,16 @@ def test_accepts_the_sample_documents() -> None:
     assert many.preempt is True
 
 
-def test_metrics_fields_default_to_no_pair_and_detailed_metrics() -> None:
-    assert (parse_config(BASE).metrics_pair, parse_config(BASE).detailed_metrics) == (None, True)
-    cfg = parse_config(doc(metrics_pair="HaproxyHa-HaproxyHa-0123abcd", detailed_metrics=False))
-    assert (cfg.metrics_pair, cfg.detailed_metrics) == ("HaproxyHa-HaproxyHa-0123abcd", False)
-    assert parse_config(doc(metrics_pair="p" * 200)).metrics_pair == "p" * 200
+def test_observability_fields_default_to_no_metrics_and_no_shipping() -> None:
+    cfg = parse_config(BASE)
+    assert (cfg.pair_name, cfg.detailed_metrics, cfg.log_group_prefix) == (None, True, None)
+    assert cfg.paths.metrics_log == "/var/log/haproxy-ha/metrics.jsonl"
+    assert cfg.paths.syslog_socket == "/run/haproxy-ha/syslog.sock"
+    cfg = parse_config(doc(pair_name="Prod Stack/HaproxyHa", detailed_metrics=False,
+                           log_group_prefix="/haproxy-ha/prod", paths={"log_dir": "/srv/logs"}))
+    assert (cfg.pair_name, cfg.detailed_metrics, cfg.log_group_prefix) == ("Prod Stack/HaproxyHa", False,
+                                                                           "/haproxy-ha/prod")
+    assert cfg.paths.events_log == "/srv/logs/agent.jsonl" and cfg.paths.access_log == "/srv/logs/haproxy.log"
 
 
 def test_timing_overrides_apply_on_top_of_the_profile() -> None:
@@ -49,6 +54,12 @@ def _problems(d: dict[str, object]) -> list[str]:
     ({"config_bucket": "bucket-1", "config_key": "k", "status_key": "k"},
      "status_key: got 'k'; allowed: an S3 object key other than config_key"),
     ({"config_poll_s": 0.5}, "config_poll_s: got 0.5; allowed: a number from 1 to 3600"),
+    ({"resolvers": ["10.0.0.2:99999"]}, "resolvers[0]: got '10.0.0.2:99999'; allowed: a list of at most 3 DNS servers"),
+    ({"resolvers": ["dns.internal"]}, "resolvers[0]: got 'dns.internal'; allowed: a list of at most 3 DNS servers"),
+    ({"resolvers": ["10.0.0.2"] * 4}, "resolvers: got ['10.0.0.2', '10.0.0.2', '10.0.0.2', '10.0.0.2']; allowed"),
+    ({"listeners": [{"name": "web", "port": 80, "backends": [{"name": "b", "host": "h", "port": 1,
+                                                             "max_addresses": 65}]}]},
+     "listeners[0].backends[0].max_addresses: got 65; allowed: a whole number from 1 to 64"),
     ({"vip": "224.0.0.5"}, "vip: got '224.0.0.5'; allowed: a unicast IPv4 address"),
     ({"vip": "192.0.2.10"}, "vip: got '192.0.2.10'; allowed: an address other than local_ip"),
     ({"eni_id": "i-0123456789abcdef0"}, "eni_id: got 'i-0123456789abcdef0'; allowed: an ENI ID"),
@@ -64,11 +75,13 @@ def _problems(d: dict[str, object]) -> list[str]:
     ({"stats_port": 80}, "stats_port: got 80; allowed: a port that no listener uses"),
     ({"surprise": True}, "surprise: got True; allowed: no such field"),
     ({"paths": {"run_dir": "relative"}}, "paths.run_dir: got 'relative'; allowed: an absolute path"),
-    ({"metrics_pair": "my pair"}, "metrics_pair: got 'my pair'; allowed: 1-200 letters, digits or '-', starting "
-                                  "with a letter or digit, or null"),
-    ({"metrics_pair": "-pair"}, "metrics_pair: got '-pair'; allowed: 1-200 letters"),
-    ({"metrics_pair": "p" * 201}, "metrics_pair: got 'ppp"),
+    ({"paths": {"log_dir": "logs"}}, "paths.log_dir: got 'logs'; allowed: an absolute path"),
+    ({"pair_name": ""}, "pair_name: got ''; allowed: a CloudWatch dimension value"),
+    ({"pair_name": "prod\n"}, "pair_name: got 'prod\\n'; allowed: a CloudWatch dimension value"),
     ({"detailed_metrics": "yes"}, "detailed_metrics: got 'yes'; allowed: true or false"),
+    ({"log_group_prefix": "/haproxy-ha/"}, "log_group_prefix: got '/haproxy-ha/'; allowed: a CloudWatch Logs group"),
+    ({"log_group_prefix": "aws/haproxy-ha"}, "log_group_prefix: got 'aws/haproxy-ha'; allowed: a CloudWatch Logs"),
+    ({"log_group_prefix": "/haproxy ha"}, "log_group_prefix: got '/haproxy ha'; allowed: a CloudWatch Logs group"),
 ])
 def test_fails_when_a_field_is_bad(changes: dict[str, object], expected: str) -> None:
     problems = _problems(doc(**changes))
@@ -78,6 +91,27 @@ def test_fails_when_a_field_is_bad(changes: dict[str, object], expected: str) ->
 @pytest.mark.parametrize(("listeners", "expected"), [
     ([{"name": "web", "port": 0, "backends": [{"name": "b", "host": "h", "port": 1}]}],
      "listeners[0].port: got 0; allowed: a whole number from 1 to 65535"),
+    *[([{"name": "web", "port": 80, "backends": [{"name": "b", "host": "h", "port": 1}],
+         "health_check": {"status_codes": codes}}],
+       f"listeners[0].health_check.status_codes: got {codes!r}; allowed: HTTP status codes as ELB writes them")
+      for codes in ["2xx", "200-", "200,,201", "99", "600", "299-200", "200-200", "200 ", 200]],
+    ([{"name": "web", "port": 80, "backends": [{"name": "b", "host": "h", "port": 1}],
+       "health_check": {"interval_s": 2, "timeout_s": 3}}],
+     "listeners[0].health_check.timeout_s: got 3; allowed: at most interval_s (2)"),
+    ([{"name": "web", "port": 80, "backends": [{"name": "b", "host": "h", "port": 1}],
+       "health_check": {"interval_s": 301}}],
+     "listeners[0].health_check.interval_s: got 301; allowed: a number from 0.1 to 300"),
+    ([{"name": "web", "port": 80, "backends": [{"name": "b", "host": "h", "port": 1}],
+       "health_check": {"healthy_threshold": 0}}],
+     "listeners[0].health_check.healthy_threshold: got 0; allowed: a whole number from 1 to 10"),
+    ([{"name": "web", "port": 80, "backends": [{"name": "b", "host": "h", "port": 1}],
+       "health_check": {"unhealthy_threshold": 11}}],
+     "listeners[0].health_check.unhealthy_threshold: got 11; allowed: a whole number from 1 to 10"),
+    ([{"name": "web", "port": 80, "backends": [{"name": "b", "host": "h", "port": 1}],
+       "health_check": {"path": "/x"}}], "listeners[0].health_check: got ['path']; allowed: only interval_s"),
+    ([{"name": "db", "port": 5432, "mode": "tcp", "backends": [{"name": "b", "host": "h", "port": 1}],
+       "health_check": {"status_codes": "200"}}],
+     "listeners[0].health_check.status_codes: got '200'; allowed: only on a listener with mode 'http'"),
     ([{"name": "a", "port": 80, "backends": [{"name": "b", "host": "h", "port": 1}]},
       {"name": "b", "port": 80, "backends": [{"name": "b", "host": "h", "port": 1}]}],
      "listeners[1].port: got 80; allowed: a port no other listener uses (listeners[0] already listens on it)"),
@@ -91,10 +125,32 @@ def test_fails_when_a_field_is_bad(changes: dict[str, object], expected: str) ->
      "listeners[0].mode: got 'udp'; allowed: 'http' or 'tcp'"),
     ([{"name": "web", "port": 80, "static_reply": 'say "hi"'}],
      "listeners[0].static_reply"),
+    *[([{"name": "web", "port": 443, "backends": [{"name": "b", "host": "h", "port": 1}], "tls": tls}], expected)
+      for tls, expected in [
+          ({}, "listeners[0].tls.secret: missing"),
+          ("lb/https", "listeners[0].tls: got 'lb/https'; allowed: an object with secret, policy, backend_tls"),
+          ({"secret": "has space"}, "listeners[0].tls.secret: got 'has space'; allowed: a Secrets Manager secret's"),
+          ({"secret": "arn:aws:secretsmanager:us-east-1:12:secret:x"}, "listeners[0].tls.secret: got 'arn:aws:"),
+          ({"secret": "s", "policy": "ELBSecurityPolicy-2016-08"},
+           "listeners[0].tls.policy: got 'ELBSecurityPolicy-2016-08'; allowed: ELBSecurityPolicy-TLS13-1-2-2021-06 or"),
+          ({"secret": "s", "backend_tls": "yes"}, "listeners[0].tls.backend_tls: got 'yes'"),
+          ({"secret": "s", "certificate": "x"}, "listeners[0].tls: got ['certificate']; allowed: only secret"),
+      ]],
+    ([{"name": "hi", "port": 443, "static_reply": "hi", "tls": {"secret": "s", "backend_tls": True}}],
+     "listeners[0].tls.backend_tls: got True; allowed: false on a listener without backends"),
 ])
 def test_fails_when_a_listener_is_bad(listeners: list[object], expected: str) -> None:
     problems = _problems(doc(listeners=listeners))
     assert any(expected in p for p in problems), problems
+
+
+def test_a_tls_listener_takes_the_default_policy_and_the_secrets_are_polled_every_minute() -> None:
+    cfg = parse_config(doc(listeners=[{"name": "web", "port": 443, "static_reply": "hi", "tls": {"secret": "lb/x"}}]))
+    assert cfg.listeners[0].tls is not None
+    assert cfg.listeners[0].tls.policy == "ELBSecurityPolicy-TLS13-1-2-2021-06"
+    assert cfg.listeners[0].tls.backend_tls is False
+    assert cfg.tls_poll_s == 60
+    assert any("tls_poll_s: got 0.5" in p for p in _problems(doc(tls_poll_s=0.5)))
 
 
 def test_fails_with_every_problem_at_once() -> None:

@@ -4,6 +4,7 @@ the live files untouched, and each reported in the node's status object."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -81,7 +82,7 @@ def test_the_version_the_node_booted_with_is_reported_and_reloads_nothing(node: 
     assert outcome is not None and outcome.state == live_config.APPLIED and outcome.version == version
     assert node.reloads == [] and not outcome.restart_agent
     assert node.status() | {"ts": 0} == {"node": "a", "version": version, "state": "applied", "reason": None,
-                                         "instance_id": "i-0abc", "ts": 0}
+                                         "listeners": {}, "instance_id": "i-0abc", "ts": 0}
     assert node.live.poll_once() is None  # unchanged: S3 answers 304 to the conditional GET
 
 
@@ -142,7 +143,7 @@ def test_a_file_haproxy_refuses_is_refused(node: Node, monkeypatch: pytest.Monke
     node.put(_doc(node.tmp))
     node.live.poll_once()
     before = node.files()
-    monkeypatch.setattr(apply, "render_haproxy", lambda c, s: "global\n    no-such-keyword\n")
+    monkeypatch.setattr(apply, "render_haproxy", lambda c, s, left_out=None: "global\n    no-such-keyword\n")
     node.put(_doc(node.tmp, listeners=[{"name": "web", "port": 81, "static_reply": "new"}]))
     outcome = node.live.poll_once()
     assert outcome is not None and outcome.state == "refused" and "haproxy refused" in (outcome.reason or "")
@@ -165,3 +166,28 @@ def test_s3_errors_reach_the_caller_and_the_version_is_tried_again(node: Node) -
     with pytest.raises(Exception, match="NoSuchBucket"):
         node.live.poll_once()
     assert node.live.version is None
+
+
+def test_a_document_without_an_interface_renders_as_boot_rendered_it(moto: str, tmp_path: Path) -> None:
+    """The construct's documents say `interface: null`; boot renders with the interface that holds
+    local_ip.  The agent must resolve a new version the same way, or the very version the node
+    booted with renders another keepalived.conf (render's fallback, eth0) and is reloaded or refused."""
+    names = sorted(p.name for p in Path("/sys/class/net").iterdir() if p.name != "eth0")
+    require("an interface other than eth0 (render's fallback for a null interface)", bool(names))
+    booted_on = names[0]
+    node = Node(moto, tmp_path)
+    first = _doc(tmp_path, interface=None)
+    node.document.write_text(json.dumps(first))
+    as_boot = dataclasses.replace(parse_config(first), interface=booted_on)
+    apply.apply_config(as_boot, str(node.document))  # what boot's render left
+    before = node.files()
+    live = live_config.LiveConfig(parse_config(first), node.s3, str(node.document), instance_id=lambda: "i-0abc",
+                                  run=node.reloads.append,
+                                  resolve=lambda c: dataclasses.replace(c, interface=c.interface or booted_on))
+    version = node.put(first)
+    outcome = live.poll_once()
+    assert outcome is not None and outcome.state == "applied" and outcome.version == version, outcome
+    assert node.files() == before and node.reloads == [] and not outcome.restart_agent
+    assert f"interface {booted_on}\n" in Path(as_boot.paths.keepalived_conf).read_text()
+    # The document is kept as S3 holds it (interface null), for the next boot to resolve.
+    assert json.loads(node.document.read_text())["interface"] is None

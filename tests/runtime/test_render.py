@@ -18,6 +18,7 @@ from haproxy_ha_runtime.config import NodeConfig, parse_config
 from haproxy_ha_runtime.render import render_haproxy, render_keepalived
 from tests.conftest import require
 from tests.runtime.samples import PROFILES, doc
+from tests.support.certs import Cert, make_ca, make_server_cert
 
 
 def _cfg(d: dict[str, Any], tmp: Path) -> NodeConfig:
@@ -45,6 +46,18 @@ def test_haproxy_reloads_without_refusing_connections_and_drains_for_drain_timeo
     assert not any(line.split()[:1] == ["hard-stop-after"] for line in global_section(none))
 
 
+def test_backends_by_name_ask_the_documents_dns_servers_and_ip_backends_need_none(tmp_path: Path) -> None:
+    cfg = _cfg(PROFILES["many-listeners"], tmp_path)
+    named = dataclasses.replace(cfg, resolvers=("10.0.0.2", "192.0.2.254:5353"))
+    text = render_haproxy(named)
+    section = text.split("\nresolvers dns\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert section[:2] == ["    nameserver ns1 10.0.0.2:53", "    nameserver ns2 192.0.2.254:5353"]
+    assert "    parse-resolv-conf" not in section
+    only_ips = dataclasses.replace(cfg, listeners=tuple(
+        dataclasses.replace(lst, backends=tuple(b for b in lst.backends if not b.by_name)) for lst in cfg.listeners))
+    assert "resolvers" not in render_haproxy(only_ips)
+
+
 def test_keepalived_is_unicast_vrrpv3_backup_with_a_marker_and_track_file(tmp_path: Path) -> None:
     cfg = _cfg(PROFILES["fast"], tmp_path)
     text = render_keepalived(cfg)
@@ -66,10 +79,52 @@ def test_haproxy_has_listeners_backends_checks_health_and_journal_logging(tmp_pa
     assert f"log {tmp_path}/log.sock local0" in text
     assert "monitor-uri /healthz" in text and "bind :8404" in text
     assert "option httpchk GET /healthz" in text
-    assert "server w2 app.internal:8080" in text
+    # A backend given by name follows its DNS answers (the VPC resolver, from resolv.conf).
+    assert "    server-template w2 8 app.internal:8080 resolvers dns resolve-prefer ipv4 init-addr none" in text
+    assert "    server w1 192.0.2.50:8080" in text
+    assert "\nresolvers dns\n    parse-resolv-conf\n" in text
     assert 'string "hello from haproxy-ha\\n"' in text
     assert "frontend pg\n    bind :5432\n    mode tcp" in text
     assert "default-server check" in text
+    # Each listener's health check, as its document sets it (the defaults where it sets none).
+    web = text.split("\nbackend web\n", 1)[1].split("\n\n", 1)[0]
+    assert "    http-check expect status 200,204,300-302" in web and "    timeout check 2500ms" in web
+    assert "    default-server check inter 5000ms fall 4 rise 3 init-addr last,libc,none" in web
+    pg = text.split("\nbackend pg\n", 1)[1].split("\n\n", 1)[0]
+    assert "http-check" not in pg and "    timeout check 250ms" in pg
+    assert "    default-server check inter 500ms fall 1 rise 2 init-addr last,libc,none" in pg
+    api = text.split("\nbackend api\n", 1)[1].split("\n\n", 1)[0]
+    assert "    default-server check inter 1000ms fall 2 rise 2 init-addr last,libc,none" in api
+
+
+def test_tls_listeners_bind_with_their_bundle_policy_and_alpn_and_set_forwarded_headers(tmp_path: Path) -> None:
+    cfg = _cfg(PROFILES["tls"], tmp_path)
+    text = render_haproxy(cfg)
+    sections = {s.split("\n", 1)[0]: s for s in text.split("\n\n")}
+    https = sections["frontend https"]
+    assert (f"    bind :443 ssl crt {tmp_path}/run/tls/https.pem alpn h2,http/1.1 ssl-min-ver TLSv1.2 "
+            "ssl-max-ver TLSv1.3 ciphers ECDHE-ECDSA-AES128-GCM-SHA256:") in https
+    assert "ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256" in https
+    assert "    option forwardfor\n" in https and "http-request set-header X-Forwarded-Proto https" in https
+    assert "http-request set-header X-Forwarded-Proto http\n" in sections["frontend web"]
+    # TLS 1.3 only: no TLS 1.2 ciphers; tcp: no ALPN, no HTTP headers.
+    tls13 = sections["frontend tls13"]
+    assert "ssl-min-ver TLSv1.3 ssl-max-ver TLSv1.3 ciphersuites" in tls13
+    assert "alpn" not in tls13 and "ciphers " not in tls13 and "forwardfor" not in tls13
+    # Re-encrypted to the servers, by address and by name; the pass-through is untouched.
+    assert sections["backend https"].count("ssl verify none") == 1
+    assert "default-server check" in sections["backend https"].split("ssl verify none")[0].rsplit("\n", 1)[1]
+    assert "ssl" not in sections["backend tls13"] and "ssl" not in sections["frontend passthrough"]
+    assert sections["frontend passthrough"].startswith("frontend passthrough\n    bind :9443\n")
+
+
+def test_a_tls_listener_without_a_certificate_is_left_out_with_why(tmp_path: Path) -> None:
+    cfg = _cfg(PROFILES["tls"], tmp_path)
+    text = render_haproxy(cfg, left_out={"tls13": "secret lb/tls13: certificate is missing\nor not PEM"})
+    assert "frontend tls13" not in text and "backend tls13" not in text
+    assert ("# Listener tls13 (port 8443) is left out: no valid certificate "
+            "(secret lb/tls13: certificate is missing or not PEM).") in text
+    assert "frontend https" in text
 
 
 # The binaries the rendered files must pass: Debian 12's (HAProxy 2.6, keepalived 2.2.7) on this
@@ -104,39 +159,52 @@ def toolchain(request: pytest.FixtureRequest) -> Toolchain:
     return Toolchain("debian13", TRIXIE)
 
 
+@pytest.fixture(scope="module")
+def test_cert(tmp_path_factory: pytest.TempPathFactory) -> Cert:
+    """A certificate for the TLS listeners, made with openssl here."""
+    require("the openssl command (Debian package openssl)", shutil.which("openssl") is not None)
+    folder = tmp_path_factory.mktemp("certs")
+    return make_server_cert(make_ca(folder), folder, "server", ip="203.0.113.10")
+
+
 @pytest.fixture
-def workdir(toolchain: Toolchain, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    """A folder the binaries can read: (its path here, its path as they see it)."""
+def workdir(toolchain: Toolchain, tmp_path: Path, test_cert: Cert) -> Iterator[tuple[Path, Path, Cert]]:
+    """A folder the binaries can read: (its path here, its path as they see it, a certificate)."""
     if toolchain.root is None:
-        yield tmp_path, tmp_path
+        yield tmp_path, tmp_path, test_cert
         return
     seen = Path("/tmp") / f"hhat-{uuid.uuid4().hex[:8]}"
     here = toolchain.root / seen.relative_to("/")
     here.mkdir(parents=True)
     try:
-        yield here, seen
+        yield here, seen, test_cert
     finally:
         shutil.rmtree(here, ignore_errors=True)
 
 
-def _render_into(workdir: tuple[Path, Path], d: dict[str, Any]) -> NodeConfig:
-    """Render with paths as the binaries see them; the run directory exists, as boot makes it."""
-    here, seen = workdir
-    (here / "run").mkdir(exist_ok=True)
+def _render_into(workdir: tuple[Path, Path, Cert], d: dict[str, Any]) -> NodeConfig:
+    """Render with paths as the binaries see them; the run directory exists, as boot makes it,
+    and each TLS listener's bundle is in place, as the node's tls module writes it."""
+    here, seen, cert = workdir
+    (here / "run" / "tls").mkdir(parents=True, exist_ok=True)
     cfg = parse_config(dict(d, paths={"run_dir": str(seen / "run"), "log_socket": str(seen / "log.sock")}))
+    for lst in cfg.listeners:
+        if lst.tls is not None:
+            (here / "run" / "tls" / f"{lst.name}.pem").write_text(cert.bundle())
     (here / "haproxy.cfg").write_text(render_haproxy(cfg))
     (here / "keepalived.conf").write_text(render_keepalived(cfg))
     return cfg
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
-def test_haproxy_accepts_the_rendered_config(toolchain: Toolchain, workdir: tuple[Path, Path], profile: str) -> None:
+def test_haproxy_accepts_the_rendered_config(toolchain: Toolchain, workdir: tuple[Path, Path, Cert],
+                                             profile: str) -> None:
     _render_into(workdir, PROFILES[profile])
     proc = toolchain.run(["haproxy", "-c", "-f", str(workdir[1] / "haproxy.cfg")])
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_haproxy_check_can_fail(toolchain: Toolchain, workdir: tuple[Path, Path]) -> None:
+def test_haproxy_check_can_fail(toolchain: Toolchain, workdir: tuple[Path, Path, Cert]) -> None:
     _render_into(workdir, PROFILES["default"])
     path = workdir[0] / "haproxy.cfg"
     path.write_text(path.read_text().replace("balance roundrobin", "balance nope"))
@@ -159,19 +227,20 @@ def netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-def _keepalived_check(toolchain: Toolchain, netns: str, workdir: tuple[Path, Path]) -> subprocess.CompletedProcess[str]:
+def _keepalived_check(toolchain: Toolchain, netns: str,
+                      workdir: tuple[Path, Path, Cert]) -> subprocess.CompletedProcess[str]:
     return toolchain.run(["keepalived", "-t", "-l", "-n", "-f", str(workdir[1] / "keepalived.conf")], netns)
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
-def test_keepalived_accepts_the_rendered_config(toolchain: Toolchain, netns: str, workdir: tuple[Path, Path],
+def test_keepalived_accepts_the_rendered_config(toolchain: Toolchain, netns: str, workdir: tuple[Path, Path, Cert],
                                                 profile: str) -> None:
     _render_into(workdir, PROFILES[profile])
     proc = _keepalived_check(toolchain, netns, workdir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_keepalived_check_can_fail(toolchain: Toolchain, netns: str, workdir: tuple[Path, Path]) -> None:
+def test_keepalived_check_can_fail(toolchain: Toolchain, netns: str, workdir: tuple[Path, Path, Cert]) -> None:
     _render_into(workdir, doc(interface="nosuchif0"))
     assert _keepalived_check(toolchain, netns, workdir).returncode != 0
 

@@ -6,9 +6,10 @@ import threading
 import time
 
 import pytest
+from botocore.exceptions import ClientError
 
 from haproxy_ha_runtime import routes
-from tests.conftest import VIP, client_for, make_world, targets
+from tests.conftest import VIP, client_for, make_world, run_at_once, targets, vip_route_count
 
 
 @pytest.mark.parametrize("n_tables", [1, 50])
@@ -96,6 +97,36 @@ def test_take_over_stops_writing_once_cancelled(proxy) -> None:  # type: ignore[
     assert proxy.state.stats()["calls"]["ReplaceRoute"] == writes_at_cancel
 
 
+def test_take_over_rewrites_writes_that_answered_but_did_not_land(proxy) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url), 5)
+    # Three ReplaceRoutes answer 200 and change nothing: only reading the tables back shows it.
+    proxy.state.set_fault("lose", 3, ["ReplaceRoute"])
+    result = routes.take_over(world.client, VIP, world.tables, world.eni_b, deadline_s=5)
+    assert result.converged, result.tables
+    assert set(targets(world.client, world.tables).values()) == {world.eni_b}
+    stats = proxy.state.stats()
+    assert stats["faults"] == {"ReplaceRoute": 3}
+    assert stats["calls"]["ReplaceRoute"] == 5 + 3  # each lost write written once more, no other
+    assert sorted(t.attempts for t in result.tables) == [1, 1, 2, 2, 2]
+
+
+def test_take_over_reports_writes_that_never_land(proxy) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url), 3)
+    c = world.client
+    c.replace_route(RouteTableId=world.tables[0], DestinationCidrBlock=VIP + "/32", NetworkInterfaceId=world.eni_b)
+    proxy.state.set_fault("lose", 10_000, ["ReplaceRoute", "CreateRoute"])
+    t0 = time.monotonic()
+    result = routes.take_over(c, VIP, world.tables, world.eni_b, deadline_s=0.5)
+    assert time.monotonic() - t0 < 3.0
+    assert not result.converged and not result.cancelled
+    # tables[0] already pointed at b, so it verifies; the other two are named, with the reason.
+    assert {t.route_table_id: t.error for t in result.tables if not t.ok} == {
+        t: "route did not point at the ENI when verified" for t in world.tables[1:]}
+    assert all(t.attempts >= 2 for t in result.tables[1:])  # it wrote them again until the deadline
+    assert targets(c, world.tables) == {world.tables[0]: world.eni_b, world.tables[1]: world.eni_a,
+                                        world.tables[2]: world.eni_a}
+
+
 def test_blackholed_route_needs_repair_and_is_repaired(proxy) -> None:  # type: ignore[no-untyped-def]
     world = make_world(client_for(proxy.url), 3)
     proxy.state.blackhole = {world.eni_a}
@@ -131,6 +162,33 @@ def test_ensure_routes_creates_missing_and_never_repoints(moto: str) -> None:
         assert result.converged
     assert targets(c, world.tables) == {world.tables[0]: world.eni_b, world.tables[1]: world.eni_a,
                                         world.tables[2]: world.eni_a}
+
+
+def test_the_proxy_refuses_a_duplicate_create_route_as_ec2_does(moto: str, proxy) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url), 1)
+    kwargs = {"RouteTableId": world.tables[0], "DestinationCidrBlock": VIP + "/32", "NetworkInterfaceId": world.eni_b}
+    with pytest.raises(ClientError) as caught:
+        world.client.create_route(**kwargs)
+    error = caught.value.response
+    assert error["Error"]["Code"] == "RouteAlreadyExists"
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert targets(world.client, world.tables) == {world.tables[0]: world.eni_a}
+    assert proxy.state.stats()["route_exists"] == 1
+    client_for(moto).create_route(**kwargs)  # moto itself accepts it: that is why the proxy refuses it
+
+
+def test_ensure_routes_run_twice_at_once_creates_each_route_once(proxy) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url), 3, with_routes=False)
+    # Both runs read the tables before either creates: every route is created by one, refused to the other.
+    proxy.state.release_together("CreateRoute", 2 * 3)
+    results = run_at_once(*[lambda: routes.ensure_routes(client_for(proxy.url), VIP, world.tables, world.eni_a)] * 2)
+    assert proxy.state.hook_errors == []
+    assert proxy.state.stats()["route_exists"] == 3
+    assert all(r.converged for r in results), [r.tables for r in results]
+    for i, table in enumerate(world.tables):
+        assert sorted(r.tables[i].action for r in results) == ["created", "unchanged"], table
+    assert vip_route_count(world.client, world.tables) == dict.fromkeys(world.tables, 1)
+    assert set(targets(world.client, world.tables).values()) == {world.eni_a}
 
 
 def test_delete_routes_is_idempotent(moto: str) -> None:

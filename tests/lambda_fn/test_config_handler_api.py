@@ -1,0 +1,283 @@
+"""The nodes' documents custom resource (lambda/config_handler.py) against a moto server over HTTP:
+moto's S3 holds the documents and the status objects, moto's Auto Scaling the groups and their
+instances in service.  The nodes' side is the node's own code (live_config: the conditional GET
+and the status object it writes); only the apply between them is left out."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import boto3
+import pytest
+
+from haproxy_ha_runtime import config_lambda
+from haproxy_ha_runtime.config import parse_config
+from haproxy_ha_runtime.live_config import APPLIED, REFUSED, LiveConfig, Outcome
+from tests.conftest import REPO
+from tests.runtime.samples import doc
+from tests.support.moto_server import IMAGE_ID
+
+BUCKET = "haproxy-ha-documents-test"
+
+
+def _load_entry_point() -> ModuleType:
+    """lambda/config_handler.py, loaded by path (`lambda` is a Python keyword), as the Lambda loads it."""
+    spec = importlib.util.spec_from_file_location("config_handler", REPO / "lambda" / "config_handler.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+handler = _load_entry_point()
+
+
+@dataclass
+class Cloud:
+    s3: Any
+    autoscaling: Any
+    ec2: Any
+
+    def group(self, name: str, instances: int = 1) -> None:
+        self.autoscaling.create_auto_scaling_group(
+            AutoScalingGroupName=name, MinSize=instances, MaxSize=1, DesiredCapacity=instances,
+            AvailabilityZones=["us-east-1a"], LaunchTemplate={"LaunchTemplateName": "node", "Version": "$Latest"})
+
+    def in_service(self, name: str) -> str:
+        (group,) = self.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"]
+        (instance,) = [i["InstanceId"] for i in group["Instances"] if i["LifecycleState"] == "InService"]
+        return str(instance)
+
+    def keys(self) -> list[str]:
+        return sorted(o["Key"] for o in self.s3.list_objects_v2(Bucket=BUCKET).get("Contents", []))
+
+
+@pytest.fixture
+def cloud(moto: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
+    # The handler builds its clients as the Lambda does; AWS_ENDPOINT_URL aims them at moto.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    config_lambda.client.cache_clear()
+    session = boto3.session.Session()
+    c = Cloud(*(session.client(s, region_name="us-east-1", endpoint_url=moto) for s in ("s3", "autoscaling", "ec2")))
+    c.s3.create_bucket(Bucket=BUCKET)
+    c.ec2.create_launch_template(LaunchTemplateName="node", LaunchTemplateData={"ImageId": IMAGE_ID})
+    yield c
+    config_lambda.client.cache_clear()
+
+
+def document(node: str, reply: str) -> dict[str, Any]:
+    peer = "b" if node == "a" else "a"
+    return doc(node_name=node, local_ip="192.0.2.10" if node == "a" else "192.0.2.20", interface=None,
+               peers=[{"name": peer, "ip": "192.0.2.20" if node == "a" else "192.0.2.10"}],
+               listeners=[{"name": "web", "port": 80, "static_reply": f"{reply} {node}"}],
+               config_bucket=BUCKET, config_key=f"nodes/{node}/node.json", status_key=f"nodes/{node}/status.json")
+
+
+def properties(reply: str, wait_s: float = 300) -> dict[str, Any]:
+    # As CloudFormation hands them over: every scalar a string, the documents JSON text.
+    return {"ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:framework", "Bucket": BUCKET,
+            "WaitSeconds": str(wait_s),
+            "Nodes": [{"Name": n, "Key": f"nodes/{n}/node.json", "StatusKey": f"nodes/{n}/status.json",
+                       "AutoScalingGroupName": f"group-{n}", "Document": json.dumps(document(n, reply))}
+                      for n in ("a", "b")]}
+
+
+def request(kind: str, reply: str = "v1", **extra: Any) -> dict[str, Any]:
+    event = {"RequestType": kind, "RequestId": "req-1", "StackId": "arn:aws:cloudformation:us-east-1:1:stack/s/1",
+             "LogicalResourceId": "Documents", "ResponseURL": "https://example.invalid/unused",
+             "ResourceProperties": properties(reply)}
+    if kind != "Create":
+        event["PhysicalResourceId"] = config_lambda.physical_id(BUCKET)
+    event.update(extra)
+    return event
+
+
+def deploy(kind: str, reply: str, **extra: Any) -> dict[str, Any]:
+    """on_event, then the event the framework hands is_complete (the request merged with its result)."""
+    event = request(kind, reply, **extra)
+    return {**event, **handler.on_event(event, None)}
+
+
+class NodeAgent:
+    """One node's side, with the node's own code: the conditional GET and the status object."""
+
+    def __init__(self, cloud: Cloud, name: str, instance: str | None = None) -> None:
+        body = cloud.s3.get_object(Bucket=BUCKET, Key=f"nodes/{name}/node.json")["Body"].read()
+        self.live = LiveConfig(parse_config(json.loads(body)), cloud.s3, "/nonexistent/node.json",
+                               instance_id=lambda: instance or cloud.in_service(f"group-{name}"))
+
+    def poll(self, state: str = APPLIED, reason: str | None = None) -> str | None:
+        """Fetch the document; report a new version as `state` (the apply itself is not run)."""
+        fetched = self.live.fetch()
+        if fetched is None:
+            return None
+        version = fetched[0]
+        self.live.version = version
+        self.live.report(Outcome(version, state, reason))
+        return version
+
+
+def test_create_writes_both_documents_at_their_fixed_keys_and_completes_with_no_node_in_service(
+        cloud: Cloud) -> None:
+    event = deploy("Create", "v1")
+    assert event["PhysicalResourceId"] == config_lambda.physical_id(BUCKET)
+    for n in ("a", "b"):
+        obj = cloud.s3.get_object(Bucket=BUCKET, Key=f"nodes/{n}/node.json")
+        assert json.loads(obj["Body"].read()) == document(n, "v1")
+        assert event["Data"][f"{n}.Version"] == obj["ETag"].strip('"')
+    assert float(event["Data"]["WaitUntil"]) == pytest.approx(time.time() + 300, abs=30)
+    # No group exists yet: the groups are made after the documents, and boot with them.
+    assert handler.is_complete(event, None) == {"IsComplete": True}
+
+
+def test_an_update_completes_once_both_nodes_applied_the_new_versions(cloud: Cloud) -> None:
+    deploy("Create", "v1")
+    cloud.group("group-a")
+    cloud.group("group-b")
+    a, b = NodeAgent(cloud, "a"), NodeAgent(cloud, "b")
+    assert a.poll() and b.poll()
+    event = deploy("Update", "v2", OldResourceProperties=properties("v1"))
+    # Written, not yet reported by either node: the nodes still report the old version.
+    assert handler.is_complete(event, None) == {"IsComplete": False}
+    assert a.poll() == event["Data"]["a.Version"]
+    assert handler.is_complete(event, None) == {"IsComplete": False}  # b has not reported yet
+    assert b.poll() == event["Data"]["b.Version"]
+    assert handler.is_complete(event, None) == {"IsComplete": True}
+    status = json.loads(cloud.s3.get_object(Bucket=BUCKET, Key="nodes/b/status.json")["Body"].read())
+    assert status["instance_id"] == cloud.in_service("group-b") and status["state"] == "applied"
+
+
+def test_a_node_that_has_not_reported_yet_holds_the_deploy(cloud: Cloud) -> None:
+    cloud.group("group-a")
+    cloud.group("group-b")
+    event = deploy("Update", "v2")
+    NodeAgent(cloud, "a").poll()
+    assert handler.is_complete(event, None) == {"IsComplete": False}  # node b wrote no status at all
+
+
+def test_a_refused_version_fails_the_deploy_with_the_nodes_reason(cloud: Cloud) -> None:
+    cloud.group("group-a")
+    cloud.group("group-b")
+    event = deploy("Update", "v2")
+    NodeAgent(cloud, "a").poll()
+    reason = "haproxy refused the rendered /etc/haproxy/haproxy.cfg: [ALERT] parsing [haproxy.cfg:12]"
+    NodeAgent(cloud, "b").poll(REFUSED, reason)
+    with pytest.raises(config_lambda.NodeRefused) as e:
+        handler.is_complete(event, None)
+    instance = cloud.in_service("group-b")
+    assert str(e.value).startswith(f"node b ({instance}) refused version {event['Data']['b.Version']}")
+    assert str(e.value).endswith(reason)
+
+
+def test_a_refusal_of_an_older_version_does_not_fail_the_new_one(cloud: Cloud) -> None:
+    cloud.group("group-a")
+    cloud.group("group-b")
+    deploy("Update", "bad")
+    a, b = NodeAgent(cloud, "a"), NodeAgent(cloud, "b")
+    a.poll()
+    b.poll(REFUSED, "keepalived refused it")
+    # CloudFormation rolls back: the previous documents are written again and waited for.
+    event = deploy("Update", "v1")
+    assert handler.is_complete(event, None) == {"IsComplete": False}
+    a.poll()
+    b.poll()
+    assert handler.is_complete(event, None) == {"IsComplete": True}
+
+
+def test_a_node_with_no_instance_in_service_is_not_waited_for(cloud: Cloud) -> None:
+    cloud.group("group-a")
+    cloud.group("group-b", instances=0)  # being replaced: its new instance boots with the new document
+    event = deploy("Update", "v2")
+    assert handler.is_complete(event, None) == {"IsComplete": False}
+    NodeAgent(cloud, "a").poll()
+    assert handler.is_complete(event, None) == {"IsComplete": True}
+
+
+def test_an_unhealthy_instance_is_not_waited_for(cloud: Cloud) -> None:
+    cloud.group("group-a")
+    cloud.group("group-b")
+    cloud.autoscaling.set_instance_health(InstanceId=cloud.in_service("group-b"), HealthStatus="Unhealthy")
+    event = deploy("Update", "v2")
+    NodeAgent(cloud, "a").poll()
+    assert handler.is_complete(event, None) == {"IsComplete": True}
+
+
+def test_fails_when_a_node_has_not_applied_its_version_in_time(cloud: Cloud) -> None:
+    cloud.group("group-a")
+    cloud.group("group-b")
+    old = deploy("Create", "v1")
+    NodeAgent(cloud, "a").poll()
+    b = NodeAgent(cloud, "b")
+    b.poll()
+    event = deploy("Update", "v2")
+    NodeAgent(cloud, "a").poll()
+    event["Data"]["WaitUntil"] = str(time.time() - 1)
+    with pytest.raises(config_lambda.NodesTooSlow) as e:
+        handler.is_complete(event, None)
+    message = str(e.value)
+    assert message.startswith("not every node in service applied its new document in time (300 s): ")
+    assert (f"node b ({cloud.in_service('group-b')}) reports version {old['Data']['b.Version']} (applied, "
+            f"by {cloud.in_service('group-b')}), not {event['Data']['b.Version']}") in message
+    assert "node a" not in message
+
+
+def test_delete_removes_the_documents_and_the_status_objects_so_the_bucket_can_go(cloud: Cloud) -> None:
+    cloud.group("group-a")
+    deploy("Create", "v1")
+    NodeAgent(cloud, "a").poll()
+    assert cloud.keys() == ["nodes/a/node.json", "nodes/a/status.json", "nodes/b/node.json"]
+    event = request("Delete")
+    assert handler.on_event(event, None) == {"PhysicalResourceId": event["PhysicalResourceId"]}
+    assert handler.is_complete({**event, "Data": {}}, None) == {"IsComplete": True}
+    assert cloud.keys() == []
+    cloud.s3.delete_bucket(Bucket=BUCKET)
+    # Again, with the bucket gone: a delete is safe to repeat.
+    assert handler.on_event(event, None) == {"PhysicalResourceId": event["PhysicalResourceId"]}
+
+
+def test_a_document_the_node_would_refuse_is_refused_before_anything_is_written(cloud: Cloud) -> None:
+    event = request("Create")
+    bad = document("b", "v1") | {"vip": "10.0.0.0/8"}
+    event["ResourceProperties"]["Nodes"][1]["Document"] = json.dumps(bad)
+    with pytest.raises(ValueError, match=r"(?s)node b's document.*vip: got '10\.0\.0\.0/8'"):
+        handler.on_event(event, None)
+    assert cloud.keys() == []
+
+
+def test_a_create_that_fails_half_way_removes_what_it_wrote(cloud: Cloud) -> None:
+    """S3 fails node b's PUT (a fault on the handler's own client, before the call leaves it):
+    node a's document is written first, and must go, or the bucket could not be deleted."""
+    def fail_node_b(params: dict[str, Any], **_: Any) -> tuple[Any, dict[str, Any]] | None:
+        if params["url_path"].endswith("/nodes/b/node.json"):
+            return (SimpleNamespace(status_code=500, headers={}),
+                    {"Error": {"Code": "InternalError", "Message": "We encountered an internal error."},
+                     "ResponseMetadata": {"HTTPStatusCode": 500}})
+        return None
+
+    config_lambda.client("s3").meta.events.register_first("before-call.s3.PutObject", fail_node_b)
+    with pytest.raises(Exception, match="InternalError"):
+        handler.on_event(request("Create"), None)
+    assert cloud.keys() == []
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({"Bucket": ""}, "Bucket: got ''; allowed: a bucket name"),
+    ({"WaitSeconds": "soon"}, "WaitSeconds: got 'soon'; allowed: a number of seconds from 1 to 3600"),
+    ({"Nodes": []}, "Nodes: got []; allowed: a list of nodes"),
+    ({"Nodes": [{"Name": "a", "Key": "k"}]},
+     "Nodes[0]: got {'Name': 'a', 'Key': 'k'}; allowed: an object with a non-empty StatusKey, AutoScalingGroupName, "
+     "Document"),
+])
+def test_fails_when_a_property_is_bad_and_names_it(cloud: Cloud, change: dict[str, Any], problem: str) -> None:
+    event = request("Create")
+    event["ResourceProperties"].update(change)
+    with pytest.raises(ValueError) as e:
+        handler.on_event(event, None)
+    assert problem in str(e.value)
