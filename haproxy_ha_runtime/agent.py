@@ -560,19 +560,20 @@ def _watch_tls(agent: Agent, store: tls_certs.TlsStore, live: live_config.LiveCo
 
 
 def _watch_metrics(agent: Agent, interval_s: float, stop: threading.Event) -> None:
-    """Every `interval_s`: the state record, and HAProxy's numbers per listener and backend
-    (unless the document turns them off)."""
+    """Every `interval_s`: the state record, and HAProxy's numbers: each backend's servers up
+    always (the stack's backend-down alarms read them), per listener and response times unless
+    the document turns them off (detailed_metrics)."""
     sampler = haproxy_stats.Sampler()
     while True:
         agent.report_state(force=True)
         cfg = agent.cfg  # live config may have changed the listeners
-        if cfg.detailed_metrics and agent.metrics is not None:
+        if agent.metrics is not None:
             try:
                 answer = haproxy_stats.query(cfg.paths.haproxy_socket, haproxy_stats.SAMPLE_COMMAND)
                 listeners, backends = sampler.sample(
                     answer, [(lst.name, lst.mode) for lst in cfg.listeners],
                     [(lst.name, lst.mode) for lst in cfg.listeners if lst.backends and lst.static_reply is None])
-                agent.metrics.haproxy(listeners, backends)
+                agent.metrics.haproxy(listeners, backends, detailed=cfg.detailed_metrics)
             except (OSError, RuntimeError):
                 pass  # HAProxy does not answer: its health metric says so
         if stop.wait(interval_s):

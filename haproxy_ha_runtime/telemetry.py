@@ -5,7 +5,8 @@ metrics.py:
 - each take-over when it happens, as a failover (a fault moved the VIP here) or as a planned move
   (the peer stepped down, for an operator's move or because its instance is leaving, or lost an
   election to this node), with its time; and each route repair, with its time;
-- HAProxy's numbers per listener and per backend (haproxy_stats), every minute.
+- HAProxy's numbers per listener and per backend (haproxy_stats), every minute; with
+  detailed_metrics off, only each backend's servers up and servers.
 
 How a take-over is told apart: the new MASTER asks its peer (GET /state, as the agents always
 do) right after the routes are here.  A peer that says it stepped down gave the VIP away on
@@ -109,11 +110,13 @@ class Telemetry:
                         emf.Metric(metrics.ROUTE_REPAIR_TIME, round(took_ms, 1), emf.MILLISECONDS)],
                        {"record": "route_repair", **properties})
 
-    def haproxy(self, listeners: Sequence[ListenerSample], backends: Sequence[BackendSample]) -> None:
+    def haproxy(self, listeners: Sequence[ListenerSample], backends: Sequence[BackendSample],
+                detailed: bool = True) -> None:
         """One record per listener and per backend.  A counter without a baseline yet (the first
-        sample) is left out."""
+        sample) is left out.  Not `detailed`: only each backend's servers up and servers (the
+        stack's alarms read them), no listener record and no response time."""
         with self._lock:
-            for lst in listeners:
+            for lst in listeners if detailed else ():
                 values = [emf.Metric(metrics.CURRENT_SESSIONS, lst.current_sessions, emf.COUNT)]
                 if lst.requests is not None:
                     values.append(emf.Metric(metrics.REQUESTS, lst.requests, emf.COUNT))
@@ -123,7 +126,7 @@ class Telemetry:
             for b in backends:
                 values = [emf.Metric(metrics.SERVERS_UP, b.servers_up, emf.COUNT),
                           emf.Metric(metrics.SERVERS, b.servers, emf.COUNT)]
-                if b.response_time_ms is not None:
+                if detailed and b.response_time_ms is not None:
                     values.append(emf.Metric(metrics.RESPONSE_TIME, b.response_time_ms, emf.MILLISECONDS))
                 self._emit(values, {"record": "backend"}, {**self.dimensions, metrics.BACKEND: b.name})
 

@@ -4,6 +4,7 @@ sessions, response time, servers up; and the samples as metric records."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import shutil
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import threading
 import time
+import types
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from haproxy_ha_runtime import haproxy_stats, telemetry
+from haproxy_ha_runtime import agent, haproxy_stats, telemetry
 from haproxy_ha_runtime.config import NodeConfig, parse_config
 from haproxy_ha_runtime.render import render_haproxy
 from tests.conftest import require
@@ -205,3 +207,28 @@ def test_fails_clearly_on_an_answer_that_is_not_show_stat() -> None:
     with pytest.raises(RuntimeError, match="unexpected answer from HAProxy's stats socket"):
         haproxy_stats.Sampler().sample("Unknown command, but maybe one of the following ones is a better match",
                                        LISTENERS, BACKENDS)
+
+
+def test_without_detailed_metrics_the_agent_still_writes_each_backends_servers_up(
+        haproxy: tuple[_HAProxy, dict[str, int]]) -> None:
+    """The stack's backend-down alarms read ServersUp whatever detailed_metrics says."""
+    h, _ports = haproxy
+    lines: list[str] = []
+    fake = types.SimpleNamespace(cfg=dataclasses.replace(h.cfg, detailed_metrics=False),
+                                 metrics=telemetry.Telemetry("prod", "a", lines.append),
+                                 report_state=lambda force: None)
+    stop = threading.Event()
+    watcher = threading.Thread(target=agent._watch_metrics, args=(fake, 0.05, stop))
+    watcher.start()
+    try:
+        # The "gone" server is marked down by its health checks after a moment.
+        wait_for(lambda: any(d.get("Backend") == "web" and emf_spec.metrics_of(d)["ServersUp"] == 1
+                             for d in map(json.loads, list(lines))))
+    finally:
+        stop.set()
+        watcher.join(10)
+    docs = [json.loads(line) for line in lines]
+    assert docs and all(d["record"] == "backend" for d in docs)
+    assert {d["Backend"] for d in docs} == {"web", "pg"}
+    assert all(set(emf_spec.metrics_of(d)) == {"ServersUp", "Servers"} for d in docs)
+    assert {d["Backend"]: emf_spec.metrics_of(d)["Servers"] for d in docs} == {"web": 2, "pg": 1}

@@ -404,3 +404,11 @@ def test_no_pair_name_no_metrics_file(world: World, tmp_path: Path, health: Fake
         stop.set()
         thread.join(10)
     assert not Path(cfg.paths.metrics_log).exists() and not log.of("ec2_api")
+
+
+def test_without_detailed_metrics_only_backend_servers_are_written() -> None:
+    out = Records()
+    t = telemetry.Telemetry(PAIR, "a", out)
+    t.haproxy([ListenerSample("web", 120, 3, 7)], [BackendSample("web", 12, 1, 2)], detailed=False)
+    assert not out.of("listener")
+    assert [emf_spec.metrics_of(d) for d in out.of("backend")] == [{"ServersUp": 1, "Servers": 2}]
