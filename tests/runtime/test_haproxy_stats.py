@@ -194,6 +194,10 @@ def test_samples_become_valid_metric_records(haproxy: tuple[_HAProxy, dict[str, 
     sampler = haproxy_stats.Sampler()
     sampler.sample(h.answer(), LISTENERS, BACKENDS)
     _get(ports["web"], "/fail")
+    # HAProxy counts a request when its stream ends, which may come after the client has the
+    # answer: on a busy machine, wait until the frontend shows it.
+    wait_for(lambda: any(r["pxname"] == "web" and r["svname"] == "FRONTEND" and r.get("hrsp_5xx") == "1"
+                         for r in haproxy_stats.parse_stat(h.answer())))
     lines: list[str] = []
     telemetry.Telemetry("prod", "a", lines.append).haproxy(*sampler.sample(h.answer(), LISTENERS, BACKENDS))
     assert all(emf_spec.problems(line) == [] for line in lines)
@@ -218,7 +222,7 @@ def test_without_detailed_metrics_the_agent_still_writes_each_backends_servers_u
                                  metrics=telemetry.Telemetry("prod", "a", lines.append),
                                  report_state=lambda force: None)
     stop = threading.Event()
-    watcher = threading.Thread(target=agent._watch_metrics, args=(fake, 0.05, stop))
+    watcher = threading.Thread(target=agent._watch_metrics, args=(fake, 0.2, stop))
     watcher.start()
     try:
         # The "gone" server is marked down by its health checks after a moment.
