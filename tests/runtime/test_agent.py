@@ -17,7 +17,7 @@ from haproxy_ha_runtime import agent
 from haproxy_ha_runtime.config import NodeConfig, parse_config
 from tests.conftest import VIP, World, client_for, make_world, targets
 from tests.runtime.samples import doc
-from tests.support.agent_tools import FakeHealth, Log, wait_for
+from tests.support.agent_tools import FakeHealth, JsonLog, Log, wait_for
 from tests.support.moto_server import free_port
 
 
@@ -160,7 +160,8 @@ def health() -> Iterator[FakeHealth]:
 def test_run_loop_feeds_the_track_file_and_acts_on_the_fifo(moto: str, tmp_path: Path, health: FakeHealth) -> None:
     world = make_world(client_for(moto), 3)
     cfg = _cfg(world, tmp_path, stats_port=health.port, agent_port=free_port())
-    log = Log()
+    # The runtime's own log_event writes every event, as the journal would get it.
+    log = JsonLog()
     stop = threading.Event()
     # The peer's /state is asked of the fake HAProxy on loopback (it answers 404), never of 192.0.2.20.
     thread = threading.Thread(target=agent.run, args=(cfg, world.client, world.eni_b, stop, log),
@@ -185,7 +186,15 @@ def test_run_loop_feeds_the_track_file_and_acts_on_the_fifo(moto: str, tmp_path:
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
-    assert json.dumps(log.events)  # every event is one JSON-serializable record
+    # Every line log_event wrote is one JSON object with a time and an event name.
+    lines = log.stream.getvalue().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert all(isinstance(r, dict) and isinstance(r["ts"], float) and r["event"] for r in records)
+    events = [r["event"] for r in records]
+    assert events[0] == "agent_start" and events[-1] == "agent_stop"
+    assert {"health", "transition", "route_move"} <= set(events)
+    (move,) = log.of("route_move")
+    assert move["converged"] is True and move["tables"] == 3 and move["to_eni"] == world.eni_b
 
 
 def test_fifo_held_by_another_process_sees_a_writer_come_and_go(tmp_path: Path) -> None:
