@@ -58,9 +58,11 @@ def test_agent_stops_writing_the_moment_it_is_not_master(proxy, tmp_path: Path) 
     a.on_state(agent.MASTER)
     wait_for(lambda: proxy.state.stats()["calls"].get("ReplaceRoute", 0) >= 8)  # it is retrying
     a.on_state(agent.FAULT)
-    time.sleep(0.3)  # let a write that was already in flight land
+    # The take-over returns once its writes in flight have landed (its pool joins them): from
+    # then on, nothing may write.
+    wait_for(lambda: not a.busy)
     settled = proxy.state.stats()["calls"]["ReplaceRoute"]
-    time.sleep(1.5)
+    time.sleep(1.5)  # longer than take_over's longest pause between two rounds of writes (1 s)
     assert proxy.state.stats()["calls"]["ReplaceRoute"] == settled
     a.shutdown()
     assert any(e["cancelled"] for e in log.of("route_move"))
