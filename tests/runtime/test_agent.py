@@ -100,11 +100,28 @@ def test_repair_fixes_blackholed_and_dead_node_routes_and_asks_the_reconciler_fo
     cfg = _cfg(world, tmp_path, node_name="b", eni_id=world.eni_b,
                peers=[{"name": "a", "ip": "192.0.2.20", "eni_id": world.eni_a}])
     a = agent.Agent(cfg, c, world.eni_b, log, invoke_reconciler=asked.append)
-    a.healthy = True
-    with a._lock:
-        a.state, a.generation = agent.MASTER, 1
-    a.check_routes(1)
-    a.shutdown()
+    before = targets(c, world.tables)
+    try:
+        # The repair tick does nothing while this node is BACKUP ...
+        a.on_health(True)
+        a.on_state(agent.BACKUP)
+        a.maybe_repair()
+        wait_for(lambda: not a.busy)
+        # ... nor while it is MASTER but its own HAProxy is unhealthy (no peer is known to be
+        # healthy, so it hands nothing over either).
+        a.on_health(False)
+        a.on_state(agent.MASTER, reason="keepalived was already MASTER when the agent started", resumed=True)
+        wait_for(lambda: not a.busy)
+        a.maybe_repair()
+        wait_for(lambda: not a.busy)
+        assert targets(c, world.tables) == before and asked == []
+        assert not log.of("route_repair") and not log.of("route_move")
+        # Healthy and MASTER: the next tick repairs.
+        a.on_health(True)
+        a.maybe_repair()
+        wait_for(lambda: not a.busy)
+    finally:
+        a.shutdown()
     # The node role may only replace routes: the missing one is the reconciler's to create.
     assert targets(c, world.tables) == {world.tables[0]: world.eni_b, world.tables[1]: None,
                                         world.tables[2]: world.eni_b, world.tables[3]: world.eni_a}
