@@ -15,7 +15,7 @@ import pytest
 from haproxy_ha_cli import outputs
 from haproxy_ha_cli.cli import main
 from haproxy_ha_runtime.tags import NODE_TAG, OPERATOR_CHOICE_TAG
-from tests.conftest import VIP, World, client_for, make_world, targets
+from tests.conftest import REPO, VIP, World, client_for, make_world, targets
 
 
 @pytest.fixture
@@ -89,8 +89,9 @@ def test_a_malformed_vip_is_refused_by_the_parser_with_exit_2(capsys: pytest.Cap
 def test_console_script_runs(endpoint: str) -> None:
     world = make_world(client_for(endpoint), 1)
     exe = Path(sys.executable).with_name("haproxy-ha")
+    # PYTHONPATH: this checkout's code, also where the editable install points at another one.
     proc = subprocess.run([str(exe), "status", "--vip", VIP, "--json"], capture_output=True, text=True,
-                          env={**os.environ, "AWS_ENDPOINT_URL": endpoint}, timeout=60)
+                          env={**os.environ, "AWS_ENDPOINT_URL": endpoint, "PYTHONPATH": str(REPO)}, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["tables"][0]["route_table_id"] == world.tables[0]
     proc = subprocess.run([sys.executable, "-m", "haproxy_ha_cli", "status", "--vip", "nope"], capture_output=True,
