@@ -17,7 +17,7 @@ import boto3
 import pytest
 
 from haproxy_ha_runtime import routes
-from tests.support import moto_server
+from tests.support import moto_server, serving
 from tests.support.fault_proxy import FaultProxy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,7 +60,10 @@ def moto(moto_url: str) -> str:
 
 @pytest.fixture
 def proxy(moto: str) -> Iterator[FaultProxy]:
-    p = FaultProxy(moto).start()
+    p = FaultProxy(moto)
+    # Served here rather than by p.start(), whose serve_forever polls for shutdown() every half
+    # second: each test that uses the proxy would wait that out when it stops.
+    serving.in_thread(p.server)
     try:
         yield p
     finally:

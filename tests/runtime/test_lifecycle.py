@@ -25,6 +25,7 @@ from haproxy_ha_runtime.imds import Imds
 from haproxy_ha_runtime.render import render_haproxy
 from tests.conftest import World, client_for, make_world, require, targets
 from tests.runtime.samples import doc
+from tests.support import serving
 from tests.support.agent_tools import FakeHealth, Log, wait_for
 from tests.support.aws_stand_in import AwsStandIn
 from tests.support.imds_stand_in import FakeImds
@@ -52,7 +53,7 @@ class _SlowBackend:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        serving.in_thread(self.server)
 
 
 @pytest.fixture

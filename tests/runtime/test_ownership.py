@@ -4,7 +4,6 @@ both against a moto server (DESIGN.md, "Who owns the VIP")."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +17,7 @@ from haproxy_ha_runtime.config import NodeConfig, parse_config
 from haproxy_ha_runtime.tags import OPERATOR_CHOICE_TAG
 from tests.conftest import VIP, World, client_for, make_world, targets
 from tests.runtime.samples import doc
+from tests.support import serving
 from tests.support.agent_tools import Log, wait_for
 from tests.support.moto_server import free_port
 
@@ -95,8 +95,7 @@ def test_probe_tells_a_refused_port_from_a_silent_host_and_a_failing_agent() -> 
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    serving.in_thread(server)
     try:
         assert peer.probe_peer("127.0.0.1", server.server_address[1], 1.0).reach == peer.AGENT_DOWN
     finally:

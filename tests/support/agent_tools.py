@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from haproxy_ha_runtime.log import log_event
+from tests.support import serving
 
 
 class Log:
@@ -75,7 +75,7 @@ class FakeHealth:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        serving.in_thread(self.server)
 
     def stop(self) -> None:
         """Stop serving."""

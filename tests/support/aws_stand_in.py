@@ -8,10 +8,11 @@ AWS_ENDPOINT_URL_AUTOSCALING / AWS_ENDPOINT_URL_CLOUDFORMATION, or `endpoint_url
 
 from __future__ import annotations
 
-import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.support import serving
 
 _NS = {
     "CompleteLifecycleAction": "http://autoscaling.amazonaws.com/doc/2011-01-01/",
@@ -69,7 +70,7 @@ class AwsStandIn:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        serving.in_thread(self.server)
 
     def of(self, action: str) -> list[dict[str, str]]:
         """The parameters of every call of `action` so far."""

@@ -3,9 +3,10 @@ MAC, the instance ID, and `autoscaling/target-lifecycle-state`, which moto does 
 
 from __future__ import annotations
 
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.support import serving
 
 
 class FakeImds:
@@ -51,7 +52,7 @@ class FakeImds:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        serving.in_thread(self.server)
 
     def stop(self) -> None:
         """Stop serving."""
