@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.loaders
+import botocore.session
 import pytest
 
 from haproxy_ha_runtime import routes
@@ -69,6 +71,24 @@ def proxy(moto: str) -> Iterator[FaultProxy]:
     finally:
         p.stop()
 
+
+# Every new boto3 session reads and parses botocore's JSON models again (EC2's alone takes about
+# 0.3 s), and the code under test makes its own sessions: the CLI one per command, the stand-ins
+# and the Lambda handler theirs.  One loader per search path for every session in this process
+# reads each file once; sessions, clients and every code path stay the real ones.
+_LOADERS: dict[str | None, botocore.loaders.Loader] = {}
+_LOADERS_LOCK = threading.Lock()
+_create_loader = botocore.loaders.create_loader
+
+
+def _shared_loader(search_path_string: str | None = None) -> botocore.loaders.Loader:
+    with _LOADERS_LOCK:
+        if search_path_string not in _LOADERS:
+            _LOADERS[search_path_string] = _create_loader(search_path_string)
+        return _LOADERS[search_path_string]
+
+
+botocore.session.create_loader = _shared_loader  # type: ignore[attr-defined]
 
 _SESSION = boto3.session.Session()
 _SESSION_LOCK = threading.Lock()
