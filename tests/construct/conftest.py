@@ -67,3 +67,14 @@ def app_template(app_template_json: str) -> Template:
 def app_doc(app_template_json: str) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(app_template_json)
     return doc
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `--dist loadgroup` (pyproject's addopts) one xdist worker runs every construct test:
+    the first synthesis in a process costs seconds of Node.js warming up, and the other worker
+    then never pays it."""
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here):
+            item.add_marker(pytest.mark.xdist_group("cdk"))
