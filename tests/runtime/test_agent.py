@@ -51,10 +51,11 @@ def test_master_takes_over_every_table(moto: str, tmp_path: Path) -> None:
 
 
 def test_agent_stops_writing_the_moment_it_is_not_master(proxy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    world = make_world(client_for(proxy.url, max_attempts=1), 4)
+    world = make_world(client_for(proxy.url), 4)
     proxy.state.set_fault("5xx", 1_000_000, ["ReplaceRoute"])
     log = Log()
-    a = agent.Agent(_cfg(world, tmp_path), world.client, world.eni_b, log)
+    # The agent's client makes one attempt per call, so that each 5xx reaches the agent at once.
+    a = agent.Agent(_cfg(world, tmp_path), client_for(proxy.url, max_attempts=1), world.eni_b, log)
     a.on_state(agent.MASTER)
     wait_for(lambda: proxy.state.stats()["calls"].get("ReplaceRoute", 0) >= 8)  # it is retrying
     a.on_state(agent.FAULT)
@@ -70,11 +71,11 @@ def test_agent_stops_writing_the_moment_it_is_not_master(proxy, tmp_path: Path) 
 
 
 def test_master_keeps_trying_past_the_takeover_deadline(proxy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    world = make_world(client_for(proxy.url, max_attempts=1), 3)
+    world = make_world(client_for(proxy.url), 3)
     proxy.state.set_fault("5xx", 1_000_000, ["ReplaceRoute"])
     log = Log()
     cfg = _cfg(world, tmp_path, timing={"takeover_deadline_s": 0.5})
-    a = agent.Agent(cfg, world.client, world.eni_b, log)
+    a = agent.Agent(cfg, client_for(proxy.url, max_attempts=1), world.eni_b, log)
     a.on_state(agent.MASTER)
     time.sleep(3 * cfg.timing.takeover_deadline_s)  # the API fails for longer than the deadline
     assert a.busy and set(targets(world.client, world.tables).values()) == {world.eni_a}
