@@ -44,10 +44,18 @@ def require(what: str, ok: bool) -> None:
     pytest.skip(f"{what} is missing (allowed outside CI only)")
 
 
+def _reset(url: str) -> None:
+    urllib.request.urlopen(urllib.request.Request(url + "/moto-api/reset", method="POST"), timeout=5).close()
+
+
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
     proc, url = moto_server.start()
     try:
+        # moto loads much of EC2 on first use (about 3 s of CPU): do that here, with time to spare,
+        # not inside the first test's 5 s read timeouts, which a loaded machine then misses.
+        make_world(client_for(url, read_timeout=120), 1)
+        _reset(url)
         yield url
     finally:
         moto_server.stop(proc)
@@ -56,7 +64,7 @@ def moto_url() -> Iterator[str]:
 @pytest.fixture
 def moto(moto_url: str) -> str:
     """A moto server with empty state."""
-    urllib.request.urlopen(urllib.request.Request(moto_url + "/moto-api/reset", method="POST"), timeout=5).close()
+    _reset(moto_url)
     return moto_url
 
 
