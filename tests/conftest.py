@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.loaders
+import botocore.session
 import pytest
 
 from haproxy_ha_runtime import routes
-from tests.support import moto_server
+from tests.support import moto_server, serving
 from tests.support.fault_proxy import FaultProxy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,10 +45,18 @@ def require(what: str, ok: bool) -> None:
     pytest.skip(f"{what} is missing (allowed outside CI only)")
 
 
+def _reset(url: str) -> None:
+    urllib.request.urlopen(urllib.request.Request(url + "/moto-api/reset", method="POST"), timeout=5).close()
+
+
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
     proc, url = moto_server.start()
     try:
+        # moto loads much of EC2 on first use (about 3 s of CPU): do that here, with time to spare,
+        # not inside the first test's 5 s read timeouts, which a loaded machine then misses.
+        make_world(client_for(url, read_timeout=120), 1)
+        _reset(url)
         yield url
     finally:
         moto_server.stop(proc)
@@ -55,18 +65,39 @@ def moto_url() -> Iterator[str]:
 @pytest.fixture
 def moto(moto_url: str) -> str:
     """A moto server with empty state."""
-    urllib.request.urlopen(urllib.request.Request(moto_url + "/moto-api/reset", method="POST"), timeout=5).close()
+    _reset(moto_url)
     return moto_url
 
 
 @pytest.fixture
 def proxy(moto: str) -> Iterator[FaultProxy]:
-    p = FaultProxy(moto).start()
+    p = FaultProxy(moto)
+    # Served here rather than by p.start(), whose serve_forever polls for shutdown() every half
+    # second: each test that uses the proxy would wait that out when it stops.
+    serving.in_thread(p.server)
     try:
         yield p
     finally:
         p.stop()
 
+
+# Every new boto3 session reads and parses botocore's JSON models again (EC2's alone takes about
+# 0.3 s), and the code under test makes its own sessions: the CLI one per command, the stand-ins
+# and the Lambda handler theirs.  One loader per search path for every session in this process
+# reads each file once; sessions, clients and every code path stay the real ones.
+_LOADERS: dict[str | None, botocore.loaders.Loader] = {}
+_LOADERS_LOCK = threading.Lock()
+_create_loader = botocore.loaders.create_loader
+
+
+def _shared_loader(search_path_string: str | None = None) -> botocore.loaders.Loader:
+    with _LOADERS_LOCK:
+        if search_path_string not in _LOADERS:
+            _LOADERS[search_path_string] = _create_loader(search_path_string)
+        return _LOADERS[search_path_string]
+
+
+botocore.session.create_loader = _shared_loader  # type: ignore[attr-defined]
 
 _SESSION = boto3.session.Session()
 _SESSION_LOCK = threading.Lock()

@@ -220,9 +220,13 @@ def test_listener_port_from_vpc_cidr_and_stats_port_only_from_nodes(app_doc: dic
 
 
 def test_no_ssh_ingress(app_doc: dict[str, Any]) -> None:
-    for sg in resources(app_doc, "AWS::EC2::SecurityGroup").values():
-        for rule in sg["Properties"].get("SecurityGroupIngress", []):
-            assert not (rule.get("FromPort", 0) <= 22 <= rule.get("ToPort", -1))
+    # Inline rules and rules of their own (AWS::EC2::SecurityGroupIngress) alike.
+    rules = [rule for sg in resources(app_doc, "AWS::EC2::SecurityGroup").values()
+             for rule in sg["Properties"].get("SecurityGroupIngress", [])]
+    rules += [r["Properties"] for r in resources(app_doc, "AWS::EC2::SecurityGroupIngress").values()]
+    assert len(rules) == 3  # the listener, the stats port and VRRP: a check over no rule proves nothing
+    for rule in rules:
+        assert rule["IpProtocol"] != "-1" and not (rule.get("FromPort", 0) <= 22 <= rule.get("ToPort", -1)), rule
 
 
 # --- IAM: exact scopes ---------------------------------------------------------------------------
@@ -395,8 +399,8 @@ def handler_reserve_s() -> float:
 
 def test_no_static_vip_route_resources(app_doc: dict[str, Any]) -> None:
     # The custom resource owns the VIP routes, so a later deploy never re-points a moved route.
-    for route in resources(app_doc, "AWS::EC2::Route").values():
-        assert route["Properties"].get("DestinationCidrBlock") != "192.168.254.10/32"
+    destinations = {r["Properties"].get("DestinationCidrBlock") for r in resources(app_doc, "AWS::EC2::Route").values()}
+    assert destinations and "192.168.254.10/32" not in destinations
 
 
 def test_lambdas_run_python_312_with_the_two_entry_points(app_template: Template) -> None:
@@ -480,9 +484,11 @@ def test_each_document_names_its_own_group_hook_drain_and_signal(app_doc: dict[s
 def test_reconcile_function_and_its_rules_do_not_depend_on_the_groups(app_doc: dict[str, Any]) -> None:
     # The groups' documents name the function; a reference back would be a cycle.
     names = set(group_ids(app_doc)) | set(launch_template_ids(app_doc))
-    for logical_id, res in app_doc["Resources"].items():
-        if res["Type"] in ("AWS::Lambda::Function", "AWS::Events::Rule") and "HaproxyHaRoutes" in logical_id:
-            assert not names & set(json.dumps(res).replace('"', " ").split()), logical_id
+    checked = [logical_id for logical_id, res in app_doc["Resources"].items()
+               if res["Type"] in ("AWS::Lambda::Function", "AWS::Events::Rule") and "HaproxyHaRoutes" in logical_id]
+    assert len(checked) == 4  # the two functions and the two rules
+    for logical_id in checked:
+        assert not names & set(json.dumps(app_doc["Resources"][logical_id]).replace('"', " ").split()), logical_id
 
 
 def test_user_data_writes_the_boot_unit_and_starts_it_without_waiting(app_doc: dict[str, Any]) -> None:

@@ -173,10 +173,24 @@ def test_public_attributes(stack: Stack) -> None:
     assert isinstance(lb.connections, ec2.Connections)
     assert lb.connections.security_groups == [lb.security_group]
     assert len(lb.route_table_ids) == 4
-    # HaproxyHa itself is an IConnectable.
+
+
+def test_the_construct_is_an_iconnectable_whose_rules_land_on_the_nodes_own_group(stack: Stack) -> None:
+    lb = HaproxyHa(stack, "Lb", vip="192.168.254.10")
     other = ec2.SecurityGroup(stack, "Other", vpc=lb.vpc)
-    other.connections.allow_to(lb, ec2.Port.tcp(80))
-    json.dumps(template_json(stack))
+    # HaproxyHa itself (not only lb.connections) is what the caller hands to allow_to.
+    other.connections.allow_to(lb, ec2.Port.tcp(8080))
+    doc = template_json(stack)
+    # The group every node ENI carries: a rule on any other group would let nothing in.
+    groups = {json.dumps(g, sort_keys=True) for v in doc["Resources"].values()
+              if v["Type"] == "AWS::EC2::NetworkInterface" for g in v["Properties"]["GroupSet"]}
+    (node_group,) = (json.loads(g) for g in groups)
+    other_id = stack.resolve(other.security_group_id)
+    rules = [{k: v for k, v in r["Properties"].items() if k != "Description"} for r in doc["Resources"].values()
+             if r["Type"] == "AWS::EC2::SecurityGroupIngress"
+             and r["Properties"].get("SourceSecurityGroupId") == other_id]
+    assert rules == [{"GroupId": node_group, "SourceSecurityGroupId": other_id, "IpProtocol": "tcp",
+                      "FromPort": 8080, "ToPort": 8080}]
 
 
 def test_x86_instance_type_gets_the_x86_ami(stack: Stack) -> None:

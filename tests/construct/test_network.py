@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from aws_cdk import Stack
+import pytest
+from aws_cdk import App, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk.assertions import Annotations, Match, Template
 from cdk_nag import AwsSolutionsChecks
@@ -17,9 +19,35 @@ def _of_type(doc: dict[str, Any], rtype: str) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in doc["Resources"].items() if v["Type"] == rtype}
 
 
-def test_ec2_endpoint_sits_in_the_node_subnets_and_admits_only_the_nodes(stack: Stack) -> None:
-    lb = HaproxyHa(stack, "Lb", vip="192.168.254.10", ec2_endpoint=True)
-    doc = Template.from_stack(stack).to_json()
+@dataclass(frozen=True)
+class Built:
+    """One synthesized pair, shared by the tests of this module that only read it."""
+
+    app: App
+    stack: Stack
+    lb: HaproxyHa
+    doc: dict[str, Any]
+
+
+def _build(**props: Any) -> Built:
+    app = new_app()
+    stack = new_stack(app)
+    lb = HaproxyHa(stack, "Lb", vip="192.168.254.10", **props)
+    return Built(app, stack, lb, Template.from_stack(stack).to_json())
+
+
+@pytest.fixture(scope="module")
+def with_endpoint() -> Built:
+    return _build(ec2_endpoint=True)
+
+
+@pytest.fixture(scope="module")
+def without_nat() -> Built:
+    return _build(nat_gateways=0, ec2_endpoint=True)
+
+
+def test_ec2_endpoint_sits_in_the_node_subnets_and_admits_only_the_nodes(with_endpoint: Built) -> None:
+    lb, doc = with_endpoint.lb, with_endpoint.doc
     (endpoint,) = _of_type(doc, "AWS::EC2::VPCEndpoint").values()
     props = endpoint["Properties"]
     assert props["VpcEndpointType"] == "Interface" and props["PrivateDnsEnabled"] is True
@@ -46,9 +74,9 @@ def test_no_ec2_endpoint_by_default(stack: Stack) -> None:
     assert lb.ec2_endpoint is None
 
 
-def test_no_nat_gateway_builds_isolated_subnets_an_s3_gateway_and_the_endpoints_a_deploy_needs(stack: Stack) -> None:
-    HaproxyHa(stack, "Lb", vip="192.168.254.10", nat_gateways=0, ec2_endpoint=True)
-    doc = Template.from_stack(stack).to_json()
+def test_no_nat_gateway_builds_isolated_subnets_an_s3_gateway_and_the_endpoints_a_deploy_needs(
+        without_nat: Built) -> None:
+    stack, doc = without_nat.stack, without_nat.doc
     assert not _of_type(doc, "AWS::EC2::NatGateway")
     endpoints = _of_type(doc, "AWS::EC2::VPCEndpoint")
     interfaces = {str(v["Properties"]["ServiceName"]): v["Properties"] for v in endpoints.values()
@@ -84,9 +112,8 @@ def test_no_nat_gateway_builds_isolated_subnets_an_s3_gateway_and_the_endpoints_
             "(the agent asks the reconciler to create a missing route)." in text)
 
 
-def test_nodes_wait_for_the_ec2_endpoint_they_move_routes_through(stack: Stack) -> None:
-    HaproxyHa(stack, "Lb", vip="192.168.254.10", ec2_endpoint=True)
-    doc = Template.from_stack(stack).to_json()
+def test_nodes_wait_for_the_ec2_endpoint_they_move_routes_through(with_endpoint: Built) -> None:
+    doc = with_endpoint.doc
     (endpoint,) = _of_type(doc, "AWS::EC2::VPCEndpoint")
     for group in _of_type(doc, "AWS::AutoScaling::AutoScalingGroup").values():
         assert endpoint in group["DependsOn"]
@@ -110,9 +137,6 @@ def test_isolated_caller_vpc_warning_lists_every_endpoint_still_needed(stack: St
             "ec2messages" in text)
 
 
-def test_ec2_endpoint_has_no_unacknowledged_cdk_nag_findings() -> None:
-    app = new_app()
-    stack = new_stack(app)
-    HaproxyHa(stack, "Lb", vip="192.168.254.10", nat_gateways=0, ec2_endpoint=True)
-    report = AwsSolutionsChecks(app, verbose=True).validate_scope(stack)
+def test_ec2_endpoint_has_no_unacknowledged_cdk_nag_findings(without_nat: Built) -> None:
+    report = AwsSolutionsChecks(without_nat.app, verbose=True).validate_scope(without_nat.stack)
     assert report.success, [v.rule_name for v in report.violations]

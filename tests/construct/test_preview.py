@@ -13,21 +13,11 @@ import aws_cdk as cdk
 import pytest
 from template_tools import PLACEHOLDER_ENV, repo_context
 
-from haproxy_ha import HaproxyHa, HaproxyHaStack, Listener
+from haproxy_ha import HaproxyHa, Listener
 from haproxy_ha.preview import placeholder_ips
 from tests.conftest import require
 
 FILES = ("haproxy.cfg", "keepalived.conf")
-
-
-@pytest.fixture(scope="module")
-def assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default app synthesized into a cloud assembly folder of its own (as `cdk synth` does)."""
-    outdir = tmp_path_factory.mktemp("cdk.out")
-    app = cdk.App(context=repo_context(), outdir=str(outdir), analytics_reporting=False)
-    HaproxyHaStack(app, "HaproxyHa", env=PLACEHOLDER_ENV)
-    app.synth()
-    return outdir
 
 
 def node_dir(assembly: Path, node: str) -> Path:

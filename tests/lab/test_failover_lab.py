@@ -35,6 +35,8 @@ def test_scenario(make_lab: Callable[..., Lab], path: Path, tmp_path: Path) -> N
     result = Runner(lab, scenario, out=sys.stdout).run()
     write_json(result, tmp_path / "result.json")
     assert result.steps and all(s.ran for s in result.steps)
+    # Answers came, and only from lab nodes: a subset check alone also passes when nobody answered.
+    assert result.answered and set(result.answered) <= set(topology.NODES), result.answered
     assert result.ok, "\n".join(f"{path.name}:{s.line}: {s.step}: {s.error or s.seen.get('text')}"
                                 for s in result.failures)
 

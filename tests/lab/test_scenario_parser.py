@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from . import demo, observe
-from .runner import compare, in_time, lab_options
+from .runner import check_answers, compare, in_time, lab_options
 from .scenario import SYNTAX, ScriptError, parse, parse_file
 
 SCENARIOS = sorted((Path(__file__).parent / "scenarios").glob("*.txt"))
@@ -296,6 +296,15 @@ def test_counts_compare_as_the_script_says() -> None:
     assert compare("at most", 1, 1) and not compare("at most", 2, 1)
     assert compare("at least", 2, 1) and not compare("at least", 0, 1)
     assert compare("exactly", 0, 0) and not compare("exactly", 1, 0)
+
+
+def test_the_answers_check_needs_an_answer_and_only_from_lab_nodes() -> None:
+    assert check_answers([{"node": "a"}, {"error": "timeout"}, {"node": "b"}]) == "yes, all 2"
+    for nobody in ([], [{"error": "timeout"}]):
+        with pytest.raises(AssertionError, match="no answer at all"):
+            check_answers(nobody)
+    with pytest.raises(AssertionError, match=r"answers from \['None', 'c'\]"):
+        check_answers([{"node": "a"}, {"node": "c"}, {}])
 
 
 def test_an_expect_holds_only_if_it_held_within_its_bound_and_still_holds() -> None:

@@ -17,7 +17,7 @@ from haproxy_ha_runtime import agent
 from haproxy_ha_runtime.config import NodeConfig, parse_config
 from tests.conftest import VIP, World, client_for, make_world, targets
 from tests.runtime.samples import doc
-from tests.support.agent_tools import FakeHealth, Log, wait_for
+from tests.support.agent_tools import FakeHealth, JsonLog, Log, wait_for
 from tests.support.moto_server import free_port
 
 
@@ -35,25 +35,35 @@ def test_master_takes_over_every_table(moto: str, tmp_path: Path) -> None:
     log = Log()
     # Node b becomes MASTER; its ENI is the target.
     a = agent.Agent(_cfg(world, tmp_path), world.client, world.eni_b, log)
+    before = time.monotonic()
     a.on_state(agent.MASTER)
     wait_for(lambda: bool(log.of("route_move")))
+    seen_s = time.monotonic() - before
     a.shutdown()
-    move = log.of("route_move")[0]
-    assert move["converged"] and move["moved"] == 5 and move["duration_s"] > 0
+    (move,) = log.of("route_move")
+    assert move["converged"] and move["moved"] == 5 and move["tables"] == 5
+    # The times it reports nest: the first write comes after the transition, the move is part of
+    # the time since the transition, and all of it within what this test saw from outside (the
+    # slack is the 4-digit rounding).  Order only: no figure depends on how fast the machine is.
+    assert 0 < move["first_write_after_s"] <= move["since_transition_s"]
+    assert 0 < move["duration_s"] <= move["since_transition_s"] <= seen_s + 0.001
     assert set(targets(world.client, world.tables).values()) == {world.eni_b}
 
 
 def test_agent_stops_writing_the_moment_it_is_not_master(proxy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    world = make_world(client_for(proxy.url, max_attempts=1), 4)
+    world = make_world(client_for(proxy.url), 4)
     proxy.state.set_fault("5xx", 1_000_000, ["ReplaceRoute"])
     log = Log()
-    a = agent.Agent(_cfg(world, tmp_path), world.client, world.eni_b, log)
+    # The agent's client makes one attempt per call, so that each 5xx reaches the agent at once.
+    a = agent.Agent(_cfg(world, tmp_path), client_for(proxy.url, max_attempts=1), world.eni_b, log)
     a.on_state(agent.MASTER)
     wait_for(lambda: proxy.state.stats()["calls"].get("ReplaceRoute", 0) >= 8)  # it is retrying
     a.on_state(agent.FAULT)
-    time.sleep(0.3)  # let a write that was already in flight land
+    # The take-over returns once its writes in flight have landed (its pool joins them): from
+    # then on, nothing may write.
+    wait_for(lambda: not a.busy)
     settled = proxy.state.stats()["calls"]["ReplaceRoute"]
-    time.sleep(1.5)
+    time.sleep(1.5)  # longer than take_over's longest pause between two rounds of writes (1 s)
     assert proxy.state.stats()["calls"]["ReplaceRoute"] == settled
     a.shutdown()
     assert any(e["cancelled"] for e in log.of("route_move"))
@@ -61,11 +71,11 @@ def test_agent_stops_writing_the_moment_it_is_not_master(proxy, tmp_path: Path) 
 
 
 def test_master_keeps_trying_past_the_takeover_deadline(proxy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    world = make_world(client_for(proxy.url, max_attempts=1), 3)
+    world = make_world(client_for(proxy.url), 3)
     proxy.state.set_fault("5xx", 1_000_000, ["ReplaceRoute"])
     log = Log()
     cfg = _cfg(world, tmp_path, timing={"takeover_deadline_s": 0.5})
-    a = agent.Agent(cfg, world.client, world.eni_b, log)
+    a = agent.Agent(cfg, client_for(proxy.url, max_attempts=1), world.eni_b, log)
     a.on_state(agent.MASTER)
     time.sleep(3 * cfg.timing.takeover_deadline_s)  # the API fails for longer than the deadline
     assert a.busy and set(targets(world.client, world.tables).values()) == {world.eni_a}
@@ -91,11 +101,28 @@ def test_repair_fixes_blackholed_and_dead_node_routes_and_asks_the_reconciler_fo
     cfg = _cfg(world, tmp_path, node_name="b", eni_id=world.eni_b,
                peers=[{"name": "a", "ip": "192.0.2.20", "eni_id": world.eni_a}])
     a = agent.Agent(cfg, c, world.eni_b, log, invoke_reconciler=asked.append)
-    a.healthy = True
-    with a._lock:
-        a.state, a.generation = agent.MASTER, 1
-    a.check_routes(1)
-    a.shutdown()
+    before = targets(c, world.tables)
+    try:
+        # The repair tick does nothing while this node is BACKUP ...
+        a.on_health(True)
+        a.on_state(agent.BACKUP)
+        a.maybe_repair()
+        wait_for(lambda: not a.busy)
+        # ... nor while it is MASTER but its own HAProxy is unhealthy (no peer is known to be
+        # healthy, so it hands nothing over either).
+        a.on_health(False)
+        a.on_state(agent.MASTER, reason="keepalived was already MASTER when the agent started", resumed=True)
+        wait_for(lambda: not a.busy)
+        a.maybe_repair()
+        wait_for(lambda: not a.busy)
+        assert targets(c, world.tables) == before and asked == []
+        assert not log.of("route_repair") and not log.of("route_move")
+        # Healthy and MASTER: the next tick repairs.
+        a.on_health(True)
+        a.maybe_repair()
+        wait_for(lambda: not a.busy)
+    finally:
+        a.shutdown()
     # The node role may only replace routes: the missing one is the reconciler's to create.
     assert targets(c, world.tables) == {world.tables[0]: world.eni_b, world.tables[1]: None,
                                         world.tables[2]: world.eni_b, world.tables[3]: world.eni_a}
@@ -160,7 +187,8 @@ def health() -> Iterator[FakeHealth]:
 def test_run_loop_feeds_the_track_file_and_acts_on_the_fifo(moto: str, tmp_path: Path, health: FakeHealth) -> None:
     world = make_world(client_for(moto), 3)
     cfg = _cfg(world, tmp_path, stats_port=health.port, agent_port=free_port())
-    log = Log()
+    # The runtime's own log_event writes every event, as the journal would get it.
+    log = JsonLog()
     stop = threading.Event()
     # The peer's /state is asked of the fake HAProxy on loopback (it answers 404), never of 192.0.2.20.
     thread = threading.Thread(target=agent.run, args=(cfg, world.client, world.eni_b, stop, log),
@@ -185,7 +213,15 @@ def test_run_loop_feeds_the_track_file_and_acts_on_the_fifo(moto: str, tmp_path:
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
-    assert json.dumps(log.events)  # every event is one JSON-serializable record
+    # Every line log_event wrote is one JSON object with a time and an event name.
+    lines = log.stream.getvalue().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert all(isinstance(r, dict) and isinstance(r["ts"], float) and r["event"] for r in records)
+    events = [r["event"] for r in records]
+    assert events[0] == "agent_start" and events[-1] == "agent_stop"
+    assert {"health", "transition", "route_move"} <= set(events)
+    (move,) = log.of("route_move")
+    assert move["converged"] is True and move["tables"] == 3 and move["to_eni"] == world.eni_b
 
 
 def test_fifo_held_by_another_process_sees_a_writer_come_and_go(tmp_path: Path) -> None:

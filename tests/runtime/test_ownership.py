@@ -4,7 +4,6 @@ both against a moto server (DESIGN.md, "Who owns the VIP")."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +17,7 @@ from haproxy_ha_runtime.config import NodeConfig, parse_config
 from haproxy_ha_runtime.tags import OPERATOR_CHOICE_TAG
 from tests.conftest import VIP, World, client_for, make_world, targets
 from tests.runtime.samples import doc
+from tests.support import serving
 from tests.support.agent_tools import Log, wait_for
 from tests.support.moto_server import free_port
 
@@ -95,8 +95,7 @@ def test_probe_tells_a_refused_port_from_a_silent_host_and_a_failing_agent() -> 
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    serving.in_thread(server)
     try:
         assert peer.probe_peer("127.0.0.1", server.server_address[1], 1.0).reach == peer.AGENT_DOWN
     finally:
@@ -122,12 +121,18 @@ def world(moto: str) -> World:
 def make_agent(world: World, tmp_path: Path) -> Iterator[Callable[..., tuple[agent.Agent, Log]]]:
     made: list[agent.Agent] = []
 
-    def make(peer_view: peer.PeerView, healthy: bool = True) -> tuple[agent.Agent, Log]:
+    def make(peer_view: peer.PeerView, stepped_down: bool = False) -> tuple[agent.Agent, Log]:
         log = Log()
-        a = agent.Agent(node_a(world, tmp_path), world.client, world.eni_a, log)
-        a.healthy = healthy
-        a.peer_views["b"] = peer_view
+        cfg = node_a(world, tmp_path)
+        if stepped_down:
+            # Where a stepped-down agent keeps that fact, so that a restarted one knows it too.
+            Path(cfg.paths.run_dir).mkdir(parents=True, exist_ok=True)
+            Path(cfg.paths.priority_file).write_text(f"{agent.STEP_DOWN_OFFSET}\n")
+        a = agent.Agent(cfg, world.client, world.eni_a, log)
         made.append(a)
+        assert a.stepped_down is stepped_down
+        a.on_health(True)
+        a.peer_views["b"] = peer_view  # what the peer poller last heard
         return a, log
 
     yield make
@@ -144,10 +149,11 @@ def _choose(world: World, eni: str) -> None:
     world.client.create_tags(Resources=[world.eni_a, world.eni_b], Tags=[{"Key": OPERATOR_CHOICE_TAG, "Value": eni}])
 
 
-def _as_master(a: agent.Agent) -> int:
-    with a._lock:
-        a.state, a.generation = agent.MASTER, a.generation + 1
-        return a.generation
+def _check_as_master(a: agent.Agent) -> None:
+    """keepalived is MASTER and the agent checks who should own each route before it moves
+    anything (what a restarted agent does, and what each repair tick does), then settles."""
+    a.on_state(agent.MASTER, reason="keepalived was already MASTER when the agent started", resumed=True)
+    wait_for(lambda: not a.busy)
 
 
 def test_master_steps_down_when_the_operator_moved_the_routes_to_a_healthy_peer(
@@ -155,7 +161,7 @@ def test_master_steps_down_when_the_operator_moved_the_routes_to_a_healthy_peer(
     _choose(world, world.eni_b)
     _routes_at(world, world.eni_b)  # what `haproxy-ha failover --to b` did
     a, log = make_agent(HEALTHY_BACKUP)
-    a.check_routes(_as_master(a))
+    _check_as_master(a)
     assert set(targets(world.client, world.tables).values()) == {world.eni_b}  # nothing moved back
     assert log.of("step_down") and a.stepped_down
     # keepalived is told to leave MASTER now (health file), and to stay below the peer (priority file).
@@ -171,9 +177,8 @@ def test_the_choice_dies_with_the_chosen_node(world: World, make_agent: Callable
     """Case 1 of the issue: failover --to b, then b's HAProxy dies: node a takes the routes back."""
     _choose(world, world.eni_b)
     _routes_at(world, world.eni_b)
-    a, log = make_agent(SICK)
-    a.stepped_down = True
-    a.check_routes(_as_master(a))
+    a, log = make_agent(SICK, stepped_down=True)
+    _check_as_master(a)
     assert set(targets(world.client, world.tables).values()) == {world.eni_a}
     assert not a.stepped_down and log.of("route_repair")
 
@@ -194,8 +199,7 @@ def test_a_real_master_transition_takes_the_routes_at_once(
         world: World, make_agent: Callable[..., tuple[agent.Agent, Log]]) -> None:
     """A transition means the peer went silent or failed: the fast path asks nobody."""
     _routes_at(world, world.eni_b)
-    a, log = make_agent(HEALTHY_MASTER)
-    a.stepped_down = True
+    a, log = make_agent(HEALTHY_MASTER, stepped_down=True)
     a.on_state(agent.MASTER)
     wait_for(lambda: bool(log.of("route_move")))
     assert set(targets(world.client, world.tables).values()) == {world.eni_a}
@@ -218,7 +222,7 @@ def test_repair_takes_routes_only_from_a_peer_that_should_not_have_them(
     if stop_peer:
         world.client.stop_instances(InstanceIds=[world.instance_b])
     a, _log = make_agent(peer_view)
-    a.check_routes(_as_master(a))
+    _check_as_master(a)
     assert set(targets(world.client, world.tables).values()) == {world.eni_a if moves else world.eni_b}
 
 
@@ -273,9 +277,9 @@ def test_a_missing_route_is_created_by_the_real_reconciler_the_agent_invokes(
         assert invoke is not None
         log = Log()
         a = agent.Agent(cfg, world.client, world.eni_a, log, invoke_reconciler=invoke)
-        a.healthy = True
+        a.on_health(True)
         try:
-            a.check_routes(_as_master(a))
+            _check_as_master(a)
         finally:
             a.shutdown()
         assert log.of("route_missing")[0]["reconciler"] == "invoked"
@@ -301,7 +305,7 @@ def test_a_failing_node_asks_its_peer_again_before_it_hands_over(world: World, t
 
     a = agent.Agent(node_a(world, tmp_path), world.client, world.eni_a, log, probe=probe)
     try:
-        a.healthy = True
+        a.on_health(True)
         a.peer_views["b"] = HEALTHY_BACKUP  # what the poller saw a moment ago
         a.on_health(False)
         wait_for(lambda: bool(asked) and not a.busy)

@@ -9,7 +9,6 @@ import http.server
 import os
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from haproxy_ha_runtime.config import ConfigError, parse_config
 from haproxy_ha_runtime.render import render_haproxy
 from tests.conftest import require
 from tests.runtime.samples import doc
+from tests.support import serving
 from tests.support.moto_server import free_port
 
 REFUSED: list[tuple[dict[str, Any], str]] = [
@@ -72,8 +72,7 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 def recorder() -> Iterator[tuple[int, list[str]]]:
     handler = type("Recorder", (_Recorder,), {"paths": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    serving.in_thread(server)
     try:
         yield server.server_address[1], handler.paths
     finally:

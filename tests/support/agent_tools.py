@@ -3,11 +3,15 @@ stand-in for HAProxy's /healthz on loopback (the agent's own health probe target
 
 from __future__ import annotations
 
-import threading
+import io
+import json
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from haproxy_ha_runtime.log import log_event
+from tests.support import serving
 
 
 class Log:
@@ -18,6 +22,26 @@ class Log:
 
     def __call__(self, event: str, **fields: Any) -> None:
         self.events.append({"event": event, **fields})
+
+    def of(self, name: str) -> list[dict[str, Any]]:
+        """The events of one kind, in order."""
+        return [e for e in self.events if e["event"] == name]
+
+
+class JsonLog:
+    """Pass as the agent's `log`: every event goes through the runtime's own `log_event` (what
+    the journal gets) into `stream`.  `events` are its lines parsed back, so a line that is not
+    one JSON object fails whoever reads them."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        log_event(event, stream=self.stream, **fields)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stream.getvalue().splitlines()]
 
     def of(self, name: str) -> list[dict[str, Any]]:
         """The events of one kind, in order."""
@@ -51,7 +75,7 @@ class FakeHealth:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        serving.in_thread(self.server)
 
     def stop(self) -> None:
         """Stop serving."""

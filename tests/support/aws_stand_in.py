@@ -24,6 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from tests.support import serving
+
 _NS = {
     "CompleteLifecycleAction": "http://autoscaling.amazonaws.com/doc/2011-01-01/",
     "RecordLifecycleActionHeartbeat": "http://autoscaling.amazonaws.com/doc/2011-01-01/",
@@ -86,7 +88,7 @@ class AwsStandIn:
 
         self.server = ThreadingHTTPServer((host, port), H)
         self.url = f"http://{host}:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        serving.in_thread(self.server)
 
     def of(self, action: str) -> list[dict[str, str]]:
         """The parameters of every call of `action` so far."""

@@ -18,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from tests.support import serving
+
 
 class FakeImds:
     """Serves IMDSv2 with a session token; `lifecycle_state` is what the group plans (None: 404)."""
@@ -72,7 +74,7 @@ class FakeImds:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), H)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        serving.in_thread(self.server)
 
     def stop(self) -> None:
         """Stop serving."""
