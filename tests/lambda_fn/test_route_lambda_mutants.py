@@ -1,0 +1,108 @@
+"""The route Lambda's promises that the mutation run (scripts/mutate) found no test for: what the
+reconciler logs, how long it may retry, which region its client uses."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from tests.conftest import VIP, client_for, make_world
+from tests.support.lambda_stand_in import load_handler
+
+handler = load_handler()
+
+
+class _Context:
+    log_stream_name = "test-stream"
+
+    def __init__(self, remaining_s: float = 60.0) -> None:
+        self._until = time.monotonic() + remaining_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        return int((self._until - time.monotonic()) * 1000)
+
+
+def _env(monkeypatch: pytest.MonkeyPatch, tables: list[str], nodes: list[dict[str, str]]) -> None:
+    monkeypatch.setenv("VIP", VIP)
+    monkeypatch.setenv("ROUTE_TABLE_IDS", ",".join(tables))
+    monkeypatch.setenv("NODES", json.dumps(nodes))
+
+
+def _log_lines(out: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+# -- reconcile: how long it may keep retrying -------------------------------------------------------
+
+@pytest.mark.parametrize(("remaining_s", "deadline_s"), [
+    (60.0, 20.0),  # plenty of time: RECONCILE_DEADLINE_S
+    (25.0, 15.0),  # the time left, less the reserve
+    (10.5, 1.0),  # almost none: still one second to try
+])
+def test_reconcile_retries_no_longer_than_the_function_has_left(
+        monkeypatch: pytest.MonkeyPatch, remaining_s: float, deadline_s: float) -> None:
+    asked: list[float] = []
+
+    def spy(client: Any, vip: str, tables: list[str], nodes: list[dict[str, str]],
+            deadline_s: float = -1.0) -> dict[str, Any]:
+        asked.append(deadline_s)
+        return {"failed": {}, "moved": []}
+
+    monkeypatch.setattr(handler, "reconcile_routes", spy)
+    monkeypatch.setattr(handler, "_client", object())
+    _env(monkeypatch, ["rtb-1"], [{"name": "a", "eni_id": "eni-a"}])
+    handler.reconcile({}, _Context(remaining_s))
+    assert asked == [pytest.approx(deadline_s, abs=0.2)]
+    assert handler.RECONCILE_DEADLINE_S == 20.0 and handler.RESPONSE_RESERVE_S == 10.0
+
+
+# -- reconcile: its log line says what woke it and what it found ------------------------------------
+
+@pytest.mark.parametrize(("event", "trigger", "instance", "state"), [
+    ({"detail-type": "EC2 Instance Terminate Successful",
+      "detail": {"EC2InstanceId": "i-0aaa", "AutoScalingGroupName": "g"}}, "EC2 Instance Terminate Successful",
+     "i-0aaa", None),
+    ({"detail-type": "EC2 Instance State-change Notification",
+      "detail": {"instance-id": "i-0bbb", "state": "stopping"}}, "EC2 Instance State-change Notification",
+     "i-0bbb", "stopping"),
+    ({}, "schedule", None, None),  # an agent's invocation carries no event of its own
+])
+def test_reconcile_logs_its_trigger_and_report(moto: str, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str], event: dict[str, Any],
+                                               trigger: str, instance: str | None, state: str | None) -> None:
+    world = make_world(client_for(moto), 2)
+    world.client.stop_instances(InstanceIds=[world.instance_a])
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    monkeypatch.setattr(handler, "_client", None)
+    nodes = [{"name": "a", "eni_id": world.eni_a}, {"name": "b", "eni_id": world.eni_b}]
+    _env(monkeypatch, world.tables, nodes)
+    capsys.readouterr()
+    report = handler.reconcile(event, _Context())
+    (line,) = [r for r in _log_lines(capsys.readouterr().out) if r["event"] == "reconcile"]
+    assert (line["trigger"], line["instance"], line["instance_state"]) == (trigger, instance, state)
+    assert sorted(report["moved"]) == sorted(world.tables)
+    # Every field of the report is in the line too.
+    assert {k: line[k] for k in report} == json.loads(json.dumps(report))
+
+
+# -- the function's client --------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("region", "default_region", "expected"), [
+    ("eu-west-1", "us-west-2", "eu-west-1"),  # Lambda sets AWS_REGION: the function's own region
+    (None, "us-west-2", "us-west-2"),
+    (None, None, "us-east-1"),
+])
+def test_the_client_is_made_once_in_the_functions_region(
+        monkeypatch: pytest.MonkeyPatch, region: str | None, default_region: str | None, expected: str) -> None:
+    monkeypatch.setattr(handler, "_client", None)
+    for name, value in (("AWS_REGION", region), ("AWS_DEFAULT_REGION", default_region)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    client = handler._ec2()
+    assert client.meta.region_name == expected
+    assert handler._ec2() is client
