@@ -1,5 +1,6 @@
 """The route Lambda's promises that the mutation run (scripts/mutate) found no test for: what the
-reconciler logs, how long it may retry, which region its client uses."""
+reconciler logs, how long it may retry, which region its client uses, a table that vanishes while
+it is marked.  Answers EC2 gives rarely come from botocore's Stubber: only the unit is meant there."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import time
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
 
+from haproxy_ha_runtime import routes
+from haproxy_ha_runtime.tags import ROUTES_DELETED_TAG
 from tests.conftest import VIP, client_for, make_world
 from tests.support.lambda_stand_in import load_handler
 
@@ -23,6 +28,11 @@ class _Context:
 
     def get_remaining_time_in_millis(self) -> int:
         return int((self._until - time.monotonic()) * 1000)
+
+
+def _stubbed() -> tuple[Any, Stubber]:
+    client = routes.make_client("us-east-1", "http://127.0.0.1:9", max_attempts=1)
+    return client, Stubber(client)
 
 
 def _env(monkeypatch: pytest.MonkeyPatch, tables: list[str], nodes: list[dict[str, str]]) -> None:
@@ -106,3 +116,39 @@ def test_the_client_is_made_once_in_the_functions_region(
     client = handler._ec2()
     assert client.meta.region_name == expected
     assert handler._ec2() is client
+
+
+# -- the delete marker: a table that goes away while it is tagged -----------------------------------
+
+def _rt(rtb: str) -> dict[str, Any]:
+    return {"RouteTableId": rtb, "VpcId": "vpc-1", "Routes": []}
+
+
+def _tag_call(tables: list[str]) -> dict[str, Any]:
+    return {"Resources": tables, "Tags": [{"Key": ROUTES_DELETED_TAG, "Value": VIP}]}
+
+
+def test_marking_looks_again_once_when_a_table_vanishes_meanwhile() -> None:
+    client, stub = _stubbed()
+    stub.add_response("describe_route_tables", {"RouteTables": [_rt("rtb-1"), _rt("rtb-2")]})
+    stub.add_client_error("create_tags", "InvalidRouteTableID.NotFound", "gone", expected_params=_tag_call(
+        ["rtb-1", "rtb-2"]))
+    stub.add_response("describe_route_tables", {"RouteTables": [_rt("rtb-2")]})
+    stub.add_response("create_tags", {}, _tag_call(["rtb-2"]))
+    with stub:
+        handler._mark_deleted(client, VIP, ["rtb-1", "rtb-2"])
+        stub.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize("codes", [
+    ["InvalidRouteTableID.NotFound", "InvalidRouteTableID.NotFound"],  # twice: give up, say why
+    ["UnauthorizedOperation"],  # not a vanished table: no second look
+])
+def test_marking_fails_on_any_other_error_or_a_second_vanished_table(codes: list[str]) -> None:
+    client, stub = _stubbed()
+    for code in codes:
+        stub.add_response("describe_route_tables", {"RouteTables": [_rt("rtb-1")]})
+        stub.add_client_error("create_tags", code, "no")
+    with stub, pytest.raises(ClientError, match=codes[-1]):
+        handler._mark_deleted(client, VIP, ["rtb-1"])
+    stub.assert_no_pending_responses()
