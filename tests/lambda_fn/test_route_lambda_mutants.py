@@ -5,7 +5,9 @@ it is marked.  Answers EC2 gives rarely come from botocore's Stubber: only the u
 from __future__ import annotations
 
 import json
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
@@ -152,3 +154,80 @@ def test_marking_fails_on_any_other_error_or_a_second_vanished_table(codes: list
     with stub, pytest.raises(ClientError, match=codes[-1]):
         handler._mark_deleted(client, VIP, ["rtb-1"])
     stub.assert_no_pending_responses()
+
+
+# -- what CloudFormation and the log hear about a delete --------------------------------------------
+
+def _delete_event(tables: list[str], eni: str, url: str = "http://127.0.0.1:1/unused") -> dict[str, Any]:
+    return {"RequestType": "Delete", "ResponseURL": url, "PhysicalResourceId": f"haproxy-ha-vip-routes-{VIP}",
+            "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/s/1", "RequestId": "req-1",
+            "LogicalResourceId": "VipRoutes",
+            "ResourceProperties": {"Vip": VIP, "RouteTableIds": tables, "EniId": eni}}
+
+
+def test_a_delete_that_fails_says_which_tables_and_why(proxy) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url), 2)
+    proxy.state.set_fault("5xx", 10_000, ["DeleteRoute"])
+    with pytest.raises(RuntimeError) as e:
+        handler.handle_custom_resource(_delete_event(world.tables, world.eni_a),
+                                       client_for(proxy.url, max_attempts=1))
+    failed = {t: "InternalError: An internal error has occurred." for t in world.tables}
+    assert str(e.value) == f"deleting VIP routes failed for 2 route table(s): {json.dumps(failed)}"
+
+
+def test_a_route_back_after_the_delete_is_deleted_again_and_logged(proxy, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(handler, "DELETE_SWEEP_AFTER_S", 0.3)
+    world = make_world(client_for(proxy.url), 2)
+    late = client_for(proxy.url)
+    proxy.state.on_call("DeleteRoute", lambda: proxy.state.on_call("DescribeRouteTables", lambda: late.create_route(
+        RouteTableId=world.tables[0], DestinationCidrBlock=VIP + "/32", NetworkInterfaceId=world.eni_b)))
+    capsys.readouterr()
+    t0 = time.monotonic()
+    handler.handle_custom_resource(_delete_event(world.tables, world.eni_a), world.client)
+    # The second look waits for a reconcile run that read the tables before they were marked.
+    assert time.monotonic() - t0 >= 0.3
+    (line,) = [r for r in _log_lines(capsys.readouterr().out) if r["event"] == "custom_resource"]
+    assert line["request"] == "Delete" and line["vip"] == VIP
+    assert line["tables"] == {world.tables[0]: "deleted again", world.tables[1]: "deleted"}
+
+
+def test_a_route_back_that_cannot_be_deleted_fails_the_delete(proxy, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(handler, "DELETE_SWEEP_AFTER_S", 0.0)
+    world = make_world(client_for(proxy.url), 1)
+    late = client_for(proxy.url)
+
+    def comes_back_for_good() -> None:
+        late.create_route(RouteTableId=world.tables[0], DestinationCidrBlock=VIP + "/32",
+                          NetworkInterfaceId=world.eni_b)
+        proxy.state.set_fault("5xx", 10_000, ["DeleteRoute"])
+
+    proxy.state.on_call("DeleteRoute", lambda: proxy.state.on_call("DescribeRouteTables", comes_back_for_good))
+    with pytest.raises(RuntimeError, match=r"^deleting VIP routes that came back failed for 1 route table\(s\): "):
+        handler.handle_custom_resource(_delete_event(world.tables, world.eni_a), client_for(proxy.url, max_attempts=1))
+
+
+def test_a_success_answer_points_at_the_functions_log_stream() -> None:
+    got: list[bytes] = []
+
+    class H(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            got.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        event = _delete_event(["rtb-1"], "eni-1", f"http://127.0.0.1:{server.server_address[1]}/r")
+        handler.send_response(event, _Context(), "SUCCESS", "p", {"RouteTableCount": "1"})
+    finally:
+        server.shutdown()
+        server.server_close()
+    (body,) = [json.loads(b) for b in got]
+    assert body == {"Status": "SUCCESS", "Reason": "See CloudWatch log stream test-stream", "PhysicalResourceId": "p",
+                    "StackId": event["StackId"], "RequestId": "req-1", "LogicalResourceId": "VipRoutes",
+                    "NoEcho": False, "Data": {"RouteTableCount": "1"}}
