@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
@@ -206,12 +207,14 @@ def test_a_route_back_that_cannot_be_deleted_fails_the_delete(proxy, monkeypatch
         handler.handle_custom_resource(_delete_event(world.tables, world.eni_a), client_for(proxy.url, max_attempts=1))
 
 
-def test_a_success_answer_points_at_the_functions_log_stream() -> None:
-    got: list[bytes] = []
+@pytest.fixture
+def answers() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A loopback stand-in for CloudFormation's response URL: its URL, and the bodies it got."""
+    got: list[dict[str, Any]] = []
 
     class H(BaseHTTPRequestHandler):
         def do_PUT(self) -> None:
-            got.append(self.rfile.read(int(self.headers["Content-Length"])))
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -222,12 +225,30 @@ def test_a_success_answer_points_at_the_functions_log_stream() -> None:
     server = HTTPServer(("127.0.0.1", 0), H)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        event = _delete_event(["rtb-1"], "eni-1", f"http://127.0.0.1:{server.server_address[1]}/r")
-        handler.send_response(event, _Context(), "SUCCESS", "p", {"RouteTableCount": "1"})
+        yield f"http://127.0.0.1:{server.server_address[1]}/r", got
     finally:
         server.shutdown()
         server.server_close()
-    (body,) = [json.loads(b) for b in got]
-    assert body == {"Status": "SUCCESS", "Reason": "See CloudWatch log stream test-stream", "PhysicalResourceId": "p",
+
+
+def test_a_success_answer_points_at_the_functions_log_stream(answers: tuple[str, list[dict[str, Any]]]) -> None:
+    url, got = answers
+    event = _delete_event(["rtb-1"], "eni-1", url)
+    handler.send_response(event, _Context(), "SUCCESS", "p", {"RouteTableCount": "1"})
+    assert got == [{"Status": "SUCCESS", "Reason": "See CloudWatch log stream test-stream", "PhysicalResourceId": "p",
                     "StackId": event["StackId"], "RequestId": "req-1", "LogicalResourceId": "VipRoutes",
-                    "NoEcho": False, "Data": {"RouteTableCount": "1"}}
+                    "NoEcho": False, "Data": {"RouteTableCount": "1"}}]
+
+
+def test_on_event_success_points_at_the_functions_log_stream(moto: str, monkeypatch: pytest.MonkeyPatch,
+                                                             answers: tuple[str, list[dict[str, Any]]]) -> None:
+    url, got = answers
+    world = make_world(client_for(moto), 1, with_routes=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    monkeypatch.setattr(handler, "_client", None)
+    event = _delete_event(world.tables, world.eni_a, url)
+    event.update(RequestType="Create")
+    del event["PhysicalResourceId"]
+    handler.on_event(event, _Context())
+    (body,) = got
+    assert (body["Status"], body["Reason"]) == ("SUCCESS", "See CloudWatch log stream test-stream")
