@@ -5,6 +5,7 @@ it is marked.  Answers EC2 gives rarely come from botocore's Stubber: only the u
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -214,6 +215,8 @@ def answers() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 
     class H(BaseHTTPRequestHandler):
         def do_PUT(self) -> None:
+            # The pre-signed URL is signed for an empty Content-Type: anything else is refused.
+            assert self.headers.get("Content-Type") == "", self.headers
             got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
             self.send_response(200)
             self.send_header("Content-Length", "0")
@@ -252,3 +255,174 @@ def test_on_event_success_points_at_the_functions_log_stream(moto: str, monkeypa
     handler.on_event(event, _Context())
     (body,) = got
     assert (body["Status"], body["Reason"]) == ("SUCCESS", "See CloudWatch log stream test-stream")
+
+
+def test_an_answer_that_cannot_be_delivered_gives_up_in_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handler, "RESPONSE_TIMEOUT_S", 0.3)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts the connection, never answers
+    outcome: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            handler.send_response(_delete_event(["rtb-1"], "eni-1", f"http://127.0.0.1:{silent.getsockname()[1]}/r"),
+                                  _Context(), "SUCCESS", "p")
+        except BaseException as e:  # checked below
+            outcome.append(e)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    thread.join(5)
+    silent.close()
+    assert not thread.is_alive() and len(outcome) == 1 and isinstance(outcome[0], OSError)
+
+
+# -- the custom resource: what it answers and logs --------------------------------------------------
+
+def _create_event(world: Any, url: str, **props: Any) -> dict[str, Any]:
+    event = _delete_event(world.tables, world.eni_a, url)
+    event.update(RequestType="Create")
+    del event["PhysicalResourceId"]
+    event["ResourceProperties"].update(props)
+    return event
+
+
+@pytest.mark.parametrize(("props", "reason", "physical"), [
+    ({"EniId": "i-0123"}, "ValueError: EniId: got 'i-0123'; allowed: an ENI ID", f"haproxy-ha-vip-routes-{VIP}"),
+    ({"Vip": "", "RouteTableIds": "rtb-1", "EniId": 5},
+     "ValueError: Vip: got ''; allowed: an IPv4 address; RouteTableIds: got 'rtb-1'; allowed: a list of route table "
+     "IDs; EniId: got 5; allowed: an ENI ID", "haproxy-ha-vip-routes-"),
+    ({"Vip": None, "RouteTableIds": ["rtb-1", 2]},
+     "ValueError: Vip: got None; allowed: an IPv4 address; RouteTableIds: got ['rtb-1', 2]; allowed: a list of route "
+     "table IDs", "haproxy-ha-vip-routes-None"),
+])
+def test_bad_properties_are_failed_with_every_problem_named(
+        moto: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        answers: tuple[str, list[dict[str, Any]]], props: dict[str, Any], reason: str, physical: str) -> None:
+    url, got = answers
+    world = make_world(client_for(moto), 1, with_routes=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    monkeypatch.setattr(handler, "_client", None)
+    capsys.readouterr()
+    handler.on_event(_create_event(world, url, **props), _Context())
+    (body,) = got
+    assert (body["Status"], body["Reason"], body["PhysicalResourceId"], body["Data"]) == (
+        "FAILED", reason, physical, {})
+    (line,) = [r for r in _log_lines(capsys.readouterr().out) if r["event"] == "custom_resource_failed"]
+    assert (line["request"], "ValueError: " + line["error"]) == ("Create", reason)
+
+
+def test_a_create_without_a_vip_answers_for_an_unknown_one(answers: tuple[str, list[dict[str, Any]]],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    url, got = answers
+    monkeypatch.setattr(handler, "_client", object())
+    event = _delete_event([], "eni-1", url)
+    event.update(RequestType="Create", ResourceProperties={})
+    del event["PhysicalResourceId"]
+    handler.on_event(event, _Context())
+    assert [(b["Status"], b["PhysicalResourceId"]) for b in got] == [("FAILED", "haproxy-ha-vip-routes-unknown")]
+
+
+def test_an_answer_too_late_is_failed_with_the_budget_and_logged(proxy, monkeypatch, capsys,  # type: ignore[no-untyped-def]
+                                                                 answers) -> None:
+    url, got = answers
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    monkeypatch.setattr(handler, "_client", None)
+    world = make_world(client_for(proxy.url), 1, with_routes=False)
+    proxy.state.set_fault("delay", 1, ["DescribeRouteTables"], delay_s=1.5)
+    capsys.readouterr()
+    handler.on_event(_create_event(world, url), _Context(remaining_s=handler.RESPONSE_RESERVE_S + 0.3))
+    (body,) = got
+    assert (body["Status"], body["PhysicalResourceId"]) == ("FAILED", f"haproxy-ha-vip-routes-{VIP}")
+    assert body["Reason"] == ("Create did not finish within 0.3 s, before the function's own timeout; the "
+                              "function's log says how far it got")
+    (line,) = [r for r in _log_lines(capsys.readouterr().out) if r["event"] == "custom_resource_failed"]
+    assert (line["request"], line["error"], line["budget_s"]) == ("Create", "timed out", 0.3)
+
+
+def test_create_and_update_log_what_they_did_to_each_table(moto: str, capsys: pytest.CaptureFixture[str]) -> None:
+    world = make_world(client_for(moto), 2)
+    c = world.client
+    added = c.create_route_table(VpcId=world.vpc_id)["RouteTable"]["RouteTableId"]
+    event = _create_event(world, "http://127.0.0.1:1/unused")
+    event["ResourceProperties"]["RouteTableIds"] = [world.tables[0], added]
+    capsys.readouterr()
+    assert handler.handle_custom_resource(event, c) == (f"haproxy-ha-vip-routes-{VIP}", {"RouteTableCount": "2"})
+    update = dict(event, RequestType="Update", OldResourceProperties=dict(
+        event["ResourceProperties"], RouteTableIds=world.tables))
+    handler.handle_custom_resource(update, c)
+    lines = [r for r in _log_lines(capsys.readouterr().out) if r["event"] == "custom_resource"]
+    assert [(r["request"], r["vip"], r["tables"]) for r in lines] == [
+        ("Create", VIP, {world.tables[0]: "unchanged", added: "created"}),
+        ("Update", VIP, {world.tables[0]: "unchanged", added: "unchanged", world.tables[1]: "deleted"}),
+    ]
+
+
+def test_an_update_to_a_new_vip_leaves_the_old_vips_dropped_tables_to_its_delete(moto: str) -> None:
+    world = make_world(client_for(moto), 2)
+    c = world.client
+    new_vip = "203.0.113.20"
+    update = _create_event(world, "http://127.0.0.1:1/unused", Vip=new_vip, RouteTableIds=world.tables[:1])
+    update.update(RequestType="Update", PhysicalResourceId=f"haproxy-ha-vip-routes-{VIP}",
+                  OldResourceProperties={"Vip": VIP, "RouteTableIds": world.tables, "EniId": world.eni_a})
+    assert handler.handle_custom_resource(update, c)[0] == f"haproxy-ha-vip-routes-{new_vip}"
+    # The old VIP's routes stay (CloudFormation deletes them with the old physical ID), unmarked.
+    (dropped,) = c.describe_route_tables(RouteTableIds=[world.tables[1]])["RouteTables"]
+    assert dropped.get("Tags", []) == []
+    assert [r["NetworkInterfaceId"] for r in dropped["Routes"] if r.get("DestinationCidrBlock") == VIP + "/32"] == [
+        world.eni_a]
+
+
+def test_a_delete_without_a_physical_id_answers_for_the_vip(moto: str) -> None:
+    world = make_world(client_for(moto), 1)
+    event = _delete_event(world.tables, world.eni_a)
+    del event["PhysicalResourceId"]
+    assert handler.handle_custom_resource(event, world.client) == (f"haproxy-ha-vip-routes-{VIP}", {})
+
+
+def test_a_long_reason_keeps_as_much_as_fits() -> None:
+    event = _delete_event([], "eni-1")
+    reason = "x\n\u00e9" * 3000
+    raw = handler.response_body(event, _Context(), "FAILED", "p", reason=reason)
+    kept = json.loads(raw)["Reason"].removesuffix(handler._TRUNCATED)
+    assert reason.startswith(kept) and len(raw) <= handler.RESPONSE_LIMIT_BYTES
+    one_more = json.loads(raw)
+    one_more["Reason"] = reason[:len(kept) + 1] + handler._TRUNCATED
+    assert len(json.dumps(one_more).encode()) > handler.RESPONSE_LIMIT_BYTES
+    exact = "y" * (handler.RESPONSE_LIMIT_BYTES - len(handler.response_body(event, _Context(), "FAILED", "p",
+                                                                            reason="y")) + 1)
+    assert json.loads(handler.response_body(event, _Context(), "FAILED", "p", reason=exact))["Reason"] == exact
+
+
+# -- the reconciler's report -----------------------------------------------------------------------
+
+def test_the_reconcile_report_names_everything_it_found_and_did(moto: str) -> None:
+    world = make_world(client_for(moto), 3)
+    c = world.client
+    c.stop_instances(InstanceIds=[world.instance_a])
+    c.replace_route(RouteTableId=world.tables[2], DestinationCidrBlock=VIP + "/32", NetworkInterfaceId=world.eni_b)
+    ghost = "rtb-0123456789abcdef0"
+    nodes = [{"name": "a", "eni_id": world.eni_a}, {"name": "b", "eni_id": world.eni_b}]
+    report = handler.reconcile_routes(c, VIP, [*world.tables, ghost], nodes)
+    assert report == {
+        "vip": VIP, "node_states": {"a": "stopped", "b": "running"}, "tables_not_found": [ghost],
+        "broken": world.tables[:2], "target": world.eni_b, "moved": world.tables[:2], "skipped_changed": [],
+        "skipped_deleted": [], "failed": {}, "converged": True,
+    }
+    again = handler.reconcile_routes(c, VIP, world.tables, nodes)
+    assert again == {"vip": VIP, "node_states": {"a": "stopped", "b": "running"}, "tables_not_found": [],
+                     "broken": [], "target": world.eni_b, "moved": [], "skipped_changed": [], "skipped_deleted": [],
+                     "failed": {}}
+
+
+def test_the_marker_is_looked_up_100_tables_a_call() -> None:
+    ids = [f"rtb-{i:04d}" for i in range(150)]
+    client, stub = _stubbed()
+    for chunk, marked in ((ids[:100], ids[5:7]), (ids[100:], ids[120:121])):
+        stub.add_response("describe_route_tables", {"RouteTables": [_rt(t) for t in marked]},
+                          {"Filters": [{"Name": "route-table-id", "Values": chunk},
+                                       {"Name": f"tag:{ROUTES_DELETED_TAG}", "Values": [VIP]}]})
+    with stub:
+        assert handler.marked_deleted(client, VIP, ids + ids[:3]) == {ids[5], ids[6], ids[120]}
+        stub.assert_no_pending_responses()
