@@ -426,3 +426,11 @@ def test_the_marker_is_looked_up_100_tables_a_call() -> None:
     with stub:
         assert handler.marked_deleted(client, VIP, ids + ids[:3]) == {ids[5], ids[6], ids[120]}
         stub.assert_no_pending_responses()
+
+
+def test_an_event_gets_one_answer_whoever_asks_first(answers: tuple[str, list[dict[str, Any]]]) -> None:
+    url, got = answers
+    answer = handler._Answer(_delete_event([], "eni-1", url), _Context())
+    assert answer.send("SUCCESS", "p") is True
+    assert answer.send("FAILED", "p", reason="too late") is False
+    assert [b["Status"] for b in got] == ["SUCCESS"]
