@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import pytest
 
 from haproxy_ha_runtime import config
 from haproxy_ha_runtime.config import PROFILES, ConfigError, NodeConfig, Paths, parse_config
+from tests.conftest import REPO
 from tests.runtime.samples import BASE, MANY_LISTENERS, doc
 
 RTB = "a route table ID such as rtb-0123456789abcdef0"
@@ -255,3 +259,18 @@ def test_a_file_that_cannot_be_read_is_named(tmp_path: Path) -> None:
     path.write_text(json.dumps(doc(priority=0)))
     with pytest.raises(ConfigError, match=f"^{path} is invalid"):
         config.load_config(str(path))
+
+
+PROBE = "import sys; from haproxy_ha_runtime.config import load_config; print(ascii(load_config(sys.argv[1]).{}))"
+
+
+def test_the_document_is_read_as_utf_8_whatever_the_locale(tmp_path: Path) -> None:
+    path = tmp_path / "node.json"
+    path.write_bytes(json.dumps(doc(listeners=[{"name": "hi", "port": 80, "static_reply": "h\u00e9llo"}]),
+                                ensure_ascii=False).encode("utf-8"))
+    assert config.load_config(str(path)).listeners[0].static_reply == "h\u00e9llo"
+    # A node whose locale is plain ASCII (no UTF-8 mode) reads the same text.
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", PROBE.format("listeners[0].static_reply"), str(path)], env=env,
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout.strip()) == (0, ascii("h\u00e9llo")), out.stderr
