@@ -11,7 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import EndpointConnectionError
+from botocore.exceptions import ClientError, EndpointConnectionError
 from botocore.stub import Stubber
 
 from haproxy_ha_runtime import routes
@@ -60,8 +60,9 @@ def test_the_call_counter_reads_the_action_of_each_request() -> None:
     for body in (b"Version=2016-11-15&Action=ReplaceRoute&X=1", "Action=ReplaceRoute", b"Action=DescribeVpcs",
                  b"", None, b"Version=1"):
         counter._on_send(request=types.SimpleNamespace(body=body))
-    assert counter.counts == {"ReplaceRoute": 2, "DescribeVpcs": 1, "unknown": 3}
-    assert counter.total == 6
+    counter._on_send(request=types.SimpleNamespace())  # a request without a body at all
+    assert counter.counts == {"ReplaceRoute": 2, "DescribeVpcs": 1, "unknown": 4}
+    assert counter.total == 7
 
 
 # -- what a table says about the VIP --------------------------------------------------------------
@@ -370,3 +371,44 @@ def test_delete_routes_of_a_table_that_is_gone_is_absent_and_a_lost_connection_f
     assert (lost.ok, lost.action, lost.attempts) == (False, "failed", 1)
     assert lost.error is not None and lost.error.startswith("EndpointConnectionError: ")
     assert routes.delete_routes(client, VIP, []).tables == []
+
+
+def test_find_asks_for_the_vip_route_in_the_vpc_and_takes_an_empty_answer() -> None:
+    client, stub = _stubbed()
+    stub.add_response("describe_route_tables", {}, {"Filters": [
+        {"Name": "route.destination-cidr-block", "Values": [CIDR]}, {"Name": "vpc-id", "Values": ["vpc-1"]}]})
+    stub.add_response("describe_route_tables", {}, {"Filters": [
+        {"Name": "route.destination-cidr-block", "Values": [CIDR]}]})
+    stub.add_response("describe_route_tables", {})
+    with stub:
+        assert routes.find_vip_route_tables(client, VIP, "vpc-1") == {}
+        assert routes.find_vip_route_tables(client, VIP) == {}
+        assert routes.describe_vip_routes(client, VIP, ["rtb-1"]) == {}
+        stub.assert_no_pending_responses()
+
+
+def test_only_a_missing_route_counts_as_not_found() -> None:
+    def err(code: str | None, message: str | None) -> ClientError:
+        error = {k: v for k, v in (("Code", code), ("Message", message)) if v is not None}
+        return ClientError({"Error": error} if error else {}, "DeleteRoute")
+
+    assert routes._route_not_found(err("InvalidRoute.NotFound", None))
+    assert routes._route_not_found(err("InvalidParameterValue", "There is no route defined for '1.2.3.4/32'"))
+    assert not routes._route_not_found(err("InvalidParameterValue", "Value (x) for parameter y is invalid"))
+    assert not routes._route_not_found(err("InvalidParameterValue", None))
+    assert not routes._route_not_found(err("SomethingElse", "There is no route defined for '1.2.3.4/32'"))
+    assert not routes._route_not_found(err(None, None))
+
+
+def test_ensure_and_delete_report_each_table_and_their_time(moto: str) -> None:
+    world = make_world(client_for(moto), 2)
+    world.client.delete_route(RouteTableId=world.tables[1], DestinationCidrBlock=CIDR)
+    ensured = routes.ensure_routes(world.client, VIP, world.tables, world.eni_b)
+    assert [(t.route_table_id, t.ok, t.action, t.attempts, t.error) for t in ensured.tables] == [
+        (world.tables[0], True, "unchanged", 0, None), (world.tables[1], True, "created", 1, None)]
+    assert 0 < ensured.elapsed_s < 30
+    deleted = routes.delete_routes(world.client, VIP, world.tables)
+    assert [(t.route_table_id, t.ok, t.action, t.attempts) for t in deleted.tables] == [
+        (world.tables[0], True, "deleted", 1), (world.tables[1], True, "deleted", 1)]
+    assert deleted.eni_id is None and 0 < deleted.elapsed_s < 30
+    assert all(0 < t.elapsed_s <= deleted.elapsed_s for t in deleted.tables)
