@@ -128,13 +128,16 @@ def test_eni_owners_treat_a_not_found_answer_as_no_owner_and_raise_on_others() -
             routes.eni_owners(client, ["eni-1"])
 
 
-def test_an_eni_attached_to_an_instance_that_is_not_listed_has_no_state() -> None:
+@pytest.mark.parametrize("answer", [
+    {"Reservations": []}, {}, {"Reservations": [{}]},
+    {"Reservations": [{"Instances": [{"InstanceId": "i-1"}]}]},  # listed, but with no state
+])
+def test_an_eni_attached_to_an_instance_that_is_not_listed_has_no_state(answer: dict[str, Any]) -> None:
     client, stub = _stubbed()
     stub.add_response("describe_network_interfaces", {"NetworkInterfaces": [
         {"NetworkInterfaceId": "eni-1", "Attachment": {"InstanceId": "i-1"}, "TagSet": [{"Key": "k", "Value": "v"}]},
         {"NetworkInterfaceId": "eni-2"}]})
-    stub.add_response("describe_instances", {"Reservations": []},
-                      {"Filters": [{"Name": "instance-id", "Values": ["i-1"]}]})
+    stub.add_response("describe_instances", answer, {"Filters": [{"Name": "instance-id", "Values": ["i-1"]}]})
     with stub:
         owners = routes.eni_owners(client, ["eni-2", "eni-1"])
     assert owners == {"eni-1": routes.EniOwner("eni-1", "i-1", None, {"k": "v"}, {}),
@@ -360,15 +363,18 @@ def test_delete_routes_of_a_table_that_is_gone_is_absent_and_a_lost_connection_f
     stub.add_client_error("delete_route", "UnauthorizedOperation", "no")
     with stub:
         results = [routes.delete_routes(client, VIP, ["rtb-1"]).tables[0] for _ in range(3)]
-    assert [(r.ok, r.action) for r in results] == [(True, "absent"), (True, "absent"), (False, "failed")]
+    assert [(r.route_table_id, r.ok, r.action, r.attempts) for r in results] == [
+        ("rtb-1", True, "absent", 1), ("rtb-1", True, "absent", 1), ("rtb-1", False, "failed", 1)]
     assert results[2].error == "UnauthorizedOperation: no"
+    assert all(0 <= r.elapsed_s < 30 for r in results)
 
     def unreachable(**_: Any) -> None:
         raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
 
     client.delete_route = unreachable
     (lost,) = routes.delete_routes(client, VIP, ["rtb-1"]).tables
-    assert (lost.ok, lost.action, lost.attempts) == (False, "failed", 1)
+    assert (lost.route_table_id, lost.ok, lost.action, lost.attempts) == ("rtb-1", False, "failed", 1)
+    assert 0 <= lost.elapsed_s < 30
     assert lost.error is not None and lost.error.startswith("EndpointConnectionError: ")
     assert routes.delete_routes(client, VIP, []).tables == []
 
@@ -412,3 +418,13 @@ def test_ensure_and_delete_report_each_table_and_their_time(moto: str) -> None:
         (world.tables[0], True, "deleted", 1), (world.tables[1], True, "deleted", 1)]
     assert deleted.eni_id is None and 0 < deleted.elapsed_s < 30
     assert all(0 < t.elapsed_s <= deleted.elapsed_s for t in deleted.tables)
+
+
+def test_take_over_pauses_longer_between_rounds_that_fail(proxy) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url, max_attempts=1), 1)
+    proxy.state.set_fault("5xx", 10_000, ["ReplaceRoute"])
+    result = routes.take_over(world.client, VIP, world.tables, world.eni_b, deadline_s=1.0)
+    assert not result.converged
+    # Pauses of 0.05, 0.1, 0.2, 0.4 s (less a random part) fit about five rounds into a second;
+    # without them a round would follow the last at once, dozens of times.
+    assert 2 <= proxy.state.stats()["calls"]["ReplaceRoute"] <= 8
