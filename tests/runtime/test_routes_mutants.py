@@ -6,6 +6,7 @@ Stubber: only the unit is meant there.  The rest runs against moto, as test_rout
 
 from __future__ import annotations
 
+import time
 import types
 from typing import Any
 
@@ -428,3 +429,20 @@ def test_take_over_pauses_longer_between_rounds_that_fail(proxy) -> None:  # typ
     # Pauses of 0.05, 0.1, 0.2, 0.4 s (less a random part) fit about five rounds into a second;
     # without them a round would follow the last at once, dozens of times.
     assert 2 <= proxy.state.stats()["calls"]["ReplaceRoute"] <= 8
+
+
+def test_an_error_is_described_by_its_code_and_message() -> None:
+    assert routes._describe_error(ClientError({"Error": {"Code": "Throttling", "Message": "slow down"}}, "op")) == (
+        "Throttling: slow down")
+    assert routes._describe_error(ClientError({"Error": {"Code": "Throttling"}}, "op")) == "Throttling:"
+    assert routes._describe_error(EndpointConnectionError(endpoint_url="http://x")) == (
+        'EndpointConnectionError: Could not connect to the endpoint URL: "http://x"')
+
+
+def test_a_pause_ends_soon_after_the_caller_stops_wanting_it() -> None:
+    start = time.monotonic()
+    routes._pause(1.0, lambda: time.monotonic() < start + 0.1)
+    assert time.monotonic() - start < 0.5
+    start = time.monotonic()
+    routes._pause(0.2, lambda: True)
+    assert 0.2 <= time.monotonic() - start < 0.6
