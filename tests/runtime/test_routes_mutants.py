@@ -435,6 +435,9 @@ def test_an_error_is_described_by_its_code_and_message() -> None:
     assert routes._describe_error(ClientError({"Error": {"Code": "Throttling", "Message": "slow down"}}, "op")) == (
         "Throttling: slow down")
     assert routes._describe_error(ClientError({"Error": {"Code": "Throttling"}}, "op")) == "Throttling:"
+    # An error without a code, or without any detail, says no more than it has.
+    assert routes._describe_error(ClientError({"Error": {"Message": "odd"}}, "op")) == ": odd"
+    assert routes._describe_error(ClientError({}, "op")) == ":"
     assert routes._describe_error(EndpointConnectionError(endpoint_url="http://x")) == (
         'EndpointConnectionError: Could not connect to the endpoint URL: "http://x"')
 
