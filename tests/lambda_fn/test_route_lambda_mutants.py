@@ -332,9 +332,10 @@ def test_an_answer_too_late_is_failed_with_the_budget_and_logged(proxy, monkeypa
     world = make_world(client_for(proxy.url), 1, with_routes=False)
     proxy.state.set_fault("delay", 1, ["DescribeRouteTables"], delay_s=1.5)
     capsys.readouterr()
-    handler.on_event(_create_event(world, url), _Context(remaining_s=handler.RESPONSE_RESERVE_S + 0.3))
+    handler.on_event(_create_event(world, url), _Context(remaining_s=handler.RESPONSE_RESERVE_S + 0.35))
     (body,) = got
     assert (body["Status"], body["PhysicalResourceId"]) == ("FAILED", f"haproxy-ha-vip-routes-{VIP}")
+    # The budget (a little under 0.35 s by then) is given to a tenth of a second, in the answer and the log.
     assert body["Reason"] == ("Create did not finish within 0.3 s, before the function's own timeout; the "
                               "function's log says how far it got")
     (line,) = [r for r in _log_lines(capsys.readouterr().out) if r["event"] == "custom_resource_failed"]
@@ -434,3 +435,17 @@ def test_an_event_gets_one_answer_whoever_asks_first(answers: tuple[str, list[di
     assert answer.send("SUCCESS", "p") is True
     assert answer.send("FAILED", "p", reason="too late") is False
     assert [b["Status"] for b in got] == ["SUCCESS"]
+
+
+def test_a_failed_update_answers_for_the_resource_it_was_asked_about(answers: tuple[str, list[dict[str, Any]]],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    url, got = answers
+    monkeypatch.setattr(handler, "_client", object())
+    # An update to a new VIP that fails: the answer keeps the old physical ID, so CloudFormation
+    # does not take the failure for a replacement.
+    event = _delete_event(["rtb-1"], "i-0123", url)
+    event.update(RequestType="Update", OldResourceProperties={"Vip": VIP, "RouteTableIds": ["rtb-1"],
+                                                              "EniId": "eni-1"})
+    event["ResourceProperties"]["Vip"] = "203.0.113.20"
+    handler.on_event(event, _Context())
+    assert [(b["Status"], b["PhysicalResourceId"]) for b in got] == [("FAILED", f"haproxy-ha-vip-routes-{VIP}")]
