@@ -367,7 +367,7 @@ def test_delete_routes_of_a_table_that_is_gone_is_absent_and_a_lost_connection_f
     assert [(r.route_table_id, r.ok, r.action, r.attempts) for r in results] == [
         ("rtb-1", True, "absent", 1), ("rtb-1", True, "absent", 1), ("rtb-1", False, "failed", 1)]
     assert results[2].error == "UnauthorizedOperation: no"
-    assert all(0 <= r.elapsed_s < 30 for r in results)
+    assert all(0 < r.elapsed_s < 30 for r in results)  # each timed, a tolerated error too
 
     def unreachable(**_: Any) -> None:
         raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
