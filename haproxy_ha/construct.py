@@ -94,7 +94,7 @@ NODE_GROUP_EVENTS = (
     "EC2 Instance Launch Successful",
 )
 # The custom resource's handler answers FAILED 10 s before its own timeout (RESPONSE_RESERVE_S in
-# lambda/handler.py), and CloudFormation gives up on an answer after the service timeout, not
+# haproxy_ha_runtime/route_lambda.py), and CloudFormation gives up on an answer after the service timeout, not
 # after the default hour.
 ON_EVENT_TIMEOUT = Duration.minutes(2)
 VIP_ROUTES_SERVICE_TIMEOUT = Duration.minutes(5)

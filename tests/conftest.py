@@ -51,6 +51,14 @@ def _reset(url: str) -> None:
 
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
+    # scripts/mutate runs the tests once per mutant: it starts one moto server on loopback for the
+    # whole run and names it here, rather than each run paying for a new one.  Every test still
+    # starts from moto's empty state (the `moto` fixture resets it).
+    shared = os.environ.get("HAPROXY_HA_TEST_MOTO_URL")
+    if shared:
+        assert shared.startswith("http://127.0.0.1:"), f"HAPROXY_HA_TEST_MOTO_URL must be on loopback: {shared}"
+        yield shared
+        return
     proc, url = moto_server.start()
     try:
         # moto loads much of EC2 on first use (about 3 s of CPU): do that here, with time to spare,

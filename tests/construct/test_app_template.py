@@ -12,6 +12,7 @@ from template_tools import REPO, Resolver, group_ids, heredoc, launch_template_i
 
 from haproxy_ha.assets import BOOT_UNIT, FETCH_SCRIPT, USER_DATA_FILES
 from haproxy_ha.construct import NODE_PREPARE_COMMANDS
+from haproxy_ha_runtime import route_lambda
 from haproxy_ha_runtime.config import parse_config
 from haproxy_ha_runtime.tags import ROUTES_DELETED_TAG
 
@@ -392,9 +393,7 @@ def test_custom_resource_gives_up_in_minutes_after_the_handler_would_have_answer
 
 
 def handler_reserve_s() -> float:
-    text = (REPO / "lambda" / "handler.py").read_text()
-    (value,) = re.findall(r"^RESPONSE_RESERVE_S = ([0-9.]+)$", text, flags=re.M)
-    return float(value)
+    return route_lambda.RESPONSE_RESERVE_S
 
 
 def test_no_static_vip_route_resources(app_doc: dict[str, Any]) -> None:

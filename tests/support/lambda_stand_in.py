@@ -1,5 +1,6 @@
 """Stand-in for Lambda's Invoke API, which moto can serve only with Docker: a loopback HTTP server
-that runs the real route Lambda (`lambda/handler.py`) in this process for each invocation.
+that runs the real route Lambda (`lambda/handler.py`, whose logic is
+`haproxy_ha_runtime/route_lambda.py`) in this process for each invocation.
 
     python -m tests.support.lambda_stand_in --port PORT [--host ADDRESS]
 
@@ -12,6 +13,7 @@ is also kept, and `GET /invocations` lists them for the tests.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import json
 import os
@@ -33,12 +35,21 @@ _PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
 
 
 def load_handler() -> ModuleType:
-    """The route Lambda's handler module, loaded by path (`lambda` is a Python keyword)."""
+    """The module behind the route Lambda's entry points, `haproxy_ha_runtime.route_lambda`.
+
+    The function's entry file, `lambda/handler.py`, is loaded by path (`lambda` is a Python
+    keyword) and must hand out that module's `on_event` and `reconcile` themselves, so what runs
+    here is what the function runs.  The module, not the entry file, is returned: it holds the
+    state and settings a test may change (its cached client, its pauses).
+    """
     spec = importlib.util.spec_from_file_location("route_lambda_handler", REPO / "lambda" / "handler.py")
     assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    logic = importlib.import_module("haproxy_ha_runtime.route_lambda")
+    for name in ("on_event", "reconcile"):
+        assert getattr(entry, name) is getattr(logic, name), f"lambda/handler.py: {name} is not route_lambda's"
+    return logic
 
 
 class _Context:
