@@ -48,7 +48,9 @@ def test_status_prints_an_aligned_table_and_a_verdict(endpoint: str, capsys: pyt
     # Every column starts where its heading does, and no line ends in spaces.
     for line in lines[1:3]:
         assert _starts(line) == _starts(lines[0]) and line == line.rstrip()
-    assert lines[3:] == ["", f"VIP {VIP}: 2 table(s); TABLES DISAGREE; NOT ALL ROUTES ARE ACTIVE AT A RUNNING NODE"]
+    # Node health needs the pair's name, which --vip alone does not give: the line says so.
+    assert lines[3:] == ["", "node health: not shown: give --pair (the pair's MetricsPair output), or use --stack", "",
+                         f"VIP {VIP}: 2 table(s); TABLES DISAGREE; NOT ALL ROUTES ARE ACTIVE AT A RUNNING NODE"]
 
 
 def test_status_of_a_stack_counts_the_tables_without_the_route(endpoint: str,
@@ -74,7 +76,8 @@ def test_status_json_names_everything_about_each_table(endpoint: str, capsys: py
     assert json.loads(capsys.readouterr().out) == {
         "vip": VIP, "stack": None, "agree": True, "healthy": True,
         "tables": [{"route_table_id": world.tables[0], "vpc_id": world.vpc_id, "target": world.eni_a, "node": "a",
-                    "instance_id": world.instance_a, "instance_state": "running", "route_state": "active"}]}
+                    "instance_id": world.instance_a, "instance_state": "running", "route_state": "active"}],
+        "pair": None, "nodes": [], "nodes_unavailable": "give --pair (the pair's MetricsPair output), or use --stack"}
     assert main(["status", "--vip", VIP]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"VIP {VIP}: 1 table(s); all point at the same target"
 
@@ -245,7 +248,7 @@ def test_no_region_is_bad_input(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
 
 def test_the_region_option_chooses_the_region(monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[Any] = []
-    monkeypatch.setattr(cli, "_status", lambda client, scope, args: made.append(client) or 0)
+    monkeypatch.setattr(cli, "_status", lambda client, scope, args, *rest: made.append(client) or 0)
     assert main(["--region", "eu-west-2", "status", "--vip", VIP]) == 0
     (client,) = made
     assert client.meta.region_name == "eu-west-2"

@@ -97,8 +97,8 @@ def _listener(**changes: Any) -> dict[str, Any]:
     ({"peers": [{"name": "b", "ip": "192.0.2.20", "eni_id": "eni-x"}]}, [f"peers[0].eni_id: got 'eni-x'; allowed: "
                                                                          f"{ENI}"]),
     ({"paths": 1}, ["paths: got 1; allowed: an object of file paths"]),
-    ({"paths": {"x": "/a"}}, ["paths.x: got '/a'; allowed: one of the keys haproxy_conf, keepalived_conf, "
-                              "log_socket, run_dir"]),
+    ({"paths": {"x": "/a"}}, ["paths.x: got '/a'; allowed: one of the keys cloudwatch_agent_conf, haproxy_conf, "
+                              "keepalived_conf, log_dir, log_socket, logrotate_conf, rsyslog_conf, run_dir"]),
     ({"paths": {"haproxy_conf": 5}}, ["paths.haproxy_conf: got 5; allowed: an absolute path without spaces"]),
     ({"local_ip": "203.0.113.10"}, ["vip: got '203.0.113.10'; allowed: an address other than local_ip"]),
     ({"peers": [{"name": "b", "ip": "203.0.113.10"}]},
@@ -239,7 +239,8 @@ def test_a_document_reads_back_as_itself_and_names_only_what_differs() -> None:
     assert document["version"] == config.SCHEMA_VERSION
     assert document["timing"] == {"health_rise": 5}
     assert document["paths"] == {"run_dir": "/tmp/x"}
-    assert document["listeners"][0]["backends"][1] == {"name": "w2", "host": "app.internal", "port": 8080}
+    assert document["listeners"][0]["backends"][1] == {"name": "w2", "host": "app.internal", "port": 8080,
+                                                       "max_addresses": 8}
     assert list(document) == list(config.DOCUMENT_KEYS)
     assert parse_config(json.loads(json.dumps(document))) == cfg
     assert isinstance(cfg, NodeConfig)
