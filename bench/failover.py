@@ -52,7 +52,8 @@ def run_once(scenario: str, profile: str, poll_s: float, workdir: Path) -> Failo
         return lab.failover(lambda: SCENARIOS[scenario](lab), survivor="b", scenario=scenario)
 
 
-def _fmt(stats: dict[str, Any], unit: str = "s") -> str:
+def fmt(stats: dict[str, Any], unit: str = "s") -> str:
+    """A summary (median, min, max) as one table cell: seconds to the millisecond, or a count."""
     if stats["median"] is None:
         return "n/a"
     if unit == "s":
@@ -60,13 +61,18 @@ def _fmt(stats: dict[str, Any], unit: str = "s") -> str:
     return f"{stats['median']:g} ({stats['min']:g}-{stats['max']:g})"
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    head = ["scenario", "profile", "runs", "fault_to_route_s", "fault_to_client_s", "failed_requests"]
-    body = [[r["scenario"], r["profile"], str(r["runs"]), _fmt(r["fault_to_route_s"]),
-             _fmt(r["fault_to_client_s"]), _fmt(r["failed_requests"], "n")] for r in rows]
+def markdown_table(head: list[str], body: list[list[str]]) -> str:
+    """A Markdown table, as the README shows the benchmarks."""
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(b) + " |" for b in body]
     return "\n".join(lines)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ["scenario", "profile", "runs", "fault_to_route_s", "fault_to_client_s", "failed_requests"]
+    body = [[r["scenario"], r["profile"], str(r["runs"]), fmt(r["fault_to_route_s"]),
+             fmt(r["fault_to_client_s"]), fmt(r["failed_requests"], "n")] for r in rows]
+    return markdown_table(head, body)
 
 
 def main(argv: list[str] | None = None) -> int:

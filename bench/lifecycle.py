@@ -37,7 +37,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.failover import machine  # noqa: E402
+from bench.failover import fmt, machine, markdown_table  # noqa: E402
 from tests.lab.lab import Lab, LabError, summarize  # noqa: E402
 from tests.lab.runner import Runner, RunResult, StepResult, lab_options  # noqa: E402
 from tests.lab.scenario import parse_file  # noqa: E402
@@ -89,21 +89,11 @@ def run_once(scenario: str, workdir: Path) -> tuple[RunResult, str]:
     return result, out.getvalue()
 
 
-def _fmt(stats: dict[str, Any], unit: str = "s") -> str:
-    if stats["median"] is None:
-        return "n/a"
-    if unit == "s":
-        return f"{stats['median']:.3f} ({stats['min']:.3f}-{stats['max']:.3f})"
-    return f"{stats['median']:g} ({stats['min']:g}-{stats['max']:g})"
-
-
 def table(rows: list[dict[str, Any]]) -> str:
     head = ["scenario", "runs", "duration_s", "route_move_s", "failed_requests"]
-    body = [[r["scenario"], str(r["runs"]), _fmt(r["duration_s"]), _fmt(r["route_move_s"]),
-             _fmt(r["failed_requests"], "n")] for r in rows]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(b) + " |" for b in body]
-    return "\n".join(lines)
+    body = [[r["scenario"], str(r["runs"]), fmt(r["duration_s"]), fmt(r["route_move_s"]),
+             fmt(r["failed_requests"], "n")] for r in rows]
+    return markdown_table(head, body)
 
 
 def main(argv: list[str] | None = None) -> int:
