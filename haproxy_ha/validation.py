@@ -113,17 +113,25 @@ CONFIG_POLL_INTERVAL_MAX_S = 300
 DEFAULT_CONFIG_POLL_INTERVAL = Duration.seconds(config.default("config_poll_s"))
 
 
-def check_duration(problems: Problems, prop: str, value: Any, low: float, high: float, example: str) -> float | None:
-    """A Duration known at synth time, from `low` to `high` seconds, in seconds; or None after
-    recording why not."""
-    allowed = f"a Duration from {low:g} to {high:g} seconds, such as {example}"
+def _known_millis(problems: Problems, prop: str, value: Any, allowed: str) -> float | None:
+    """A Duration prop known at synth time, in milliseconds; or None after recording why not."""
     if not isinstance(value, Duration):
         problems.bad(prop, value, allowed)
         return None
     if value.is_unresolved():
         problems.bad(prop, value.to_string(), "a Duration known at synth time, not a token")
         return None
-    seconds = value.to_milliseconds() / 1000
+    return float(value.to_milliseconds())
+
+
+def check_duration(problems: Problems, prop: str, value: Any, low: float, high: float, example: str) -> float | None:
+    """A Duration known at synth time, from `low` to `high` seconds, in seconds; or None after
+    recording why not."""
+    allowed = f"a Duration from {low:g} to {high:g} seconds, such as {example}"
+    millis = _known_millis(problems, prop, value, allowed)
+    if millis is None:
+        return None
+    seconds = millis / 1000
     if not low <= seconds <= high:
         problems.bad(prop, value.to_human_string(), allowed)
         return None
@@ -248,13 +256,9 @@ def check_observability(problems: Problems, *, log_retention: Any, degraded_afte
 
 def _whole_minutes(problems: Problems, prop: str, value: Any, low: int, high: int) -> int | None:
     allowed = f"a Duration of whole minutes from {low} to {high}, such as Duration.minutes(15)"
-    if not isinstance(value, Duration):
-        problems.bad(prop, value, allowed)
+    millis = _known_millis(problems, prop, value, allowed)
+    if millis is None:
         return None
-    if value.is_unresolved():
-        problems.bad(prop, value.to_string(), "a Duration known at synth time, not a token")
-        return None
-    millis = value.to_milliseconds()
     if millis % 60_000 or not low <= millis // 60_000 <= high:
         problems.bad(prop, value.to_human_string(), allowed)
         return None
