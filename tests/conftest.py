@@ -45,6 +45,13 @@ def require(what: str, ok: bool) -> None:
     pytest.skip(f"{what} is missing (allowed outside CI only)")
 
 
+def host_interface() -> str:
+    """A non-loopback interface of this host: keepalived -t checks that the one a document names exists."""
+    names = sorted(p.name for p in Path("/sys/class/net").iterdir() if p.name != "lo")
+    require("a network interface other than lo (keepalived -t checks the one the document names)", bool(names))
+    return names[0]
+
+
 def _reset(url: str) -> None:
     urllib.request.urlopen(urllib.request.Request(url + "/moto-api/reset", method="POST"), timeout=5).close()
 

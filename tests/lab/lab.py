@@ -449,6 +449,7 @@ class Lab:
             self.named["dns"].send_signal(signal.SIGHUP)
 
     def running_named(self, name: str) -> bool:
+        """Is the latest process the lab started under `name` still running?"""
         proc = self.named.get(name)
         return proc is not None and proc.poll() is None
 
@@ -604,7 +605,7 @@ class Lab:
         record["done"] = time.time()
 
     @staticmethod
-    def sessions_seen(record: dict[str, Any]) -> bool:
+    def slow_request_sent(record: dict[str, Any]) -> bool:
         """Has the slow request of `record` been sent (or ended)?"""
         return "connected" in record or "done" in record
 
@@ -641,8 +642,7 @@ class Lab:
         proc.wait(5)
 
     def running(self, node: str, service: str) -> bool:
-        proc = self.named.get(f"{service}-{node}")
-        return proc is not None and proc.poll() is None
+        return self.running_named(f"{service}-{node}")
 
     def signal_service(self, node: str, service: str, sig: int) -> None:
         """End HAProxy, keepalived or the agent on a node with `sig`, and wait for it to exit."""

@@ -366,7 +366,7 @@ class Runner:
                                   daemon=True)
         thread.start()
         # Until the request is at a node, it is not in flight there.
-        wait_until(lambda: self.lab.sessions_seen(record), 5, "the slow request to reach a node")
+        wait_until(lambda: self.lab.slow_request_sent(record), 5, "the slow request to reach a node")
 
     def _do_dns(self, step: Step, result: StepResult) -> None:
         self.lab.set_dns_answers(list(step.args))

@@ -10,7 +10,7 @@ import pytest
 
 from haproxy_ha_runtime import apply
 from haproxy_ha_runtime.config import NodeConfig, parse_config
-from tests.conftest import require
+from tests.conftest import host_interface, require
 from tests.runtime.samples import doc
 
 
@@ -20,15 +20,8 @@ def _binaries() -> None:
         require(f"the {binary} binary (Debian package {binary})", shutil.which(binary) is not None)
 
 
-def _interface() -> str:
-    """A non-loopback interface of this host: keepalived -t checks that the one it names exists."""
-    names = sorted(p.name for p in Path("/sys/class/net").iterdir() if p.name != "lo")
-    require("a network interface other than lo", bool(names))
-    return names[0]
-
-
 def _cfg(tmp: Path, **changes: Any) -> NodeConfig:
-    return parse_config(doc(**{"interface": _interface(), "paths": {
+    return parse_config(doc(**{"interface": host_interface(), "paths": {
         "run_dir": str(tmp / "run"), "log_socket": str(tmp / "log.sock"),
         "haproxy_conf": str(tmp / "haproxy.cfg"), "keepalived_conf": str(tmp / "keepalived.conf")}, **changes}))
 

@@ -19,7 +19,7 @@ import boto3
 import pytest
 
 from haproxy_ha_runtime import peer
-from tests.conftest import REPO, client_for, make_world, require
+from tests.conftest import REPO, client_for, host_interface, make_world, require
 from tests.runtime.samples import doc
 from tests.support.imds_stand_in import FakeImds
 from tests.support.moto_server import free_port
@@ -50,12 +50,6 @@ class Node:
         return self.log.read_text().splitlines() if self.log.exists() else []
 
 
-def _interface() -> str:
-    names = sorted(p.name for p in Path("/sys/class/net").iterdir() if p.name != "lo")
-    require("a network interface other than lo (keepalived -t checks the one the document names)", bool(names))
-    return names[0]
-
-
 @pytest.fixture
 def node(moto: str, tmp_path: Path) -> Iterator[Node]:
     for binary in ("haproxy", "keepalived"):
@@ -76,7 +70,7 @@ def node(moto: str, tmp_path: Path) -> Iterator[Node]:
     agent_port = free_port()
     # HAProxy's socket path must stay under 98 characters: the run directory gets a short name.
     run_dir = Path(tempfile.mkdtemp(prefix="hhb-"))
-    document = doc(eni_id=world.eni_a, route_table_ids=world.tables, interface=_interface(), endpoint_url=moto,
+    document = doc(eni_id=world.eni_a, route_table_ids=world.tables, interface=host_interface(), endpoint_url=moto,
                    peers=[{"name": "b", "ip": "192.0.2.20", "eni_id": world.eni_b}], agent_port=agent_port,
                    paths={"run_dir": str(run_dir), "log_socket": str(root / "dev-log"),
                           "haproxy_conf": str(root / "etc" / "haproxy" / "haproxy.cfg"),

@@ -15,7 +15,7 @@ import pytest
 
 from haproxy_ha_runtime import apply, live_config
 from haproxy_ha_runtime.config import NodeConfig, parse_config
-from tests.conftest import require
+from tests.conftest import host_interface, require
 from tests.runtime.samples import doc
 
 BUCKET = "haproxy-ha-config-test"
@@ -29,14 +29,8 @@ def _binaries() -> None:
         require(f"the {binary} binary (Debian package {binary})", shutil.which(binary) is not None)
 
 
-def _interface() -> str:
-    names = sorted(p.name for p in Path("/sys/class/net").iterdir() if p.name != "lo")
-    require("a network interface other than lo (keepalived -t checks the one the document names)", bool(names))
-    return names[0]
-
-
 def _doc(tmp: Path, **changes: Any) -> dict[str, Any]:
-    return doc(**{"interface": _interface(), "config_bucket": BUCKET, "config_key": KEY, "status_key": STATUS,
+    return doc(**{"interface": host_interface(), "config_bucket": BUCKET, "config_key": KEY, "status_key": STATUS,
                   "paths": {"run_dir": str(tmp / "run"), "log_socket": str(tmp / "log.sock"),
                             "haproxy_conf": str(tmp / "haproxy.cfg"),
                             "keepalived_conf": str(tmp / "keepalived.conf")}, **changes})

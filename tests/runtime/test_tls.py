@@ -24,7 +24,7 @@ from haproxy_ha_runtime.config import NodeConfig, parse_config
 from haproxy_ha_runtime.log import log_event
 from haproxy_ha_runtime.render import render_haproxy
 from haproxy_ha_runtime.tls import TlsStore
-from tests.conftest import require
+from tests.conftest import host_interface, require
 from tests.runtime.samples import doc
 from tests.support.certs import Cert, make_ca, make_server_cert
 
@@ -46,12 +46,6 @@ def _key_body(cert: Cert) -> str:
     return "".join(line for line in cert.key.read_text().splitlines() if not line.startswith("-----"))
 
 
-def _interface() -> str:
-    names = sorted(p.name for p in Path("/sys/class/net").iterdir() if p.name != "lo")
-    require("a network interface other than lo (keepalived -t checks the one the document names)", bool(names))
-    return names[0]
-
-
 def _doc(tmp: Path, **changes: Any) -> dict[str, Any]:
     listeners = [
         {"name": "web", "port": 80, "backends": [{"name": "w1", "host": "192.0.2.50", "port": 8080}]},
@@ -60,7 +54,7 @@ def _doc(tmp: Path, **changes: Any) -> dict[str, Any]:
         {"name": "tls13", "port": 8443, "mode": "tcp", "backends": [{"name": "t1", "host": "192.0.2.51", "port": 80}],
          "tls": {"secret": "lb/tls13", "policy": "ELBSecurityPolicy-TLS13-1-3-2021-06"}},
     ]
-    return doc(**{"listeners": listeners, "interface": _interface(),
+    return doc(**{"listeners": listeners, "interface": host_interface(),
                   "paths": {"run_dir": str(tmp / "run"), "log_socket": str(tmp / "log.sock"),
                             "haproxy_conf": str(tmp / "haproxy.cfg"), "keepalived_conf": str(tmp / "keepalived.conf")},
                   **changes})
