@@ -65,6 +65,7 @@ from haproxy_ha.assets import (
 from haproxy_ha.listener import Listener, preview_secrets, with_secrets
 from haproxy_ha.node_config import NodeAddress, NodeLifecycle, NodeLiveConfig, NodeMetrics, node_config_document
 from haproxy_ha.validation import (
+    DEFAULT_CERTIFICATE_POLL_INTERVAL,
     DEFAULT_CONFIG_POLL_INTERVAL,
     DEFAULT_DRAIN_TIMEOUT,
     HaproxyHaPropsError,
@@ -281,6 +282,8 @@ class HaproxyHa(Construct):
     ``dns_name``), or None."""
     config_poll_interval: Duration
     """How often each node polls its document in S3."""
+    certificate_poll_interval: Duration
+    """How often each node asks for its TLS listeners' secrets' versions."""
     config_bucket: s3.Bucket
     """The bucket of the nodes' documents (``nodes/<a|b>/node.json``) and status objects
     (``nodes/<a|b>/status.json``)."""
@@ -319,6 +322,7 @@ class HaproxyHa(Construct):
         dns_name: str | None = None,
         hosted_zone: route53.IHostedZone | None = None,
         config_poll_interval: Duration | None = None,
+        certificate_poll_interval: Duration | None = None,
     ) -> None:
         """Create the pair.
 
@@ -382,6 +386,9 @@ class HaproxyHa(Construct):
             version (a listener or backend change reaches the nodes this way, replacing nothing).
             A deploy that changes the documents waits up to this plus 5 minutes for the nodes to
             apply them. 1 to 300 seconds. Default: 10 seconds.
+        :param certificate_poll_interval: How often each node asks Secrets Manager for the
+            current version of each TLS listener's secret; a rotated certificate reaches HAProxy
+            within this, by a live reload. 1 second to 1 day. Default: 60 seconds.
         """
         super().__init__(scope, id)
         stack = Stack.of(self)
@@ -395,7 +402,7 @@ class HaproxyHa(Construct):
             allowed_cidrs=allowed_cidrs, extra_route_table_ids=extra_route_table_ids,
             timing_profile=timing_profile, preempt=preempt, virtual_router_id=virtual_router_id,
             stats_port=stats_port, ec2_endpoint=ec2_endpoint, drain_timeout=drain_timeout,
-            config_poll_interval=config_poll_interval)
+            config_poll_interval=config_poll_interval, certificate_poll_interval=certificate_poll_interval)
         check_dns_name(problems, dns_name, hosted_zone)
         observed = check_observability(
             problems, log_retention=log_retention, degraded_after=degraded_after, detailed_metrics=detailed_metrics,
@@ -421,6 +428,7 @@ class HaproxyHa(Construct):
             raise HaproxyHaPropsError(self.node.path, problems.items)
         self._warn_about_egress(vpc, placement.node_subnets, built_vpc, nat_gateways, ec2_endpoint)
         assert checked.vip is not None and checked.drain_timeout_s is not None and checked.config_poll_s is not None
+        assert checked.tls_poll_s is not None
         assert observed.log_retention is not None and observed.degraded_after_minutes is not None
         assert observed.detailed_metrics is not None and log_group_prefix is not None
 
@@ -431,6 +439,8 @@ class HaproxyHa(Construct):
         self.drain_timeout = drain_timeout if drain_timeout is not None else DEFAULT_DRAIN_TIMEOUT
         self.config_poll_interval = (config_poll_interval if config_poll_interval is not None
                                      else DEFAULT_CONFIG_POLL_INTERVAL)
+        self.certificate_poll_interval = (certificate_poll_interval if certificate_poll_interval is not None
+                                          else DEFAULT_CERTIFICATE_POLL_INTERVAL)
         self.route_table_ids = placement.route_table_ids
         self.route_table_arns = tuple(
             stack.format_arn(service="ec2", resource="route-table", resource_name=rtb,
@@ -469,7 +479,7 @@ class HaproxyHa(Construct):
         self.nodes = self._nodes(
             enis, placement.node_subnets, instance_type, machine_image or _default_image(stack, instance_type),
             functions.reconcile, endpoints, store.bucket)
-        self.config_documents = self._config_documents(store, settings, functions.reconcile)
+        self.config_documents = self._config_documents(store, settings, functions.reconcile, checked.tls_poll_s)
         self.vip_routes = self._vip_routes(functions)
         self._reconcile_triggers(functions)
         self.alarms, self.dashboard, self.log_queries = self._observe(
@@ -892,11 +902,20 @@ class HaproxyHa(Construct):
         ))
         role.add_to_principal_policy(iam.PolicyStatement(
             actions=["cloudformation:SignalResource"], resources=[Aws.STACK_ID]))
-        # GetSecretValue and DescribeSecret on exactly the TLS listeners' secrets (and kms:Decrypt
-        # through Secrets Manager when a secret has its own key): the secret's own grant.
+        # GetSecretValue and DescribeSecret on exactly the TLS listeners' secrets: the secret's own
+        # grant.  A secret with its own KMS key also needs kms:Decrypt on that key, through Secrets
+        # Manager only.  grant_read gives it for a key made in the app (in the key's policy), but
+        # for an imported key (Key.from_key_arn) it adds nothing: that statement is added here.
         for lst in self.listeners:
             if lst.certificate is not None:
                 lst.certificate.grant_read(role)
+                key = lst.certificate.encryption_key
+                if key is not None:
+                    role.add_to_principal_policy(iam.PolicyStatement(
+                        actions=["kms:Decrypt"], resources=[key.key_arn],
+                        conditions={"StringEquals": {
+                            "kms:ViaService": f"secretsmanager.{stack.region}.{stack.url_suffix}"}},
+                    ))
         Validations.of(role).acknowledge(
             _ack("AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore]",
                  "Session Manager access instead of SSH: AWS maintains this minimal policy for the SSM agent."),
@@ -1043,13 +1062,14 @@ class HaproxyHa(Construct):
         )
 
     def _config_documents(self, store: _ConfigStore, settings: _NodeSettings,
-                          reconcile: lambda_.IFunction) -> CustomResource:
+                          reconcile: lambda_.IFunction, tls_poll_s: float) -> CustomResource:
         """The custom resource that writes each node's document to its fixed key and waits for the
         nodes in service; the groups depend on it, so a new instance boots with the new document."""
         stack = Stack.of(self)
         addresses = [NodeAddress(name=n.name, eni_id=n.eni_id, ip=n.private_ip) for n in self.nodes]
         live = [NodeLiveConfig(config_bucket=store.bucket.bucket_name, config_key=DOCUMENT_KEY.format(node=n.name),
-                               status_key=STATUS_KEY.format(node=n.name), config_poll_s=store.poll_s)
+                               status_key=STATUS_KEY.format(node=n.name), config_poll_s=store.poll_s,
+                               tls_poll_s=tls_poll_s)
                 for n in self.nodes]
         documents = self._documents(addresses, settings, route_table_ids=self.route_table_ids, region=stack.region,
                                     vpc_id=self.vpc.vpc_id, reconciler=reconcile.function_arn,

@@ -37,12 +37,13 @@ class NodeMetrics:
 @dataclass(frozen=True)
 class NodeLiveConfig:
     """Where one node's document lives in S3, where the node writes its status beside it, and how
-    often it polls the document (see haproxy_ha_runtime.live_config)."""
+    often it polls the document and its TLS listeners' secrets (see haproxy_ha_runtime.live_config)."""
 
     config_bucket: str
     config_key: str
     status_key: str
     config_poll_s: float
+    tls_poll_s: float
 
 
 @dataclass(frozen=True)

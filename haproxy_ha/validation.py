@@ -40,6 +40,7 @@ class CheckedProps:
     listeners: tuple[config.Listener, ...]
     drain_timeout_s: float | None = None
     config_poll_s: float | None = None
+    tls_poll_s: float | None = None
 
 
 def check_props(
@@ -61,6 +62,7 @@ def check_props(
     ec2_endpoint: Any = False,
     drain_timeout: Any = None,
     config_poll_interval: Any = None,
+    certificate_poll_interval: Any = None,
 ) -> CheckedProps:
     """Check every prop that can be checked before the VPC exists."""
     if vpc_given:
@@ -96,8 +98,10 @@ def check_props(
     drain_timeout_s = check_drain_timeout(problems, DEFAULT_DRAIN_TIMEOUT if drain_timeout is None else drain_timeout)
     config_poll_s = check_config_poll_interval(
         problems, DEFAULT_CONFIG_POLL_INTERVAL if config_poll_interval is None else config_poll_interval)
+    tls_poll_s = check_certificate_poll_interval(
+        problems, DEFAULT_CERTIFICATE_POLL_INTERVAL if certificate_poll_interval is None else certificate_poll_interval)
     return CheckedProps(vip=vip_addr, listeners=checked_listeners, drain_timeout_s=drain_timeout_s,
-                        config_poll_s=config_poll_s)
+                        config_poll_s=config_poll_s, tls_poll_s=tls_poll_s)
 
 
 # The node's own bounds for drain_timeout_s (haproxy_ha_runtime.config.parse_config); the shared
@@ -111,6 +115,8 @@ DEFAULT_DRAIN_TIMEOUT = Duration.seconds(config.default("drain_timeout_s"))
 # resource), and CloudFormation waits at most an hour for it: the prop stays within minutes.
 CONFIG_POLL_INTERVAL_MAX_S = 300
 DEFAULT_CONFIG_POLL_INTERVAL = Duration.seconds(config.default("config_poll_s"))
+# The node asks for its TLS listeners' secrets' versions this often (the document's tls_poll_s).
+DEFAULT_CERTIFICATE_POLL_INTERVAL = Duration.seconds(config.default("tls_poll_s"))
 
 
 def _known_millis(problems: Problems, prop: str, value: Any, allowed: str) -> float | None:
@@ -169,6 +175,13 @@ def check_config_poll_interval(problems: Problems, value: Any) -> float | None:
     """How often the nodes poll their documents, in seconds (the document's config_poll_s)."""
     return check_duration(problems, "config_poll_interval", value, config.CONFIG_POLL_BOUNDS_S[0],
                           min(CONFIG_POLL_INTERVAL_MAX_S, config.CONFIG_POLL_BOUNDS_S[1]), "Duration.seconds(10)")
+
+
+def check_certificate_poll_interval(problems: Problems, value: Any) -> float | None:
+    """How often the nodes ask for their certificates' secrets' versions, in seconds (the
+    document's tls_poll_s)."""
+    return check_duration(problems, "certificate_poll_interval", value, *config.TLS_POLL_BOUNDS_S,
+                          "Duration.seconds(60)")
 
 
 def check_vip(problems: Problems, vip: Any) -> ipaddress.IPv4Address | None:

@@ -597,6 +597,8 @@ def check_log_group_prefix(c: Problems, value: Any, where: str = "log_group_pref
 # S3's rules for a bucket name: 3-63 lowercase letters, digits, dots and hyphens.
 # How often a node may poll its document in S3, in seconds.
 CONFIG_POLL_BOUNDS_S = (1.0, 3600.0)
+# How often a node may ask for its TLS listeners' secrets' versions, in seconds.
+TLS_POLL_BOUNDS_S = (1.0, 86400.0)
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -662,7 +664,7 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
     elif config_key is not None and config_key == status_key:
         c.bad("status_key", status_key, "an S3 object key other than config_key, or null")
     config_poll_s = c.number(doc.get("config_poll_s", default("config_poll_s")), "config_poll_s", *CONFIG_POLL_BOUNDS_S)
-    tls_poll_s = c.number(doc.get("tls_poll_s", default("tls_poll_s")), "tls_poll_s", 1, 86400)
+    tls_poll_s = c.number(doc.get("tls_poll_s", default("tls_poll_s")), "tls_poll_s", *TLS_POLL_BOUNDS_S)
     pair_name = _optional(c, doc, "pair_name", PAIR_NAME_RE, PAIR_NAME_ALLOWED)
     detailed_metrics = c.boolean(doc.get("detailed_metrics", default("detailed_metrics")), "detailed_metrics")
     log_group_prefix = check_log_group_prefix(c, doc.get("log_group_prefix"))

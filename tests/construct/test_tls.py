@@ -15,7 +15,9 @@ from aws_cdk.assertions import Match, Template
 from template_tools import PLACEHOLDER_ENV, node_documents, repo_context
 
 from haproxy_ha import HaproxyHa, Listener
+from haproxy_ha_runtime.config import ConfigError, parse_config
 from haproxy_ha_runtime.problems import InvalidInput
+from tests.runtime.samples import doc
 
 PLAIN_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:lb/https-AbCdEf"
 KEYED_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:lb/keyed-GhIjKl"
@@ -118,3 +120,69 @@ def test_fails_when_a_tls_prop_is_bad(listener: dict[str, Any], expected: str) -
         HaproxyHa(stack, "Lb", vip="192.168.254.10",
                   listeners=[Listener(port=443, name="https", backends=("10.0.2.5:8443",), **props)])
     assert any(expected in p for p in info.value.problems), info.value.problems
+
+
+def _kms_statements(statements: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [s for s in statements if any(str(a).startswith("kms:") for a in _listed(s["Action"]))]
+
+
+def test_a_secret_with_its_own_imported_key_may_be_decrypted_through_secrets_manager_only(
+        template: dict[str, Any]) -> None:
+    """grant_read adds nothing for an imported key (CDK would change the key's policy, which it
+    cannot): the construct adds kms:Decrypt on that key alone, only via Secrets Manager."""
+    for statements in _node_policy_statements(template):
+        (kms_statement,) = _kms_statements(statements)
+        assert kms_statement["Effect"] == "Allow"
+        assert _listed(kms_statement["Action"]) == ["kms:Decrypt"]
+        assert _listed(kms_statement["Resource"]) == [KEY_ARN]
+        via = kms_statement["Condition"]["StringEquals"]["kms:ViaService"]
+        assert via == {"Fn::Join": ["", [f"secretsmanager.{PLACEHOLDER_ENV.region}.", {"Ref": "AWS::URLSuffix"}]]}
+
+
+def test_no_key_no_kms_statement() -> None:
+    stack = _stack()
+    plain = secretsmanager.Secret.from_secret_complete_arn(stack, "Plain", PLAIN_ARN)
+    HaproxyHa(stack, "Lb", vip="192.168.254.10", listeners=[
+        Listener(port=443, name="https", static_reply="hi", certificate=plain)])
+    for statements in _node_policy_statements(Template.from_stack(stack).to_json()):
+        assert _kms_statements(statements) == []
+
+
+def test_the_certificate_poll_interval_reaches_both_documents() -> None:
+    stack = _stack()
+    poll = cdk.Duration.minutes(5)
+    lb = HaproxyHa(stack, "Lb", vip="192.168.254.10", certificate_poll_interval=poll)
+    assert lb.certificate_poll_interval is poll
+    docs = node_documents(Template.from_stack(stack).to_json())
+    assert len(docs) == 2
+    assert {doc["tls_poll_s"] for doc in docs.values()} == {300}
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (cdk.Duration.millis(999), "'999 millis'"),
+    (cdk.Duration.days(2), "'2 days'"),
+    (60, "60"),
+])
+def test_fails_when_certificate_poll_interval_is_not_a_duration_from_1_second_to_1_day(
+        value: Any, shown: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        HaproxyHa(_stack(), "Lb", vip="192.168.254.10", certificate_poll_interval=value)
+    assert info.value.problems == [f"certificate_poll_interval: got {shown}; allowed: a Duration from 1 to 86400 "
+                                   "seconds, such as Duration.seconds(60)"]
+
+
+@pytest.mark.parametrize(("seconds", "accepted"), [(1, True), (86400, True), (86401, False)])
+def test_the_certificate_poll_bounds_are_the_documents(seconds: int, accepted: bool) -> None:
+    stack = _stack()
+    try:
+        HaproxyHa(stack, "Lb", vip="192.168.254.10", certificate_poll_interval=cdk.Duration.seconds(seconds))
+        prop_accepts = True
+    except InvalidInput:
+        prop_accepts = False
+    assert prop_accepts is accepted
+    doc_accepts = True
+    try:
+        parse_config(doc(tls_poll_s=seconds))
+    except ConfigError:
+        doc_accepts = False
+    assert doc_accepts is accepted
