@@ -17,7 +17,7 @@ from template_tools import PLACEHOLDER_ENV, node_documents, repo_context
 from haproxy_ha import HaproxyHa, Listener
 from haproxy_ha_runtime.config import ConfigError, parse_config
 from haproxy_ha_runtime.problems import InvalidInput
-from tests.runtime.samples import doc
+from tests.runtime import samples
 
 PLAIN_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:lb/https-AbCdEf"
 KEYED_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:lb/keyed-GhIjKl"
@@ -182,7 +182,7 @@ def test_the_certificate_poll_bounds_are_the_documents(seconds: int, accepted: b
     assert prop_accepts is accepted
     doc_accepts = True
     try:
-        parse_config(doc(tls_poll_s=seconds))
+        parse_config(samples.doc(tls_poll_s=seconds))
     except ConfigError:
         doc_accepts = False
     assert doc_accepts is accepted
