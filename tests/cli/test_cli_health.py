@@ -12,6 +12,7 @@ from typing import Any
 import boto3
 import pytest
 
+from haproxy_ha_cli import health
 from haproxy_ha_cli.cli import main
 from haproxy_ha_runtime import metrics
 from tests.cli.test_cli_api import _publish
@@ -144,3 +145,59 @@ def test_fails_when_pair_is_given_with_stack(endpoint: str, capsys: pytest.Captu
     _publish(endpoint, "Edge", world, metrics_pair=PAIR)
     assert main(["status", "--stack", "Edge", "--pair", PAIR]) == 2
     assert "--pair: not with --stack; the stack's MetricsPair output names the pair" in capsys.readouterr().err
+
+
+def test_status_writes_unknown_and_unhealthy_as_it_reads_them(endpoint: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    make_world(client_for(endpoint), 1)
+    # A minute in which the node was in none of the three states (keepalived not yet started).
+    _put(endpoint, "a", _now(), **_state(0, 0, 0), **{metrics.HAPROXY_HEALTHY: 0, metrics.EC2_API_REACHABLE: 1})
+    assert main(["status", "--vip", VIP, "--pair", PAIR]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    heading = lines.index(next(line for line in lines if line.startswith("NODE ")))
+    assert re.split(r"\s{2,}", lines[heading]) == ["NODE", "VRRP", "HAPROXY", "EC2 API"]
+    cells = re.split(r"\s{2,}", lines[heading + 1])
+    assert cells[0] == "a"
+    assert [re.sub(r"\(\d+ s ago\)", "(N s ago)", cell) for cell in cells[1:]] == [
+        "unknown (N s ago)", "UNHEALTHY (N s ago)", "reachable (N s ago)"]
+
+
+def test_an_age_is_given_in_seconds_below_two_minutes_then_in_minutes() -> None:
+    assert [health.age_text(s) for s in (0.4, 119.9, 120.0, 7199.0, 7200.0)] == [
+        "0 s", "119 s", "2 min", "119 min", "2 h 0 min"]
+
+
+class _PagedCloudWatch:
+    """GetMetricData that answers in pages, as CloudWatch does when the data points of many
+    queries exceed one answer (moto answers in one page, always)."""
+
+    def __init__(self, pages: list[dict[str, Any]]) -> None:
+        self.pages = pages
+        self.calls: list[dict[str, Any]] = []
+
+    def get_metric_data(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(kwargs)
+        return self.pages[len(self.calls) - 1]
+
+
+def test_health_reads_every_page_of_the_metric_data() -> None:
+    now = datetime.datetime(2026, 12, 3, 12, 30, 20, tzinfo=datetime.UTC)
+    minute = now.replace(second=0)
+    older = minute - datetime.timedelta(minutes=5)
+    # The queries, in the order read() makes them: node i, signal j (MASTER, BACKUP, FAULT, HAProxy, EC2 API).
+    first = {"MetricDataResults": [
+        {"Id": "n0m0", "Timestamps": [minute], "Values": [1.0]},
+        {"Id": "n0m3", "Timestamps": [minute], "Values": [1.0]},
+    ], "NextToken": "page-2"}
+    # The next page: older points of a query already answered, and the other node's.
+    second = {"MetricDataResults": [
+        {"Id": "n0m0", "Timestamps": [older], "Values": [0.0]},
+        {"Id": "n1m1", "Timestamps": [older], "Values": [1.0]},
+        {"Id": "n1m4", "Timestamps": [older], "Values": [0.0]},
+    ]}
+    cloudwatch = _PagedCloudWatch([first, second])
+    a, b = health.read(cloudwatch, PAIR, ["a", "b"], now=now)
+    assert [call.get("NextToken") for call in cloudwatch.calls] == [None, "page-2"]
+    assert (a.vrrp_state, a.vrrp.age_s, a.haproxy_healthy.value) == ("MASTER", 20.0, 1.0)
+    assert (b.vrrp_state, b.vrrp.age_s, b.ec2_api_reachable.value) == ("BACKUP", 320.0, 0.0)
+    assert health.rows([b]) == [["b", "BACKUP (5 min ago)", "no data", "UNREACHABLE (5 min ago)"]]

@@ -3,19 +3,22 @@ prints, line by line and key by key, and what it says when it refuses."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import tomllib
 from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from haproxy_ha_cli import cli
 from haproxy_ha_cli.cli import main
 from haproxy_ha_runtime import routes
 from haproxy_ha_runtime.tags import NODE_TAG, OPERATOR_CHOICE_TAG
-from tests.cli.test_cli_api import _publish, _tags
-from tests.conftest import VIP, client_for, make_world
+from tests.cli.test_cli_api import _publish, _second_pair, _tags
+from tests.conftest import REPO, VIP, client_for, make_world, targets
 
 
 @pytest.fixture
@@ -45,9 +48,11 @@ def test_status_prints_an_aligned_table_and_a_verdict(endpoint: str, capsys: pyt
         *sorted([[world.tables[0], world.eni_a, "a", world.instance_a, "running", "active"],
                  [world.tables[1], world.eni_b, "b", world.instance_b, "stopped", "active"]]),
     ]
-    # Every column starts where its heading does, and no line ends in spaces.
+    # Every column starts where its heading does, and no line ends in spaces (the heading ROUTE is
+    # narrower than its column: padded, it would).
     for line in lines[1:3]:
-        assert _starts(line) == _starts(lines[0]) and line == line.rstrip()
+        assert _starts(line) == _starts(lines[0])
+    assert [line for line in lines if line != line.rstrip()] == []
     # Node health needs the pair's name, which --vip alone does not give: the line says so.
     assert lines[3:] == ["", "node health: not shown: give --pair (the pair's MetricsPair output), or use --stack", "",
                          f"VIP {VIP}: 2 table(s); TABLES DISAGREE; NOT ALL ROUTES ARE ACTIVE AT A RUNNING NODE"]
@@ -261,3 +266,184 @@ def test_an_api_failure_exits_1_and_says_so(proxy, monkeypatch, capsys) -> None:
     proxy.state.set_fault("5xx", 10_000, ["DescribeRouteTables"])
     assert main(["status", "--vip", VIP]) == 1
     assert _err(capsys).startswith("haproxy-ha: error: an AWS API call failed: An error occurred (InternalError)")
+
+
+# -- found by the sampled run of scripts/mutate (README, "Mutation score") ---------------------------
+
+def test_a_stack_with_no_outputs_at_all_is_refused_with_what_it_lacks(endpoint: str,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    # CloudFormation leaves `Outputs` out of a stack that has none (moto too).
+    cfn = boto3.client("cloudformation", endpoint_url=endpoint, region_name="us-east-1")
+    cfn.create_stack(StackName="Bare", TemplateBody=json.dumps(
+        {"Resources": {"Nothing": {"Type": "AWS::CloudFormation::WaitConditionHandle"}}}))
+    assert main(["status", "--stack", "Bare"]) == 2
+    assert _err(capsys) == ("haproxy-ha: error: --stack: Bare has no output Vip, VpcId, RouteTableIds; allowed: a "
+                            "stack that publishes them (the haproxy-ha app does; in your own app call "
+                            "HaproxyHa.add_outputs())")
+
+
+def test_routes_in_two_vpcs_are_refused_with_each_vpc_and_what_to_give(endpoint: str,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    one = make_world(client_for(endpoint), 2)
+    two = make_world(client_for(endpoint), 1)
+    listed = ", ".join(sorted([f"{one.vpc_id} (2 tables)", f"{two.vpc_id} (1 table)"]))
+    assert main(["status", "--vip", VIP]) == 2
+    assert _err(capsys) == (f"haproxy-ha: error: the routes for {VIP}/32 span 2 VPCs: {listed}; give --vpc-id or "
+                            "--stack to say which pair you mean")
+
+
+def test_more_than_one_pair_in_the_vpc_is_refused_naming_each_eni(endpoint: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    world = make_world(client_for(endpoint), 1)
+    others = _second_pair(world)
+    assert main(["failover", "--vip", VIP, "--to", world.eni_b]) == 2
+    enis = ", ".join(sorted([world.eni_a, world.eni_b, *others]))
+    assert _err(capsys) == (f"haproxy-ha: error: --to: the VPC holds 4 node ENIs ({enis}), more than one pair; the "
+                            "operator's choice must be recorded on exactly this pair: use --stack")
+
+
+def test_two_pairs_in_one_vpc_are_told_apart_by_their_cloudformation_stack(endpoint: str,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    world = make_world(client_for(endpoint), 2)
+    others = _second_pair(world)
+    # CloudFormation tags what it makes with its stack's ID; the pairs came from two stacks.
+    for enis, stack in (([world.eni_a, world.eni_b], "Edge"), (others, "Other")):
+        world.client.create_tags(Resources=enis, Tags=[{
+            "Key": "aws:cloudformation:stack-id",
+            "Value": f"arn:aws:cloudformation:us-east-1:123456789012:stack/{stack}/0123abcd"}])
+    assert main(["failover", "--vip", VIP, "--to", world.eni_b]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"recorded the operator's choice {world.eni_b} on {', '.join(sorted([world.eni_a, world.eni_b]))}")
+    assert {_tags(world.client, e).get(OPERATOR_CHOICE_TAG) for e in (world.eni_a, world.eni_b)} == {world.eni_b}
+    assert all(OPERATOR_CHOICE_TAG not in _tags(world.client, e) for e in others)
+    assert set(targets(world.client, world.tables).values()) == {world.eni_b}
+
+
+@functools.cache
+def _filter_names(service_model: Any, operation: str) -> frozenset[str]:
+    """The filter names EC2 documents for `operation` in botocore's model ("tag:" stands for tag:<key>)."""
+    doc = service_model.operation_model(operation).input_shape.members["Filters"].documentation
+    names = set(re.findall(r"<li>\s*<p>\s*<code>([^<]+)</code>", doc))
+    if "tag" in names and "<code>tag</code>:&lt;key&gt;" in doc:
+        names = (names - {"tag"}) | {"tag:"}
+    return frozenset(names)
+
+
+def _refuse_unknown_filters(params: dict[str, Any], model: Any, **_: Any) -> None:
+    """EC2's answer to a filter name it does not know, exact case included (moto matches names
+    case-insensitively, and ignores some it does not know)."""
+    filters = params.get("Filters", [])
+    known = _filter_names(model.service_model, model.name) if filters else frozenset()
+    for f in filters:
+        name = f["Name"]
+        if name not in known and not (name.startswith("tag:") and "tag:" in known):
+            message = f"The filter '{name}' is invalid"
+            raise ClientError({"Error": {"Code": "InvalidParameterValue", "Message": message}}, model.name)
+
+
+def test_failover_uses_only_filter_names_that_ec2_knows(endpoint: str, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    world = make_world(client_for(endpoint), 2)
+    other = make_world(client_for(endpoint), 1, vip="203.0.113.99")  # a pair in another VPC: not this one
+    made = cli._client
+
+    def strict(session: Any) -> Any:
+        client = made(session)
+        client.meta.events.register("before-parameter-build.ec2", _refuse_unknown_filters)
+        return client
+
+    monkeypatch.setattr(cli, "_client", strict)
+    assert main(["failover", "--vip", VIP, "--to", "b"]) == 0, _err(capsys)
+    assert {_tags(world.client, e).get(OPERATOR_CHOICE_TAG) for e in (world.eni_a, world.eni_b)} == {world.eni_b}
+    assert all(OPERATOR_CHOICE_TAG not in _tags(world.client, e) for e in (other.eni_a, other.eni_b))
+    # The check itself: a name EC2 does not know is refused as EC2 refuses it.
+    with pytest.raises(ClientError, match="The filter 'VPC-ID' is invalid"):
+        strict(boto3.session.Session(region_name="us-east-1")).describe_network_interfaces(
+            Filters=[{"Name": "VPC-ID", "Values": [world.vpc_id]}])
+
+
+def test_a_node_found_by_its_instances_name_skips_a_reservation_without_instances() -> None:
+    # An answer moto never gives: EC2-compatible endpoints may leave out an empty instance list.
+    class Ec2:
+        def describe_network_interfaces(self, **_: Any) -> dict[str, Any]:
+            return {"NetworkInterfaces": []}
+
+        def describe_instances(self, **_: Any) -> dict[str, Any]:
+            return {"Reservations": [{"ReservationId": "r-1"}, {"ReservationId": "r-2", "Instances": [
+                {"InstanceId": "i-2", "NetworkInterfaces": [
+                    {"NetworkInterfaceId": "eni-2", "Attachment": {"DeviceIndex": 0}},
+                    {"NetworkInterfaceId": "eni-3", "Attachment": {"DeviceIndex": 1}}]}]}]}
+
+    assert cli.resolve_target(Ec2(), "node-b", set()) == ("eni-2", "node-b")
+
+
+def test_a_throttled_describe_stacks_is_retried_whatever_the_users_aws_config_says(  # type: ignore[no-untyped-def]
+        moto: str, proxy, monkeypatch, capsys) -> None:
+    # The CLI keeps its own patience (standard mode, 5 tries): a profile that turns retries off for
+    # some other tool does not make one throttled answer fail the command.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    monkeypatch.setenv("AWS_RETRY_MODE", "legacy")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    world = make_world(client_for(moto), 1)
+    _publish(moto, "Edge", world)
+    proxy.state.set_fault("throttle", 1, ["DescribeStacks"])
+    assert main(["status", "--stack", "Edge"]) == 0, _err(capsys)
+    assert proxy.state.stats()["calls"]["DescribeStacks"] == 2
+    assert capsys.readouterr().out.splitlines()[-1] == (f"VIP {VIP}: 1 table(s) of stack Edge; all point at the "
+                                                        "same target")
+
+
+def test_no_credentials_is_bad_input_said_on_stderr(endpoint: str, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                 "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    assert main(["status", "--vip", VIP]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "haproxy-ha: error: Unable to locate credentials\n")
+
+
+# -- --help ----------------------------------------------------------------------------------------------
+
+def _help(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> str:
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+def _options(text: str) -> dict[str, str]:
+    """Each option of a --help text and what it says about it (wrapped lines joined)."""
+    found: dict[str, str] = {}
+    section = text.split("\noptions:\n", 1)[1]
+    last = ""
+    for line in section.splitlines():
+        if line.startswith("  -"):
+            invocation, _, said = line.strip().partition("  ")
+            last = invocation.split(",")[-1].split()[0]
+            found[last] = said.strip()
+        elif line.startswith("   ") and last:
+            found[last] = f"{found[last]} {line.strip()}".strip()
+    return found
+
+
+def test_help_names_the_command_and_describes_every_option(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # The name the usage lines give is the one the user types: the console script's.
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    (command,) = [name for name, target in scripts.items() if target == "haproxy_ha_cli.cli:main"]
+    assert _help([], monkeypatch, capsys).startswith(f"usage: {command} ")
+    for sub, options in (("status", {"--vip", "--stack", "--output-prefix", "--vpc-id", "--json", "--pair"}),
+                         ("failover", {"--vip", "--stack", "--output-prefix", "--vpc-id", "--json", "--to",
+                                       "--dry-run", "--force", "--deadline"})):
+        text = _help([sub], monkeypatch, capsys)
+        assert text.startswith(f"usage: {command} {sub} ")
+        said = _options(text)
+        assert set(said) == {"--help", *options}
+        assert [option for option, what in said.items() if not what] == []
+    # A refusal sends the operator to --force; its help says what it overrides.
+    assert said["--force"] == "move even to a node whose instance is not running"
