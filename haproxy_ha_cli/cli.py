@@ -212,8 +212,7 @@ def resolve_target(client: Any, to: str, vpc_ids: set[str], among: Sequence[str]
     """An ENI ID as given, or the ENI of the node named `to` (tag haproxy-ha:node, or Name), in
     the VPCs given, and among the ENIs given (a stack's nodes), if any."""
     vpc_filter = [{"Name": "vpc-id", "Values": sorted(vpc_ids)}] if vpc_ids else []
-    if among:
-        vpc_filter.append({"Name": "network-interface-id", "Values": list(among)})
+    eni_filter = vpc_filter + ([{"Name": "network-interface-id", "Values": list(among)}] if among else [])
     if to.startswith("eni-"):
         try:
             resp = client.describe_network_interfaces(NetworkInterfaceIds=[to])
@@ -223,14 +222,16 @@ def resolve_target(client: Any, to: str, vpc_ids: set[str], among: Sequence[str]
         if vpc_ids and vpc not in vpc_ids:
             raise UsageError(f"--to: got {to!r}; that ENI is in {vpc}, not in {', '.join(sorted(vpc_ids))}")
         return to, node_name(routes.eni_owners(client, [to])[to])
-    resp = client.describe_network_interfaces(Filters=[{"Name": f"tag:{NODE_TAG}", "Values": [to]}, *vpc_filter])
+    resp = client.describe_network_interfaces(Filters=[{"Name": f"tag:{NODE_TAG}", "Values": [to]}, *eni_filter])
     enis = [ni["NetworkInterfaceId"] for ni in resp.get("NetworkInterfaces", [])]
     if not enis:
+        # DescribeInstances has no network-interface-id filter: the ENIs given are kept here.
         resp = client.describe_instances(Filters=[{"Name": "tag:Name", "Values": [to]}, *vpc_filter])
         for reservation in resp.get("Reservations", []):
             for inst in reservation.get("Instances", []):
                 for ni in inst.get("NetworkInterfaces", []):
-                    if ni.get("Attachment", {}).get("DeviceIndex") == 0:
+                    if ni.get("Attachment", {}).get("DeviceIndex") == 0 and (
+                            not among or ni["NetworkInterfaceId"] in among):
                         enis.append(ni["NetworkInterfaceId"])
     if len(enis) != 1:
         found = "no node" if not enis else f"{len(enis)} ENIs ({', '.join(enis)})"

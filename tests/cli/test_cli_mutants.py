@@ -324,8 +324,12 @@ def _filter_names(service_model: Any, operation: str) -> frozenset[str]:
     """The filter names EC2 documents for `operation` in botocore's model ("tag:" stands for tag:<key>)."""
     doc = service_model.operation_model(operation).input_shape.members["Filters"].documentation
     names = set(re.findall(r"<li>\s*<p>\s*<code>([^<]+)</code>", doc))
+    # EC2 documents tag:<key> as <code>tag</code>:&lt;key&gt; for some operations, and as
+    # <code>tag:&lt;key&gt;</code> for others (DescribeInstances).
     if "tag" in names and "<code>tag</code>:&lt;key&gt;" in doc:
         names = (names - {"tag"}) | {"tag:"}
+    if "tag:&lt;key&gt;" in names:
+        names = (names - {"tag:&lt;key&gt;"}) | {"tag:"}
     return frozenset(names)
 
 
@@ -360,6 +364,30 @@ def test_failover_uses_only_filter_names_that_ec2_knows(endpoint: str, monkeypat
     with pytest.raises(ClientError, match="The filter 'VPC-ID' is invalid"):
         strict(boto3.session.Session(region_name="us-east-1")).describe_network_interfaces(
             Filters=[{"Name": "VPC-ID", "Values": [world.vpc_id]}])
+
+
+def test_a_stacks_node_found_by_its_instances_name_uses_filter_names_that_ec2_knows(
+        endpoint: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # --stack limits the search to the stack's node ENIs, also when the node is found by its
+    # instance's Name (DescribeInstances has no network-interface-id filter).  Another instance of
+    # that Name in the VPC, outside the stack, is not a candidate.
+    world = make_world(client_for(endpoint), 1)
+    world.client.delete_tags(Resources=[world.eni_b], Tags=[{"Key": NODE_TAG}])
+    subnet = world.client.describe_network_interfaces(NetworkInterfaceIds=[world.eni_b])["NetworkInterfaces"][0][
+        "SubnetId"]
+    world.client.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, SubnetId=subnet, TagSpecifications=[
+        {"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "node-b"}]}])
+    _publish(endpoint, "Edge", world)
+    made = cli._client
+
+    def strict(session: Any) -> Any:
+        client = made(session)
+        client.meta.events.register("before-parameter-build.ec2", _refuse_unknown_filters)
+        return client
+
+    monkeypatch.setattr(cli, "_client", strict)
+    assert main(["failover", "--stack", "Edge", "--to", "node-b", "--dry-run"]) == 0, _err(capsys)
+    assert f"would move to {world.eni_b} (node node-b)" in capsys.readouterr().out
 
 
 def test_a_node_found_by_its_instances_name_skips_a_reservation_without_instances() -> None:
