@@ -155,15 +155,22 @@ def _children(pid: int) -> list[int]:
 
 
 class ClientRun:
-    """One run of the client process in the client namespace."""
+    """One run of the client process in the client namespace: to the plain listener, or with
+    `tls` to the TLS listener, verified against the lab CA."""
 
-    def __init__(self, lab: Lab, interval_s: float, max_s: float, timeout_s: float) -> None:
+    def __init__(self, lab: Lab, interval_s: float, max_s: float, timeout_s: float, tls: bool = False) -> None:
         lab._client_runs += 1
-        self.path = lab.workdir / f"client-{lab._client_runs}.jsonl"
+        self.path = lab.workdir / f"client-{lab._client_runs}{'-https' if tls else ''}.jsonl"
         self.timeout_s = timeout_s
         self._log = JsonLines(self.path)
+        if tls:
+            if lab.tls is None:
+                raise LabError("an HTTPS client needs a lab with a TLS listener (LabOptions(tls=True))")
+            target = ["--url", lab.tls.url, "--cafile", str(lab.tls.cafile)]
+        else:
+            target = ["--url", f"http://{VIP}:{HTTP_PORT}/"]
         self.proc = lab._spawn(f"client-{lab._client_runs}", topology.CLIENT, [
-            sys.executable, "-m", "tests.lab.client", "--url", f"http://{VIP}:{HTTP_PORT}/",
+            sys.executable, "-m", "tests.lab.client", *target,
             "--interval-s", str(interval_s), "--max-s", str(max_s), "--timeout-s", str(timeout_s),
             "--max-requests", str(int(max_s / interval_s) + 1), "--out", str(self.path)])
 
@@ -840,8 +847,9 @@ class Lab:
         return result
 
     # -- measuring -------------------------------------------------------------------------
-    def client(self, interval_s: float = 0.01, max_s: float = 30.0, timeout_s: float = 1.0) -> ClientRun:
-        return ClientRun(self, interval_s, max_s, timeout_s)
+    def client(self, interval_s: float = 0.01, max_s: float = 30.0, timeout_s: float = 1.0,
+               tls: bool = False) -> ClientRun:
+        return ClientRun(self, interval_s, max_s, timeout_s, tls)
 
     def failover(self, inject: Callable[[], None], survivor: str, scenario: str = "",
                  timeout_s: float = 20.0, settle_s: float = 0.3) -> Failover:
