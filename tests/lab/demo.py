@@ -95,7 +95,7 @@ def run(scenario: Scenario, json_out: str | None, builtin_text: str | None = Non
                   "answered one, x a failed request\n(a request that times out shows as x a second after it was "
                   "sent).", flush=True)
             if lab.tls is not None:
-                print(f"With tls=on, a second client sends HTTPS to {lab.tls.url} every 20 ms, verified against the "
+                print(f"With tls=on, a second client sends HTTPS to {lab.tls.url} every 40 ms, verified against the "
                       "lab CA\n(its letters follow `https` on each line; a request that fails verification is x); "
                       f"node a and b\nserve certificate 1 from the secret {SECRET} in moto's Secrets Manager.",
                       flush=True)

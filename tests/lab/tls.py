@@ -90,10 +90,10 @@ class LabTls:
         """Make the CA and certificate 1, and the secret with it (in the router namespace, where
         moto runs)."""
         self.ca = make_ca(self.folder, "haproxy-ha lab CA")
+        cert = self._next_cert(self.ca)
+        self._client = boto3.session.Session(aws_access_key_id="lab", aws_secret_access_key="lab").client(
+            "secretsmanager", region_name=self._region, endpoint_url=self._endpoint_url)
         with topology.entered(topology.ROUTER):
-            self._client = boto3.session.Session(aws_access_key_id="lab", aws_secret_access_key="lab").client(
-                "secretsmanager", region_name=self._region, endpoint_url=self._endpoint_url)
-            cert = self._next_cert(self.ca)
             version = self._client.create_secret(Name=SECRET, SecretString=cert.secret_string())["VersionId"]
         return self._record(version, GOOD)
 
