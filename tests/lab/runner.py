@@ -588,7 +588,7 @@ class Runner:
 
     def _probe_https_cert(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
         assert self.https is not None and self.lab.tls is not None
-        want = self.lab.tls.certs[(step.count or 0) - 1].fingerprint()
+        want = self.lab.tls.fingerprints[(step.count or 0) - 1]
         served = [r for r in self.https.records() if not r.get("error") and r.get("cert") == want
                   and r["done"] >= self.ref]
         if not served:

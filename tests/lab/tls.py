@@ -67,8 +67,9 @@ class LabTls:
         self._endpoint_url = endpoint_url
         self._region = region
         self.ca: Cert | None = None
-        # Certificate N is certs[N - 1].
+        # Certificate N is certs[N - 1], and its fingerprint fingerprints[N - 1].
         self.certs: list[Cert] = []
+        self.fingerprints: list[str] = []
         self.versions: list[Version] = []
         self._client: Any = None
 
@@ -119,14 +120,15 @@ class LabTls:
 
     def number_of(self, fingerprint: str | None) -> int | None:
         """The number of the certificate with this fingerprint (None: not one of the lab's)."""
-        return next((i + 1 for i, c in enumerate(self.certs) if c.fingerprint() == fingerprint), None)
+        return self.fingerprints.index(fingerprint) + 1 if fingerprint in self.fingerprints else None
 
     def served(self, node: str, timeout_s: float = 1.0) -> int | None:
         """The number of the certificate node's HAProxy serves on PORT now, asked on the node's
         loopback (that node alone, whoever holds the VIP); None when no handshake completes, 0
         for a certificate that is not the lab's.  It does not verify: it asks what is served,
         trusted or not."""
-        context = ssl.create_default_context()
+        # A bare context: the system's CA store, which it would not use, costs a load per probe.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         try:
@@ -169,6 +171,7 @@ class LabTls:
         n = len(self.certs) + 1
         cert = make_server_cert(ca, self.folder, f"server-{n}", ip=self.vip, dns=DNS_NAME)
         self.certs.append(cert)
+        self.fingerprints.append(cert.fingerprint())
         return cert
 
     def _put(self, value: str, kind: str) -> Version:
