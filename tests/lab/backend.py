@@ -1,5 +1,5 @@
 """Tiny HTTP backends for the lab: each answers every GET with its own name (GET /slow/MS: after
-MS milliseconds).
+MS milliseconds), and says in X-Seen-Proto which X-Forwarded-Proto the request came with.
 
     python -m tests.lab.backend 192.0.2.201:8080=be1 192.0.2.202:8080=be2
 """
@@ -31,6 +31,7 @@ def handler_for(name: str) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
             self.send_header("X-Backend", name)
+            self.send_header("X-Seen-Proto", self.headers.get("X-Forwarded-Proto", ""))
             self.end_headers()
             self.wfile.write(body)
 

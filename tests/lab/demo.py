@@ -25,6 +25,7 @@ from haproxy_ha_runtime.config import PROFILES
 from .lab import Lab, LabError
 from .runner import Runner, lab_options, write_json
 from .scenario import Scenario, ScriptError, parse, parse_file
+from .tls import SECRET
 
 FAULTS = {
     "haproxy": "kill haproxy on a   # HAProxy on the active node crashes (SIGKILL)",
@@ -92,7 +93,13 @@ def run(scenario: Scenario, json_out: str | None, builtin_text: str | None = Non
                   f"{len(lab.state.route_table_ids)} route tables point at its ENI {lab.state.eni['a']}.\n"
                   "The client sends a request to http://203.0.113.10/ every 10 ms; each letter is the node that "
                   "answered one, x a failed request\n(a request that times out shows as x a second after it was "
-                  "sent).\n", flush=True)
+                  "sent).", flush=True)
+            if lab.tls is not None:
+                print(f"With tls=on, a second client sends HTTPS to {lab.tls.url} every 40 ms, verified against the "
+                      "lab CA\n(its letters follow `https` on each line; a request that fails verification is x); "
+                      f"node a and b\nserve certificate 1 from the secret {SECRET} in moto's Secrets Manager.",
+                      flush=True)
+            print(flush=True)
             result = Runner(lab, scenario).run()
             if json_out:
                 write_json(result, json_out)

@@ -8,7 +8,9 @@ lab node.
 
 Each line of the live strip covers 100 ms: one letter per request that finished in it, the node
 that answered (a or b), or `x` for a failed request.  A request that times out shows as `x` when
-the client gives up on it, a second after it was sent.
+the client gives up on it, a second after it was sent.  In a lab with a TLS listener (`lab
+tls=on`), a second client sends HTTPS to the VIP, verified against the lab CA, and its requests
+follow on the same line after `https`.
 """
 
 from __future__ import annotations
@@ -24,13 +26,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import observe
-from .lab import Lab, LabOptions, wait_until
-from .scenario import CLI_DEFAULT_DEADLINE_S, CLI_SLACK_S, REPLACE_BOOT_S, START_MARK, Scenario, Step
+from . import tls as lab_tls
+from .lab import ClientRun, Lab, LabOptions, wait_until
+from .scenario import CLI_DEFAULT_DEADLINE_S, CLI_SLACK_S, REPLACE_BOOT_S, START_MARK, WAITING_EXPECTS, Scenario, Step
 from .topology import NODES, VIP
 
 TICK_S = 0.1
 CLIENT_INTERVAL_S = 0.01
 CLIENT_TIMEOUT_S = 1.0
+# The HTTPS client (lab tls=on): a TLS handshake per request, each verified in Python, so a
+# quarter of the plain client's rate (the plain one covers every reload at 100 a second too).
+HTTPS_INTERVAL_S = 0.04
 # A log line reaches us a moment after what it records: look this long past a bound before
 # calling it missed (the verdict still compares the logged times with the bound).
 GRACE_S = 0.25
@@ -44,23 +50,37 @@ _OPEN = None
 def lab_options(scenario: Scenario) -> LabOptions:
     s = scenario.setup
     return LabOptions(profile=s.profile, preempt=s.preempt, tables=s.tables, fault_proxy=scenario.fault_proxy,
-                      drain_timeout_s=s.drain_s, backends=s.backends)
+                      drain_timeout_s=s.drain_s, backends=s.backends, tls=s.tls)
 
 
 def compare(op: str, value: int, n: int) -> bool:
     return {"at most": value <= n, "at least": value >= n, "exactly": value == n}[op]
 
 
-def check_answers(records: list[dict[str, Any]]) -> str:
-    """Every answer the client got came from a lab node, and there was one at least: a check
-    over no answers would pass whatever happened."""
-    answers = [str(r.get("node")) for r in records if not r.get("error")]
-    if not answers:
+def check_answers(records: list[dict[str, Any]], proto: str | None = None) -> str:
+    """Every answer the client got came from a lab node (and, with `proto`, reached the backend
+    with that X-Forwarded-Proto), and there was one at least: a check over no answers would pass
+    whatever happened."""
+    answered = [r for r in records if not r.get("error")]
+    if not answered:
         raise AssertionError("the client got no answer at all")
-    others = set(answers) - set(NODES)
+    others = {str(r.get("node")) for r in answered} - set(NODES)
     if others:
         raise AssertionError(f"answers from {sorted(others)}")
-    return f"yes, all {len(answers)}"
+    if proto is not None:
+        protos = {r.get("proto") for r in answered} - {proto}
+        if protos:
+            raise AssertionError(f"the backend saw X-Forwarded-Proto {sorted(map(str, protos))}, not only {proto}")
+    return f"yes, all {len(answered)}"
+
+
+def count_answers(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many requests, how many failed, and who answered the rest."""
+    answered: dict[str, int] = {}
+    for r in records:
+        if not r.get("error"):
+            answered[str(r.get("node"))] = answered.get(str(r.get("node")), 0) + 1
+    return {"requests": len(records), "failed": sum(1 for r in records if r.get("error")), "answered": answered}
 
 
 def in_time(want: str, now: str | None, since: float | None, ref: float, deadline: float) -> bool | None:
@@ -99,6 +119,8 @@ class RunResult:
     failed_requests: int
     answered: dict[str, int]
     route_moves: list[dict[str, Any]]
+    # The HTTPS client's requests, failed and answered (count_answers), in a lab with tls=on.
+    https: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -129,6 +151,7 @@ class Printer(threading.Thread):
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self.seen_requests = 0
+        self.seen_https = 0
         self.seen = {n: len(self.lab.agent_events(n)) for n in NODES}
         self.seen_emulator = len(self.lab.emulator_log())
 
@@ -170,8 +193,17 @@ class Printer(threading.Thread):
             records = self.runner.client.records()
             new = records[self.seen_requests:]
             self.seen_requests = len(records)
-            if new or on_time:
-                self.runner.say(time.time(), "".join("x" if r.get("error") else r.get("node") or "?" for r in new))
+            https: list[dict[str, Any]] = []
+            if self.runner.https is not None:
+                records = self.runner.https.records()
+                https = records[self.seen_https:]
+                self.seen_https = len(records)
+            if new or https or on_time:
+                self.runner.say(time.time(), _letters(new) + (f"  https {_letters(https)}" if https else ""))
+
+
+def _letters(records: list[dict[str, Any]]) -> str:
+    return "".join("x" if r.get("error") else r.get("node") or "?" for r in records)
 
 
 def _metric_context(record: dict[str, Any], shown: str) -> str:
@@ -240,6 +272,8 @@ class Runner:
         self.printer: Printer | None = None
         # Requests kept in flight by `request slow` lines: each a dict that its thread fills in.
         self.slow: list[dict[str, Any]] = []
+        # The HTTPS client, in a lab with a TLS listener.
+        self.https: ClientRun | None = None
 
     def say(self, ts: float, text: str) -> None:
         with self._say_lock:
@@ -255,8 +289,13 @@ class Runner:
     def run(self) -> RunResult:
         self.client = self.lab.client(interval_s=CLIENT_INTERVAL_S, max_s=self.scenario.budget_s(),
                                       timeout_s=CLIENT_TIMEOUT_S)
-        # The steps start once the client is under way (a Python process takes a moment to start).
+        if self.scenario.setup.tls:
+            self.https = self.lab.client(interval_s=HTTPS_INTERVAL_S, max_s=self.scenario.budget_s(),
+                                         timeout_s=CLIENT_TIMEOUT_S, tls=True)
+        # The steps start once the clients are under way (a Python process takes a moment to start).
         wait_until(self.client.records, 10, "the client's first request")
+        if self.https is not None:
+            wait_until(self.https.records, 10, "the HTTPS client's first request")
         self.t0 = self.ref = time.time()
         self.marks = {START_MARK: self.t0}
         printer = self.printer = Printer(self)
@@ -277,17 +316,16 @@ class Runner:
             for timer in self._timers:
                 timer.cancel()
             records = self.client.stop()
+            https = self.https.stop() if self.https is not None else None
             printer.stop()
-        answered: dict[str, int] = {}
-        for r in records:
-            if not r.get("error"):
-                answered[str(r.get("node"))] = answered.get(str(r.get("node")), 0) + 1
+        plain = count_answers(records)
         moves = [{"at_s": round(r["ts"] - self.t0, 4), "to": self.state.node_of(r["all"])}
                  for r in self.lab.route_changes(self.t0)]
         run = RunResult(
             scenario=self.scenario.name, lab=asdict(self.scenario.setup) | {"fault_proxy": self.scenario.fault_proxy},
-            t0=round(self.t0, 4), steps=results, end=end, requests=len(records),
-            failed_requests=sum(1 for r in records if r.get("error")), answered=answered, route_moves=moves)
+            t0=round(self.t0, 4), steps=results, end=end, requests=plain["requests"],
+            failed_requests=plain["failed"], answered=plain["answered"], route_moves=moves,
+            https=count_answers(https) if https is not None else None)
         self._summary(run)
         return run
 
@@ -370,6 +408,16 @@ class Runner:
 
     def _do_dns(self, step: Step, result: StepResult) -> None:
         self.lab.set_dns_answers(list(step.args))
+
+    def _do_tls(self, step: Step, result: StepResult) -> None:
+        assert self.lab.tls is not None
+        put = {"rotate": self.lab.tls.rotate, "bad": self.lab.tls.put_bad,
+               "untrusted": self.lab.tls.put_untrusted}[step.verb]()
+        result.seen = {"version": put.version_id, "kind": put.kind, "cert": put.cert}
+        what = {lab_tls.GOOD: f"certificate {put.cert}, from the lab CA",
+                lab_tls.BAD: f"certificate {put.cert} with a key that does not belong to it",
+                lab_tls.UNTRUSTED: f"certificate {put.cert}, from a CA the clients do not trust"}[put.kind]
+        self.say_step(f"   | secret {lab_tls.SECRET} version {put.version_id[:8]}: {what}")
 
     def _do_config(self, step: Step, result: StepResult) -> None:
         result.seen = {"versions": self.lab.change_config(step.verb)}
@@ -458,10 +506,11 @@ class Runner:
         subject = step.verb
         if subject == "metric" and step.seconds is None:
             return self._metric_count(step)
-        if subject in ("routes", "client", "vrrp", "move", "api", "slow", "config", "backend", "port", "metric"):
+        if subject in WAITING_EXPECTS:
             assert step.seconds is not None
             deadline = self.ref + step.seconds
-            probe: Callable[[Step, float], tuple[bool | None, dict[str, Any]]] = getattr(self, "_probe_" + subject)
+            probe: Callable[[Step, float], tuple[bool | None, dict[str, Any]]] = getattr(
+                self, "_probe_" + subject.replace(" ", "_"))
             while True:
                 held, seen = probe(step, deadline)
                 if held is not None:
@@ -469,7 +518,8 @@ class Runner:
                 if time.time() > deadline + GRACE_S:
                     return False, seen
                 # Files are cheap to read; the API is one moto process that the nodes need too.
-                time.sleep(POLL_S if subject in ("client", "vrrp", "move", "metric") else API_POLL_S)
+                time.sleep(POLL_S if subject in ("client", "vrrp", "move", "metric", "https at", "https cert")
+                           else API_POLL_S)
         if subject == "moves":
             changes = self.lab.route_changes(self.marks[step.mark])
             to = [self.state.node_of(r["all"]) for r in changes]
@@ -479,7 +529,10 @@ class Runner:
                           "text": f"{len(changes)} move(s) since mark {step.mark}" + (f" (to {', '.join(to)})"
                                                                                       if to else "")}
         if subject == "failed":
-            return self._failed(step, start)
+            return self._failed(step, start, self.client)
+        if subject == "https failed":
+            assert self.https is not None
+            return self._failed(step, start, self.https, "HTTPS requests")
         held = self.cli_exit == step.count
         return held, {"exit": self.cli_exit, "text": f"the last cli line exited {self.cli_exit}"}
 
@@ -527,6 +580,60 @@ class Runner:
     def _probe_client(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
         node, since = observe.client_answered_by(self.client.records())
         return self._verdict(step.node, node, since, deadline, "client", "client answered by")
+
+    def _probe_https_at(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
+        assert self.https is not None
+        node, since = observe.client_answered_by(self.https.records())
+        return self._verdict(step.node, node, since, deadline, "https", "HTTPS client answered by")
+
+    def _probe_https_cert(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
+        assert self.https is not None and self.lab.tls is not None
+        want = self.lab.tls.fingerprints[(step.count or 0) - 1]
+        served = [r for r in self.https.records() if not r.get("error") and r.get("cert") == want
+                  and r["done"] >= self.ref]
+        if not served:
+            return _OPEN, {"cert": None, "text": f"no HTTPS answer with certificate {step.count} since line "
+                                                 f"{self.ref_line}"}
+        first = min(served, key=lambda r: r["done"])
+        return first["done"] <= deadline, {
+            "cert": step.count, "serial": first.get("serial"), "after_s": round(first["done"] - self.ref, 4),
+            "text": f"the HTTPS client was served certificate {step.count} (serial {first.get('serial')}) by node "
+                    f"{first.get('node')} {self._after_text(first['done'])}"}
+
+    def _probe_cert(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
+        assert self.lab.tls is not None
+        served = self.lab.tls.served(step.node)
+        text = ("no TLS handshake" if served is None else "a certificate that is not the lab's" if served == 0
+                else f"certificate {served}")
+        if served != step.count:
+            return _OPEN, {"cert": served, "text": f"node {step.node}'s HAProxy serves {text}"}
+        now = time.time()
+        return now <= deadline + GRACE_S, {"cert": served, "text": f"node {step.node}'s HAProxy serves {text} "
+                                                                   f"{self._after_text(now)}"}
+
+    def _probe_tls(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
+        assert self.lab.tls is not None
+        status = self.lab.config_status(step.node) or {}
+        reason = (status.get("listeners") or {}).get(lab_tls.LISTENER)
+        latest = self.lab.tls.latest.version_id
+        said = f"says listener {lab_tls.LISTENER}: {reason[:300]}" if reason else "names no listener"
+        seen: dict[str, Any] = {"listeners": status.get("listeners"), "text": f"node {step.node}'s status {said}"}
+        if not status:
+            return _OPEN, {**seen, "text": f"node {step.node} has written no status"}
+        if step.state == "CLEAR":
+            if reason is not None:
+                return _OPEN, seen
+            # The node rewrites its status for other reasons too: its time says when it was
+            # written, not since when the listener has been clear.  Seen now, then.
+            at = time.time()
+        elif reason is None or f"version {latest}" not in reason:
+            return _OPEN, seen
+        else:
+            # A refusal of the latest version is written once, when the node finds it.
+            at = max(float(status["ts"]), self.ref)
+        seen["after_s"] = round(at - self.ref, 4)
+        seen["text"] += f", {self._after_text(at)}"
+        return at <= deadline + GRACE_S, seen
 
     def _probe_move(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
         moves = [e for e in self.lab.agent_events(step.node) if e["event"] == "route_move" and e["ts"] >= self.ref]
@@ -612,13 +719,14 @@ class Runner:
         seen = {"faults": faults, "text": f"the API answered {faults} call(s) with a fault"}
         return (True if faults >= (step.count or 0) else _OPEN), seen
 
-    def _failed(self, step: Step, start: float) -> tuple[bool, dict[str, Any]]:
+    def _failed(self, step: Step, start: float, client: ClientRun,
+                what: str = "requests") -> tuple[bool, dict[str, Any]]:
         # Count every request sent before this line, so wait for those still in flight: each
         # ends by the client's timeouts (connect, then read).
         end = time.time() + 2 * CLIENT_TIMEOUT_S + 1.0
         while True:
-            before, complete = observe.sent_before(self.client.records(), start)
-            if complete or time.time() > end or self.client.proc.poll() is not None:
+            before, complete = observe.sent_before(client.records(), start)
+            if complete or time.time() > end or client.proc.poll() is not None:
                 break
             time.sleep(0.05)
         mark = self.marks[step.mark]
@@ -626,7 +734,7 @@ class Runner:
         failed = sum(1 for r in sent if r.get("error"))
         held = compare(step.op, failed, step.count or 0)
         return held, {"failed": failed, "sent": len(sent), "complete": complete,
-                      "text": f"{failed} of {len(sent)} requests sent since mark {step.mark} failed"
+                      "text": f"{failed} of {len(sent)} {what} sent since mark {step.mark} failed"
                               + ("" if complete else " (some still in flight)")}
 
     # -- after every script ----------------------------------------------------------------
@@ -636,6 +744,13 @@ class Runner:
              lambda: f"converged on node {self.lab.check_converged()}"),
             ("every answer the client got came from a lab node", self._answers_from_lab_nodes),
         ]
+        if self.https is not None:
+            checks += [
+                ("the TLS listener answers through the VIP, its certificate verified against the lab CA",
+                 self._https_answers),
+                ("every HTTPS answer came from a lab node, and reached the backend with X-Forwarded-Proto https",
+                 lambda: check_answers(self.https.records() if self.https else [], proto="https")),
+            ]
         out = []
         for text, check in checks:
             start = time.time()
@@ -653,11 +768,22 @@ class Runner:
     def _answers_from_lab_nodes(self) -> str:
         return check_answers(self.client.records())
 
+    def _https_answers(self) -> str:
+        assert self.lab.tls is not None
+        answer = self.lab.tls.ask()
+        if answer is None:
+            raise AssertionError(f"no verified answer from {self.lab.tls.url}")
+        return f"node {answer['node']}, certificate {answer['cert']}"
+
     def _summary(self, r: RunResult) -> None:
         answered = ", ".join(f"{n} {c}" for n, c in sorted(r.answered.items())) or "nobody"
         moves = ", ".join(f"to {m['to']} at {m['at_s']:+.3f}s" for m in r.route_moves) or "none"
         expects = [s for s in r.steps if s.kind == "expect"]
-        print(f"\n{r.requests} requests, {r.failed_requests} failed; answered by {answered}. "
+        https = ""
+        if r.https is not None:
+            by = ", ".join(f"{n} {c}" for n, c in sorted(r.https["answered"].items())) or "nobody"
+            https = f" HTTPS: {r.https['requests']} requests, {r.https['failed']} failed; answered by {by}."
+        print(f"\n{r.requests} requests, {r.failed_requests} failed; answered by {answered}.{https} "
               f"Route moves: {moves}.", file=self.out)
         if r.ok:
             print(f"{r.scenario}: every expect held ({len(expects)}), and the lab converged.", file=self.out)

@@ -51,7 +51,7 @@ _NUMBER = r"-?\d+(?:\.\d+)?"
 # Every step, as the errors and the README show it.
 SYNTAX: dict[str, str] = {
     "lab": f"lab [profile={'|'.join(PROFILES)}] [preempt=on|off] [tables=1..{MAX_TABLES}] [drain=DURATION] "
-           "[backends=ip|dns]",
+           "[backends=ip|dns] [tls=on|off]",
     "kill": f"kill {'|'.join(SERVICES)} on {_NODE}",
     "stop": f"stop {'|'.join(SERVICES)} on {_NODE}",
     "start": f"start {'|'.join(SERVICES)} on {_NODE}",
@@ -65,10 +65,11 @@ SYNTAX: dict[str, str] = {
     "request": "request slow DURATION",
     "config": "config add backend|add listener|bad",
     "dns": "dns answers be1|be2|be3[,...]",
+    "tls": "tls rotate|bad|untrusted",
     "cli": f"cli status [--json]; cli failover --to {_NODE} [--dry-run] [--force] [--deadline SECONDS] [--json]",
     "wait": "wait DURATION",
     "mark": "mark NAME",
-    "expect": "expect routes|client|vrrp|move|api|failed|moves|cli|slow|config|backend|port|metric ...",
+    "expect": "expect routes|client|vrrp|move|api|failed|moves|cli|slow|config|backend|port|metric|https|cert|tls ...",
 }
 EXPECT_SYNTAX: dict[str, str] = {
     "routes": f"routes at {_NODE} within DURATION",
@@ -85,7 +86,14 @@ EXPECT_SYNTAX: dict[str, str] = {
     "port": "port N answered within DURATION",
     "metric": f"metric NAME[=VALUE] on {_NODE} within DURATION; metric NAME on {_NODE} [at most|at least] N times "
               "since MARK",
+    "https at": f"https at {_NODE} within DURATION",
+    "https failed": "https failed [at most|at least] N since MARK",
+    "https cert": "https cert N within DURATION",
+    "cert": f"cert N on {_NODE} within DURATION",
+    "tls": f"tls refused|clear on {_NODE} within DURATION",
 }
+# The expects of the HTTPS client (a lab with tls=on): named by their first two words.
+HTTPS_EXPECTS = ("https at", "https failed", "https cert")
 _EXPECT_FORMS: dict[str, re.Pattern[str]] = {
     "routes": re.compile(rf"routes at (?P<node>{_NODE}) within (?P<dur>{_DUR})"),
     "client": re.compile(rf"client at (?P<node>{_NODE}) within (?P<dur>{_DUR})"),
@@ -101,9 +109,15 @@ _EXPECT_FORMS: dict[str, re.Pattern[str]] = {
     "port": re.compile(rf"port (?P<n>\d{{1,5}}) answered within (?P<dur>{_DUR})"),
     "metric": re.compile(rf"metric (?P<name>[A-Za-z][A-Za-z0-9]*)(?:=(?P<value>{_NUMBER}))? on (?P<node>{_NODE}) "
                          rf"(?:within (?P<dur>{_DUR})|{_COUNT} times? since (?P<mark>{_NAME}))"),
+    "https at": re.compile(rf"https at (?P<node>{_NODE}) within (?P<dur>{_DUR})"),
+    "https failed": re.compile(rf"https failed {_COUNT} since (?P<mark>{_NAME})"),
+    "https cert": re.compile(rf"https cert (?P<cert>\d{{1,3}}) within (?P<dur>{_DUR})"),
+    "cert": re.compile(rf"cert (?P<cert>\d{{1,3}}) on (?P<node>{_NODE}) within (?P<dur>{_DUR})"),
+    "tls": re.compile(rf"tls (?P<state>refused|clear) on (?P<node>{_NODE}) within (?P<dur>{_DUR})"),
 }
 # Expects that watch something change; each must say how long it may take.
-WAITING_EXPECTS = ("routes", "client", "vrrp", "move", "api", "slow", "config", "backend", "port", "metric")
+WAITING_EXPECTS = ("routes", "client", "vrrp", "move", "api", "slow", "config", "backend", "port", "metric",
+                   "https at", "https cert", "cert", "tls")
 _BOUND_HINT = " (an expect that waits needs a bound: add 'within DURATION', e.g. 'within 2s')"
 _DURATION_HELP = " (DURATION: a number with s or ms, such as 2s or 500ms)"
 
@@ -123,6 +137,7 @@ class Setup:
     tables: int = DEFAULT_TABLES
     drain_s: float = 10.0
     backends: str = "ip"
+    tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,13 +147,13 @@ class Step:
     line: int
     text: str
     kind: str
-    verb: str = ""  # kill|stop|start, down|up, throttle|5xx|down|ok, or the expect's subject
+    verb: str = ""  # kill|stop|start, down|up, throttle|5xx|down|ok, rotate|bad|untrusted, or the expect's subject
     node: str = ""
     service: str = ""
     seconds: float | None = None  # wait, api ... for DURATION, expect ... within DURATION
-    count: int | None = None  # api ... for N calls, delete route in table N, expect counts
+    count: int | None = None  # api ... for N calls, delete route in table N, expect counts, certificate N
     op: str = ""  # expect counts: "at most", "at least" or "exactly"
-    state: str = ""  # expect vrrp
+    state: str = ""  # expect vrrp, expect config and tls
     mark: str = ""  # mark NAME, expect ... since NAME
     actions: tuple[str, ...] = ()  # api ... of ACTION,...
     args: tuple[str, ...] = ()  # cli
@@ -201,6 +216,8 @@ class _Parser:
         self.seen_lab = False
         self.seen_slow = False
         self.seen_config = False
+        # The certificates the lab's TLS secret has had so far (certificate 1 at start).
+        self.certs = 1
 
     def bad(self, line: int, step: str, got: str, allowed: str) -> None:
         self.problems.append(f"{self.name}:{line}: {step}: got {got!r}; allowed: {allowed}")
@@ -254,8 +271,8 @@ class _Parser:
         values: dict[str, str] = {}
         for item in rest.split():
             key, eq, value = item.partition("=")
-            if not eq or key not in ("profile", "preempt", "tables", "drain", "backends") or key in values:
-                self.bad(n, "lab", item, "each of profile=, preempt=, tables=, drain=, backends= at most once")
+            if not eq or key not in ("profile", "preempt", "tables", "drain", "backends", "tls") or key in values:
+                self.bad(n, "lab", item, "each of profile=, preempt=, tables=, drain=, backends=, tls= at most once")
                 continue
             values[key] = value
         profile = values.get("profile", Setup.profile)
@@ -278,8 +295,11 @@ class _Parser:
         if backends not in ("ip", "dns"):
             self.bad(n, "lab", f"backends={backends}", "backends=ip|dns")
             backends = Setup.backends
+        tls = values.get("tls", "off")
+        if tls not in ("on", "off"):
+            self.bad(n, "lab", f"tls={tls}", "tls=on|off")
         self.setup = Setup(profile=profile, preempt=preempt == "on", tables=int(tables), drain_s=drain_s,
-                           backends=backends)
+                           backends=backends, tls=tls == "on")
 
     def _service(self, n: int, content: str, rest: str) -> Step | None:
         kind = content.split(" ", 1)[0]
@@ -391,6 +411,19 @@ class _Parser:
             self.bad(n, "dns", rest, "dns answers ... in a lab with backends=dns (a backend given by name)")
         return Step(n, content, "dns", args=tuple(m["names"].split(",")))
 
+    def _tls(self, n: int, content: str, rest: str) -> Step | None:
+        m = self._form(n, "tls", rest, r"rotate|bad|untrusted")
+        if m is None:
+            return None
+        self._needs_tls(n, "tls", rest)
+        if rest != "bad":  # a bad version holds the current certificate with another key
+            self.certs += 1
+        return Step(n, content, "tls", verb=rest)
+
+    def _needs_tls(self, n: int, kind: str, rest: str) -> None:
+        if not self.setup.tls:
+            self.bad(n, kind, rest, f"{kind} ... in a lab with tls=on (a TLS listener on port 443)")
+
     def _cli(self, n: int, content: str, rest: str) -> Step | None:
         try:
             args = shlex.split(rest)
@@ -444,6 +477,11 @@ class _Parser:
 
     def _expect(self, n: int, content: str, rest: str) -> Step | None:
         subject = rest.split(" ", 1)[0]
+        if subject == "https":
+            subject = " ".join(rest.split(" ", 2)[:2])
+            if subject not in HTTPS_EXPECTS:
+                self.bad(n, "expect", rest, "; ".join(EXPECT_SYNTAX[k] for k in HTTPS_EXPECTS))
+                return None
         form = _EXPECT_FORMS.get(subject)
         if form is None:
             self.bad(n, "expect", rest, "; ".join(EXPECT_SYNTAX.values()))
@@ -474,11 +512,18 @@ class _Parser:
             self.bad(n, "expect", rest, f"{EXPECT_SYNTAX[subject]} (=VALUE only with within)")
         if subject == "api" and not self.seen_api_fault:
             self.bad(n, "expect", rest, "expect api faults ... after an api throttle|5xx line")
+        if subject in (*HTTPS_EXPECTS, "cert", "tls"):
+            self._needs_tls(n, "expect", rest)
+        cert = groups.get("cert")
+        if cert is not None and not 1 <= int(cert) <= self.certs:
+            self.bad(n, "expect", rest, f"{EXPECT_SYNTAX[subject]}, with N from 1 to {self.certs} (the certificates "
+                                        "made so far: 1 at start, one more for each tls rotate|untrusted line)")
         value = groups.get("value")
+        count = groups.get("n") or cert
         return Step(n, content, "expect", verb=subject, node=groups.get("node") or "", name=groups.get("name") or "",
                     value=float(value) if value is not None else None,
                     state=(groups.get("state") or "").upper(), seconds=seconds,
-                    count=int(groups["n"]) if groups.get("n") else None,
+                    count=int(count) if count else None,
                     op=groups.get("op") or ("at least" if subject == "api" else "exactly" if groups.get("n") else ""),
                     mark=mark)
 

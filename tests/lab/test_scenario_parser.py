@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from . import demo, observe
-from .runner import check_answers, compare, in_time, lab_options
+from .runner import check_answers, compare, count_answers, in_time, lab_options
 from .scenario import SYNTAX, ScriptError, parse, parse_file
 
 SCENARIOS = sorted((Path(__file__).parent / "scenarios").glob("*.txt"))
@@ -88,7 +88,7 @@ def test_the_lab_line_is_optional_and_the_fault_proxy_only_comes_when_needed() -
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("lab\nreboot a\n", "s.txt:2: got 'reboot'; allowed steps: lab, kill, stop, start, link, partition, heal, api, "
-                         "delete, instance, replace, request, config, dns, cli, wait, mark, expect"),
+                         "delete, instance, replace, request, config, dns, tls, cli, wait, mark, expect"),
     ("dns answers be1\n", "s.txt:1: dns: got 'answers be1'; allowed: dns answers ... in a lab with backends=dns"),
     ("lab backends=dns\ndns answers be4\n", "s.txt:2: dns: got 'answers be4'; allowed: answers be1|be2|be3[,...]"),
     ("lab backends=names\n", "s.txt:1: lab: got 'backends=names'; allowed: backends=ip|dns"),
@@ -137,7 +137,30 @@ def test_the_lab_line_is_optional_and_the_fault_proxy_only_comes_when_needed() -
     ("lab tables=0\n", "s.txt:1: lab: got 'tables=0'; allowed: tables=1..200"),
     ("lab preempt=yes\n", "s.txt:1: lab: got 'preempt=yes'; allowed: preempt=on|off"),
     ("lab colour=blue\n", "s.txt:1: lab: got 'colour=blue'; allowed: each of profile=, preempt=, tables=, drain=, "
-                           "backends= at most once"),
+                           "backends=, tls= at most once"),
+    ("lab tls=yes\n", "s.txt:1: lab: got 'tls=yes'; allowed: tls=on|off"),
+    ("tls rotate\n", "s.txt:1: tls: got 'rotate'; allowed: tls ... in a lab with tls=on (a TLS listener on port 443)"),
+    ("lab tls=on\ntls renew\n", "s.txt:2: tls: got 'renew'; allowed: rotate|bad|untrusted"),
+    ("expect https at a within 2s\n", "s.txt:1: expect: got 'https at a within 2s'; allowed: expect ... in a lab with "
+                                      "tls=on"),
+    ("expect cert 1 on a within 2s\n", "s.txt:1: expect: got 'cert 1 on a within 2s'; allowed: expect ... in a lab "
+                                       "with tls=on"),
+    ("lab tls=on\nexpect https answered within 2s\n", "s.txt:2: expect: got 'https answered within 2s'; allowed: "
+                                                       "https at a|b within DURATION; https failed [at most|at "
+                                                       "least] N since MARK; https cert N within DURATION"),
+    ("lab tls=on\nexpect https at a\n", "s.txt:2: expect: got 'https at a'; allowed: https at a|b within DURATION (an "
+                                         "expect that waits needs a bound"),
+    ("lab tls=on\nexpect https failed 0\n", "s.txt:2: expect: got 'https failed 0'; allowed: https failed [at most|at "
+                                             "least] N since MARK"),
+    ("lab tls=on\ntls bad\nexpect https cert 2 within 5s\n", "s.txt:3: expect: got 'https cert 2 within 5s'; allowed: "
+                                                               "https cert N within DURATION, with N from 1 to 1 (the "
+                                                               "certificates made so far"),
+    ("lab tls=on\nexpect cert 0 on b within 5s\n", "s.txt:2: expect: got 'cert 0 on b within 5s'; allowed: cert N on "
+                                                    "a|b within DURATION, with N from 1 to 1"),
+    ("lab tls=on\nexpect cert 1 on c within 5s\n", "s.txt:2: expect: got 'cert 1 on c within 5s'; allowed: cert N on "
+                                                    "a|b within DURATION"),
+    ("lab tls=on\nexpect tls applied on a within 5s\n", "s.txt:2: expect: got 'tls applied on a within 5s'; allowed: "
+                                                         "tls refused|clear on a|b within DURATION"),
     ("wait 1s\nlab\n", "s.txt:2: lab: got 'lab'; allowed: one lab line, before every other step"),
     ("start haproxy on a\n", "s.txt:1: start: got 'haproxy on a'; allowed: start a service that a kill or stop line "
                              "ended (haproxy on a is running here)"),
@@ -188,6 +211,27 @@ def test_fails_when_a_line_is_wrong_and_names_the_line_the_step_and_what_is_allo
     assert found[0].startswith(expected), found[0]
     if "DURATION" in found[0] and expected.endswith("DURATION"):
         assert found[0] == expected  # no hint about durations when the duration was right
+
+
+def test_a_tls_lab_has_its_steps_and_numbers_its_certificates() -> None:
+    scenario = parse("lab tls=on\nmark rotate\ntls rotate\ntls bad\ntls untrusted\n"
+                     "expect cert 3 on b within 5s\nexpect https cert 2 within 10s\nexpect https at b within 2s\n"
+                     "expect https failed at most 4 since rotate\nexpect tls refused on a within 3s\n"
+                     "expect tls clear on b within 1s\n", "s.txt")
+    assert scenario.setup.tls and lab_options(scenario).tls
+    assert not parse("wait 1s\n").setup.tls and not lab_options(parse("wait 1s\n")).tls
+    assert [(s.kind, s.verb) for s in scenario.steps[1:4]] == [("tls", "rotate"), ("tls", "bad"), ("tls", "untrusted")]
+    cert, https_cert, https_at, https_failed, refused, clear = scenario.steps[4:]
+    assert (cert.verb, cert.count, cert.node, cert.seconds) == ("cert", 3, "b", 5.0)
+    assert (https_cert.verb, https_cert.count, https_cert.seconds) == ("https cert", 2, 10.0)
+    assert (https_at.verb, https_at.node, https_at.seconds) == ("https at", "b", 2.0)
+    assert (https_failed.verb, https_failed.op, https_failed.count, https_failed.mark) == ("https failed", "at most", 4,
+                                                                                          "rotate")
+    assert (refused.verb, refused.state, refused.node) == ("tls", "REFUSED", "a")
+    assert (clear.verb, clear.state, clear.node, clear.seconds) == ("tls", "CLEAR", "b", 1.0)
+    # A bad version makes no certificate: after rotate, bad and untrusted there are three.
+    assert problems("lab tls=on\ntls rotate\ntls bad\ntls untrusted\nexpect cert 4 on a within 1s\n")[0].endswith(
+        "with N from 1 to 3 (the certificates made so far: 1 at start, one more for each tls rotate|untrusted line)")
 
 
 def test_every_mistake_is_reported_at_once_in_line_order() -> None:
@@ -305,6 +349,16 @@ def test_the_answers_check_needs_an_answer_and_only_from_lab_nodes() -> None:
             check_answers(nobody)
     with pytest.raises(AssertionError, match=r"answers from \['None', 'c'\]"):
         check_answers([{"node": "a"}, {"node": "c"}, {}])
+    # The HTTPS client's: and each reached the backend as HTTPS.
+    assert check_answers([{"node": "a", "proto": "https"}, {"error": "SSLCertVerificationError"}], proto="https")
+    with pytest.raises(AssertionError, match=r"X-Forwarded-Proto \['None', 'http'\], not only https"):
+        check_answers([{"node": "a", "proto": "https"}, {"node": "b", "proto": "http"}, {"node": "a"}], proto="https")
+
+
+def test_answers_are_counted_by_node_and_failures_apart() -> None:
+    assert count_answers([{"node": "a"}, {"error": "timeout"}, {"node": "b"}, {"node": "b"}]) == {
+        "requests": 4, "failed": 1, "answered": {"a": 1, "b": 2}}
+    assert count_answers([]) == {"requests": 0, "failed": 0, "answered": {}}
 
 
 def test_an_expect_holds_only_if_it_held_within_its_bound_and_still_holds() -> None:
