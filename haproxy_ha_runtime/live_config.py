@@ -77,12 +77,17 @@ def apply_tls(cfg: NodeConfig, tls: TlsStore, document_path: str, run: Callable[
               haproxy: str = "haproxy", keepalived: str = "keepalived") -> tuple[bool, str | None]:
     """Bring the TLS listeners' certificates to their secrets' current versions; when that changes
     a certificate or which listeners serve, re-render, check and reload HAProxy (live: no
-    connection refused).  Returns (something changed, why it could not be applied or None)."""
-    before = tls.left_out(cfg)
+    connection refused).  Returns (something changed, why it could not be applied or None).
+    A listener's problem that comes or goes with no certificate changed (a bad version while the
+    last good one serves, or a secret that answers again) is a change too, with no reload: the
+    caller reports it."""
+    before, problems_before = tls.left_out(cfg), tls.problems(cfg)
     changed = tls.refresh(cfg)
-    left_out = tls.left_out(cfg)
+    left_out, problems = tls.left_out(cfg), tls.problems(cfg)
     if not changed and left_out.keys() == before.keys():
-        return False, None
+        if problems == problems_before:
+            return False, None
+        return True, "; ".join(f"listener {name}: {why}" for name, why in sorted(problems.items())) or None
     try:
         applied = apply_config(cfg, document_path, haproxy, keepalived, left_out=left_out)
     except CheckFailed as e:

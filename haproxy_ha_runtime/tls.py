@@ -239,7 +239,7 @@ def _error(e: Exception) -> str:
 
 def make_client(cfg: NodeConfig) -> Any:
     """A Secrets Manager client for the node's region (its endpoint: boto3's own settings, or
-    AWS_ENDPOINT_URL_SECRETSMANAGER where a test stands in for it)."""
+    AWS_ENDPOINT_URL_SECRETS_MANAGER where a test stands in for it)."""
     import boto3
     from botocore.config import Config
 

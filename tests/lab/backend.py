@@ -1,5 +1,5 @@
 """Tiny HTTP backends for the lab: each answers every GET with its own name (GET /slow/MS: after
-MS milliseconds).
+MS milliseconds), and says in X-Seen-Proto which X-Forwarded-Proto the request came with.
 
     python -m tests.lab.backend 192.0.2.201:8080=be1 192.0.2.202:8080=be2
 
@@ -38,6 +38,7 @@ def handler_for(name: str) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
             self.send_header("X-Backend", name)
+            self.send_header("X-Seen-Proto", self.headers.get("X-Forwarded-Proto", ""))
             self.end_headers()
             self.wfile.write(body)
 
@@ -49,12 +50,13 @@ def handler_for(name: str) -> type[BaseHTTPRequestHandler]:
 
 def nginx_config(servers: list[tuple[str, int, str]], folder: Path) -> str:
     """An nginx config for `servers` (host, port, name): each answers every request with
-    "backend NAME" and an X-Backend header, as the Python backends do.  One worker, no daemon (its
-    PID is the master's, which stops its worker on SIGTERM), no access log, and every file nginx
-    writes in `folder`."""
+    "backend NAME" and the X-Backend and X-Seen-Proto headers, as the Python backends do.  One
+    worker, no daemon (its PID is the master's, which stops its worker on SIGTERM), no access log,
+    and every file nginx writes in `folder`."""
     listens = "\n".join(
         f"    server {{\n        listen {host}:{port};\n        location / {{\n"
-        f"            add_header X-Backend {name};\n            return 200 \"backend {name}\\n\";\n        }}\n    }}"
+        f"            add_header X-Backend {name};\n            add_header X-Seen-Proto $http_x_forwarded_proto;\n"
+        f"            return 200 \"backend {name}\\n\";\n        }}\n    }}"
         for host, port, name in servers)
     temp = "\n".join(f"    {kind}_temp_path {folder / kind};"
                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))

@@ -41,6 +41,7 @@ from tests.support import moto_server
 from tests.support.eni_release import EniRelease
 
 from . import backend, cloud, observe, topology
+from . import tls as lab_tls
 from .observe import JsonLines, Record
 from .topology import NODES, ROUTER, VIP
 
@@ -101,6 +102,9 @@ class LabOptions:
     # "ip": the listener's backends are be1 and be2 by address.  "dns": one backend by name
     # (DNS_NAME, answering be1 at first), which HAProxy resolves while it runs.
     backends: str = "ip"
+    # A TLS listener on port 443 beside the plain one, its certificate a secret in moto's Secrets
+    # Manager (tests/lab/tls.py; then `Lab.tls` has its URL, CA file and rotation).
+    tls: bool = False
     # What serves the backends: "python" (tests/lab/backend.py, with GET /slow/MS) or "nginx" (the
     # same replies from nginx, for the data-plane benchmark, where they must not be the bottleneck).
     backend_server: str = "python"
@@ -162,15 +166,22 @@ def _children(pid: int) -> list[int]:
 
 
 class ClientRun:
-    """One run of the client process in the client namespace."""
+    """One run of the client process in the client namespace: to the plain listener, or with
+    `tls` to the TLS listener, verified against the lab CA."""
 
-    def __init__(self, lab: Lab, interval_s: float, max_s: float, timeout_s: float) -> None:
+    def __init__(self, lab: Lab, interval_s: float, max_s: float, timeout_s: float, tls: bool = False) -> None:
         lab._client_runs += 1
-        self.path = lab.workdir / f"client-{lab._client_runs}.jsonl"
+        self.path = lab.workdir / f"client-{lab._client_runs}{'-https' if tls else ''}.jsonl"
         self.timeout_s = timeout_s
         self._log = JsonLines(self.path)
+        if tls:
+            if lab.tls is None:
+                raise LabError("an HTTPS client needs a lab with a TLS listener (LabOptions(tls=True))")
+            target = ["--url", lab.tls.url, "--cafile", str(lab.tls.cafile)]
+        else:
+            target = ["--url", f"http://{VIP}:{HTTP_PORT}/"]
         self.proc = lab._spawn(f"client-{lab._client_runs}", topology.CLIENT, [
-            sys.executable, "-m", "tests.lab.client", "--url", f"http://{VIP}:{HTTP_PORT}/",
+            sys.executable, "-m", "tests.lab.client", *target,
             "--interval-s", str(interval_s), "--max-s", str(max_s), "--timeout-s", str(timeout_s),
             "--max-requests", str(int(max_s / interval_s) + 1), "--out", str(self.path)])
 
@@ -214,6 +225,11 @@ class Lab:
             "name": "web", "port": HTTP_PORT, "mode": "http", "check_path": "/",
             "backends": by_name if self.options.backends == "dns" else [
                 {"name": f"be{i + 1}", "host": ip, "port": 8080} for i, ip in enumerate(topology.BACKEND_IPS[:2])]}]
+        # The TLS listener's certificates and secret, made at start (None without options.tls).
+        self.tls: lab_tls.LabTls | None = None
+        if self.options.tls:
+            self.tls = lab_tls.LabTls(self.workdir / "tls", VIP, MOTO_URL, cloud.REGION)
+            self.listeners.append(lab_tls.listener(self.listeners[0]["backends"]))
         # The ETag of each node's document as the lab last wrote it to S3.
         self.config_versions: dict[str, str] = {}
         self._s3: Any = None
@@ -228,8 +244,9 @@ class Lab:
             "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
             # The agents invoke the reconciler for a missing route; their Lambda client goes here.
             "AWS_ENDPOINT_URL_LAMBDA": LAMBDA_URL,
-            # The nodes read their documents from S3 (moto) and write their status there.
-            "AWS_ENDPOINT_URL_S3": MOTO_URL,
+            # The nodes read their documents from S3 (moto) and write their status there, and
+            # read the TLS listener's secret from Secrets Manager (moto).
+            "AWS_ENDPOINT_URL_S3": MOTO_URL, "AWS_ENDPOINT_URL_SECRETS_MANAGER": MOTO_URL,
             # Lifecycle hooks, instance health and CloudFormation signals go to the stand-in; the
             # instance metadata to the stand-in on the node's own loopback.
             "AWS_ENDPOINT_URL_AUTO_SCALING": AWS_URL, "AWS_ENDPOINT_URL_CLOUDFORMATION": AWS_URL,
@@ -311,6 +328,8 @@ class Lab:
         with topology.entered(ROUTER):
             self.state = cloud.create(self._api, VIP, self.options.tables)
             self._s3.create_bucket(Bucket=CONFIG_BUCKET)
+        if self.tls is not None:
+            self.tls.create()  # before the first render, which fetches the secret
         self.instance = dict(self.state.instance)
         self._start_emulator()
         self._start_reconciler()
@@ -415,6 +434,7 @@ class Lab:
             "status_key": f"nodes/{node}/status.json",
             "config_poll_s": CONFIG_POLL_S,
             "resolvers": [f"{topology.API_IP}:{DNS_PORT}"] if self.options.backends == "dns" else [],
+            **({"tls_poll_s": lab_tls.POLL_S} if self.options.tls else {}),
             # The agents write metric records (logs/metrics.jsonl); nothing ships them here.
             "pair_name": PAIR_NAME,
             "paths": {"run_dir": str(d / "run"), "keepalived_conf": str(d / "keepalived.conf"),
@@ -846,8 +866,9 @@ class Lab:
         return result
 
     # -- measuring -------------------------------------------------------------------------
-    def client(self, interval_s: float = 0.01, max_s: float = 30.0, timeout_s: float = 1.0) -> ClientRun:
-        return ClientRun(self, interval_s, max_s, timeout_s)
+    def client(self, interval_s: float = 0.01, max_s: float = 30.0, timeout_s: float = 1.0,
+               tls: bool = False) -> ClientRun:
+        return ClientRun(self, interval_s, max_s, timeout_s, tls)
 
     def failover(self, inject: Callable[[], None], survivor: str, scenario: str = "",
                  timeout_s: float = 20.0, settle_s: float = 0.3) -> Failover:

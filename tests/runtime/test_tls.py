@@ -227,3 +227,41 @@ def test_the_live_config_status_says_why_and_the_poller_reloads_on_a_rotation(
     # The rendered file passes haproxy -c with both bundles in place.
     proc = subprocess.run(["haproxy", "-c", "-f", cfg.paths.haproxy_conf], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.usefixtures("binaries")
+def test_a_bad_rotation_while_serving_is_reported_by_the_poller_and_a_good_one_clears_it(
+        secrets: Secrets, certs: dict[str, Cert], tmp_path: Path, moto: str) -> None:
+    # The listener keeps its certificate, so no bundle changes and nothing reloads: the status
+    # object and the poller's log line must still say why the new version was refused.
+    s3 = boto3.session.Session(aws_access_key_id="t", aws_secret_access_key="t").client(
+        "s3", region_name="us-east-1", endpoint_url=moto)
+    s3.create_bucket(Bucket=BUCKET)
+    v1 = secrets.create("lb/https", certs["one"].secret_string())
+    secrets.create("lb/tls13", certs["other"].secret_string())
+    document = _doc(tmp_path, config_bucket=BUCKET, config_key="a/node.json", status_key="a/status.json")
+    path = tmp_path / "node.json"
+    path.write_text(json.dumps(document))
+    store = TlsStore(secrets.client, parse_config(document).paths)
+    reloads: list[str] = []
+    live = live_config.LiveConfig(parse_config(document), s3, str(path), instance_id=lambda: None,
+                                  run=reloads.append, tls=store)
+    s3.put_object(Bucket=BUCKET, Key="a/node.json", Body=json.dumps(document).encode())
+    assert live.poll_once() is not None
+
+    def status() -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(s3.get_object(Bucket=BUCKET, Key="a/status.json")["Body"].read())
+        return result
+
+    assert status()["listeners"] == {}
+    reloads.clear()
+    v2 = secrets.rotate("lb/https", Cert(certs["one"].cert, certs["two"].key).secret_string())
+    changed, error = live.poll_tls()
+    assert changed is True and error is not None
+    assert f"version {v2}" in error and "does not belong" in error and f"still serving version {v1}" in error
+    assert set(status()["listeners"]) == {"https"} and f"version {v2}" in status()["listeners"]["https"]
+    assert reloads == []  # the bundle in force did not change
+    assert live.poll_tls() == (False, None)  # the same refusal is not reported again
+    secrets.rotate("lb/https", certs["two"].secret_string())
+    assert live.poll_tls() == (True, None)
+    assert status()["listeners"] == {} and reloads == [live_config.RELOAD_HAPROXY]

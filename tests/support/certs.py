@@ -3,7 +3,9 @@ ever committed): a CA, server certificates it signs, and the Secrets Manager val
 
 from __future__ import annotations
 
+import hashlib
 import json
+import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,16 @@ class Cert:
     def bundle(self) -> str:
         """What HAProxy serves: the certificate, then the key."""
         return self.cert.read_text() + self.key.read_text()
+
+    def fingerprint(self) -> str:
+        """The certificate's SHA-256 fingerprint (hex, of its DER form): what a TLS client that
+        was served it can compare (fingerprint_of)."""
+        return fingerprint_of(ssl.PEM_cert_to_DER_cert(self.cert.read_text()))
+
+
+def fingerprint_of(der: bytes) -> str:
+    """The SHA-256 fingerprint (hex) of a certificate in DER form, as a TLS peer presents it."""
+    return hashlib.sha256(der).hexdigest()
 
 
 def _openssl(*args: str) -> None:
