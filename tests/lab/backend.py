@@ -2,6 +2,9 @@
 MS milliseconds), and says in X-Seen-Proto which X-Forwarded-Proto the request came with.
 
     python -m tests.lab.backend 192.0.2.201:8080=be1 192.0.2.202:8080=be2
+
+Or the same replies (without /slow) from nginx, for the data-plane benchmark, where the backends
+must not be the bottleneck: `nginx_config` writes its config, `NGINX` runs it in the foreground.
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+
+# Debian's nginx-light.
+NGINX = "/usr/sbin/nginx"
 
 # GET /slow/MS answers after MS milliseconds (at most a minute): a request that stays in flight.
 _SLOW = re.compile(r"^/slow/(\d{1,5})$")
@@ -39,6 +46,32 @@ def handler_for(name: str) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+def nginx_config(servers: list[tuple[str, int, str]], folder: Path) -> str:
+    """An nginx config for `servers` (host, port, name): each answers every request with
+    "backend NAME" and the X-Backend and X-Seen-Proto headers, as the Python backends do.  One
+    worker, no daemon (its PID is the master's, which stops its worker on SIGTERM), no access log,
+    and every file nginx writes in `folder`."""
+    listens = "\n".join(
+        f"    server {{\n        listen {host}:{port};\n        location / {{\n"
+        f"            add_header X-Backend {name};\n            add_header X-Seen-Proto $http_x_forwarded_proto;\n"
+        f"            return 200 \"backend {name}\\n\";\n        }}\n    }}"
+        for host, port, name in servers)
+    temp = "\n".join(f"    {kind}_temp_path {folder / kind};"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return (f"daemon off;\nmaster_process on;\nworker_processes 1;\npid {folder / 'nginx.pid'};\n"
+            f"error_log {folder / 'error.log'} warn;\n"
+            "events {\n    worker_connections 4096;\n}\n"
+            "http {\n    access_log off;\n    default_type text/plain;\n"
+            # HAProxy keeps its connections to the servers: let them live, as an app server would.
+            "    keepalive_requests 100000;\n"
+            f"{temp}\n{listens}\n}}\n")
+
+
+def nginx_command(folder: Path) -> list[str]:
+    """The command that runs nginx in the foreground on `folder`'s nginx.conf."""
+    return [NGINX, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-e", str(folder / "error.log")]
 
 
 def main(argv: list[str]) -> int:

@@ -40,7 +40,7 @@ from haproxy_ha_runtime.config import PROFILES
 from tests.support import moto_server
 from tests.support.eni_release import EniRelease
 
-from . import cloud, observe, topology
+from . import backend, cloud, observe, topology
 from . import tls as lab_tls
 from .observe import JsonLines, Record
 from .topology import NODES, ROUTER, VIP
@@ -105,6 +105,12 @@ class LabOptions:
     # A TLS listener on port 443 beside the plain one, its certificate a secret in moto's Secrets
     # Manager (tests/lab/tls.py; then `Lab.tls` has its URL, CA file and rotation).
     tls: bool = False
+    # What serves the backends: "python" (tests/lab/backend.py, with GET /slow/MS) or "nginx" (the
+    # same replies from nginx, for the data-plane benchmark, where they must not be the bottleneck).
+    backend_server: str = "python"
+    # CPUs (a taskset list such as "1") to pin the nodes' HAProxy, and nginx, to; "": any.
+    haproxy_cpus: str = ""
+    nginx_cpus: str = ""
 
 
 @dataclass
@@ -135,6 +141,11 @@ def _wait(pred: Callable[[], Any], timeout_s: float, what: str, interval_s: floa
 
 
 wait_until = _wait
+
+
+def _pinned(cpus: str, cmd: list[str]) -> list[str]:
+    """`cmd`, run on `cpus` only (taskset execs it, so the PID stays the command's); "": as is."""
+    return ["taskset", "-c", cpus, *cmd] if cpus else cmd
 
 
 def _children(pid: int) -> list[int]:
@@ -283,8 +294,15 @@ class Lab:
         topology.build()
         moto = self._spawn("moto", ROUTER, [str(Path(sys.executable).with_name("moto_server")),
                                             "-H", topology.API_IP, "-p", str(MOTO_PORT)])
-        self._spawn("backends", ROUTER, [sys.executable, "-m", "tests.lab.backend"]
-                    + [f"{ip}:8080=be{i + 1}" for i, ip in enumerate(topology.BACKEND_IPS)])
+        if self.options.backend_server == "nginx":
+            folder = self.workdir / "nginx"
+            folder.mkdir(exist_ok=True)
+            (folder / "nginx.conf").write_text(backend.nginx_config(
+                [(ip, 8080, f"be{i + 1}") for i, ip in enumerate(topology.BACKEND_IPS)], folder))
+            self._spawn("backends", ROUTER, _pinned(self.options.nginx_cpus, backend.nginx_command(folder)))
+        else:
+            self._spawn("backends", ROUTER, [sys.executable, "-m", "tests.lab.backend"]
+                        + [f"{ip}:8080=be{i + 1}" for i, ip in enumerate(topology.BACKEND_IPS)])
         if self.options.fault_proxy:
             self._spawn("fault-proxy", ROUTER, [sys.executable, "-m", "tests.support.fault_proxy",
                                                 "--listen", f"{topology.API_IP}:{PROXY_PORT}",
@@ -502,8 +520,9 @@ class Lab:
         # Master-worker, as the distribution's unit runs it (-Ws): a reload (SIGUSR2 to the
         # master) starts a new worker on the same listening sockets.
         self._spawn(f"haproxy-{node}", NODES[node].namespace,
-                    ["haproxy", "-W", "-db", "-f", str(self.node_dir(node) / "haproxy.cfg"),
-                     "-p", str(self.node_dir(node) / "run" / "haproxy.pid")],
+                    _pinned(self.options.haproxy_cpus,
+                            ["haproxy", "-W", "-db", "-f", str(self.node_dir(node) / "haproxy.cfg"),
+                             "-p", str(self.node_dir(node) / "run" / "haproxy.pid")]),
                     log_name=f"{node}/haproxy.log")
 
     def start_agent(self, node: str) -> None:

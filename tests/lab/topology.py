@@ -190,3 +190,21 @@ def entered(namespace: str) -> Iterator[None]:
             if _libc.setns(home.fileno(), _CLONE_NEWNET) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"setns back from {namespace}: {os.strerror(err)}")
+
+
+def detour_via(node: NodeNet, addresses: list[str], pref: int = 40, table: int = 40) -> None:
+    """Make the client's traffic to `addresses` (on the router's lo) take the VIP's path minus
+    HAProxy: client -> router -> node -> router -> address, and the replies back the same way.
+    The node forwards them in its kernel, so the data-plane benchmark can compare a request through
+    HAProxy with the same hops without it.  The lab's teardown removes it with the namespaces."""
+    sysctl(node.namespace, {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.send_redirects": "0",
+                            f"net.ipv4.conf.{NODE_IFACE}.send_redirects": "0"})
+    # The router takes back from the node packets whose source is its own address (the replies),
+    # and does not match the client's packets to its local sockets before routing them (early
+    # demux would, and a packet that has a socket is never forwarded: only the SYN would pass).
+    sysctl(ROUTER, {f"net.ipv4.conf.{node.router_iface}.accept_local": "1", "net.ipv4.tcp_early_demux": "0"})
+    cmds = [f"route add default via {node.ip} dev {node.router_iface} table {table}"]
+    for i, address in enumerate(addresses):
+        cmds += [f"rule add iif to-client to {address}/32 lookup {table} pref {pref + 2 * i}",
+                 f"rule add iif lo from {address}/32 to {CLIENT_IP}/32 lookup {table} pref {pref + 2 * i + 1}"]
+    ip_batch(ROUTER, cmds)
