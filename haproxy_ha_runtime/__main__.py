@@ -20,12 +20,15 @@ import threading
 import time
 from typing import Callable
 
-from . import agent, lifecycle, peer, routes, shipping, tls
+from . import peer, shipping, tls
 from .apply import CheckFailed, apply_config
 from .config import ConfigError, NodeConfig, load_config
 from .imds import Imds, ImdsError
-from .live_config import LiveConfig
 from .log import log_event, logging_to
+
+# `agent`, `lifecycle`, `routes` and `live_config` load boto3 and botocore, about half a second of
+# CPU on a node: only `agent` and `ready` need them, so they import them.  Every boot runs `check`,
+# `render` and `ship` once each, and a new document runs `render` again.
 
 DEFAULT_CONFIG = "/etc/haproxy-ha/node.json"
 # The agent stopped to be started again on a new document (EX_TEMPFAIL).
@@ -75,6 +78,9 @@ def _render(cfg: NodeConfig, source: str) -> None:
 
 
 def _agent(cfg: NodeConfig, source: str) -> int:
+    from . import agent, lifecycle, routes
+    from .live_config import LiveConfig
+
     eni_id = cfg.eni_id or Imds().primary_eni_id()
     client = routes.make_client(cfg.region, cfg.endpoint_url)
     # The VIP must sit on the node before it can answer; the route decides who gets traffic.
@@ -102,6 +108,8 @@ def _agent(cfg: NodeConfig, source: str) -> int:
 def _ready(cfg: NodeConfig, timeout_s: float) -> int:
     """Wait until this node is ready, then signal CloudFormation (if the document names a stack);
     on timeout, say what is missing, signal failure and return 4."""
+    from . import lifecycle, routes
+
     client = routes.make_client(cfg.region, cfg.endpoint_url)
     platform = lifecycle.aws_platform(cfg)
     peer_cfg = cfg.peers[0] if len(cfg.peers) == 1 else None

@@ -539,12 +539,29 @@ def test_on_event_answers_failed_before_the_function_times_out(proxy, cfn_respon
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
     monkeypatch.setattr(handler, "_client", None)
     world = make_world(client_for(proxy.url), 2, with_routes=False)
-    proxy.state.set_fault("delay", 1, ["DescribeRouteTables"], delay_s=2.5)
+    # The work's first call, and each retry of it, is held until the test lets it go: order, not a
+    # wall-clock bound, shows that the answer did not wait for the work.
+    release = threading.Event()
+    proxy.state.on_call("DescribeRouteTables", lambda: release.wait(60), times=3)
     # The function has 0.4 s left before its reserve for the answer: that is all the work may take.
     context = _Context(remaining_s=handler.RESPONSE_RESERVE_S + 0.4)
     t0 = time.monotonic()
-    handler.on_event(_event("Create", world, ResponseURL=url), context)
+    worker = threading.Thread(target=handler.on_event, args=(_event("Create", world, ResponseURL=url), context),
+                              daemon=True)
+    worker.start()
+    try:
+        # Generous: the timer fires after 0.4 s; only a machine stalled for most of a minute misses this.
+        deadline = time.monotonic() + 45
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # The answer came while the work's call was still held ...
+        assert not release.is_set() and proxy.state.calls["DescribeRouteTables"] >= 1
+        assert [a["Status"] for a in got] == ["FAILED"], "no FAILED while the work was held: it waited for the work"
+        assert "did not finish within 0.4 s" in got[0]["Reason"]
+    finally:
+        release.set()
+        worker.join(timeout=60)
+    assert not worker.is_alive() and not proxy.state.hook_errors
     assert len(got) == 1, "one answer only: the late SUCCESS must not follow the FAILED"
-    assert got[0]["Status"] == "FAILED" and "did not finish within 0.4 s" in got[0]["Reason"]
-    # It answered on time, not when the slow call came back.
-    assert got.times[0] - t0 < 1.5
+    # ... and not before the budget was spent: a timer never fires early, whatever the load.
+    assert got.times[0] - t0 >= 0.4

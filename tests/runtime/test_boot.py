@@ -264,6 +264,31 @@ def test_a_rendered_file_the_binaries_refuse_stops_boot_before_any_service_start
                    for c in node.calls() if c.startswith("systemctl"))
 
 
+# Runs one node command as `python3 -m haproxy_ha_runtime` does, then names the AWS SDK modules it loaded.
+_SDK_PROBE = """import runpy, sys
+sys.argv = ["haproxy_ha_runtime", *sys.argv[1:]]
+try:
+    runpy.run_module("haproxy_ha_runtime", run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    status = e.code
+print("exit", status, "sdk", sorted(m for m in ("boto3", "botocore") if m in sys.modules))
+"""
+
+
+def test_check_render_and_ship_do_not_load_the_aws_sdk_and_ready_does(node: Node) -> None:
+    # Every boot runs check, render and ship; the SDK's import would cost each about half a second.
+    config = str(node.root / "etc" / "haproxy-ha" / "node.json")
+    env = {**node.env, "PYTHONPATH": str(node.root / "opt" / "haproxy-ha")}
+    loaded = {}
+    for command in ("check", "render", "ship", "ready"):
+        proc = subprocess.run([sys.executable, "-c", _SDK_PROBE, command, "--config", config], env=env,
+                              capture_output=True, text=True, timeout=60, cwd=node.root)
+        loaded[command] = proc.stdout.splitlines()[-1] if proc.stdout else proc.stderr
+    # ready asks EC2 (the fixture's stand-in agent says healthy): the probe sees the SDK when it is loaded.
+    assert loaded == {"check": "exit 0 sdk []", "render": "exit 0 sdk []", "ship": "exit 0 sdk []",
+                      "ready": "exit 0 sdk ['boto3', 'botocore']"}
+
+
 def test_the_agent_exits_3_when_eni_id_is_null_and_imds_fails(tmp_path: Path) -> None:
     path = tmp_path / "node.json"
     path.write_text(json.dumps(doc(eni_id=None)))
