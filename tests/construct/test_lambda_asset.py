@@ -21,7 +21,9 @@ def test_the_entry_points_the_construct_names_import_from_the_asset_alone() -> N
     asset = lambda_code_dir()
     # Only the asset on the path (and the interpreter's site-packages, for boto3): not this checkout.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=asset, env={**env, "PYTHONPATH": str(asset)},
+    # -B: the import must not write __pycache__ into the asset, which the other tests and the
+    # synth of this process (its hash) still read.
+    out = subprocess.run([sys.executable, "-B", "-c", PROBE], cwd=asset, env={**env, "PYTHONPATH": str(asset)},
                          check=True, capture_output=True, text=True, timeout=60).stdout
 
     found = json.loads(out)
