@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -34,7 +35,10 @@ REFUSED: list[tuple[dict[str, Any], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("listener", "expected"), REFUSED, ids=[e for _, e in REFUSED])
+# Each case's ID is its expected problem with the characters a node ID cannot hold (the backslash
+# pytest escapes, quotes, control characters) made plain, so that `pytest ID` (and mutmut) finds it.
+@pytest.mark.parametrize(("listener", "expected"), REFUSED,
+                         ids=[f"{i}-" + re.sub(r"[^\w.\[\]:,;=$/ -]", "_", e) for i, (_, e) in enumerate(REFUSED)])
 def test_fails_when_a_listener_value_would_break_or_change_haproxy_cfg(listener: dict[str, Any], expected: str) -> None:
     with pytest.raises(ConfigError) as e:
         parse_config(doc(listeners=[listener]))
