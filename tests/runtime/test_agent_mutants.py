@@ -515,7 +515,7 @@ def test_the_termination_hook_logs_each_step_with_the_node(world: World, tmp_pat
         ("lifecycle_check_failed", "a"), ("terminating", "a"), ("drained", "a"),
         ("lifecycle_complete_failed", "a"), ("lifecycle_complete", "a")]
     assert steps[0]["error"] == "IMDS: timed out" and steps[1]["drain_timeout_s"] == 1
-    assert "500" in steps[3]["error"] or "InternalFailure" in steps[3]["error"] or steps[3]["error"]
+    assert "CompleteLifecycleAction" in steps[3]["error"]  # the AWS error, as botocore words it
     assert len(aws.of("CompleteLifecycleAction")) == 2
 
 
