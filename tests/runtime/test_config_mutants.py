@@ -100,6 +100,8 @@ def _listener(**changes: Any) -> dict[str, Any]:
     ({"paths": {"x": "/a"}}, ["paths.x: got '/a'; allowed: one of the keys cloudwatch_agent_conf, haproxy_conf, "
                               "keepalived_conf, log_dir, log_socket, logrotate_conf, rsyslog_conf, run_dir"]),
     ({"paths": {"haproxy_conf": 5}}, ["paths.haproxy_conf: got 5; allowed: an absolute path without spaces"]),
+    ({"local_ip": "192.0.2.300"}, ["local_ip: got '192.0.2.300'; allowed: a single IPv4 address such as 10.0.1.10 "
+                                    "(no prefix length)"]),
     ({"local_ip": "203.0.113.10"}, ["vip: got '203.0.113.10'; allowed: an address other than local_ip"]),
     ({"peers": [{"name": "b", "ip": "203.0.113.10"}]},
      ["vip: got '203.0.113.10'; allowed: an address other than every peer's ip"]),
@@ -275,3 +277,17 @@ def test_the_document_is_read_as_utf_8_whatever_the_locale(tmp_path: Path) -> No
     out = subprocess.run([sys.executable, "-c", PROBE.format("listeners[0].static_reply"), str(path)], env=env,
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert (out.returncode, out.stdout.strip()) == (0, ascii("h\u00e9llo")), out.stderr
+
+
+def test_a_document_without_a_profile_takes_the_default_one() -> None:
+    d = doc()
+    d.pop("profile", None)
+    assert parse_config(d).timing == PROFILES["default"]
+
+
+def test_a_resolver_port_from_1_to_65535_is_accepted() -> None:
+    cfg = parse_config(doc(resolvers=["10.0.0.2:1", "10.0.0.3:65535"]))
+    assert cfg.resolvers == ("10.0.0.2:1", "10.0.0.3:65535")
+    assert _problems(doc(resolvers=["10.0.0.2:0"])) == [
+        "resolvers[0]: got '10.0.0.2:0'; allowed: a list of at most 3 DNS servers, \"address\" or \"address:port\" "
+        "(IPv4), or [] for /etc/resolv.conf's"]
