@@ -42,6 +42,8 @@ HTTPS_INTERVAL_S = 0.04
 GRACE_S = 0.25
 POLL_S = 0.02
 API_POLL_S = 0.05
+# How long a moves count waits for the emulator's log to show the routes the API shows.
+EMULATOR_CATCH_UP_S = 3.0
 _SIGNALS = {"kill": signal.SIGKILL, "stop": signal.SIGTERM}
 # A verdict still open: the expect keeps watching until its bound.
 _OPEN = None
@@ -502,6 +504,22 @@ class Runner:
                 self.lab.fault_proxy("/_fault", {"mode": "none"})
 
     # -- expects ---------------------------------------------------------------------------
+    def _emulator_caught_up(self) -> None:
+        """Moves are counted from the emulator's log, which trails the API by a poll (more on a
+        busy machine); "routes at" reads the API.  So that one does not race the other, wait
+        (bounded) until the log's last agreement is the one the API shows now."""
+        deadline = time.time() + EMULATOR_CATCH_UP_S
+        while time.time() < deadline:
+            try:
+                owner = self.lab.route_owner()
+            except Exception:  # the lab's own view of the API failed: count what the log has
+                return
+            logged = [r.get("all") for r in self.lab.emulator_log() if r.get("event") == "routes"]
+            agreed = next((eni for eni in reversed(logged) if eni), None)
+            if owner is None or (agreed is not None and self.state.node_of(agreed) == owner):
+                return
+            time.sleep(API_POLL_S)
+
     def _expect(self, step: Step, start: float) -> tuple[bool, dict[str, Any]]:
         subject = step.verb
         if subject == "metric" and step.seconds is None:
@@ -521,6 +539,7 @@ class Runner:
                 time.sleep(POLL_S if subject in ("client", "vrrp", "move", "metric", "https at", "https cert")
                            else API_POLL_S)
         if subject == "moves":
+            self._emulator_caught_up()
             changes = self.lab.route_changes(self.marks[step.mark])
             to = [self.state.node_of(r["all"]) for r in changes]
             held = compare(step.op, len(changes), step.count or 0)
