@@ -345,10 +345,9 @@ def _refuse_unknown_filters(params: dict[str, Any], model: Any, **_: Any) -> Non
             raise ClientError({"Error": {"Code": "InvalidParameterValue", "Message": message}}, model.name)
 
 
-def test_failover_uses_only_filter_names_that_ec2_knows(endpoint: str, monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    world = make_world(client_for(endpoint), 2)
-    other = make_world(client_for(endpoint), 1, vip="203.0.113.99")  # a pair in another VPC: not this one
+def _strict_filters(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Make the CLI's EC2 clients refuse, as EC2 does, a filter name it does not document; returns
+    the function that makes such a client."""
     made = cli._client
 
     def strict(session: Any) -> Any:
@@ -357,6 +356,14 @@ def test_failover_uses_only_filter_names_that_ec2_knows(endpoint: str, monkeypat
         return client
 
     monkeypatch.setattr(cli, "_client", strict)
+    return strict
+
+
+def test_failover_uses_only_filter_names_that_ec2_knows(endpoint: str, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    world = make_world(client_for(endpoint), 2)
+    other = make_world(client_for(endpoint), 1, vip="203.0.113.99")  # a pair in another VPC: not this one
+    strict = _strict_filters(monkeypatch)
     assert main(["failover", "--vip", VIP, "--to", "b"]) == 0, _err(capsys)
     assert {_tags(world.client, e).get(OPERATOR_CHOICE_TAG) for e in (world.eni_a, world.eni_b)} == {world.eni_b}
     assert all(OPERATOR_CHOICE_TAG not in _tags(world.client, e) for e in (other.eni_a, other.eni_b))
@@ -378,14 +385,7 @@ def test_a_stacks_node_found_by_its_instances_name_uses_filter_names_that_ec2_kn
     world.client.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, SubnetId=subnet, TagSpecifications=[
         {"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "node-b"}]}])
     _publish(endpoint, "Edge", world)
-    made = cli._client
-
-    def strict(session: Any) -> Any:
-        client = made(session)
-        client.meta.events.register("before-parameter-build.ec2", _refuse_unknown_filters)
-        return client
-
-    monkeypatch.setattr(cli, "_client", strict)
+    _strict_filters(monkeypatch)
     assert main(["failover", "--stack", "Edge", "--to", "node-b", "--dry-run"]) == 0, _err(capsys)
     assert f"would move to {world.eni_b} (node node-b)" in capsys.readouterr().out
 
