@@ -175,26 +175,40 @@ def test_haproxy_accepts_what_a_bad_secret_leaves(secrets: Secrets, certs: dict[
     assert "frontend https" in Path(cfg.paths.haproxy_conf).read_text()
 
 
+class _LiveNode:
+    """A node's live config against moto's S3 (its document already polled once) and TLS store
+    against moto's Secrets Manager; HAProxy reloads are recorded in `reloads`, not run."""
+
+    def __init__(self, secrets: Secrets, tmp_path: Path, moto: str, **changes: Any) -> None:
+        self.s3 = boto3.session.Session(aws_access_key_id="t", aws_secret_access_key="t").client(
+            "s3", region_name="us-east-1", endpoint_url=moto)
+        self.s3.create_bucket(Bucket=BUCKET)
+        document = _doc(tmp_path, config_bucket=BUCKET, config_key="a/node.json", status_key="a/status.json",
+                        **changes)
+        self.path = tmp_path / "node.json"
+        self.path.write_text(json.dumps(document))
+        self.cfg: NodeConfig = parse_config(document)
+        self.store = TlsStore(secrets.client, self.cfg.paths)
+        self.reloads: list[str] = []
+        self.live = live_config.LiveConfig(self.cfg, self.s3, str(self.path), instance_id=lambda: None,
+                                           run=self.reloads.append, tls=self.store)
+        self.s3.put_object(Bucket=BUCKET, Key="a/node.json", Body=json.dumps(document).encode())
+        self.first = self.live.poll_once()
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.s3.get_object(Bucket=BUCKET, Key="a/status.json")["Body"].read())
+        return result
+
+
 @pytest.mark.usefixtures("binaries")
 def test_the_live_config_status_says_why_and_the_poller_reloads_on_a_rotation(
         secrets: Secrets, certs: dict[str, Cert], tmp_path: Path, moto: str) -> None:
-    s3 = boto3.session.Session(aws_access_key_id="t", aws_secret_access_key="t").client(
-        "s3", region_name="us-east-1", endpoint_url=moto)
-    s3.create_bucket(Bucket=BUCKET)
     secrets.create("lb/https", certs["one"].secret_string())
     secrets.create("lb/tls13", "{}")
-    document = _doc(tmp_path, config_bucket=BUCKET, config_key="a/node.json", status_key="a/status.json",
-                    tls_poll_s=1)
-    path = tmp_path / "node.json"
-    path.write_text(json.dumps(document))
-    cfg: NodeConfig = parse_config(document)
-    store = TlsStore(secrets.client, cfg.paths)
-    reloads: list[str] = []
-    live = live_config.LiveConfig(cfg, s3, str(path), instance_id=lambda: None, run=reloads.append, tls=store)
-    s3.put_object(Bucket=BUCKET, Key="a/node.json", Body=json.dumps(document).encode())
-    outcome = live.poll_once()
-    assert outcome is not None and outcome.state == live_config.APPLIED
-    status = json.loads(s3.get_object(Bucket=BUCKET, Key="a/status.json")["Body"].read())
+    node = _LiveNode(secrets, tmp_path, moto, tls_poll_s=1)
+    cfg, store, live, path, reloads = node.cfg, node.store, node.live, node.path, node.reloads
+    assert node.first is not None and node.first.state == live_config.APPLIED
+    status = node.status()
     assert status["state"] == "applied" and set(status["listeners"]) == {"tls13"}
     assert "tls13" in status["listeners"] and "certificate is missing" in status["listeners"]["tls13"]
     reloads.clear()
@@ -217,7 +231,7 @@ def test_the_live_config_status_says_why_and_the_poller_reloads_on_a_rotation(
         stop.set()
         watcher.join(5)
     assert reloads == [live_config.RELOAD_HAPROXY]
-    status = json.loads(s3.get_object(Bucket=BUCKET, Key="a/status.json")["Body"].read())
+    status = node.status()
     assert status["listeners"] == {}
     assert "frontend tls13" in Path(cfg.paths.haproxy_conf).read_text()
     logged = lines.getvalue()
@@ -234,25 +248,11 @@ def test_a_bad_rotation_while_serving_is_reported_by_the_poller_and_a_good_one_c
         secrets: Secrets, certs: dict[str, Cert], tmp_path: Path, moto: str) -> None:
     # The listener keeps its certificate, so no bundle changes and nothing reloads: the status
     # object and the poller's log line must still say why the new version was refused.
-    s3 = boto3.session.Session(aws_access_key_id="t", aws_secret_access_key="t").client(
-        "s3", region_name="us-east-1", endpoint_url=moto)
-    s3.create_bucket(Bucket=BUCKET)
     v1 = secrets.create("lb/https", certs["one"].secret_string())
     secrets.create("lb/tls13", certs["other"].secret_string())
-    document = _doc(tmp_path, config_bucket=BUCKET, config_key="a/node.json", status_key="a/status.json")
-    path = tmp_path / "node.json"
-    path.write_text(json.dumps(document))
-    store = TlsStore(secrets.client, parse_config(document).paths)
-    reloads: list[str] = []
-    live = live_config.LiveConfig(parse_config(document), s3, str(path), instance_id=lambda: None,
-                                  run=reloads.append, tls=store)
-    s3.put_object(Bucket=BUCKET, Key="a/node.json", Body=json.dumps(document).encode())
-    assert live.poll_once() is not None
-
-    def status() -> dict[str, Any]:
-        result: dict[str, Any] = json.loads(s3.get_object(Bucket=BUCKET, Key="a/status.json")["Body"].read())
-        return result
-
+    node = _LiveNode(secrets, tmp_path, moto)
+    live, reloads, status = node.live, node.reloads, node.status
+    assert node.first is not None
     assert status()["listeners"] == {}
     reloads.clear()
     v2 = secrets.rotate("lb/https", Cert(certs["one"].cert, certs["two"].key).secret_string())
