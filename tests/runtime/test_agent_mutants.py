@@ -210,6 +210,23 @@ def test_a_leaving_node_says_so_at_its_state(world: World, tmp_path: Path) -> No
     assert set(targets(world.client, world.tables).values()) == {world.eni_b}
 
 
+def _resume_as_master(a: agent.Agent, peer_view: peer.PeerView | None = None) -> None:
+    """A restarted agent whose keepalived is already MASTER: HAProxy healthy, the peer as
+    `peer_view` (if given), then resumed; returns once its route check is done."""
+    a.on_health(True)
+    if peer_view is not None:
+        a.peer_views["b"] = peer_view
+    a.on_state(agent.MASTER, reason="resumed", resumed=True)
+    wait_for(lambda: not a.busy)
+
+
+def _route_at_a_dead_eni(world: World, table: str) -> None:
+    """Point `table`'s VIP route at the ENI of an instance that is stopped: a route the MASTER repairs."""
+    dead = make_world(world.client, 0)
+    world.client.stop_instances(InstanceIds=[dead.instance_a])
+    world.client.replace_route(RouteTableId=table, DestinationCidrBlock=VIP + "/32", NetworkInterfaceId=dead.eni_a)
+
+
 def _missing_route(world: World) -> None:
     world.client.delete_route(RouteTableId=world.tables[1], DestinationCidrBlock=VIP + "/32")
 
@@ -219,9 +236,7 @@ def test_a_missing_route_with_no_reconciler_is_logged_for_the_operator(world: Wo
     log = Log()
     a = agent.Agent(_node(world, tmp_path), world.client, world.eni_a, log)
     try:
-        a.on_health(True)
-        a.on_state(agent.MASTER, reason="resumed", resumed=True)
-        wait_for(lambda: not a.busy)
+        _resume_as_master(a)
     finally:
         a.shutdown()
     assert log.of("route_missing") == [
@@ -237,9 +252,7 @@ def test_a_reconciler_that_fails_is_logged_as_failed_with_its_error(world: World
 
     a = agent.Agent(_node(world, tmp_path), world.client, world.eni_a, log, invoke_reconciler=invoke)
     try:
-        a.on_health(True)
-        a.on_state(agent.MASTER, reason="resumed", resumed=True)
-        wait_for(lambda: not a.busy)
+        _resume_as_master(a)
     finally:
         a.shutdown()
     assert log.of("route_missing") == [
@@ -248,18 +261,12 @@ def test_a_reconciler_that_fails_is_logged_as_failed_with_its_error(world: World
 
 
 def test_a_repair_logs_and_counts_what_it_knew_of_the_peer(world: World, tmp_path: Path) -> None:
-    dead = make_world(world.client, 0)  # an ENI whose instance stops: a route there is wrong
-    world.client.stop_instances(InstanceIds=[dead.instance_a])
-    world.client.replace_route(RouteTableId=world.tables[0], DestinationCidrBlock=VIP + "/32",
-                               NetworkInterfaceId=dead.eni_a)
+    _route_at_a_dead_eni(world, world.tables[0])
     out, log = Records(), Log()
     a = agent.Agent(_node(world, tmp_path, pair_name=PAIR), world.client, world.eni_a, log,
                     metrics=telemetry.Telemetry(PAIR, "a", out, log))
     try:
-        a.on_health(True)
-        a.peer_views["b"] = HEALTHY_BACKUP
-        a.on_state(agent.MASTER, reason="resumed", resumed=True)
-        wait_for(lambda: not a.busy)
+        _resume_as_master(a, HEALTHY_BACKUP)
     finally:
         a.shutdown()
     (repair,) = log.of("route_repair")
@@ -274,17 +281,12 @@ def test_a_repair_logs_and_counts_what_it_knew_of_the_peer(world: World, tmp_pat
 def test_a_node_whose_peer_has_no_eni_still_repairs(world: World, tmp_path: Path) -> None:
     """A peer without an ENI (the document allows it): no peer to ask about, but a route at a dead
     ENI is still this MASTER's to take."""
-    dead = make_world(world.client, 0)
-    world.client.stop_instances(InstanceIds=[dead.instance_a])
-    world.client.replace_route(RouteTableId=world.tables[2], DestinationCidrBlock=VIP + "/32",
-                               NetworkInterfaceId=dead.eni_a)
+    _route_at_a_dead_eni(world, world.tables[2])
     log = Log()
     cfg = _node(world, tmp_path, peers=[{"name": "b", "ip": "192.0.2.20"}])
     a = agent.Agent(cfg, world.client, world.eni_a, log)
     try:
-        a.on_health(True)
-        a.on_state(agent.MASTER, reason="resumed", resumed=True)
-        wait_for(lambda: not a.busy)
+        _resume_as_master(a)
     finally:
         a.shutdown()
     assert [e["tables"] for e in log.of("route_repair")] == [[world.tables[2]]]
