@@ -584,6 +584,8 @@ class Runner:
             at = max(since, self.ref)
         elif now <= deadline:
             at = now
+            # A mark on the next line must not count this move again when the log catches up.
+            self._emulator_caught_up()
         else:
             return _OPEN, {"routes": owner, "text": f"routes at {owner}; the emulator has not read it yet"}
         return at <= deadline, {"routes": owner, "after_s": round(at - self.ref, 4),
