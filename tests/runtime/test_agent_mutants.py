@@ -21,6 +21,7 @@ import pytest
 
 from haproxy_ha_runtime import agent, lifecycle, live_config, peer, telemetry
 from haproxy_ha_runtime.config import NodeConfig, Peer, parse_config
+from haproxy_ha_runtime.tags import OPERATOR_CHOICE_TAG
 from haproxy_ha_runtime.tls import TlsStore
 from tests.conftest import VIP, World, client_for, make_world, targets
 from tests.runtime.samples import doc
@@ -276,6 +277,52 @@ def test_a_repair_logs_and_counts_what_it_knew_of_the_peer(world: World, tmp_pat
     (record,) = out.of("route_repair")
     assert (record["peer_reach"], record["peer_vrrp"], record["peer_running"]) == (peer.REACHED, "BACKUP", True)
     assert set(targets(world.client, world.tables).values()) == {world.eni_a}
+
+
+def test_a_repair_reports_the_time_its_take_over_took_in_milliseconds(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RouteRepairTime is the take-over's own elapsed time, in ms.  The take-over is the real one
+    against moto; only the elapsed time it reports is set (2.5 s), so that a factor off by 0.1 %
+    shows past the record's 0.1 ms rounding."""
+    real_take_over = agent.routes.take_over
+
+    def take_over(*args: Any, **kwargs: Any) -> Any:
+        return dataclasses.replace(real_take_over(*args, **kwargs), elapsed_s=2.5)
+
+    monkeypatch.setattr(agent.routes, "take_over", take_over)
+    _route_at_a_dead_eni(world, world.tables[0])
+    out, log = Records(), Log()
+    a = agent.Agent(_node(world, tmp_path, pair_name=PAIR), world.client, world.eni_a, log,
+                    metrics=telemetry.Telemetry(PAIR, "a", out, log))
+    try:
+        _resume_as_master(a, HEALTHY_BACKUP)
+    finally:
+        a.shutdown()
+    (repair,) = log.of("route_repair")
+    assert repair["duration_s"] == 2.5
+    (record,) = out.of("route_repair")
+    assert (record["RouteRepairTime"], record["RouteRepairs"]) == (2500.0, 1)
+
+
+def test_a_step_down_yields_for_three_adverts_and_two_seconds_at_most(world: World, tmp_path: Path) -> None:
+    """keepalived is told "unhealthy" until the peer says it is MASTER, or, if it never does,
+    until three adverts and 2 s have passed: the bound is read from the agent, bracketed by the
+    clock before and after the check that stepped down (a second apart would need a check that
+    took a second)."""
+    world.client.create_tags(Resources=[world.eni_a, world.eni_b],
+                             Tags=[{"Key": OPERATOR_CHOICE_TAG, "Value": world.eni_b}])
+    _routes_at(world, world.eni_b)  # what `haproxy-ha failover --to b` did
+    log = Log()
+    a = agent.Agent(_node(world, tmp_path), world.client, world.eni_a, log)
+    try:
+        before = time.monotonic()
+        _resume_as_master(a, HEALTHY_BACKUP)
+        after = time.monotonic()
+        assert log.of("step_down") and a.track_value == "1\n"
+        fallback = 3 * a.cfg.timing.advert_int_s + 2.0
+        assert before + fallback <= a.yield_until <= after + fallback
+    finally:
+        a.shutdown()
 
 
 def test_a_node_whose_peer_has_no_eni_still_repairs(world: World, tmp_path: Path) -> None:
