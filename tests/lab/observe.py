@@ -90,6 +90,23 @@ def route_changes(log: Iterable[Record], after: float = 0.0) -> list[Record]:
     return out
 
 
+# What the lab client records for a connection the peer reset.
+RESET_ERRORS = ("ConnectionResetError",)
+
+
+def kernel_switches(log: Iterable[Record]) -> list[tuple[float, float]]:
+    """Each time the emulator changed the VIP's next hop: from the poll's answer that made it
+    change to the return of its `ip route replace`.  The change happened in between."""
+    return [(r["ts"], r["kernel_ts"]) for r in log if r.get("event") == "routes" and r.get("kernel_ts")]
+
+
+def reset_at_a_switch(record: Record, switches: Iterable[tuple[float, float]]) -> bool:
+    """A request reset while it overlapped a next-hop change: its first packets reached one node
+    and its next ones the other, which has no such connection and resets it."""
+    return record.get("error") in RESET_ERRORS and any(
+        record["sent"] <= end and record["done"] >= start for start, end in switches)
+
+
 def client_answered_by(records: Iterable[Record]) -> tuple[str | None, float | None]:
     """The node that gave the client its latest answer, and since when it has given every
     answer: the finish time of the first of its unbroken run.  Failed requests do not break

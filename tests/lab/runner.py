@@ -752,11 +752,17 @@ class Runner:
             time.sleep(0.05)
         mark = self.marks[step.mark]
         sent = [r for r in before if r["sent"] >= mark]
-        failed = sum(1 for r in sent if r.get("error"))
+        errors = [r for r in sent if r.get("error")]
+        switches = observe.kernel_switches(self.lab.emulator_log()) if step.apart else []
+        cut = [r for r in errors if observe.reset_at_a_switch(r, switches)]
+        failed = len(errors) - len(cut)
         held = compare(step.op, failed, step.count or 0)
-        return held, {"failed": failed, "sent": len(sent), "complete": complete,
-                      "text": f"{failed} of {len(sent)} {what} sent since mark {step.mark} failed"
-                              + ("" if complete else " (some still in flight)")}
+        text = f"{failed} of {len(sent)} {what} sent since mark {step.mark} failed"
+        if step.apart:
+            text += f", apart from {len(cut)} reset at a route switch" + "".join(
+                f" (sent at {r['sent'] - self.t0:+.3f}s)" for r in cut)
+        return held, {"failed": failed, "reset_at_switch": len(cut), "sent": len(sent), "complete": complete,
+                      "text": text + ("" if complete else " (some still in flight)")}
 
     # -- after every script ----------------------------------------------------------------
     def _end_checks(self) -> list[StepResult]:
