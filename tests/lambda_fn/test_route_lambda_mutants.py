@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import time
+import types
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
@@ -18,7 +19,7 @@ from botocore.stub import Stubber
 
 from haproxy_ha_runtime import routes
 from haproxy_ha_runtime.tags import ROUTES_DELETED_TAG
-from tests.conftest import VIP, client_for, make_world
+from tests.conftest import VIP, client_for, make_world, targets
 from tests.support.lambda_stand_in import load_handler
 
 handler = load_handler()
@@ -449,3 +450,95 @@ def test_a_failed_update_answers_for_the_resource_it_was_asked_about(answers: tu
     event["ResourceProperties"]["Vip"] = "203.0.113.20"
     handler.on_event(event, _Context())
     assert [(b["Status"], b["PhysicalResourceId"]) for b in got] == [("FAILED", f"haproxy-ha-vip-routes-{VIP}")]
+
+
+# -- the reconciler's rounds -----------------------------------------------------------------------
+
+class _Clock:
+    """Stands in for the reconciler's time (route_lambda's only; take_over keeps the real one): the
+    clock moves only by the pauses between rounds, which are recorded rather than slept.  `on_pause`
+    runs in each pause, as what happens in the world meanwhile.  Past `most_pauses` a pause fails
+    the test: pauses that shrink would never reach the deadline."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, on_pause: Any = None, most_pauses: int = 20) -> None:
+        self.now = 0.0
+        self.pauses: list[float] = []
+        self.on_pause = on_pause
+
+        def sleep(seconds: float) -> None:
+            assert len(self.pauses) < most_pauses, f"more than {most_pauses} pauses: {self.pauses}"
+            self.pauses.append(seconds)
+            self.now += seconds
+            if self.on_pause is not None:
+                self.on_pause()
+
+        monkeypatch.setattr(handler, "time", types.SimpleNamespace(monotonic=lambda: self.now, sleep=sleep))
+
+
+def _clock_after(pauses: list[float]) -> float:
+    """The clock after these pauses, added one by one as _Clock adds them (so exactly)."""
+    now = 0.0
+    for p in pauses:
+        now += p
+    return now
+
+
+# The pauses between rounds: 0.05 s, doubled after every round (up to 1 s, which these tests do not
+# reach: every round costs four EC2 calls).
+ROUND_PAUSES = [0.05, 0.1, 0.2, 0.4]
+
+
+@pytest.mark.parametrize(("deadline_s", "taken"), [
+    pytest.param(_clock_after(ROUND_PAUSES[:3]), 2, id="third-pause-ends-at-it"),
+    pytest.param(0.4, 3, id="fourth-pause-ends-past-it"),  # at 0.75 s
+])
+def test_reconcile_pauses_a_doubling_time_between_rounds_until_the_deadline(
+        proxy, monkeypatch: pytest.MonkeyPatch, deadline_s: float, taken: int) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url, max_attempts=1), 1)
+    world.client.stop_instances(InstanceIds=[world.instance_a])
+    proxy.state.set_fault("5xx", 10_000, ["ReplaceRoute"])
+    clock = _Clock(monkeypatch)
+    nodes = [{"name": "a", "eni_id": world.eni_a}, {"name": "b", "eni_id": world.eni_b}]
+    report = handler.reconcile_routes(world.client, VIP, world.tables, nodes, deadline_s=deadline_s)
+    assert not report["converged"] and list(report["failed"]) == world.tables
+    assert clock.pauses == ROUND_PAUSES[:taken]
+    # A round before each pause and one after the last: the next pause would end at or past the deadline.
+    assert proxy.state.stats()["calls"]["ReplaceRoute"] == taken + 1
+    assert clock.now < deadline_s <= clock.now + ROUND_PAUSES[taken]
+
+
+@pytest.mark.parametrize("how", ["the-master-moved-it", "an-earlier-write-landed-late"])
+def test_a_table_already_at_the_target_when_a_round_reads_it_is_left_alone(
+        moto, proxy, monkeypatch: pytest.MonkeyPatch, how: str) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(client_for(proxy.url), 1)
+    c = world.client
+    c.stop_instances(InstanceIds=[world.instance_a])
+    nodes = [{"name": "a", "eni_id": world.eni_a}, {"name": "b", "eni_id": world.eni_b}]
+    direct = client_for(moto)  # straight to moto: the proxy counts only the reconciler's calls
+
+    def lands() -> None:
+        direct.replace_route(RouteTableId=world.tables[0], DestinationCidrBlock=VIP + "/32",
+                             NetworkInterfaceId=world.eni_b)
+
+    if how == "the-master-moved-it":
+        # b, the new MASTER, moves the table to itself while the reconciler reads the node states,
+        # after its first read of the table: the first round finds it already at b.
+        proxy.state.on_call("DescribeNetworkInterfaces", lands)
+        clock = _Clock(monkeypatch)
+    else:
+        # The first round's write is answered but lost, so the round's verify finds the table at a;
+        # the write lands during the pause, and the second round finds the table at b.
+        proxy.state.set_fault("lose", 1, ["ReplaceRoute"])
+        clock = _Clock(monkeypatch, on_pause=lands)
+    report = handler.reconcile_routes(c, VIP, world.tables, nodes)
+    assert proxy.state.hook_errors == []
+    assert report["broken"] == world.tables and report["target"] == world.eni_b
+    # Left alone, and no failure: not a table that changed under the reconciler.
+    assert report["skipped_changed"] == [] and report["failed"] == {} and report["converged"]
+    assert targets(c, world.tables) == {world.tables[0]: world.eni_b}
+    writes = proxy.state.stats()["calls"].get("ReplaceRoute", 0)
+    if how == "the-master-moved-it":
+        assert (report["moved"], clock.pauses, writes) == ([], [], 0)
+    else:
+        # Its own write, which landed late, is what moved the table.
+        assert (report["moved"], clock.pauses, writes) == (world.tables, [0.05], 1)

@@ -276,14 +276,15 @@ def test_a_failed_verify_is_reported_and_tried_again(proxy) -> None:  # type: ig
     assert [t.attempts for t in result.tables] == [2, 2]
 
 
-def test_a_route_that_does_not_verify_says_so(proxy) -> None:  # type: ignore[no-untyped-def]
+def test_a_route_that_does_not_verify_says_so(proxy, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     world = make_world(client_for(proxy.url), 1)
     proxy.state.blackhole = {world.eni_b}  # every write lands, but the route never serves
+    _Paced(monkeypatch, jitter=1.0)  # a clock that moves only by the pauses take_over asks for
     result = routes.take_over(world.client, VIP, world.tables, world.eni_b, deadline_s=0.3)
     (only,) = result.tables
     assert not result.converged and not result.cancelled
     assert (only.ok, only.action, only.error) == (False, "replaced", "route did not point at the ENI when verified")
-    assert only.attempts >= 2
+    assert only.attempts == 3  # at 0, 0.05 and 0.15 s; the next would be at 0.35 s
 
 
 def test_a_table_gone_before_the_verify_says_so(proxy) -> None:  # type: ignore[no-untyped-def]
@@ -421,16 +422,6 @@ def test_ensure_and_delete_report_each_table_and_their_time(moto: str) -> None:
     assert all(0 < t.elapsed_s <= deleted.elapsed_s for t in deleted.tables)
 
 
-def test_take_over_pauses_longer_between_rounds_that_fail(proxy) -> None:  # type: ignore[no-untyped-def]
-    world = make_world(client_for(proxy.url, max_attempts=1), 1)
-    proxy.state.set_fault("5xx", 10_000, ["ReplaceRoute"])
-    result = routes.take_over(world.client, VIP, world.tables, world.eni_b, deadline_s=1.0)
-    assert not result.converged
-    # Pauses of 0.05, 0.1, 0.2, 0.4 s (less a random part) fit about five rounds into a second;
-    # without them a round would follow the last at once, dozens of times.
-    assert 2 <= proxy.state.stats()["calls"]["ReplaceRoute"] <= 8
-
-
 def test_an_error_is_described_by_its_code_and_message() -> None:
     assert routes._describe_error(ClientError({"Error": {"Code": "Throttling", "Message": "slow down"}}, "op")) == (
         "Throttling: slow down")
@@ -460,3 +451,109 @@ def test_a_table_already_right_that_was_not_written_is_unchanged(moto: str) -> N
                               should_continue=lambda: next(answers, True))
     (only,) = result.tables
     assert result.converged and (only.ok, only.action, only.attempts) == (True, "unchanged", 0)
+
+
+# -- take_over's pacing, on a clock the test moves -------------------------------------------------
+
+# The pause between rounds before its jitter: 0.05 s, doubled after every round, at most 1 s.
+BACKOFF = [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+
+
+class _Paced:
+    """Stands in for take_over's time and jitter, in the route module only: the clock moves only
+    by the pauses take_over asks for, each pause is recorded rather than slept, and each jitter
+    draw returns the point `jitter` of the way through the range it was asked for (0: its low end,
+    1: its high end).  The writes still go to EC2 (moto, through the fault proxy); each takes
+    `write_s` on the clock."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, jitter: float, write_s: float = 0.0) -> None:
+        self.now = 0.0
+        self.jitter = jitter
+        self.pauses: list[float] = []
+        self.ranges: list[tuple[float, float]] = []
+        self.writes: list[float] = []  # the clock at each table write
+        point_route = routes._point_route
+
+        def write(*args: Any, **kwargs: Any) -> str:
+            self.writes.append(self.now)
+            try:
+                return point_route(*args, **kwargs)
+            finally:
+                self.now += write_s
+
+        monkeypatch.setattr(routes, "time", types.SimpleNamespace(monotonic=lambda: self.now))
+        monkeypatch.setattr(routes, "random", types.SimpleNamespace(uniform=self._uniform))
+        monkeypatch.setattr(routes, "_pause", self._pause)
+        monkeypatch.setattr(routes, "_point_route", write)
+
+    def _uniform(self, low: float, high: float) -> float:
+        self.ranges.append((low, high))
+        return low + (high - low) * self.jitter
+
+    def _pause(self, seconds: float, should_continue: Any) -> None:
+        # Pauses that shrink would never reach a deadline: fail rather than hang.
+        assert len(self.pauses) < 30, f"more than 30 pauses: {self.pauses[:10]}..."
+        self.pauses.append(seconds)
+        self.now += seconds
+
+
+def _failing_table(proxy) -> Any:  # type: ignore[no-untyped-def]
+    """One table whose every write fails (a 5xx, and no botocore retry, which would sleep)."""
+    world = make_world(client_for(proxy.url, max_attempts=1), 1)
+    proxy.state.set_fault("5xx", 10_000, ["ReplaceRoute"])
+    return world
+
+
+@pytest.mark.parametrize("jitter", [0.0, 1.0])
+def test_take_over_pauses_half_to_all_of_a_doubling_pause_capped_at_a_second(
+        proxy, monkeypatch: pytest.MonkeyPatch, jitter: float) -> None:  # type: ignore[no-untyped-def]
+    world = _failing_table(proxy)
+    paced = _Paced(monkeypatch, jitter)
+    # No deadline: the caller stops wanting the move after len(BACKOFF) pauses.
+    result = routes.take_over(world.client, VIP, world.tables, world.eni_b, deadline_s=None,
+                              should_continue=lambda: len(paced.pauses) < len(BACKOFF))
+    assert result.cancelled and not result.converged
+    assert paced.ranges == [(0.5, 1.0)] * len(BACKOFF)
+    assert paced.pauses == pytest.approx([p * (0.5 + 0.5 * jitter) for p in BACKOFF])
+    # A round of writes before each pause; none after the last (the caller stopped wanting it).
+    assert proxy.state.stats()["calls"]["ReplaceRoute"] == len(BACKOFF)
+    assert result.tables[0].attempts == len(BACKOFF)
+
+
+def _clock_after(pauses: list[float]) -> float:
+    """The fake clock after these pauses, added one by one as _Paced adds them (so exactly)."""
+    now = 0.0
+    for p in pauses:
+        now += p
+    return now
+
+
+@pytest.mark.parametrize("deadline_s", [
+    pytest.param(2.0, id="sixth-pause-ends-past-it"),  # by 0.55 s
+    pytest.param(_clock_after(BACKOFF[:6]), id="sixth-pause-ends-at-it"),
+    pytest.param(_clock_after(BACKOFF[:6]) + 0.01, id="sixth-pause-ends-before-it"),
+])
+def test_take_over_takes_no_pause_that_would_end_at_or_past_the_deadline(
+        proxy, monkeypatch: pytest.MonkeyPatch, deadline_s: float) -> None:  # type: ignore[no-untyped-def]
+    world = _failing_table(proxy)
+    paced = _Paced(monkeypatch, jitter=1.0)  # each pause is then its whole backoff
+    result = routes.take_over(world.client, VIP, world.tables, world.eni_b, deadline_s=deadline_s)
+    assert not result.converged and not result.cancelled
+    taken = 6 if deadline_s > _clock_after(BACKOFF[:6]) else 5
+    assert paced.pauses == BACKOFF[:taken]
+    # A round of writes at the start and after each pause, every one before the deadline, and the
+    # next pause would have ended at or past it.
+    assert paced.writes == [_clock_after(BACKOFF[:n]) for n in range(taken + 1)]
+    assert paced.writes[-1] < deadline_s <= paced.writes[-1] + BACKOFF[taken]
+
+
+def test_take_over_gives_up_after_ten_seconds_by_default(proxy, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    world = _failing_table(proxy)
+    paced = _Paced(monkeypatch, jitter=1.0, write_s=1.0)  # a slow API: each round takes a second
+    result = routes.take_over(world.client, VIP, world.tables, world.eni_b)
+    assert not result.converged and not result.cancelled
+    # Rounds start at 0, 1.05, 2.15, 3.35, 4.75, 6.55 and 8.55 s; the last ends at 9.55 s, and the
+    # next would start at 10.55 s, past the 10 s.
+    assert paced.pauses == BACKOFF[:6]
+    assert paced.writes == pytest.approx([0.0, 1.05, 2.15, 3.35, 4.75, 6.55, 8.55])
+    assert paced.now == pytest.approx(9.55)
