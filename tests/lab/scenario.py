@@ -95,7 +95,7 @@ EXPECT_SYNTAX: dict[str, str] = {
 # The expects of the HTTPS client (a lab with tls=on): named by their first two words.
 HTTPS_EXPECTS = ("https at", "https failed", "https cert")
 # A request whose connection straddles the instant the VIP's next hop changes is reset (README,
-# "What finishes after the routes move"): a count of failures may leave those out, by saying so.
+# "Node lifecycle", graceful hand-over): a count of failures may leave those out, by saying so.
 _APART = r"(?P<apart> apart from resets at a route switch)?"
 _EXPECT_FORMS: dict[str, re.Pattern[str]] = {
     "routes": re.compile(rf"routes at (?P<node>{_NODE}) within (?P<dur>{_DUR})"),

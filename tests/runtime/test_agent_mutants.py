@@ -11,7 +11,7 @@ import stat
 import threading
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,23 +143,29 @@ def test_the_marker_is_found_on_lo_by_its_address_without_the_prefix() -> None:
     assert agent.marker_on_lo("127.0.0.254/32") is False
 
 
+def _poll_until(run: Callable[[threading.Event], None], until: Callable[[], bool]) -> None:
+    """Run one of the agent's pollers (`run(stop)`) in a thread until `until` holds (at most 5 s),
+    then stop it and wait for it to end."""
+    stop = threading.Event()
+    thread = threading.Thread(target=run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(until, timeout=5)
+    finally:
+        stop.set()
+        thread.join(5)
+
+
 def test_the_peer_poller_keeps_asking_every_interval() -> None:
     asked: list[float] = []
     holder = types.SimpleNamespace(cfg=types.SimpleNamespace(peers=[Peer(name="b", ip="192.0.2.20")]),
                                    peer_views={})
-    stop = threading.Event()
 
     def probe(_p: Any) -> peer.PeerView:
         asked.append(time.monotonic())
         return HEALTHY_BACKUP
 
-    thread = threading.Thread(target=agent._poll_peers, args=(holder, probe, 0.02, stop), daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: len(asked) >= 3, timeout=5)
-    finally:
-        stop.set()
-        thread.join(5)
+    _poll_until(lambda stop: agent._poll_peers(holder, probe, 0.02, stop), lambda: len(asked) >= 3)
     assert holder.peer_views == {"b": HEALTHY_BACKUP}
 
 
@@ -472,15 +478,10 @@ def test_the_config_poller_logs_each_version_applies_it_and_restarts_when_it_mus
 def test_the_tls_poller_logs_a_failed_poll_and_keeps_polling(world: World, tmp_path: Path) -> None:
     cfg = dataclasses.replace(_node(world, tmp_path), tls_poll_s=0.01)
     live = _Live(cfg, [])
-    log, stop = Log(), threading.Event()
-    thread = threading.Thread(target=agent._watch_tls, daemon=True, args=(
-        types.SimpleNamespace(cfg=cfg), TlsStore(None, cfg.paths), live, "unused.json", stop, log))
-    thread.start()
-    try:
-        wait_for(lambda: live.tls_polls >= 3, timeout=5)
-    finally:
-        stop.set()
-        thread.join(5)
+    log = Log()
+    _poll_until(lambda stop: agent._watch_tls(types.SimpleNamespace(cfg=cfg), TlsStore(None, cfg.paths), live,
+                                              "unused.json", stop, log),
+                lambda: live.tls_polls >= 3)
     assert log.of("tls_poll_failed") == [
         {"event": "tls_poll_failed", "node": "a", "error": "secretsmanager: connection refused"}]
 
@@ -494,15 +495,10 @@ def test_without_live_config_the_tls_poller_refreshes_its_own_store(world: World
             refreshed.append(c.node_name)
             return super().refresh(c)
 
-    log, stop = Log(), threading.Event()
-    thread = threading.Thread(target=agent._watch_tls, daemon=True, args=(
-        types.SimpleNamespace(cfg=cfg), Store(None, cfg.paths), None, str(tmp_path / "node.json"), stop, log))
-    thread.start()
-    try:
-        wait_for(lambda: len(refreshed) >= 3, timeout=5)
-    finally:
-        stop.set()
-        thread.join(5)
+    log = Log()
+    _poll_until(lambda stop: agent._watch_tls(types.SimpleNamespace(cfg=cfg), Store(None, cfg.paths), None,
+                                              str(tmp_path / "node.json"), stop, log),
+                lambda: len(refreshed) >= 3)
     assert not log.events  # no TLS listener: nothing changed, nothing failed
 
 
