@@ -74,6 +74,7 @@ from haproxy_ha.validation import (
     check_props,
     check_vip_outside,
     is_token,
+    lookup_pending,
 )
 from haproxy_ha_cli import outputs
 from haproxy_ha_runtime import config
@@ -527,7 +528,9 @@ class HaproxyHa(Construct):
 
     def _check_vip_in_vpc(self, problems: Problems, vip: ipaddress.IPv4Address, vpc: ec2.IVpc, known_cidr: str,
                           reserved_cidrs: Sequence[str], built_vpc: bool) -> None:
-        cidrs = [("the VPC CIDR", known_cidr)] + [("reserved_cidrs", c) for c in reserved_cidrs]
+        # A lookup's stand-in CIDR is no VPC's: the VIP is checked against the real one after the lookup.
+        vpc_cidrs = [] if lookup_pending(vpc.vpc_id) else [("the VPC CIDR", known_cidr)]
+        cidrs = vpc_cidrs + [("reserved_cidrs", c) for c in reserved_cidrs]
         check_vip_outside(problems, vip, [(s, c) for s, c in cidrs if not is_token(c)])
         if is_token(vpc.vpc_cidr_block) and not built_vpc:
             Annotations.of(self).add_warning_v2(
@@ -748,16 +751,22 @@ class HaproxyHa(Construct):
         settings = dataclasses.replace(settings, listeners=preview_secrets(settings.listeners))
         addresses = [NodeAddress(name=name, eni_id=preview.placeholder_eni(name), ip=ip)
                      for name, ip in zip(NODE_NAMES, ips, strict=True)]
+        # A lookup's stand-in IDs are placeholders too: the synthesis after the lookup checks the real ones.
+        pending = lookup_pending(self.vpc.vpc_id)
         documents = self._documents(
-            addresses, settings, route_table_ids=preview.placeholder_tables(self.route_table_ids),
+            addresses, settings, route_table_ids=preview.placeholder_tables(self.route_table_ids, pending),
             region=preview.literal_or(Stack.of(self).region, preview.PLACEHOLDER_REGION),
-            vpc_id=preview.literal_or(self.vpc.vpc_id, preview.PLACEHOLDER_VPC),
+            vpc_id=preview.PLACEHOLDER_VPC if pending else preview.literal_or(self.vpc.vpc_id, preview.PLACEHOLDER_VPC),
             reconciler=preview.PLACEHOLDER_RECONCILER,
             lifecycles=[dataclasses.replace(lc, auto_scaling_group=preview.literal_or(
                             lc.auto_scaling_group, preview.placeholder_group(n.name)))
                         for n, lc in zip(self.nodes, self._lifecycles(self.nodes, preview.PLACEHOLDER_STACK),
                                          strict=True)])
-        return {name: preview.render_node_files(doc) for name, doc in zip(NODE_NAMES, documents, strict=True)}
+        try:
+            return {name: preview.render_node_files(doc) for name, doc in zip(NODE_NAMES, documents, strict=True)}
+        except config.ConfigError as e:
+            # What the props passed on (an imported VPC's IDs, say) fails the node's own checks.
+            raise HaproxyHaPropsError(self.node.path, e.problems) from None
 
     def _user_data_commands(self, document_url: str, after_boot: ec2.UserData) -> list[str]:
         """Write the boot unit and what it reads (where the node files and the node's document

@@ -12,6 +12,8 @@ placeholder that passes the same checks:
   ``haproxy-ha-reconciler``, the stack to signal ``haproxy-ha-stack`` and, where the stack's
   name is a token, the group ``haproxy-ha-node-a``.  These keep the document valid; only the
   addresses reach the files.
+- while ``Vpc.from_lookup`` has not looked its VPC up yet, the VPC and its route tables are
+  the CDK's stand-ins (``vpc-12345``, ``rtb-12345s``): they are placeholders too.
 """
 
 from __future__ import annotations
@@ -52,9 +54,11 @@ def placeholder_group(node_name: str) -> str:
     return f"haproxy-ha-node-{node_name}"
 
 
-def placeholder_tables(route_table_ids: Sequence[str]) -> list[str]:
-    """The route table IDs, each one that is a token replaced by rtb-0000000000000000N."""
-    return [f"rtb-{i:017x}" if Token.is_unresolved(t) else t for i, t in enumerate(route_table_ids, start=1)]
+def placeholder_tables(route_table_ids: Sequence[str], lookup_pending: bool = False) -> list[str]:
+    """The route table IDs, each one that is a token (every one, while a VPC lookup is pending)
+    replaced by rtb-0000000000000000N."""
+    return [f"rtb-{i:017x}" if lookup_pending or Token.is_unresolved(t) else t
+            for i, t in enumerate(route_table_ids, start=1)]
 
 
 def literal_or(value: str, placeholder: str) -> str:

@@ -31,6 +31,19 @@ def is_token(value: Any) -> bool:
     return isinstance(value, str) and Token.is_unresolved(value)
 
 
+# Until the CDK CLI has looked a VPC up and stored the answer in cdk.context.json,
+# `Vpc.from_lookup` hands back a stand-in with this ID (and route tables such as rtb-12345s, a
+# CIDR of 1.2.3.4/5); the CLI then does the lookup and synthesizes again.  Five digits: never a
+# real VPC's ID, which has 8 or 17.
+LOOKUP_PENDING_VPC_ID = "vpc-12345"
+
+
+def lookup_pending(vpc_id: str) -> bool:
+    """Is this the stand-in VPC of a `Vpc.from_lookup` that has not happened yet?  Its IDs and
+    CIDR are not to be judged: the real ones are checked on the synthesis after the lookup."""
+    return not is_token(vpc_id) and vpc_id == LOOKUP_PENDING_VPC_ID
+
+
 @dataclass(frozen=True)
 class CheckedProps:
     """What the props that need no VPC came to: the VIP and the document's listeners (each None
