@@ -15,10 +15,6 @@ import haproxy_ha_runtime
 NODE_FILES_DIR = "/opt/haproxy-ha"
 # Where the boot saves the node's config document (fetched from S3, as the agent saves each new version).
 NODE_CONFIG_PATH = "/etc/haproxy-ha/node.json"
-# Each node's config document and its status object, at fixed keys in the construct's bucket
-# (`config_bucket`): the agent polls the one and writes the other, the deploy writes and waits.
-DOCUMENT_KEY = "nodes/{node}/node.json"
-STATUS_KEY = "nodes/{node}/status.json"
 
 # User data writes these files of userdata/ itself, rather than shipping them in the node files:
 # they fetch the node files, or act when that failed.  Each maps to the path it is written to on

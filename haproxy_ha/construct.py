@@ -54,9 +54,7 @@ from haproxy_ha.assets import (
     AFTER_BOOT_PATH,
     BOOT_ENV_PATH,
     BOOT_UNIT,
-    DOCUMENT_KEY,
     FETCH_SCRIPT,
-    STATUS_KEY,
     USER_DATA_FILES,
     lambda_code_dir,
     node_files_dir,
@@ -78,6 +76,7 @@ from haproxy_ha.validation import (
 )
 from haproxy_ha_cli import outputs
 from haproxy_ha_runtime import config
+from haproxy_ha_runtime.document_keys import STATUS_KEY, document_key
 from haproxy_ha_runtime.problems import Problems
 from haproxy_ha_runtime.tags import NODE_TAG, ROUTES_DELETED_TAG
 
@@ -728,7 +727,7 @@ class HaproxyHa(Construct):
             # document changes neither the launch template nor the group.
             script = ec2.UserData.for_linux()
             script.add_commands(*self._user_data_commands(
-                bucket.s3_url_for_object(DOCUMENT_KEY.format(node=name)), after_boot))
+                bucket.s3_url_for_object(document_key(name)), after_boot))
             # Checked at synth, once callers have added their after-boot commands too.
             self.node.add_validation(_UserDataLimit(stack, name, script))
             template = self._launch_template(scope, eni, role, instance_type, machine_image, script)
@@ -893,11 +892,12 @@ class HaproxyHa(Construct):
         role.add_to_principal_policy(iam.PolicyStatement(
             actions=["lambda:InvokeFunction"], resources=[reconcile.function_arn]))
         # Exactly the objects this node reads, rather than grant_read's bucket-wide wildcards: the
-        # node files, and its own document (never the peer's); and the one it writes, its status.
+        # node files, and its own documents (never the peer's): its schema's and the one before,
+        # which an older release's writer may write last (a rollback); and the one it writes, its status.
         role.add_to_principal_policy(iam.PolicyStatement(
             actions=["s3:GetObject"],
             resources=[self.node_files.bucket.arn_for_objects(self.node_files.s3_object_key),
-                       bucket.arn_for_objects(DOCUMENT_KEY.format(node=name))],
+                       *(bucket.arn_for_objects(key) for key in _document_keys(name))],
         ))
         role.add_to_principal_policy(iam.PolicyStatement(
             actions=["s3:PutObject"], resources=[bucket.arn_for_objects(STATUS_KEY.format(node=name))]))
@@ -979,11 +979,13 @@ class HaproxyHa(Construct):
             # is deleted after both groups (they depend on it), so no node writes after it.
             removal_policy=RemovalPolicy.DESTROY,
         )
-        documents = [bucket.arn_for_objects(DOCUMENT_KEY.format(node=n)) for n in NODE_NAMES]
+        documents = [bucket.arn_for_objects(key) for n in NODE_NAMES for key in _document_keys(n)]
         statuses = [bucket.arn_for_objects(STATUS_KEY.format(node=n)) for n in NODE_NAMES]
         writer = self._config_function(scope, "Writer", "config_handler.on_event", CONFIG_WRITER_TIMEOUT,
                                        "write the nodes' documents; remove them and the status objects on delete", [
-            iam.PolicyStatement(actions=["s3:PutObject"], resources=documents),
+            # GetObject: a document an older release cannot be given keeps its body, and gets this
+            # write's metadata by a copy onto itself (haproxy_ha_runtime/document_keys.py).
+            iam.PolicyStatement(actions=["s3:PutObject", "s3:GetObject"], resources=documents),
             iam.PolicyStatement(actions=["s3:DeleteObject"], resources=documents + statuses),
         ])
         waiter = self._config_function(scope, "Waiter", "config_handler.is_complete", CONFIG_WAITER_TIMEOUT,
@@ -1076,7 +1078,7 @@ class HaproxyHa(Construct):
         nodes in service; the groups depend on it, so a new instance boots with the new document."""
         stack = Stack.of(self)
         addresses = [NodeAddress(name=n.name, eni_id=n.eni_id, ip=n.private_ip) for n in self.nodes]
-        live = [NodeLiveConfig(config_bucket=store.bucket.bucket_name, config_key=DOCUMENT_KEY.format(node=n.name),
+        live = [NodeLiveConfig(config_bucket=store.bucket.bucket_name, config_key=document_key(n.name),
                                status_key=STATUS_KEY.format(node=n.name), config_poll_s=store.poll_s,
                                tls_poll_s=tls_poll_s)
                 for n in self.nodes]
@@ -1095,7 +1097,7 @@ class HaproxyHa(Construct):
                 "WaitSeconds": store.wait_s,
                 "Nodes": [{
                     "Name": n.name,
-                    "Key": DOCUMENT_KEY.format(node=n.name),
+                    "Key": document_key(n.name),
                     "StatusKey": STATUS_KEY.format(node=n.name),
                     "AutoScalingGroupName": n.auto_scaling_group_name,
                     # JSON text: CloudFormation would hand every number and boolean over as a string.
@@ -1296,6 +1298,13 @@ class _RenderUserData:
 
     def produce(self) -> str:
         return self._user_data.render()
+
+
+def _document_keys(node: str) -> tuple[str, ...]:
+    """A node's document keys: its schema's, and the one before (which older nodes read)."""
+    keys = [document_key(node, schema) for schema in (config.SCHEMA_VERSION - 1, config.SCHEMA_VERSION)
+            if schema >= config.OLDEST_READ_SCHEMA]
+    return tuple(keys)
 
 
 def _listed(items: Sequence[str]) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from haproxy_ha_runtime import config
+from haproxy_ha_runtime.version import __version__
 
 
 @dataclass(frozen=True)
@@ -105,4 +106,5 @@ def node_config_document(
         profile=profile,
         timing=config.PROFILES[profile],
         stats_port=stats_port,
+        release=__version__,
     ))

@@ -16,7 +16,11 @@ from typing import Any
 from .problems import InvalidInput, Problems
 from .tls_policy import DEFAULT_POLICY, POLICIES
 
-SCHEMA_VERSION = 1
+# The document's schema.  It changes whenever the document's shape does (a test holds it to the
+# previous release's shape plus SCHEMA_ADDITIONS), and a node reads its own schema and the one
+# before: release N reads N-1's documents, which a rollback hands it.
+SCHEMA_VERSION = 2
+OLDEST_READ_SCHEMA = 1
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 NAME_ALLOWED = "1-32 lower-case letters, digits or '-', starting with one of the first two"
@@ -287,6 +291,9 @@ class NodeConfig:
     # PREFIX/metrics, PREFIX/haproxy and PREFIX/keepalived (shipping.LOG_GROUPS), which the stack
     # creates.  null: nothing ships, and the files stay on the node.
     log_group_prefix: str | None = None
+    # The haproxy-ha release whose construct wrote this document (schema 2); the node reports it
+    # beside its own runtime's.  null: not said (written by hand, or by the lab).
+    release: str | None = None
     priority: int = 100
     preempt: bool = False
     virtual_router_id: int = 51
@@ -309,6 +316,59 @@ class NodeConfig:
 
 
 DOCUMENT_KEYS: tuple[str, ...] = ("version", *(f.name for f in fields(NodeConfig)))
+
+
+@dataclass(frozen=True)
+class Addition:
+    """A field that a schema version added to the one before.  `serves`: can its value change what
+    a node serves or does?  A document that sets such a field to anything but its default cannot
+    be given to a node of the older schema, which would serve without it (`downgrade` refuses);
+    any other added field is left out of the older schema's document."""
+
+    field: str
+    serves: bool
+    why: str
+
+
+# What each schema added.  The one rule for handing a document to a node of an older release.
+SCHEMA_ADDITIONS: dict[int, tuple[Addition, ...]] = {
+    2: (Addition("release", serves=False,
+                 why="the haproxy-ha release whose construct wrote the document; the node only reports it"),),
+}
+
+
+def added_after(version: int) -> dict[str, Addition]:
+    """The fields that schemas after `version` (up to this one) added, by name."""
+    return {a.field: a for v in range(version + 1, SCHEMA_VERSION + 1) for a in SCHEMA_ADDITIONS.get(v, ())}
+
+
+class DowngradeRefused(ValueError):
+    """A document cannot be given to a node of an older schema: it sets a field that changes what
+    the node serves, which that node does not know.  `reasons` names each such field."""
+
+    def __init__(self, reasons: list[str], version: int) -> None:
+        self.reasons = reasons
+        super().__init__(f"a node that reads schema {version} cannot be given this document: " + "; ".join(reasons))
+
+
+def downgrade(doc: dict[str, Any], version: int) -> dict[str, Any]:
+    """`doc` (a valid document of this schema) as schema `version` writes it, for a node of an
+    older release.  A field added since then is left out when it is at its default, or changes
+    nothing a node serves; otherwise DowngradeRefused.  Never silently drops what serves."""
+    if not OLDEST_READ_SCHEMA <= version <= SCHEMA_VERSION:
+        raise ValueError(f"version: got {version}; allowed: {OLDEST_READ_SCHEMA} to {SCHEMA_VERSION}")
+    out = {k: v for k, v in doc.items()}
+    reasons = []
+    for name, addition in added_after(version).items():
+        if name not in out:
+            continue
+        value = out.pop(name)
+        if addition.serves and value != default(name):
+            reasons.append(f"{name} is {value!r} (schema {SCHEMA_VERSION} added it: {addition.why})")
+    if reasons:
+        raise DowngradeRefused(reasons, version)
+    out["version"] = version
+    return out
 
 
 def default(key: str) -> Any:
@@ -594,6 +654,9 @@ def check_log_group_prefix(c: Problems, value: Any, where: str = "log_group_pref
     return checked
 
 
+# A release's version, as PEP 440 writes it (0.2.0, 0.2.0.dev0, 1.0.0rc1+local).
+RELEASE_RE = re.compile(r"^[0-9][0-9A-Za-z.+!-]{0,63}$")
+RELEASE_ALLOWED = "a haproxy-ha release version such as 0.2.0, or null"
 # S3's rules for a bucket name: 3-63 lowercase letters, digits, dots and hyphens.
 # How often a node may poll its document in S3, in seconds.
 CONFIG_POLL_BOUNDS_S = (1.0, 3600.0)
@@ -615,8 +678,13 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
     for key in sorted(set(doc) - set(DOCUMENT_KEYS)):
         c.bad(key, doc[key], "no such field; known fields are " + ", ".join(sorted(DOCUMENT_KEYS)))
     version = doc.get("version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
-        c.bad("version", version, str(SCHEMA_VERSION))
+    if isinstance(version, bool) or not isinstance(version, int) or not OLDEST_READ_SCHEMA <= version <= SCHEMA_VERSION:
+        c.bad("version", version, f"a schema this node reads: {OLDEST_READ_SCHEMA} to {SCHEMA_VERSION}")
+    else:
+        # A field that came with a later schema than the document says is not the document's.
+        for key in sorted(set(doc) & set(added_after(version))):
+            since = min(v for v, adds in SCHEMA_ADDITIONS.items() if any(a.field == key for a in adds))
+            c.bad(key, doc[key], f"no such field in schema {version}; it needs a document of version {since} or later")
     node_name = c.string(c.get(doc, "node_name", ""), "node_name", NAME_RE, NAME_ALLOWED)
     vip = check_vip(c, c.get(doc, "vip", ""))
     local_ip = c.ipv4(c.get(doc, "local_ip", ""), "local_ip")
@@ -668,6 +736,7 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
     pair_name = _optional(c, doc, "pair_name", PAIR_NAME_RE, PAIR_NAME_ALLOWED)
     detailed_metrics = c.boolean(doc.get("detailed_metrics", default("detailed_metrics")), "detailed_metrics")
     log_group_prefix = check_log_group_prefix(c, doc.get("log_group_prefix"))
+    release = _optional(c, doc, "release", RELEASE_RE, RELEASE_ALLOWED)
     priority = c.integer(doc.get("priority", default("priority")), "priority", 1, 254)
     preempt = c.boolean(doc.get("preempt", default("preempt")), "preempt")
     vrid = c.integer(doc.get("virtual_router_id", default("virtual_router_id")), "virtual_router_id", 1, 255)
@@ -703,8 +772,8 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
         cfn_resource=cfn_resource, drain_timeout_s=drain_timeout_s, replace_unhealthy_after_s=replace_after_s,
         config_bucket=config_bucket, config_key=config_key, status_key=status_key, config_poll_s=config_poll_s,
         tls_poll_s=tls_poll_s, pair_name=pair_name, detailed_metrics=detailed_metrics,
-        log_group_prefix=log_group_prefix, preempt=preempt, virtual_router_id=vrid, stats_port=stats_port,
-        agent_port=agent_port, paths=paths, resolvers=resolvers,
+        log_group_prefix=log_group_prefix, release=release, preempt=preempt, virtual_router_id=vrid,
+        stats_port=stats_port, agent_port=agent_port, paths=paths, resolvers=resolvers,
     )
 
 

@@ -1,20 +1,29 @@
 """The nodes' documents as a CloudFormation custom resource, on the CDK Provider framework: `on_event`
-writes each node's config document to its fixed key in S3, and `is_complete` holds the deploy until
-every node in service says, in its status object (live_config.py), that it applied that version.
+writes each node's config document to S3, and `is_complete` holds the deploy until every node in
+service says, in its status object (live_config.py), that it follows that version.
 
 Resource properties (CloudFormation hands every scalar over as a string):
 
     Bucket       the bucket that holds the documents and the nodes' status objects
     WaitSeconds  how long is_complete waits for the nodes before it fails the deploy
-    Nodes        [{"Name": "a", "Key": "nodes/a/node.json", "StatusKey": "nodes/a/status.json",
+    Nodes        [{"Name": "a", "Key": "nodes/a/node.v2.json", "StatusKey": "nodes/a/status.json",
                    "AutoScalingGroupName": "...", "Document": "<the document, as JSON text>"}, ...]
 
-on_event returns each document's version (the ETag S3 gave it, as the node reports it) and the time
-by which the nodes must have applied it; the framework hands both to is_complete, called at once
-and then every query interval.  A node whose group has no healthy instance in service is not
-waited for: it is being replaced (or not made yet, on create), and its new instance boots with the
-new document.  A node that refuses the version fails the deploy with its reason; CloudFormation
-then writes the previous documents back, and waits for them the same way.
+Version skew (document_keys.py): beside `Key`, the writer keeps the document of the schema before
+(`nodes/a/node.json` for schema 1), for a node of the previous release, which may still run while
+the documents are written (an upgrade writes them before it replaces the nodes).  That document is
+config.downgrade of the new one; when the new one sets a field that changes what a node serves
+and the older schema lacks, there is none to give: the older key keeps its document, the older
+node serves it until its group replaces it, and the writer says so in its log.
+
+on_event returns, per node, the ETag of each document it wrote (as the node reports it) and the time
+by which the nodes must follow them; the framework hands both to is_complete, called at once and
+then every query interval.  A node is waited for on the newest document it can read: its status
+object says which schema it reads (none said: schema 1, release 0.1.0).  A node whose group has no
+healthy instance in service is not waited for: it is being replaced (or not made yet, on create),
+and its new instance boots with the new document.  A node that refuses the version fails the deploy
+with its reason; CloudFormation then writes the previous documents back, and waits for them the
+same way.
 """
 
 from __future__ import annotations
@@ -28,7 +37,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .config import ConfigError, parse_config
+from . import document_keys
+from .config import ConfigError, DowngradeRefused, downgrade, parse_config
 from .live_config import APPLIED, REFUSED
 from .log import log_event
 
@@ -40,8 +50,19 @@ REASON_LIMIT = 2000
 
 
 def version_key(node: str) -> str:
-    """The key of a node's document version in the resource's Data: ``a.Version``."""
+    """The key of a node's document version (its ETag at `Key`) in the resource's Data: ``a.Version``."""
     return f"{node}.Version"
+
+
+def legacy_version_key(node: str) -> str:
+    """The key, in the resource's Data, of the ETag of the node's document for the schema before:
+    ``a.LegacyVersion``; absent when none was written."""
+    return f"{node}.LegacyVersion"
+
+
+def legacy_refused_key(node: str) -> str:
+    """The key, in the resource's Data, of why a node of the previous schema got no document."""
+    return f"{node}.LegacyRefused"
 
 
 def physical_id(bucket: str) -> str:
@@ -120,19 +141,22 @@ def write_documents(s3: Any, event: dict[str, Any], now: float) -> dict[str, Any
         log_event("node_documents_removed", bucket=props.bucket, nodes=[n.name for n in props.nodes])
         return {"PhysicalResourceId": event["PhysicalResourceId"]}
     problems = []
+    documents: dict[str, dict[str, Any]] = {}
     for n in props.nodes:
         try:
-            parse_config(json.loads(n.document), f"node {n.name}'s document")
+            documents[n.name] = json.loads(n.document)
+            parse_config(documents[n.name], f"node {n.name}'s document")
         except ValueError as e:  # ConfigError, and JSON's own error
             problems.append(str(e) if isinstance(e, ConfigError) else f"node {n.name}'s document is not JSON: {e}")
     if problems:
         raise ValueError(_cut("; ".join(problems)))
     data: dict[str, str] = {}
+    # One generation for this write's documents: a node follows its own schema's key once that
+    # carries the generation the older key carries (document_keys.choose).
+    generation = str(event.get("RequestId") or f"{now:.6f}")
     try:
         for n in props.nodes:
-            put = s3.put_object(Bucket=props.bucket, Key=n.key, Body=n.document.encode(),
-                                ContentType="application/json")
-            data[version_key(n.name)] = str(put["ETag"]).strip('"')
+            data.update(_write_node(s3, props.bucket, n, documents[n.name], generation))
     except Exception:
         # A create that fails is never deleted (the framework answers with a marker ID, and
         # ignores the delete that follows): remove what was written here, or the bucket cannot go.
@@ -144,9 +168,51 @@ def write_documents(s3: Any, event: dict[str, Any], now: float) -> dict[str, Any
     return {"PhysicalResourceId": physical_id(props.bucket), "Data": data}
 
 
+def _write_node(s3: Any, bucket: str, node: NodeObjects, document: dict[str, Any], generation: str) -> dict[str, str]:
+    """Put one node's document at its key, and before it the document of the schema before (for a
+    node of the previous release), both with this write's metadata; the ETags, as Data."""
+    schema = int(document.get("version", 1))
+    metadata = document_keys.writer_metadata(generation, schema)
+    data: dict[str, str] = {}
+    legacy = document_keys.older_key(node.key) if document_keys.schema_of(node.key) == schema else None
+    if legacy is not None:
+        older = document_keys.schema_of(legacy)
+        assert older is not None
+        try:
+            handed = downgrade(document, older)
+            # The older node polls the key its document names: its own.
+            if handed.get("config_key") == node.key:
+                handed["config_key"] = legacy
+            body = json.dumps(handed)
+        except DowngradeRefused as e:
+            # That node keeps its document: only this write's metadata goes onto it (a copy onto
+            # itself keeps the body, and with it the ETag the node has).
+            data[legacy_refused_key(node.name)] = _cut(str(e))[:500]
+            log_event("node_document_not_downgraded", node=node.name, key=legacy, reason=str(e))
+            try:
+                s3.copy_object(Bucket=bucket, Key=legacy, CopySource={"Bucket": bucket, "Key": legacy},
+                               Metadata=metadata, MetadataDirective="REPLACE", ContentType="application/json")
+            except ClientError as ce:
+                if ce.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                    raise
+        else:
+            put = s3.put_object(Bucket=bucket, Key=legacy, Body=body.encode(), ContentType="application/json",
+                                Metadata=metadata)
+            data[legacy_version_key(node.name)] = str(put["ETag"]).strip('"')
+    put = s3.put_object(Bucket=bucket, Key=node.key, Body=node.document.encode(), ContentType="application/json",
+                        Metadata=metadata)
+    data[version_key(node.name)] = str(put["ETag"]).strip('"')
+    return data
+
+
+def _document_keys(node: NodeObjects) -> list[str]:
+    legacy = document_keys.older_key(node.key)
+    return [node.key] + ([legacy] if legacy is not None else [])
+
+
 def _remove(s3: Any, props: Properties) -> None:
     for n in props.nodes:
-        for key in (n.key, n.status_key):
+        for key in (*_document_keys(n), n.status_key):
             try:
                 s3.delete_object(Bucket=props.bucket, Key=key)
             except ClientError as e:
@@ -190,16 +256,56 @@ class NodesTooSlow(RuntimeError):
     """Not every node in service applied its new version in time."""
 
 
-def _waiting_for(node: NodeObjects, instances: list[str], status: dict[str, Any] | None, version: str) -> str:
+def honours(status: dict[str, Any], key: str, version: str) -> bool:
+    """Does the node's status say it follows (or refused) `version` of the document at `key`?  A
+    status of release 0.1.0 names one version, that of its one key."""
+    versions = status.get("versions")
+    if isinstance(versions, dict):
+        return versions.get(key) == version
+    return status.get("version") == version
+
+
+def node_schema(status: dict[str, Any] | None) -> int:
+    """The schema the node that wrote `status` reads (release 0.1.0 said none: schema 1)."""
+    schema = (status or {}).get("schema", 1)
+    return schema if isinstance(schema, int) and not isinstance(schema, bool) else 1
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What to wait for from one node: the version of the document at `key`; or nothing, and why."""
+
+    key: str | None
+    version: str | None
+    why_not: str | None = None
+
+
+def expected(node: NodeObjects, data: dict[str, Any], status: dict[str, Any] | None) -> Expected:
+    """The newest document this node can read, by the schema its status says it reads."""
+    schema = document_keys.schema_of(node.key)
+    reads = node_schema(status)
+    if schema is None or status is None or reads >= schema:
+        return Expected(node.key, str(data[version_key(node.name)]))
+    legacy = document_keys.older_key(node.key)
+    if legacy is not None and document_keys.schema_of(legacy) == reads:
+        if legacy_version_key(node.name) in data:
+            return Expected(legacy, str(data[legacy_version_key(node.name)]))
+        return Expected(None, None, str(data.get(legacy_refused_key(node.name), "")))
+    return Expected(None, None, f"it reads schema {reads}, and this release writes schema {schema} and the one "
+                                "before only")
+
+
+def _waiting_for(node: NodeObjects, instances: list[str], status: dict[str, Any] | None, want: Expected) -> str:
     where = f"node {node.name} ({', '.join(instances)})"
     if status is None:
         return f"{where} has written no status yet"
     if "unreadable" in status:
         return f"{where} wrote a status that is not a JSON object: {status['unreadable']!r}"
-    if status.get("version") != version:
+    assert want.key is not None and want.version is not None
+    if not honours(status, want.key, want.version):
         return (f"{where} reports version {status.get('version')} ({status.get('state')}, "
-                f"by {status.get('instance_id')}), not {version}")
-    return f"{where} reports version {version} as {status.get('state')!r}"
+                f"by {status.get('instance_id')}), not {want.version} of {want.key}")
+    return f"{where} reports version {want.version} of {want.key} as {status.get('state')!r}"
 
 
 def check_nodes(s3: Any, autoscaling: Any, event: dict[str, Any], now: float) -> dict[str, Any]:
@@ -217,18 +323,24 @@ def check_nodes(s3: Any, autoscaling: Any, event: dict[str, Any], now: float) ->
         if not instances:
             states[n.name] = "skipped: no instance in service"
             continue
-        version = str(data[version_key(n.name)])
         status = read_status(s3, props.bucket, n.status_key)
-        if status is not None and status.get("version") == version:
+        want = expected(n, data, status)
+        if want.key is None or want.version is None:
+            # A node of the previous release that this document cannot be given to: it serves the
+            # one it has, and its group replaces it next (the groups depend on this resource).
+            states[n.name] = f"skipped: it reads schema {node_schema(status)} and cannot be given this document"
+            log_event("node_document_skipped", node=n.name, schema=node_schema(status), reason=want.why_not)
+            continue
+        if status is not None and "unreadable" not in status and honours(status, want.key, want.version):
             if status.get("state") == APPLIED:
                 states[n.name] = f"applied by {status.get('instance_id')}"
                 continue
             if status.get("state") == REFUSED:
-                log_event("node_document_refused", node=n.name, version=version, status=status)
+                log_event("node_document_refused", node=n.name, version=want.version, status=status)
                 raise NodeRefused(_cut(
-                    f"node {n.name} ({status.get('instance_id')}) refused version {version} of its document "
-                    f"s3://{props.bucket}/{n.key}, and serves the one it had: {status.get('reason')}"))
-        waiting.append(_waiting_for(n, instances, status, version))
+                    f"node {n.name} ({status.get('instance_id')}) refused version {want.version} of its document "
+                    f"s3://{props.bucket}/{want.key}, and serves the one it had: {status.get('reason')}"))
+        waiting.append(_waiting_for(n, instances, status, want))
         states[n.name] = "waiting"
     log_event("node_documents_check", request=event["RequestType"], nodes=states, waiting=waiting)
     if not waiting:

@@ -304,8 +304,10 @@ def test_each_node_role_grants_exactly_its_nodes_actions_each_on_its_exact_scope
         # These three allow no resource scope; every call filters by ID or VPC.
         ("ec2:DescribeInstances", "ec2:DescribeNetworkInterfaces", "ec2:DescribeRouteTables"): "*",
         ("lambda:InvokeFunction",): {"Fn::GetAtt": [reconcile_function(app_doc), "Arn"]},
-        # The node files, and its own document (never the peer's); it writes its own status only.
-        ("s3:GetObject",): ["node files object", config_object(app_doc, f"nodes/{node.lower()}/node.json")],
+        # The node files, and its own documents, its schema's and the one before (never the peer's);
+        # it writes its own status only.
+        ("s3:GetObject",): ["node files object", config_object(app_doc, f"nodes/{node.lower()}/node.json"),
+                            config_object(app_doc, f"nodes/{node.lower()}/node.v2.json")],
         ("s3:PutObject",): config_object(app_doc, f"nodes/{node.lower()}/status.json"),
         # Its own group only: by name, the group's ID (a UUID) being unknown before it exists.
         ("autoscaling:CompleteLifecycleAction", "autoscaling:SetInstanceHealth"):
@@ -462,7 +464,7 @@ def test_the_documents_are_accepted_by_the_runtime(app_doc: dict[str, Any]) -> N
     bucket = Resolver(app_doc).ref(config_bucket(app_doc))
     for cfg in (a, b):
         assert (cfg.config_bucket, cfg.config_key, cfg.status_key, cfg.config_poll_s) == (
-            bucket, f"nodes/{cfg.node_name}/node.json", f"nodes/{cfg.node_name}/status.json", 10.0)
+            bucket, f"nodes/{cfg.node_name}/node.v2.json", f"nodes/{cfg.node_name}/status.json", 10.0)
 
 
 def test_each_document_names_its_own_group_hook_drain_and_signal(app_doc: dict[str, Any]) -> None:
@@ -495,7 +497,7 @@ def test_user_data_writes_the_boot_unit_and_starts_it_without_waiting(app_doc: d
     for node, logical_id in zip("ab", launch_template_ids(app_doc), strict=True):
         (readable,) = [st["Resource"] for st in statements(app_doc, f"HaproxyHaNode{node.upper()}Role")
                        if actions_of(st) == ["s3:GetObject"]]
-        node_files, document = (resolver.resolve(arn) for arn in readable)
+        node_files, _, document = (resolver.resolve(arn) for arn in readable)
         text = raw_user_data(app_doc, logical_id, resolver)
         lines = text.splitlines()
         assert lines[:3] == ["#!/bin/bash", *NODE_PREPARE_COMMANDS]
@@ -508,11 +510,11 @@ def test_user_data_writes_the_boot_unit_and_starts_it_without_waiting(app_doc: d
                              ("boot-failed.sh", "HAPROXY_HA_BOOT_FAILED_SCRIPT")):
             assert heredoc(text, marker) + "\n" == (REPO / "userdata" / name).read_text()
             assert f"cat > {USER_DATA_FILES[name]} <<'{marker}'" in lines
-        # The unit fetches exactly the objects the role may read: the node files and its own document.
+        # The unit fetches objects the role may read: the node files and its own schema's document.
         env = dict(line.split("=", 1) for line in heredoc(text, "HAPROXY_HA_BOOT_ENV").splitlines())
         assert env == {"NODE_FILES_URL": node_files.replace("arn:aws:s3:::", "s3://"),
                        "NODE_CONFIG_URL": document.replace("arn:aws:s3:::", "s3://"), "AWS_REGION": "eu-west-1"}
-        assert env["NODE_CONFIG_URL"].endswith(f"/nodes/{node}/node.json")
+        assert env["NODE_CONFIG_URL"].endswith(f"/nodes/{node}/node.v2.json")
         # The document itself is not in user data: a new one changes no launch template.
         assert '"listeners"' not in text and "HAPROXY_HA_NODE_CONFIG" not in text
         assert heredoc(text, "HAPROXY_HA_AFTER_BOOT") == "#!/bin/bash"

@@ -90,7 +90,7 @@ def test_the_documents_resource_names_each_nodes_fixed_keys_and_group(app_doc: d
     assert props["Bucket"] == {"Ref": bucket_id(app_doc)}
     groups = [app_doc["Resources"][g]["Properties"]["AutoScalingGroupName"] for g in group_ids(app_doc)]
     assert [{k: v for k, v in n.items() if k != "Document"} for n in props["Nodes"]] == [
-        {"Name": name, "Key": f"nodes/{name}/node.json", "StatusKey": f"nodes/{name}/status.json",
+        {"Name": name, "Key": f"nodes/{name}/node.v2.json", "StatusKey": f"nodes/{name}/status.json",
          "AutoScalingGroupName": group} for name, group in zip("ab", groups, strict=True)]
     # What the resource writes is the document the node reads, naming the same objects.
     for document in node_documents(app_doc).values():
@@ -105,22 +105,25 @@ def test_each_node_reads_only_its_own_document_and_writes_only_its_own_status(
         app_doc: dict[str, Any], node: str) -> None:
     role_id, _ = one(app_doc, "AWS::IAM::Role", f"HaproxyHaNode{node.upper()}Role")
     found = grants(app_doc, role_id)
-    node_files, document = found[("s3:GetObject",)]
+    node_files, *documents = found[("s3:GetObject",)]
     assert isinstance(node_files, str) and node_files.endswith(".zip")
-    assert document == obj(app_doc, f"nodes/{node}/node.json")
+    # Its schema's document, and the one before: an older release's writer writes that one last
+    # in a rollback (haproxy_ha_runtime/document_keys.py).
+    assert documents == [obj(app_doc, f"nodes/{node}/node.json"), obj(app_doc, f"nodes/{node}/node.v2.json")]
     assert found[("s3:PutObject",)] == obj(app_doc, f"nodes/{node}/status.json")
     assert not [a for actions in found for a in actions if a.startswith("s3:")
                 and a not in ("s3:GetObject", "s3:PutObject")]
 
 
-def test_the_writer_may_put_the_documents_and_delete_them_and_the_statuses_and_nothing_else(
+def test_the_writer_may_write_both_schemas_documents_and_delete_them_and_the_statuses_and_nothing_else(
         app_doc: dict[str, Any]) -> None:
     role_id, _ = one(app_doc, "AWS::IAM::Role", "HaproxyHaConfigWriterRole")
-    documents = [obj(app_doc, f"nodes/{n}/node.json") for n in "ab"]
+    documents = [obj(app_doc, f"nodes/{n}/{key}") for n in "ab" for key in ("node.json", "node.v2.json")]
     statuses = [obj(app_doc, f"nodes/{n}/status.json") for n in "ab"]
     assert grants(app_doc, role_id) == {
-        ("s3:PutObject",): documents,
-        ("s3:DeleteObject",): [documents[0], statuses[0], documents[1], statuses[1]],
+        # GetObject: the copy that puts a write's metadata on a document an older node keeps.
+        ("s3:GetObject", "s3:PutObject"): documents,
+        ("s3:DeleteObject",): [*documents[:2], statuses[0], *documents[2:], statuses[1]],
         LOGS: logs_of(app_doc, "HaproxyHaConfigWriterLogs"),
     }
 

@@ -16,12 +16,15 @@ from typing import Any
 import boto3
 import pytest
 
-from haproxy_ha_runtime import config_lambda
+from haproxy_ha_runtime import config, config_lambda, document_keys
 from haproxy_ha_runtime.config import parse_config
 from haproxy_ha_runtime.live_config import APPLIED, REFUSED, LiveConfig, Outcome
+from haproxy_ha_runtime.version import __version__
 from tests.conftest import REPO
 from tests.runtime.samples import doc
+from tests.support import releases
 from tests.support.moto_server import IMAGE_ID
+from tests.support.releases import run_release_python
 
 BUCKET = "haproxy-ha-documents-test"
 
@@ -106,7 +109,7 @@ def deploy(kind: str, reply: str, **extra: Any) -> dict[str, Any]:
 
 
 class NodeAgent:
-    """One node's side, with the node's own code: the conditional GET and the status object."""
+    """One node's side, with the node's own code: which document it follows, and the status object."""
 
     def __init__(self, cloud: Cloud, name: str, instance: str | None = None) -> None:
         body = cloud.s3.get_object(Bucket=BUCKET, Key=f"nodes/{name}/node.json")["Body"].read()
@@ -118,9 +121,9 @@ class NodeAgent:
         fetched = self.live.fetch()
         if fetched is None:
             return None
-        version = fetched[0]
-        self.live.version = version
-        self.live.report(Outcome(version, state, reason))
+        key, version, _, follows = fetched
+        self.live.version, self.live.version_key, self.live.follows = version, key, follows
+        self.live.report(Outcome(version, state, reason, key=key))
         return version
 
 
@@ -281,3 +284,162 @@ def test_fails_when_a_property_is_bad_and_names_it(cloud: Cloud, change: dict[st
     with pytest.raises(ValueError) as e:
         handler.on_event(event, None)
     assert problem in str(e.value)
+
+
+# -- version skew: this release's writer and waiter beside the previous release's nodes and writer --
+
+def document_v2(node: str, reply: str, **changes: Any) -> dict[str, Any]:
+    """This release's document for `node`, at its schema's key (as the construct writes it)."""
+    return document(node, reply) | {"version": config.SCHEMA_VERSION, "release": "9.9.9",
+                                    "config_key": document_keys.document_key(node), **changes}
+
+
+def properties_v2(reply: str, **changes: Any) -> dict[str, Any]:
+    props = properties(reply)
+    for n in props["Nodes"]:
+        n["Key"] = document_keys.document_key(n["Name"])
+        n["Document"] = json.dumps(document_v2(n["Name"], reply, **changes))
+    return props
+
+
+def deploy_v2(kind: str, reply: str, **changes: Any) -> dict[str, Any]:
+    event = request(kind, reply, ResourceProperties=properties_v2(reply, **changes), RequestId=f"req-{reply}")
+    return {**event, **handler.on_event(event, None)}
+
+
+def previous_release(moto: str, code: str, stdin: Any = None) -> Any:
+    """Run `code` with the previous release's own packages, its AWS clients aimed at moto; it
+    prints one JSON value last (its events come before, one line each)."""
+    prelude = (f"import json, os, sys\nos.environ.update(AWS_ENDPOINT_URL={moto!r}, AWS_REGION='us-east-1', "
+               "AWS_DEFAULT_REGION='us-east-1', AWS_ACCESS_KEY_ID='t', AWS_SECRET_ACCESS_KEY='t')\n")
+    proc = run_release_python(releases.previous_release(), prelude + code, json.dumps(stdin))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+# The previous release's node: its own LiveConfig fetches (a conditional GET of its one key) and
+# reports, as its agent does after an apply.
+PREVIOUS_NODE = '''
+import boto3
+from haproxy_ha_runtime.config import parse_config
+from haproxy_ha_runtime.live_config import LiveConfig, Outcome
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1")
+args = json.load(sys.stdin)
+body = s3.get_object(Bucket=args["bucket"], Key=args["key"])["Body"].read()
+live = LiveConfig(parse_config(json.loads(body)), s3, "/nonexistent/node.json", instance_id=lambda: args["instance"])
+fetched = live.fetch()
+if fetched is not None:
+    live.report(Outcome(fetched[0], "applied"))
+print(json.dumps(fetched[0] if fetched else None))
+'''
+
+
+def previous_node_polls(cloud: Cloud, moto: str, name: str) -> str | None:
+    version: str | None = previous_release(moto, PREVIOUS_NODE, {
+        "bucket": BUCKET, "key": document_keys.document_key(name, 1), "instance": cloud.in_service(f"group-{name}")})
+    return version
+
+
+def test_the_writer_keeps_the_previous_schemas_document_beside_the_new_one(cloud: Cloud) -> None:
+    event = deploy_v2("Create", "v1")
+    for n in ("a", "b"):
+        new = cloud.s3.get_object(Bucket=BUCKET, Key=f"nodes/{n}/node.v2.json")
+        old = cloud.s3.get_object(Bucket=BUCKET, Key=f"nodes/{n}/node.json")
+        assert json.loads(new["Body"].read()) == document_v2(n, "v1")
+        # As the previous release writes it: schema 1, naming the key that release polls.
+        assert json.loads(old["Body"].read()) == config.downgrade(document_v2(n, "v1"), 1) | {
+            "config_key": f"nodes/{n}/node.json"}
+        assert event["Data"][f"{n}.Version"] == new["ETag"].strip('"')
+        assert event["Data"][f"{n}.LegacyVersion"] == old["ETag"].strip('"')
+        # One write, one generation, on both keys; the newest schema it holds is 2.
+        assert new["Metadata"] == old["Metadata"] == document_keys.writer_metadata("req-v1", 2)
+
+
+def test_an_upgrade_waits_for_a_previous_release_node_on_the_document_it_reads(cloud: Cloud, moto: str) -> None:
+    cloud.group("group-a")
+    cloud.group("group-b")
+    deploy("Create", "v1")  # the previous release's stack: schema 1 at nodes/<node>/node.json
+    assert previous_node_polls(cloud, moto, "a") and previous_node_polls(cloud, moto, "b")
+    event = deploy_v2("Update", "v2")  # the upgrade writes the documents first, the old nodes still run
+    assert handler.is_complete(event, None) == {"IsComplete": False}
+    assert previous_node_polls(cloud, moto, "a") == event["Data"]["a.LegacyVersion"]
+    assert handler.is_complete(event, None) == {"IsComplete": False}
+    # Node b's group replaced it already: its new instance runs this release, which reads schema 2.
+    NodeAgent(cloud, "b").poll()
+    assert handler.is_complete(event, None) == {"IsComplete": True}
+    b = json.loads(cloud.s3.get_object(Bucket=BUCKET, Key="nodes/b/status.json")["Body"].read())
+    assert b["versions"] == {"nodes/b/node.json": event["Data"]["b.LegacyVersion"],
+                             "nodes/b/node.v2.json": event["Data"]["b.Version"]}
+    assert b["schema"] == config.SCHEMA_VERSION and b["runtime"] == __version__
+
+
+def test_a_document_an_older_node_cannot_be_given_leaves_it_serving_its_own(
+        cloud: Cloud, moto: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    cloud.group("group-a")
+    cloud.group("group-b")
+    deploy("Create", "v1")
+    before = cloud.s3.get_object(Bucket=BUCKET, Key="nodes/a/node.json")
+    assert previous_node_polls(cloud, moto, "a")
+    # Pretend schema 2 added stats_port, a field that changes what a node serves, and set it.
+    monkeypatch.setitem(config.SCHEMA_ADDITIONS, 2, (
+        *config.SCHEMA_ADDITIONS[2], config.Addition("stats_port", serves=True, why="the stats port")))
+    event = deploy_v2("Update", "v2", stats_port=9000)
+    assert event["Data"]["a.LegacyRefused"] == (
+        "a node that reads schema 1 cannot be given this document: stats_port is 9000 (schema 2 added it: the "
+        "stats port)")
+    assert "a.LegacyVersion" not in event["Data"]
+    after = cloud.s3.get_object(Bucket=BUCKET, Key="nodes/a/node.json")
+    assert after["Body"].read() == before["Body"].read()
+    assert after["Metadata"] == document_keys.writer_metadata("req-v2", 2)
+    # The old node is not waited for (it has its document: S3 keeps a copy's ETag when its body is
+    # the same, moto gives it a new one); this release's node b is.
+    assert handler.is_complete(event, None) == {"IsComplete": False}
+    NodeAgent(cloud, "b").poll()
+    assert handler.is_complete(event, None) == {"IsComplete": True}
+
+
+def test_a_rollback_by_the_previous_release_is_followed_by_this_releases_node(cloud: Cloud, moto: str) -> None:
+    cloud.group("group-a")
+    cloud.group("group-b")
+    deploy_v2("Create", "v2")
+    a = NodeAgent(cloud, "a")
+    assert a.poll() and a.live.version_key == "nodes/a/node.v2.json"
+    # The previous release's writer (its own on_event) writes its documents back, then its waiter
+    # (its own is_complete) waits for node a, which runs this release, on the key it wrote.
+    rollback = previous_release(moto, '''
+from haproxy_ha_runtime import config_lambda
+event = json.load(sys.stdin)
+done = {**event, **config_lambda.on_event(event, None)}
+print(json.dumps(done))
+''', request("Update", "v1"))
+    assert previous_release(moto, WAIT, rollback) == {"IsComplete": False}
+    assert a.poll() == rollback["Data"]["a.Version"]
+    assert a.live.version_key == "nodes/a/node.json"
+    NodeAgent(cloud, "b").poll()
+    assert previous_release(moto, WAIT, rollback) == {"IsComplete": True}
+
+
+WAIT = '''
+from haproxy_ha_runtime import config_lambda
+print(json.dumps(config_lambda.is_complete(json.load(sys.stdin), None)))
+'''
+
+
+def test_a_write_under_way_is_not_followed_until_both_keys_hold_it(cloud: Cloud) -> None:
+    deploy_v2("Create", "v1")
+    a = NodeAgent(cloud, "a")
+    assert a.poll()
+    # The writer has put the older key of the next write, not yet the node's own.
+    cloud.s3.put_object(Bucket=BUCKET, Key="nodes/a/node.json", Body=json.dumps(
+        config.downgrade(document_v2("a", "v2"), 1)).encode(), Metadata=document_keys.writer_metadata("req-v2", 2))
+    assert a.poll() is None
+    event = deploy_v2("Update", "v2")
+    assert a.poll() == event["Data"]["a.Version"]
+
+
+def test_delete_removes_both_schemas_documents(cloud: Cloud) -> None:
+    deploy_v2("Create", "v1")
+    assert cloud.keys() == ["nodes/a/node.json", "nodes/a/node.v2.json", "nodes/b/node.json", "nodes/b/node.v2.json"]
+    event = request("Delete", ResourceProperties=properties_v2("v1"))
+    handler.on_event(event, None)
+    assert cloud.keys() == []

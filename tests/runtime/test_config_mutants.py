@@ -39,7 +39,12 @@ def _listener(**changes: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("changes", "expected"), [
-    ({"version": 2}, ["version: got 2; allowed: 1"]),
+    ({"version": 3}, ["version: got 3; allowed: a schema this node reads: 1 to 2"]),
+    ({"version": 0}, ["version: got 0; allowed: a schema this node reads: 1 to 2"]),
+    ({"version": True}, ["version: got True; allowed: a schema this node reads: 1 to 2"]),
+    ({"version": 1, "release": "0.2.0"},
+     ["release: got '0.2.0'; allowed: no such field in schema 1; it needs a document of version 2 or later"]),
+    ({"version": 2, "release": "not a version"}, ["release: got 'not a version'; allowed: " + config.RELEASE_ALLOWED]),
     ({"node_name": "A"}, ["node_name: got 'A'; allowed: " + config.NAME_ALLOWED]),
     ({"eni_id": "eni-1"}, [f"eni_id: got 'eni-1'; allowed: {ENI}, or null to read it from IMDS"]),
     ({"interface": "x" * 16},

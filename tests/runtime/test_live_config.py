@@ -13,8 +13,9 @@ from typing import Any
 import boto3
 import pytest
 
-from haproxy_ha_runtime import apply, live_config
+from haproxy_ha_runtime import apply, config, live_config
 from haproxy_ha_runtime.config import NodeConfig, parse_config
+from haproxy_ha_runtime.version import __version__
 from tests.conftest import host_interface, require
 from tests.runtime.samples import doc
 
@@ -75,9 +76,11 @@ def test_the_version_the_node_booted_with_is_reported_and_reloads_nothing(node: 
     outcome = node.live.poll_once()
     assert outcome is not None and outcome.state == live_config.APPLIED and outcome.version == version
     assert node.reloads == [] and not outcome.restart_agent
-    assert node.status() | {"ts": 0} == {"node": "a", "version": version, "state": "applied", "reason": None,
-                                         "listeners": {}, "instance_id": "i-0abc", "ts": 0}
-    assert node.live.poll_once() is None  # unchanged: S3 answers 304 to the conditional GET
+    assert node.status() | {"ts": 0} == {"node": "a", "version": version, "versions": {KEY: version}, "key": KEY,
+                                         "state": "applied", "reason": None, "listeners": {},
+                                         "runtime": __version__, "schema": config.SCHEMA_VERSION, "release": None,
+                                         "instance_id": "i-0abc", "ts": 0}
+    assert node.live.poll_once() is None  # unchanged: the same ETag at the same key
 
 
 def test_a_new_backend_is_swapped_in_and_only_haproxy_reloads(node: Node) -> None:
@@ -157,7 +160,7 @@ def test_a_reload_that_fails_is_reported(node: Node) -> None:
 
 def test_s3_errors_reach_the_caller_and_the_version_is_tried_again(node: Node) -> None:
     node.s3.delete_bucket(Bucket=BUCKET)
-    with pytest.raises(Exception, match="NoSuchBucket"):
+    with pytest.raises(live_config.DocumentMissing, match=f"s3://{BUCKET}/nodes/a/node.v2.json: 404"):
         node.live.poll_once()
     assert node.live.version is None
 
