@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import urllib.error
 import urllib.request
 from typing import Callable
 
@@ -49,15 +50,24 @@ class Imds:
         return self._token
 
     def get(self, path: str) -> str:
-        """The metadata item at `path` (under /latest/meta-data/), as text."""
-        req = urllib.request.Request(
-            self.endpoint + "/latest/meta-data/" + path.lstrip("/"),
-            headers={"X-aws-ec2-metadata-token": self._fresh_token()})
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                return str(resp.read().decode().strip())
-        except OSError as e:
-            raise ImdsError(f"IMDS read of {path} failed: {e}") from e
+        """The metadata item at `path` (under /latest/meta-data/), as text.  A token the service no
+        longer takes (401: it restarted, or the token expired unseen) is dropped, and the read
+        tried once more with a new one, rather than failing until the TTL runs out."""
+        for attempt in (1, 2):
+            req = urllib.request.Request(
+                self.endpoint + "/latest/meta-data/" + path.lstrip("/"),
+                headers={"X-aws-ec2-metadata-token": self._fresh_token()})
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                    return str(resp.read().decode().strip())
+            except urllib.error.HTTPError as e:
+                if e.code == 401 and attempt == 1:
+                    self._token = None
+                    continue
+                raise ImdsError(f"IMDS read of {path} failed: {e}") from e
+            except OSError as e:
+                raise ImdsError(f"IMDS read of {path} failed: {e}") from e
+        raise AssertionError("unreachable")
 
     def primary_eni_id(self) -> str:
         """The ID of the ENI that carries this instance's primary MAC address."""

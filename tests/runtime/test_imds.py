@@ -36,6 +36,36 @@ def test_token_is_renewed_before_it_expires(imds: FakeImds) -> None:
     assert imds.tokens_issued == 2
 
 
+def test_every_token_issued_stays_good_whoever_asks_for_another(imds: FakeImds) -> None:
+    agent, ready = Imds(imds.url), Imds(imds.url)
+    assert agent.get("instance-id") == ready.get("instance-id") == "i-0123456789abcdef0"
+    assert agent.get("instance-id") == "i-0123456789abcdef0"  # its token still works
+    assert imds.tokens_issued == 2
+
+
+def test_a_token_the_service_no_longer_takes_is_replaced_once(imds: FakeImds) -> None:
+    client = Imds(imds.url)
+    client.get("mac")
+    imds.valid_tokens.clear()  # as after a restart of the service, or a token expired unseen
+    assert client.get("instance-id") == "i-0123456789abcdef0"
+    assert imds.tokens_issued == 2
+    gets = [r for r in imds.requests if r[0] == "GET"]
+    assert [r[2]["x-aws-ec2-metadata-token"] for r in gets] == ["token-1", "token-1", "token-2"]
+
+
+class _TakesNoToken(set[str]):
+    def add(self, token: str) -> None:
+        pass
+
+
+def test_fails_when_a_fresh_token_is_refused_too(imds: FakeImds) -> None:
+    client = Imds(imds.url)
+    imds.valid_tokens = _TakesNoToken()
+    with pytest.raises(ImdsError, match="IMDS read of mac failed: HTTP Error 401"):
+        client.get("mac")
+    assert imds.tokens_issued == 2
+
+
 def test_fails_clearly_when_imds_is_unreachable() -> None:
     with pytest.raises(ImdsError, match=r"IMDSv2 token request to http://127\.0\.0\.1:9 failed"):
         Imds("http://127.0.0.1:9", timeout_s=0.5).primary_eni_id()

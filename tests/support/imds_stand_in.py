@@ -27,6 +27,7 @@ class FakeImds:
     def __init__(self, eni_id: str = "eni-0123456789abcdef0", instance_id: str = "i-0123456789abcdef0",
                  port: int = 0, lifecycle_file: Path | None = None) -> None:
         self.tokens_issued = 0
+        self.valid_tokens: set[str] = set()
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.lifecycle_state: str | None = None
 
@@ -57,13 +58,17 @@ class FakeImds:
             def do_PUT(self) -> None:
                 fake.requests.append(("PUT", self.path, {k.lower(): v for k, v in self.headers.items()}))
                 fake.tokens_issued += 1
-                self._send(200, f"token-{fake.tokens_issued}")
+                token = f"token-{fake.tokens_issued}"
+                fake.valid_tokens.add(token)
+                self._send(200, token)
 
             def do_GET(self) -> None:
                 fake.requests.append(("GET", self.path, {k.lower(): v for k, v in self.headers.items()}))
                 value = values.get(self.path, lambda: None)()
-                if self.headers.get("X-aws-ec2-metadata-token") != f"token-{fake.tokens_issued}":
-                    self._send(401, "")  # IMDSv2 only: no token, no answer
+                # IMDSv2 only: no token, no answer.  As on EC2, every token issued stays good (for its
+                # TTL; the tests revoke one to stand for an expired one), whoever else asked for one since.
+                if self.headers.get("X-aws-ec2-metadata-token") not in fake.valid_tokens:
+                    self._send(401, "")
                 elif value is None:
                     self._send(404, "")
                 else:
