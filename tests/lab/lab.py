@@ -34,10 +34,11 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
-from haproxy_ha_runtime import lifecycle, routes
+from haproxy_ha_runtime import config_lambda, document_keys, lifecycle, routes
 from haproxy_ha_runtime.agent import HealthCheck
-from haproxy_ha_runtime.config import PROFILES
-from tests.support import moto_server
+from haproxy_ha_runtime.config import PROFILES, SCHEMA_VERSION
+from haproxy_ha_runtime.version import __version__
+from tests.support import moto_server, releases
 from tests.support.eni_release import EniRelease
 
 from . import backend, cloud, observe, topology
@@ -84,6 +85,11 @@ class LabError(RuntimeError):
     """The lab could not be built, or a wait ran out."""
 
 
+THIS, PREVIOUS = "this", "previous"
+# Release 0.1.0, the first, reports no runtime in its status objects; every later one does.
+FIRST_RELEASE = "0.1.0"
+
+
 @dataclass(frozen=True)
 class LabOptions:
     profile: str = "fast"
@@ -111,6 +117,9 @@ class LabOptions:
     # CPUs (a taskset list such as "1") to pin the nodes' HAProxy, and nginx, to; "": any.
     haproxy_cpus: str = ""
     nginx_cpus: str = ""
+    # Which release's runtime the nodes start on, and whose writer puts the first documents:
+    # THIS (the checkout) or PREVIOUS (the newest in releases/index.json, from its own commit).
+    release: str = "this"
 
 
 @dataclass
@@ -230,8 +239,12 @@ class Lab:
         if self.options.tls:
             self.tls = lab_tls.LabTls(self.workdir / "tls", VIP, MOTO_URL, cloud.REGION)
             self.listeners.append(lab_tls.listener(self.listeners[0]["backends"]))
-        # The ETag of each node's document as the lab last wrote it to S3.
-        self.config_versions: dict[str, str] = {}
+        # The ETag of each node's documents, key by key, as the last deploy wrote them to S3, and
+        # whose writer that was (THIS or PREVIOUS).
+        self.documents: dict[str, dict[str, str]] = {}
+        self.writer = self.options.release
+        # Which release each node's instance runs (a replacement may change it).
+        self.runtime: dict[str, str] = {n: self.options.release for n in NODES}
         self._s3: Any = None
         self._api: Any = None
         self.env = dict(os.environ)
@@ -256,8 +269,24 @@ class Lab:
         })
 
     # -- processes -------------------------------------------------------------------------
+    def _runtime(self, node: str) -> tuple[Path, dict[str, str]]:
+        """Where node's runtime commands run, and their environment: the checkout's, or the
+        previous release's own tree (`python -m` puts the working folder first on the path)."""
+        if self.runtime[node] == THIS:
+            return REPO, self.env
+        release = releases.previous_release()
+        return releases.release_tree(release), releases.release_env(release, self.env)
+
+    def _run_runtime(self, node: str, args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+        """`python -m haproxy_ha_runtime ARGS` on node, with the release its instance runs."""
+        cwd, env = self._runtime(node)
+        return subprocess.run(["ip", "netns", "exec", NODES[node].namespace, sys.executable, "-m",
+                               "haproxy_ha_runtime", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=timeout_s)
+
     def _spawn(self, name: str, namespace: str, cmd: list[str], log_name: str | None = None,
-               stderr_name: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+               stderr_name: str | None = None, env: dict[str, str] | None = None,
+               cwd: Path = REPO, base_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         out_path = self.workdir / (log_name or f"{name}.log")
         err_path = self.workdir / stderr_name if stderr_name else None
         # The child keeps its own copies of the log descriptors; ours close at once.
@@ -265,7 +294,7 @@ class Lab:
             # `ip netns exec` execs the command, so the PID is the command's own.
             proc = subprocess.Popen(["ip", "netns", "exec", namespace, *cmd], stdout=out,
                                     stderr=err if err_path else subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=REPO, env={**self.env, **(env or {})})
+                                    stdin=subprocess.DEVNULL, cwd=cwd, env={**(base_env or self.env), **(env or {})})
         self.started.append((name, proc))
         self.named[name] = proc
         return proc
@@ -336,14 +365,10 @@ class Lab:
         for node in NODES:
             self._write_document(node)
         self.publish_documents()
-        renders = [subprocess.Popen(["ip", "netns", "exec", NODES[n].namespace, sys.executable, "-m",
-                                     "haproxy_ha_runtime", "render", "--config", str(self.document(n))],
-                                    cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                   for n in NODES]
-        for r in renders:
-            out, _ = r.communicate(timeout=30)
-            if r.returncode != 0:
-                raise LabError(f"render failed: {out.decode(errors='replace')}")
+        for n in NODES:
+            render = self._run_runtime(n, ["render", "--config", str(self.document(n))], 30)
+            if render.returncode != 0:
+                raise LabError(f"render failed: {render.stdout}{render.stderr}")
         if self.options.fault_proxy:
             _wait(lambda: self._reachable(PROXY_URL + "/_stats"), 15, "the fault proxy to start")
         _wait(lambda: self._reachable(AWS_URL), 15, "the Auto Scaling and CloudFormation stand-in to start")
@@ -400,14 +425,23 @@ class Lab:
     def document(self, node: str) -> Path:
         return self.node_dir(node) / "node.json"
 
-    def document_for(self, node: str, **changes: Any) -> dict[str, Any]:
-        """Node's document as the lab's stack would write it (with `changes` on top)."""
+    def document_key(self, node: str, release: str) -> str:
+        """The key of node's document that `release`'s construct names (its user data, its document)."""
+        schema = SCHEMA_VERSION if release == THIS else int(releases.previous_release()["schema"])
+        return document_keys.document_key(node, schema)
+
+    def document_for(self, node: str, release: str | None = None, **changes: Any) -> dict[str, Any]:
+        """Node's document as `release`'s construct would write it (the current writer's by
+        default), with `changes` on top."""
         assert self.state is not None
+        release = release or self.writer
         d = self.node_dir(node)
         (d / "run").mkdir(parents=True, exist_ok=True)
         peer = "b" if node == "a" else "a"
+        # This release adds `release` (schema 2); the previous one wrote schema 1.
+        this = {"version": SCHEMA_VERSION, "release": __version__} if release == THIS else {"version": 1}
         doc = {
-            "version": 1,
+            **this,
             "node_name": node,
             "vip": VIP,
             "eni_id": self.state.eni[node],
@@ -430,7 +464,7 @@ class Lab:
             "cfn_stack": STACK,
             "cfn_resource": f"Node{node.upper()}Group",
             "config_bucket": CONFIG_BUCKET,
-            "config_key": f"nodes/{node}/node.json",
+            "config_key": self.document_key(node, release),
             "status_key": f"nodes/{node}/status.json",
             "config_poll_s": CONFIG_POLL_S,
             "resolvers": [f"{topology.API_IP}:{DNS_PORT}"] if self.options.backends == "dns" else [],
@@ -447,16 +481,72 @@ class Lab:
     def _write_document(self, node: str) -> None:
         """The document boot leaves on the node (a new instance's disk gets the current one)."""
         (self.node_dir(node) / "run").mkdir(parents=True, exist_ok=True)
-        self.document(node).write_text(json.dumps(self.document_for(node), indent=2) + "\n")
+        doc = self.document_for(node, self.runtime[node])
+        self.document(node).write_text(json.dumps(doc, indent=2) + "\n")
 
-    def publish_documents(self, **changes: Any) -> dict[str, str]:
-        """Write both nodes' documents to S3, as the stack does on a deploy; their new ETags."""
-        with topology.entered(ROUTER):
-            for node in NODES:
-                body = json.dumps(self.document_for(node, **changes), indent=2).encode()
-                etag = self._s3.put_object(Bucket=CONFIG_BUCKET, Key=f"nodes/{node}/node.json", Body=body)["ETag"]
-                self.config_versions[node] = str(etag).strip('"')
-        return dict(self.config_versions)
+    def publish_documents(self, **changes: Any) -> dict[str, dict[str, str]]:
+        """Write both nodes' documents to S3 as a deploy of the current writer's release does."""
+        return self.deploy_documents(self.writer, **changes)
+
+    def deploy_documents(self, release: str, **changes: Any) -> dict[str, dict[str, str]]:
+        """Write both nodes' documents to S3 as `release`'s own documents resource does on a
+        deploy (its on_event: this checkout's, or the previous release's from its commit);
+        the ETags it wrote, node by node and key by key."""
+        self.writer = release
+        event = {"RequestType": "Update", "RequestId": f"lab-{time.time():.6f}", "StackId": STACK,
+                 "LogicalResourceId": "Documents", "PhysicalResourceId": config_lambda.physical_id(CONFIG_BUCKET),
+                 "ResourceProperties": {"Bucket": CONFIG_BUCKET, "WaitSeconds": "300", "Nodes": [
+                     {"Name": node, "Key": self.document_key(node, release),
+                      "StatusKey": f"nodes/{node}/status.json", "AutoScalingGroupName": f"haproxy-ha-lab-node-{node}",
+                      "Document": json.dumps(self.document_for(node, release, **changes))} for node in NODES]}}
+        if release == THIS:
+            with topology.entered(ROUTER):
+                data = config_lambda.write_documents(self._s3, event, time.time())["Data"]
+        else:
+            data = self._previous_writer(event)
+        for node in NODES:
+            keys = {self.document_key(node, release): data[config_lambda.version_key(node)]}
+            if config_lambda.legacy_version_key(node) in data:
+                keys[self.document_key(node, PREVIOUS)] = data[config_lambda.legacy_version_key(node)]
+            self.documents[node] = keys
+        return {n: dict(k) for n, k in self.documents.items()}
+
+    def _previous_writer(self, event: dict[str, Any]) -> dict[str, str]:
+        """The previous release's own on_event, in the router's namespace (where moto is)."""
+        code = ("import json, os, sys\nfrom haproxy_ha_runtime import config_lambda\n"
+                "print(json.dumps(config_lambda.on_event(json.load(sys.stdin), None)))")
+        env = {**self.env, "AWS_ENDPOINT_URL": MOTO_URL, "AWS_REGION": cloud.REGION}
+        proc = releases.run_release_python(releases.previous_release(), code, json.dumps(event), timeout=60,
+                                           prefix=("ip", "netns", "exec", ROUTER), env=env)
+        if proc.returncode != 0:
+            raise LabError(f"the previous release's writer failed: {proc.stderr[-2000:]}")
+        data: dict[str, str] = json.loads(proc.stdout.splitlines()[-1])["Data"]
+        return data
+
+    def expected_document(self, node: str) -> tuple[str, str]:
+        """The key and ETag node's status must report, for the release its instance runs: the
+        newest document it reads among those the last deploy wrote."""
+        written = self.documents[node]
+        readable = [k for k in written if self.runtime[node] == THIS
+                    or document_keys.schema_of(k) == int(releases.previous_release()["schema"])]
+        if not readable:
+            raise LabError(f"node {node} runs the {self.runtime[node]} release, and the last deploy wrote it "
+                           f"nothing it reads ({', '.join(written)})")
+        key = max(readable, key=lambda k: document_keys.schema_of(k) or 0)
+        return key, written[key]
+
+    def runtime_version(self, node: str) -> str | None:
+        """The runtime release that node's current instance reports in its status object (the
+        first release reports none); None until that instance wrote one."""
+        status = self.config_status(node)
+        if status is None or status.get("instance_id") != self.instance[node]:
+            return None
+        return str(status.get("runtime", FIRST_RELEASE))
+
+    @staticmethod
+    def release_version(release: str) -> str:
+        """The version string of THIS or PREVIOUS."""
+        return __version__ if release == THIS else str(releases.previous_release()["version"])
 
     def change_config(self, change: str) -> dict[str, str]:
         """`config add backend|add listener|bad`: change both documents in S3 as a deploy would."""
@@ -531,9 +621,11 @@ class Lab:
         # What systemctl reload does on a node: SIGUSR2 to HAProxy's master, SIGHUP to keepalived.
         reloads = {"HAPROXY_HA_RELOAD_HAPROXY": f"sh -c 'kill -USR2 $(cat {run / 'haproxy.pid'})'",
                    "HAPROXY_HA_RELOAD_KEEPALIVED": f"sh -c 'kill -HUP $(cat {run / 'keepalived.pid'})'"}
+        cwd, base_env = self._runtime(node)
         self._spawn(f"agent-{node}", NODES[node].namespace,
                     [sys.executable, "-m", "haproxy_ha_runtime", "agent", "--config", str(self.document(node))],
-                    log_name=f"{node}/agent.jsonl", stderr_name=f"{node}/agent.err", env=reloads)
+                    log_name=f"{node}/agent.jsonl", stderr_name=f"{node}/agent.err", env=reloads, cwd=cwd,
+                    base_env=base_env)
 
     def start_keepalived(self, node: str) -> None:
         run = self.node_dir(node) / "run"
@@ -725,7 +817,7 @@ class Lab:
         return [c for c in self._log(self.workdir / "aws-calls.jsonl")
                 if c["action"] == action and all(c.get(k) == v for k, v in params.items())]
 
-    def replace(self, node: str, boot_timeout_s: float = 90.0) -> dict[str, Any]:
+    def replace(self, node: str, boot_timeout_s: float = 90.0, release: str | None = None) -> dict[str, Any]:
         """Do what node's Auto Scaling group does when it replaces the instance (a new image, or
         an unhealthy instance), with the termination hook the construct adds:
 
@@ -736,7 +828,8 @@ class Lab:
         3. it launches a new instance with the ENI as device 0, trying again while the ENI is in
            use;
         4. the new instance boots as the boot unit does (a fresh disk: render, HAProxy, agent,
-           keepalived), and `ready` signals CloudFormation.
+           keepalived), and `ready` signals CloudFormation.  With `release`, the new instance
+           runs that release (THIS or PREVIOUS), as a new launch template would have it.
 
         Returns the times of each phase, in seconds.  Raises LabError when a phase does not end.
         """
@@ -768,6 +861,8 @@ class Lab:
             new = str(_wait(launched, 30 + self.options.eni_release_s, f"a new instance with ENI {eni}",
                             interval_s=0.5))
         self.instance[node] = new
+        if release is not None:
+            self.runtime[node] = release
         t_launched = time.time()
         self.boot(node)
         ready = self.ready(node, boot_timeout_s)
@@ -791,12 +886,12 @@ class Lab:
         run = self.node_dir(node) / "run"
         shutil.rmtree(run)
         run.mkdir()
-        with topology.entered(ROUTER):  # boot fetches the node's document from S3
-            body = self._s3.get_object(Bucket=CONFIG_BUCKET, Key=f"nodes/{node}/node.json")["Body"].read()
+        # Boot fetches from S3 the document its user data names: its release's key.
+        key = self.document_key(node, self.runtime[node])
+        with topology.entered(ROUTER):
+            body = self._s3.get_object(Bucket=CONFIG_BUCKET, Key=key)["Body"].read()
         self.document(node).write_bytes(body)
-        render = subprocess.run(["ip", "netns", "exec", NODES[node].namespace, sys.executable, "-m",
-                                 "haproxy_ha_runtime", "render", "--config", str(self.document(node))],
-                                cwd=REPO, env=self.env, capture_output=True, text=True, timeout=30)
+        render = self._run_runtime(node, ["render", "--config", str(self.document(node))], 30)
         if render.returncode != 0:
             raise LabError(f"render failed on node {node}: {render.stdout}{render.stderr}")
         self.start_imds(node)
@@ -807,10 +902,8 @@ class Lab:
 
     def ready(self, node: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
         """`python -m haproxy_ha_runtime ready` on the node, as the boot unit's last step."""
-        result = subprocess.run(["ip", "netns", "exec", NODES[node].namespace, sys.executable, "-m",
-                                 "haproxy_ha_runtime", "ready", "--config", str(self.document(node)),
-                                 "--timeout", str(int(timeout_s))],
-                                cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout_s + 30)
+        result = self._run_runtime(node, ["ready", "--config", str(self.document(node)), "--timeout",
+                                          str(int(timeout_s))], timeout_s + 30)
         with open(self.node_dir(node) / "ready.log", "a", encoding="utf-8") as log:
             log.write(f"{result.stdout}{result.stderr}(exit {result.returncode})\n")
         return result

@@ -25,6 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from haproxy_ha_runtime import config_lambda
+
+from . import lab as lab_module
 from . import observe
 from . import tls as lab_tls
 from .lab import ClientRun, Lab, LabOptions, wait_until
@@ -52,7 +55,7 @@ _OPEN = None
 def lab_options(scenario: Scenario) -> LabOptions:
     s = scenario.setup
     return LabOptions(profile=s.profile, preempt=s.preempt, tables=s.tables, fault_proxy=scenario.fault_proxy,
-                      drain_timeout_s=s.drain_s, backends=s.backends, tls=s.tls)
+                      drain_timeout_s=s.drain_s, backends=s.backends, tls=s.tls, release=s.release)
 
 
 def compare(op: str, value: int, n: int) -> bool:
@@ -392,7 +395,7 @@ class Runner:
         result.seen = {"instance": self.lab.set_instance_state(step.node, running=step.verb == "start")}
 
     def _do_replace(self, step: Step, result: StepResult) -> None:
-        result.seen = self.lab.replace(step.node, boot_timeout_s=REPLACE_BOOT_S)
+        result.seen = self.lab.replace(step.node, boot_timeout_s=REPLACE_BOOT_S, release=step.verb or None)
         r = result.seen
         self.say_step(f"   | node {step.node}: {r['old_instance']} -> {r['new_instance']}: hook {r['hook_s']:.2f} s "
                       f"(drained: {r['drained']}, {r['drain_s']} s), launch {r['launch_s']:.2f} s "
@@ -423,6 +426,11 @@ class Runner:
 
     def _do_config(self, step: Step, result: StepResult) -> None:
         result.seen = {"versions": self.lab.change_config(step.verb)}
+
+    def _do_deploy(self, step: Step, result: StepResult) -> None:
+        result.seen = {"versions": self.lab.deploy_documents(step.verb)}
+        for node, keys in result.seen["versions"].items():
+            self.say_step(f"   | node {node}: " + ", ".join(f"{k} {etag[:8]}" for k, etag in keys.items()))
 
     def _do_wait(self, step: Step, result: StepResult) -> None:
         time.sleep(step.seconds or 0.0)
@@ -686,16 +694,31 @@ class Runner:
 
     def _probe_config(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
         status = self.lab.config_status(step.node) or {}
-        want = self.lab.config_versions[step.node]
-        which = "the latest version" if status.get("version") == want else "another version"
+        key, want = self.lab.expected_document(step.node)
+        # As the waiter of the release that wrote it reads the status: the previous release's
+        # reads `version` alone; this one's, the version at the key the node reads.
+        follows = (status.get("version") == want if self.lab.writer == lab_module.PREVIOUS
+                   else config_lambda.honours(status, key, want))
+        # A node that says which key it applied (this release) must have applied that one: in a
+        # rollback, the older key, even when its body is the same as the downgrade it had.
+        follows = follows and status.get("key", key) == key
+        which = f"the latest version of {key}" if follows else "another version"
         seen = {"status": status, "text": f"node {step.node}'s status: {status.get('state')} of {which}"
                                           + (f" ({status['reason'][:300]})" if status.get("reason") else "")}
-        if status.get("version") != want:
+        if not follows:
             return _OPEN, seen
         at = float(status["ts"])
         seen["after_s"] = round(at - self.ref, 4)
         seen["text"] += f", {self._after_text(at)}"
         return status.get("state") == step.state.lower() and at <= deadline + GRACE_S, seen
+
+    def _probe_runtime(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
+        want = self.lab.release_version(step.state.lower())
+        got = self.lab.runtime_version(step.node)
+        seen: dict[str, Any] = {"runtime": got, "text": f"node {step.node}'s status says runtime {got}"}
+        if got != want:
+            return _OPEN, seen
+        return time.time() <= deadline + GRACE_S, seen
 
     def _probe_backend(self, step: Step, deadline: float) -> tuple[bool | None, dict[str, Any]]:
         answers = [r for r in self.client.records() if r.get("backend") == step.name and r["done"] >= self.ref]

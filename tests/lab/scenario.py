@@ -23,6 +23,9 @@ from .cloud import MAX_TABLES
 from .topology import NODES
 
 SERVICES = ("haproxy", "keepalived", "agent")
+# Whose code: this checkout's, or the previous release's (releases/index.json, from its own commit).
+RELEASES = ("this", "previous")
+_RELEASE = "|".join(RELEASES)
 VRRP_STATES = ("MASTER", "BACKUP", "FAULT", "UNKNOWN")
 MAX_DURATION_S = 600.0
 # The mark every script has: when the steps begin (once the client is under way).
@@ -51,7 +54,7 @@ _NUMBER = r"-?\d+(?:\.\d+)?"
 # Every step, as the errors and the README show it.
 SYNTAX: dict[str, str] = {
     "lab": f"lab [profile={'|'.join(PROFILES)}] [preempt=on|off] [tables=1..{MAX_TABLES}] [drain=DURATION] "
-           "[backends=ip|dns] [tls=on|off]",
+           f"[backends=ip|dns] [tls=on|off] [release={_RELEASE}]",
     "kill": f"kill {'|'.join(SERVICES)} on {_NODE}",
     "stop": f"stop {'|'.join(SERVICES)} on {_NODE}",
     "start": f"start {'|'.join(SERVICES)} on {_NODE}",
@@ -61,7 +64,8 @@ SYNTAX: dict[str, str] = {
     "api": "api throttle|5xx for DURATION|N calls [of ACTION[,ACTION...]]; api down for DURATION; api ok",
     "delete": "delete route in table N",
     "instance": f"instance stop|start on {_NODE}",
-    "replace": f"replace {_NODE}",
+    "replace": f"replace {_NODE} [with {_RELEASE} release]",
+    "deploy": f"deploy documents of {_RELEASE} release",
     "request": "request slow DURATION",
     "config": "config add backend|add listener|bad",
     "dns": "dns answers be1|be2|be3[,...]",
@@ -69,7 +73,8 @@ SYNTAX: dict[str, str] = {
     "cli": f"cli status [--json]; cli failover --to {_NODE} [--dry-run] [--force] [--deadline SECONDS] [--json]",
     "wait": "wait DURATION",
     "mark": "mark NAME",
-    "expect": "expect routes|client|vrrp|move|api|failed|moves|cli|slow|config|backend|port|metric|https|cert|tls ...",
+    "expect": "expect routes|client|vrrp|move|api|failed|moves|cli|slow|config|backend|port|metric|https|cert|tls|"
+              "runtime ...",
 }
 EXPECT_SYNTAX: dict[str, str] = {
     "routes": f"routes at {_NODE} within DURATION",
@@ -91,6 +96,7 @@ EXPECT_SYNTAX: dict[str, str] = {
     "https cert": "https cert N within DURATION",
     "cert": f"cert N on {_NODE} within DURATION",
     "tls": f"tls refused|clear on {_NODE} within DURATION",
+    "runtime": f"runtime {_RELEASE} on {_NODE} within DURATION",
 }
 # The expects of the HTTPS client (a lab with tls=on): named by their first two words.
 HTTPS_EXPECTS = ("https at", "https failed", "https cert")
@@ -117,10 +123,11 @@ _EXPECT_FORMS: dict[str, re.Pattern[str]] = {
     "https cert": re.compile(rf"https cert (?P<cert>\d{{1,3}}) within (?P<dur>{_DUR})"),
     "cert": re.compile(rf"cert (?P<cert>\d{{1,3}}) on (?P<node>{_NODE}) within (?P<dur>{_DUR})"),
     "tls": re.compile(rf"tls (?P<state>refused|clear) on (?P<node>{_NODE}) within (?P<dur>{_DUR})"),
+    "runtime": re.compile(rf"runtime (?P<release>{_RELEASE}) on (?P<node>{_NODE}) within (?P<dur>{_DUR})"),
 }
 # Expects that watch something change; each must say how long it may take.
 WAITING_EXPECTS = ("routes", "client", "vrrp", "move", "api", "slow", "config", "backend", "port", "metric",
-                   "https at", "https cert", "cert", "tls")
+                   "https at", "https cert", "cert", "tls", "runtime")
 _BOUND_HINT = " (an expect that waits needs a bound: add 'within DURATION', e.g. 'within 2s')"
 _DURATION_HELP = " (DURATION: a number with s or ms, such as 2s or 500ms)"
 
@@ -141,6 +148,7 @@ class Setup:
     drain_s: float = 10.0
     backends: str = "ip"
     tls: bool = False
+    release: str = "this"
 
 
 @dataclass(frozen=True)
@@ -150,13 +158,14 @@ class Step:
     line: int
     text: str
     kind: str
-    verb: str = ""  # kill|stop|start, down|up, throttle|5xx|down|ok, rotate|bad|untrusted, or the expect's subject
+    verb: str = ""  # kill|stop|start, down|up, throttle|5xx|down|ok, rotate|bad|untrusted, the expect's subject,
+    # or the release of deploy and of replace ... with
     node: str = ""
     service: str = ""
     seconds: float | None = None  # wait, api ... for DURATION, expect ... within DURATION
     count: int | None = None  # api ... for N calls, delete route in table N, expect counts, certificate N
     op: str = ""  # expect counts: "at most", "at least" or "exactly"
-    state: str = ""  # expect vrrp, expect config and tls
+    state: str = ""  # expect vrrp, expect config and tls; the release of expect runtime
     mark: str = ""  # mark NAME, expect ... since NAME
     actions: tuple[str, ...] = ()  # api ... of ACTION,...
     args: tuple[str, ...] = ()  # cli
@@ -275,8 +284,10 @@ class _Parser:
         values: dict[str, str] = {}
         for item in rest.split():
             key, eq, value = item.partition("=")
-            if not eq or key not in ("profile", "preempt", "tables", "drain", "backends", "tls") or key in values:
-                self.bad(n, "lab", item, "each of profile=, preempt=, tables=, drain=, backends=, tls= at most once")
+            if not eq or key not in ("profile", "preempt", "tables", "drain", "backends", "tls", "release") \
+                    or key in values:
+                self.bad(n, "lab", item, "each of profile=, preempt=, tables=, drain=, backends=, tls=, release= at "
+                                         "most once")
                 continue
             values[key] = value
         profile = values.get("profile", Setup.profile)
@@ -302,8 +313,12 @@ class _Parser:
         tls = values.get("tls", "off")
         if tls not in ("on", "off"):
             self.bad(n, "lab", f"tls={tls}", "tls=on|off")
+        release = values.get("release", Setup.release)
+        if release not in RELEASES:
+            self.bad(n, "lab", f"release={release}", f"release={_RELEASE}")
+            release = Setup.release
         self.setup = Setup(profile=profile, preempt=preempt == "on", tables=int(tables), drain_s=drain_s,
-                           backends=backends, tls=tls == "on")
+                           backends=backends, tls=tls == "on", release=release)
 
     def _service(self, n: int, content: str, rest: str) -> Step | None:
         kind = content.split(" ", 1)[0]
@@ -384,14 +399,22 @@ class _Parser:
         return Step(n, content, "instance", verb=m["verb"], node=m["node"])
 
     def _replace(self, n: int, content: str, rest: str) -> Step | None:
-        m = self._form(n, "replace", rest, _NODE)
+        m = self._form(n, "replace", rest, rf"(?P<node>{_NODE})(?: with (?P<release>{_RELEASE}) release)?")
         if m is None:
             return None
-        if rest in self.link_down:
-            self.bad(n, "replace", rest, f"replace a node whose link is up (link up on {rest} first)")
+        node = m["node"]
+        if node in self.link_down:
+            self.bad(n, "replace", rest, f"replace a node whose link is up (link up on {node} first)")
         # A new instance runs every service.
-        self.running |= {(rest, s) for s in SERVICES}
-        return Step(n, content, "replace", node=rest)
+        self.running |= {(node, s) for s in SERVICES}
+        return Step(n, content, "replace", node=node, verb=m["release"] or "")
+
+    def _deploy(self, n: int, content: str, rest: str) -> Step | None:
+        m = self._form(n, "deploy", rest, rf"documents of (?P<release>{_RELEASE}) release")
+        if m is None:
+            return None
+        self.seen_config = True  # expect config ... waits for what it wrote
+        return Step(n, content, "deploy", verb=m["release"])
 
     def _request(self, n: int, content: str, rest: str) -> Step | None:
         m = self._form(n, "request", rest, rf"slow (?P<dur>{_DUR})")
@@ -506,7 +529,7 @@ class _Parser:
         if subject == "cli" and not self.seen_cli:
             self.bad(n, "expect", rest, "expect cli exit N after a cli line")
         if subject == "config" and not self.seen_config:
-            self.bad(n, "expect", rest, "expect config ... after a config line")
+            self.bad(n, "expect", rest, "expect config ... after a config or deploy line")
         if subject == "slow" and not self.seen_slow:
             self.bad(n, "expect", rest, "expect slow answered ... after a request slow line")
         if subject == "metric" and groups["name"] not in NODE_METRICS:
@@ -526,7 +549,7 @@ class _Parser:
         count = groups.get("n") or cert
         return Step(n, content, "expect", verb=subject, node=groups.get("node") or "", name=groups.get("name") or "",
                     value=float(value) if value is not None else None,
-                    state=(groups.get("state") or "").upper(), seconds=seconds,
+                    state=(groups.get("state") or groups.get("release") or "").upper(), seconds=seconds,
                     count=int(count) if count else None,
                     op=groups.get("op") or ("at least" if subject == "api" else "exactly" if groups.get("n") else ""),
                     mark=mark, apart=bool(groups.get("apart")))

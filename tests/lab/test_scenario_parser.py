@@ -34,6 +34,18 @@ def test_the_scenario_files_use_every_kind_of_step() -> None:
     assert kinds == set(SYNTAX)
 
 
+def test_an_upgrade_script_names_whose_code_runs_and_writes() -> None:
+    scenario = parse("lab release=previous\ndeploy documents of this release\nreplace a with this release\n"
+                     "replace b\nexpect config applied on a within 5s\nexpect runtime this on a within 5s\n")
+    assert scenario.setup.release == "previous"
+    deploy, replace_a, replace_b, _, runtime = scenario.steps
+    assert (deploy.kind, deploy.verb) == ("deploy", "this")
+    assert (replace_a.node, replace_a.verb) == ("a", "this")
+    assert (replace_b.node, replace_b.verb) == ("b", "")  # the release its instance runs already
+    assert (runtime.verb, runtime.state, runtime.node, runtime.seconds) == ("runtime", "THIS", "a", 5.0)
+    assert parse("expect client at a within 1s\n").setup.release == "this"
+
+
 def test_a_script_parses_into_steps_with_file_line_numbers() -> None:
     scenario = parse("# a comment\n\nlab profile=default preempt=on tables=5\n"
                      "expect client at a within 5s   # trailing comment\n"
@@ -88,16 +100,22 @@ def test_the_lab_line_is_optional_and_the_fault_proxy_only_comes_when_needed() -
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("lab\nreboot a\n", "s.txt:2: got 'reboot'; allowed steps: lab, kill, stop, start, link, partition, heal, api, "
-                         "delete, instance, replace, request, config, dns, tls, cli, wait, mark, expect"),
+                         "delete, instance, replace, deploy, request, config, dns, tls, cli, wait, mark, expect"),
     ("dns answers be1\n", "s.txt:1: dns: got 'answers be1'; allowed: dns answers ... in a lab with backends=dns"),
     ("lab backends=dns\ndns answers be4\n", "s.txt:2: dns: got 'answers be4'; allowed: answers be1|be2|be3[,...]"),
     ("lab backends=names\n", "s.txt:1: lab: got 'backends=names'; allowed: backends=ip|dns"),
     ("config remove backend\n", "s.txt:1: config: got 'remove backend'; allowed: add backend|add listener|bad"),
     ("expect config applied on a within 2s\n", "s.txt:1: expect: got 'config applied on a within 2s'; allowed: "
-                                               "expect config ... after a config line"),
+                                               "expect config ... after a config or deploy line"),
     ("config bad\nexpect config done on a within 2s\n", "s.txt:2: expect: got 'config done on a within 2s'; "
                                                          "allowed: config applied|refused on a|b within DURATION"),
-    ("replace c\n", "s.txt:1: replace: got 'c'; allowed: a|b"),
+    ("replace c\n", "s.txt:1: replace: got 'c'; allowed: a|b [with this|previous release]"),
+    ("replace a with next release\n",
+     "s.txt:1: replace: got 'a with next release'; allowed: a|b [with this|previous release]"),
+    ("deploy documents\n", "s.txt:1: deploy: got 'documents'; allowed: documents of this|previous release"),
+    ("lab release=next\n", "s.txt:1: lab: got 'release=next'; allowed: release=this|previous"),
+    ("expect runtime next on a within 2s\n", "s.txt:1: expect: got 'runtime next on a within 2s'; allowed: "
+                                              "runtime this|previous on a|b within DURATION"),
     ("link down on a\nreplace a\n", "s.txt:2: replace: got 'a'; allowed: replace a node whose link is up"),
     ("request slow\n", "s.txt:1: request: got 'slow'; allowed: slow DURATION (DURATION: a number with s or ms"),
     ("request slow 0s\n", "s.txt:1: request: got '0s'; allowed: a duration from more than 0s to 600s"),
@@ -138,7 +156,7 @@ def test_the_lab_line_is_optional_and_the_fault_proxy_only_comes_when_needed() -
     ("lab tables=0\n", "s.txt:1: lab: got 'tables=0'; allowed: tables=1..200"),
     ("lab preempt=yes\n", "s.txt:1: lab: got 'preempt=yes'; allowed: preempt=on|off"),
     ("lab colour=blue\n", "s.txt:1: lab: got 'colour=blue'; allowed: each of profile=, preempt=, tables=, drain=, "
-                           "backends=, tls= at most once"),
+                           "backends=, tls=, release= at most once"),
     ("lab tls=yes\n", "s.txt:1: lab: got 'tls=yes'; allowed: tls=on|off"),
     ("tls rotate\n", "s.txt:1: tls: got 'rotate'; allowed: tls ... in a lab with tls=on (a TLS listener on port 443)"),
     ("lab tls=on\ntls renew\n", "s.txt:2: tls: got 'renew'; allowed: rotate|bad|untrusted"),

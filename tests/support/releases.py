@@ -64,10 +64,18 @@ assert haproxy_ha_runtime.__file__.startswith({tree!r}), haproxy_ha_runtime.__fi
 """
 
 
-def run_release_python(release: dict[str, Any], code: str, stdin: str = "", timeout: float = 60
+def release_env(release: dict[str, Any], base: dict[str, str] | None = None) -> dict[str, str]:
+    """`base` (this process's environment by default) with the release's tree first on the path."""
+    return {**(os.environ if base is None else base), "PYTHONPATH": str(release_tree(release)),
+            "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def run_release_python(release: dict[str, Any], code: str, stdin: str = "", timeout: float = 60,
+                       prefix: tuple[str, ...] = (), env: dict[str, str] | None = None
                        ) -> subprocess.CompletedProcess[str]:
-    """Run `code` in a fresh interpreter whose `haproxy_ha_runtime` (and the rest) is the release's."""
+    """Run `code` in a fresh interpreter whose `haproxy_ha_runtime` (and the rest) is the release's;
+    `prefix` goes before the interpreter (e.g. `ip netns exec NS`), `env` is the base environment."""
     tree = release_tree(release)
-    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([sys.executable, "-c", _PRELUDE.format(tree=str(tree)) + code], input=stdin, env=env,
-                          capture_output=True, text=True, timeout=timeout, cwd=tree, check=False)
+    return subprocess.run([*prefix, sys.executable, "-c", _PRELUDE.format(tree=str(tree)) + code], input=stdin,
+                          env=release_env(release, env), capture_output=True, text=True, timeout=timeout, cwd=tree,
+                          check=False)
