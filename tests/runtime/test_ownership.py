@@ -110,6 +110,16 @@ def test_probe_reads_the_keys_it_knows_whatever_else_a_peer_of_another_release_s
         peer.REACHED, "BACKUP", True, False, False)
 
 
+@pytest.mark.parametrize("answer", [[], None, "MASTER", 1])
+def test_probe_takes_an_answer_that_is_json_but_not_an_object_as_no_answer(answer: Any) -> None:
+    # Raised, it would end the peer poller's thread, and the agent would act on its last view for good.
+    server = peer.StateServer(0, lambda: answer).start()
+    try:
+        assert peer.probe_peer("127.0.0.1", server.port, 1.0).reach == peer.UNREACHABLE
+    finally:
+        server.stop()
+
+
 def test_probe_tells_a_refused_port_from_a_silent_host_and_a_failing_agent() -> None:
     closed = free_port()
     assert peer.probe_peer("127.0.0.1", closed, 1.0).reach == peer.HAPROXY_DOWN
