@@ -16,14 +16,13 @@ from typing import Any
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from haproxy_ha_runtime import release
+from haproxy_ha_runtime import runtime_info
 from haproxy_ha_runtime.document_keys import STATUS_KEY
 from haproxy_ha_runtime.live_config import REFUSED
 
 # A status object without "runtime" was written by release 0.1.0, which read schema 1 only:
 # 0.1.0 is the first release (releases/index.json), and every release after it writes both keys
-# into its status object (live_config, with haproxy_ha_runtime.release's keys), so no other
-# release leaves them out.
+# into its status object (haproxy_ha_runtime.live_config), so no other release leaves them out.
 FIRST_RELEASE = "0.1.0"
 FIRST_RELEASE_SCHEMA = 1
 # The status comes second to the routes: a few quick tries, as for health.
@@ -67,9 +66,9 @@ def _text(value: Any) -> str | None:
 
 def parse(node: str, status: dict[str, Any]) -> NodeRelease:
     """A node's release from its status object."""
-    if release.RUNTIME in status:
-        schema = status.get(release.SCHEMA)
-        runtime = _text(status[release.RUNTIME])
+    if runtime_info.RUNTIME in status:
+        schema = status.get(runtime_info.SCHEMA)
+        runtime = _text(status[runtime_info.RUNTIME])
         reported = True
         schema = schema if isinstance(schema, int) and not isinstance(schema, bool) else None
     else:

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, Callable
 
-from . import haproxy_stats, lifecycle, live_config, ownership, peer, release, routes, systemd, telemetry
+from . import haproxy_stats, lifecycle, live_config, ownership, peer, routes, runtime_info, systemd, telemetry
 from . import tls as tls_certs
 from .config import NodeConfig, Peer
 from .files import LineFile, read_text, write_atomically
@@ -239,7 +239,7 @@ class Agent:
         ignores the rest (peer.probe_peer), so a key added here is safe with an older peer."""
         return {"node": self.cfg.node_name, "vrrp": self.state, "healthy": self.healthy,
                 "stepped_down": self.stepped_down, "leaving": self.leaving, "eni_id": self.eni_id,
-                **release.reported()}
+                **runtime_info.reported()}
 
     @property
     def active(self) -> bool:

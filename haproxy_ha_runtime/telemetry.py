@@ -21,7 +21,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Callable
 
-from . import emf, metrics, peer, release
+from . import emf, metrics, peer, runtime_info
 from .haproxy_stats import BackendSample, ListenerSample
 
 FAILOVER = "failover"
@@ -95,7 +95,7 @@ class Telemetry:
                 values.append(emf.Metric(metrics.EC2_API_REACHABLE, int(ec2_ok)))
             # The release and schema ride along as properties, never as dimensions: a dimension
             # more would make every state metric a new one, and the alarms would watch the old.
-            self._emit(values, {"record": "state", "vrrp": vrrp, **release.reported()})
+            self._emit(values, {"record": "state", "vrrp": vrrp, **runtime_info.reported()})
         return True
 
     def take_over(self, kind: str, took_ms: float, reason: str, **properties: Any) -> None:

@@ -1,5 +1,6 @@
 """What a node says about the code it runs, wherever it reports itself (GET /state, its state
-record, its status object): its runtime's release and the document schema it reads.
+record, its status object): its runtime's release and the document schema it reads.  (Not the
+document's `release`, which names the construct release that wrote the document.)
 
 `haproxy-ha status` reads the two keys back from each node's status object.  Python 3.9, no CDK.
 """
