@@ -1226,8 +1226,8 @@ class HaproxyHa(Construct):
 
     def add_outputs(self, prefix: str = "") -> tuple[CfnOutput, ...]:
         """Publish, as outputs of this construct's stack, what ``haproxy-ha status|failover --stack
-        NAME`` reads: ``Vip``, ``VpcId``, ``RouteTableIds``, ``NodeAEniId``, ``NodeBEniId`` and
-        ``MetricsPair``.
+        NAME`` reads: ``Vip``, ``VpcId``, ``RouteTableIds``, ``NodeAEniId``, ``NodeBEniId``,
+        ``MetricsPair`` and ``DocumentsBucket``.
 
         :param prefix: Put before each output key, when one stack holds more than one pair (give
             the CLI ``--output-prefix`` too). Letters and digits. Default: none.
@@ -1245,6 +1245,8 @@ class HaproxyHa(Construct):
              "Route tables that hold the VIP /32 route"),
             *((outputs.node_eni_key(n.name), n.eni_id, f"Node {n.name} ENI (VIP route target)") for n in self.nodes),
             (outputs.METRICS_PAIR, self.metrics_pair, "The pair's name: the Pair dimension of its metrics"),
+            (outputs.DOCUMENTS_BUCKET, self.config_bucket.bucket_name,
+             "The bucket of the nodes' config documents and status objects"),
         ):
             output = CfnOutput(scope, key, value=value, description=description)
             output.override_logical_id(prefix + key)

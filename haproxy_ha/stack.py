@@ -40,7 +40,8 @@ class HaproxyHaStack(Stack):
             listeners=[Listener(port=80, name="hello", static_reply="haproxy-ha: served by node {node}")],
         )
         lb = self.haproxy
-        # Vip, VpcId, RouteTableIds, the node ENIs and the pair's name: what `haproxy-ha status --stack NAME` reads.
+        # Vip, VpcId, RouteTableIds, the node ENIs, the pair's name and the documents bucket: what
+        # `haproxy-ha status --stack NAME` reads.
         lb.add_outputs()
         CfnOutput(self, "Dashboard", value=lb.dashboard.dashboard_name,
                   description="The pair's CloudWatch dashboard")

@@ -3,8 +3,9 @@
 It talks to whatever EC2 endpoint boto3 is configured for (region, profile, AWS_ENDPOINT_URL).
 With `--stack NAME` it reads the VIP, the VPC, the route tables and the node ENIs from that
 CloudFormation stack's outputs (see haproxy_ha_cli.outputs) instead of taking them as options.
-`status` also shows each node's health from the pair's CloudWatch metrics (haproxy_ha_cli.health);
-health never changes the exit code.
+`status` also shows each node's health from the pair's CloudWatch metrics (haproxy_ha_cli.health),
+and each node's release and document schema from its status object in the pair's documents bucket
+(haproxy_ha_cli.node_status); neither changes the exit code.
 Exit codes: 0 ok; 1 the routes disagree, are not healthy, or a move did not converge;
 2 bad input (a malformed VIP, an unknown node, no table holding the VIP, a target that is not
 running, routes in more than one VPC).
@@ -13,9 +14,11 @@ running, routes in more than one VPC).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import json
 import math
+import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -25,12 +28,14 @@ from typing import Any
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
-from haproxy_ha_cli import health, outputs
+from haproxy_ha_cli import health, node_status, outputs
 from haproxy_ha_runtime import routes
 from haproxy_ha_runtime.tags import NODE_TAG, OPERATOR_CHOICE_TAG
 
 # CloudFormation tags every resource it makes with its stack; two pairs in one VPC differ by it.
 _STACK_ID_TAG = "aws:cloudformation:stack-id"
+# An S3 bucket name: 3 to 63 lowercase letters, digits, dots and hyphens, a letter or digit at each end.
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 class UsageError(Exception):
@@ -43,6 +48,13 @@ def _vip(text: str) -> str:
     except ValueError:
         raise argparse.ArgumentTypeError(f"got {text!r}; allowed: a single IPv4 address such as 203.0.113.10") from None
     return str(addr)
+
+
+def _bucket(text: str) -> str:
+    if not _BUCKET_RE.match(text):
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an S3 bucket name (3 to 63 lowercase letters, "
+                                         "digits, dots and hyphens)")
+    return text
 
 
 def _deadline(text: str) -> float:
@@ -84,6 +96,8 @@ class Scope:
     stack: str | None = None
     # The pair's name (the Pair dimension of its metrics): --pair, or the stack's MetricsPair output.
     pair: str | None = None
+    # Where the nodes' status objects are: --documents-bucket, or the stack's DocumentsBucket output.
+    documents_bucket: str | None = None
 
 
 def stack_scope(session: Any, stack: str, prefix: str = "") -> Scope:
@@ -109,10 +123,11 @@ def stack_scope(session: Any, stack: str, prefix: str = "") -> Scope:
     except argparse.ArgumentTypeError as e:
         raise UsageError(f"--stack: output {vip_key} {e}") from None
     tables = tuple(dict.fromkeys(t.strip() for t in values[tables_key].split(",") if t.strip()))
-    enis = tuple(values[prefix + outputs.node_eni_key(n)] for n in ("a", "b")
+    enis = tuple(values[prefix + outputs.node_eni_key(n)] for n in outputs.NODE_NAMES
                  if values.get(prefix + outputs.node_eni_key(n)))
     return Scope(vip=vip, vpc_id=values[vpc_key], expected_tables=tables, node_enis=enis, stack=stack,
-                 pair=values.get(prefix + outputs.METRICS_PAIR) or None)
+                 pair=values.get(prefix + outputs.METRICS_PAIR) or None,
+                 documents_bucket=values.get(prefix + outputs.DOCUMENTS_BUCKET) or None)
 
 
 def node_name(owner: routes.EniOwner) -> str | None:
@@ -158,6 +173,17 @@ def _node_health(session: Any, scope: Scope, known_nodes: set[str]) -> tuple[lis
         return [], f"CloudWatch could not be read: {e}"
 
 
+def _node_releases(session: Any, scope: Scope) -> tuple[list[node_status.NodeRelease], str | None]:
+    """Each node's release from its status object, and why there is none, if there is none."""
+    if scope.documents_bucket is None:
+        return [], (f"no DocumentsBucket output in stack {scope.stack}; give --documents-bucket" if scope.stack
+                    else "give --documents-bucket (the stack's DocumentsBucket output), or use --stack")
+    try:
+        return node_status.read(node_status.client(session), scope.documents_bucket, outputs.NODE_NAMES), None
+    except node_status.BucketUnreadable as e:
+        return [], str(e)
+
+
 def _status(client: Any, scope: Scope, args: argparse.Namespace, session: Any) -> int:
     tables, views = _tables_for(client, scope)
     # The stack's node ENIs too: a node that is no route's target still has health to show.
@@ -180,10 +206,13 @@ def _status(client: Any, scope: Scope, args: argparse.Namespace, session: Any) -
     healthy = all(r["route_state"] == routes.ROUTE_ACTIVE and r["instance_state"] == "running" for r in rows)
     known = {name for name in (node_name(o) for o in who.values()) if name}
     nodes, no_health = _node_health(session, scope, known)
+    releases, no_releases = _node_releases(session, scope)
     if args.json:
         print(json.dumps({"vip": scope.vip, "stack": scope.stack, "agree": agree, "healthy": healthy,
                           "tables": rows, "pair": scope.pair, "nodes": [n.to_json() for n in nodes],
-                          "nodes_unavailable": no_health}, indent=2))
+                          "nodes_unavailable": no_health, "documents_bucket": scope.documents_bucket,
+                          "releases": [r.to_json() for r in releases], "releases_unavailable": no_releases},
+                         indent=2))
     else:
         _print_table(("ROUTE TABLE", "TARGET", "NODE", "INSTANCE", "INSTANCE STATE", "ROUTE"),
                      [[r["route_table_id"], r["target"] or "-", r["node"] or "-", r["instance_id"] or "-",
@@ -193,6 +222,16 @@ def _status(client: Any, scope: Scope, args: argparse.Namespace, session: Any) -
             _print_table(("NODE", "VRRP", "HAPROXY", "EC2 API"), health.rows(nodes))
         else:
             print(f"node health: not shown: {no_health}")
+        print()
+        if no_releases is not None:
+            print(f"node releases: not shown: {no_releases}")
+        else:
+            table = node_status.rows(releases)
+            if table:
+                _print_table(("NODE", "RUNTIME", "SCHEMA", "DOCUMENT", "INSTANCE"), table)
+            for r in releases:
+                if r.problem is not None:
+                    print(f"node {r.node}: {r.problem}")
         lost = sum(1 for r in rows if r["route_state"] in (routes.ROUTE_MISSING, TABLE_NOT_FOUND))
         print(f"\nVIP {scope.vip}: {len(rows)} table(s)" + (f" of stack {scope.stack}" if scope.stack else "") + "; "
               + ("all point at the same target" if agree else "TABLES DISAGREE")
@@ -336,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--pair", help="with --vip: the pair's name (its MetricsPair output), to show each node's "
                                        "health from its metrics (with --stack it comes from the stack)")
+    status.add_argument("--documents-bucket", type=_bucket,
+                        help="the pair's documents bucket (its DocumentsBucket output), to show each node's runtime "
+                             "release and document schema from its status object; with --stack it comes from the "
+                             "stack, and this replaces it (for a stack that does not publish it yet)")
     failover.add_argument("--to", required=True, help="an ENI ID, or a node name (tag haproxy-ha:node or Name)")
     failover.add_argument("--dry-run", action="store_true", help="show what would move, change nothing")
     failover.add_argument("--force", action="store_true",
@@ -347,17 +390,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _scope(session: Any, args: argparse.Namespace) -> Scope:
     pair = getattr(args, "pair", None)
+    bucket = getattr(args, "documents_bucket", None)
     if args.stack is None:
         if args.output_prefix:
             raise UsageError("--output-prefix: only with --stack")
-        return Scope(vip=args.vip, vpc_id=args.vpc_id, pair=pair)
+        return Scope(vip=args.vip, vpc_id=args.vpc_id, pair=pair, documents_bucket=bucket)
     if args.vpc_id:
         raise UsageError("--vpc-id: not with --stack; the stack's VpcId output names the VPC")
     if pair is not None:
         raise UsageError("--pair: not with --stack; the stack's MetricsPair output names the pair")
     if not outputs.PREFIX_RE.match(args.output_prefix):
         raise UsageError(f"--output-prefix: got {args.output_prefix!r}; allowed: letters and digits")
-    return stack_scope(session, args.stack, args.output_prefix)
+    scope = stack_scope(session, args.stack, args.output_prefix)
+    return scope if bucket is None else dataclasses.replace(scope, documents_bucket=bucket)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

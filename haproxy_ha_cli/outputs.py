@@ -13,6 +13,11 @@ VPC_ID = "VpcId"
 ROUTE_TABLE_IDS = "RouteTableIds"
 # The pair's name: the Pair dimension of its metrics, which `status` reads node health from.
 METRICS_PAIR = "MetricsPair"
+# The bucket of the nodes' documents and status objects, which `status` reads each node's
+# release from (haproxy_ha_runtime.document_keys.STATUS_KEY).
+DOCUMENTS_BUCKET = "DocumentsBucket"
+# The pair's nodes, as the construct names them (haproxy_ha.construct.NODE_NAMES).
+NODE_NAMES = ("a", "b")
 # One output key per node, e.g. NodeAEniId.
 NODE_ENI_ID = "Node{label}EniId"
 

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, Callable
 
-from . import haproxy_stats, lifecycle, live_config, ownership, peer, routes, systemd, telemetry
+from . import haproxy_stats, lifecycle, live_config, ownership, peer, routes, runtime_info, systemd, telemetry
 from . import tls as tls_certs
 from .config import NodeConfig, Peer
 from .files import LineFile, read_text, write_atomically
@@ -235,9 +235,11 @@ class Agent:
             self._submit(self._hand_over, gen)
 
     def state_report(self) -> dict[str, Any]:
-        """What this agent tells its peer at GET /state."""
+        """What this agent tells its peer at GET /state.  A peer reads the keys it knows and
+        ignores the rest (peer.probe_peer), so a key added here is safe with an older peer."""
         return {"node": self.cfg.node_name, "vrrp": self.state, "healthy": self.healthy,
-                "stepped_down": self.stepped_down, "leaving": self.leaving, "eni_id": self.eni_id}
+                "stepped_down": self.stepped_down, "leaving": self.leaving, "eni_id": self.eni_id,
+                **runtime_info.reported()}
 
     @property
     def active(self) -> bool:

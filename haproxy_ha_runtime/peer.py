@@ -45,7 +45,8 @@ class PeerView:
 
 
 def probe_peer(host: str, port: int, timeout_s: float) -> PeerView:
-    """GET http://host:port/state once."""
+    """GET http://host:port/state once.  Only the keys this release knows are read, and a value
+    of the wrong type counts as unknown: a peer of another release may send more, or less."""
     now = time.monotonic()
     conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
     try:
@@ -55,6 +56,9 @@ def probe_peer(host: str, port: int, timeout_s: float) -> PeerView:
         if resp.status != 200:
             return PeerView(AGENT_DOWN, at=now)
         data = json.loads(body)
+        if not isinstance(data, dict):
+            # Not what any agent answers: taken as no answer, as a body that is not JSON is.
+            raise ValueError(f"/state answered {type(data).__name__}, not a JSON object")
         vrrp = data.get("vrrp")
 
         def flag(key: str) -> bool | None:

@@ -1,7 +1,8 @@
 """What the agent tells CloudWatch about its node, as EMF records (emf.py) under the names of
 metrics.py:
 - its state: VRRP MASTER, BACKUP or FAULT, its HAProxy's health, whether it is the active node,
-  whether the EC2 API answers.  Written every minute and whenever it changes;
+  whether the EC2 API answers, and (as properties, not metrics) its runtime's release and the
+  document schema it reads.  Written every minute and whenever it changes;
 - each take-over when it happens, as a failover (a fault moved the VIP here) or as a planned move
   (the peer stepped down, for an operator's move or because its instance is leaving, or lost an
   election to this node), with its time; and each route repair, with its time;
@@ -20,7 +21,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Callable
 
-from . import emf, metrics, peer
+from . import emf, metrics, peer, runtime_info
 from .haproxy_stats import BackendSample, ListenerSample
 
 FAILOVER = "failover"
@@ -92,7 +93,9 @@ class Telemetry:
                 values.append(emf.Metric(metrics.HAPROXY_HEALTHY, int(healthy)))
             if ec2_ok is not None:
                 values.append(emf.Metric(metrics.EC2_API_REACHABLE, int(ec2_ok)))
-            self._emit(values, {"record": "state", "vrrp": vrrp})
+            # The release and schema ride along as properties, never as dimensions: a dimension
+            # more would make every state metric a new one, and the alarms would watch the old.
+            self._emit(values, {"record": "state", "vrrp": vrrp, **runtime_info.reported()})
         return True
 
     def take_over(self, kind: str, took_ms: float, reason: str, **properties: Any) -> None:

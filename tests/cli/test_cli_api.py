@@ -245,7 +245,7 @@ def test_status_exits_1_when_the_target_instance_is_not_running(endpoint: str,
 # --- --stack: the VIP, VPC, tables and nodes from the stack's outputs ----------------------------------
 
 def _publish(moto: str, name: str, world: World, tables: list[str] | None = None, prefix: str = "",
-             with_nodes: bool = True, metrics_pair: str | None = None) -> None:
+             with_nodes: bool = True, metrics_pair: str | None = None, documents_bucket: str | None = None) -> None:
     """A stack in moto's CloudFormation whose outputs are those the haproxy-ha stack publishes."""
     values = {outputs.VIP: VIP, outputs.VPC_ID: world.vpc_id,
               outputs.ROUTE_TABLE_IDS: ",".join(world.tables if tables is None else tables)}
@@ -253,6 +253,8 @@ def _publish(moto: str, name: str, world: World, tables: list[str] | None = None
         values.update({outputs.node_eni_key("a"): world.eni_a, outputs.node_eni_key("b"): world.eni_b})
     if metrics_pair is not None:
         values[outputs.METRICS_PAIR] = metrics_pair
+    if documents_bucket is not None:
+        values[outputs.DOCUMENTS_BUCKET] = documents_bucket
     template = {"Resources": {"Nothing": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
                 "Outputs": {prefix + k: {"Value": v} for k, v in values.items()}}
     cfn = boto3.client("cloudformation", endpoint_url=moto, region_name="us-east-1")

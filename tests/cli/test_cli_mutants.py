@@ -53,8 +53,11 @@ def test_status_prints_an_aligned_table_and_a_verdict(endpoint: str, capsys: pyt
     for line in lines[1:3]:
         assert _starts(line) == _starts(lines[0])
     assert [line for line in lines if line != line.rstrip()] == []
-    # Node health needs the pair's name, which --vip alone does not give: the line says so.
+    # Node health needs the pair's name, and node releases the documents bucket, which --vip alone
+    # does not give: the lines say so.
     assert lines[3:] == ["", "node health: not shown: give --pair (the pair's MetricsPair output), or use --stack", "",
+                         "node releases: not shown: give --documents-bucket (the stack's DocumentsBucket output), "
+                         "or use --stack", "",
                          f"VIP {VIP}: 2 table(s); TABLES DISAGREE; NOT ALL ROUTES ARE ACTIVE AT A RUNNING NODE"]
 
 
@@ -82,7 +85,9 @@ def test_status_json_names_everything_about_each_table(endpoint: str, capsys: py
         "vip": VIP, "stack": None, "agree": True, "healthy": True,
         "tables": [{"route_table_id": world.tables[0], "vpc_id": world.vpc_id, "target": world.eni_a, "node": "a",
                     "instance_id": world.instance_a, "instance_state": "running", "route_state": "active"}],
-        "pair": None, "nodes": [], "nodes_unavailable": "give --pair (the pair's MetricsPair output), or use --stack"}
+        "pair": None, "nodes": [], "nodes_unavailable": "give --pair (the pair's MetricsPair output), or use --stack",
+        "documents_bucket": None, "releases": [],
+        "releases_unavailable": "give --documents-bucket (the stack's DocumentsBucket output), or use --stack"}
     assert main(["status", "--vip", VIP]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"VIP {VIP}: 1 table(s); all point at the same target"
 
@@ -465,7 +470,8 @@ def test_help_names_the_command_and_describes_every_option(monkeypatch: pytest.M
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     (command,) = [name for name, target in scripts.items() if target == "haproxy_ha_cli.cli:main"]
     assert _help([], monkeypatch, capsys).startswith(f"usage: {command} ")
-    for sub, options in (("status", {"--vip", "--stack", "--output-prefix", "--vpc-id", "--json", "--pair"}),
+    for sub, options in (("status", {"--vip", "--stack", "--output-prefix", "--vpc-id", "--json", "--pair",
+                                     "--documents-bucket"}),
                          ("failover", {"--vip", "--stack", "--output-prefix", "--vpc-id", "--json", "--to",
                                        "--dry-run", "--force", "--deadline"})):
         text = _help([sub], monkeypatch, capsys)

@@ -550,3 +550,5 @@ def test_outputs_vip_groups_route_tables_and_ssm(app_doc: dict[str, Any]) -> Non
             f"--region eu-west-1 --auto-scaling-group-names {name} --output text --query "
             "\"AutoScalingGroups[0].Instances[?LifecycleState=='InService'].InstanceId | [0]\")")
     assert len(outputs["RouteTableIds"]["Value"]["Fn::Join"][1]) == 4
+    (bucket,) = resources(app_doc, "AWS::S3::Bucket")
+    assert outputs["DocumentsBucket"]["Value"] == {"Ref": bucket}

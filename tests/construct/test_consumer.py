@@ -205,12 +205,13 @@ def test_add_outputs_publishes_what_the_cli_reads(stack: Stack) -> None:
     lb.add_outputs(prefix="Edge")
     doc = template_json(stack)
     keys = [outputs.VIP, outputs.VPC_ID, outputs.ROUTE_TABLE_IDS, outputs.node_eni_key("a"),
-            outputs.node_eni_key("b"), outputs.METRICS_PAIR]
+            outputs.node_eni_key("b"), outputs.METRICS_PAIR, outputs.DOCUMENTS_BUCKET]
     assert sorted(doc["Outputs"]) == sorted("Edge" + k for k in keys)
     assert doc["Outputs"]["EdgeMetricsPair"]["Value"] == lb.metrics_pair == "Test-Lb-" + lb.metrics_pair[-8:]
     assert doc["Outputs"]["EdgeVip"]["Value"] == "192.168.254.10"
     assert len(doc["Outputs"]["EdgeRouteTableIds"]["Value"]["Fn::Join"][1]) == 4
     assert doc["Outputs"]["EdgeNodeBEniId"]["Value"] == stack.resolve(lb.nodes[1].eni_id)
+    assert doc["Outputs"]["EdgeDocumentsBucket"]["Value"] == stack.resolve(lb.config_bucket.bucket_name)
 
 
 def test_add_outputs_refuses_a_bad_prefix_and_a_second_call(stack: Stack) -> None:

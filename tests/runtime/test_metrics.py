@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from haproxy_ha_runtime import agent, emf, metrics, peer, routes, telemetry
-from haproxy_ha_runtime.config import NodeConfig, parse_config
+from haproxy_ha_runtime.config import SCHEMA_VERSION, NodeConfig, parse_config
 from haproxy_ha_runtime.files import LineFile
 from haproxy_ha_runtime.haproxy_stats import BackendSample, ListenerSample
+from haproxy_ha_runtime.version import __version__
 from tests.conftest import VIP, World, client_for, make_world, targets
 from tests.runtime.samples import doc
 from tests.support import emf_spec
@@ -127,6 +128,16 @@ def test_state_is_written_when_it_changes_and_on_every_periodic_tick() -> None:
                                   "HaproxyHealthy": 1, "Ec2ApiReachable": 1}
     assert master["VrrpMaster"] == 1 and master["Active"] == 1 and master["VrrpBackup"] == 0
     assert all(emf_spec.dimensions_of(d) == [{"Pair": PAIR, "Node": "a"}] for d in out.of("state"))
+
+
+def test_the_state_record_carries_the_release_and_schema_as_properties_not_dimensions() -> None:
+    out = Records()
+    telemetry.Telemetry(PAIR, "a", out).state("BACKUP", True, False, True)
+    (record,) = out.of("state")
+    assert (record["runtime"], record["schema"]) == (__version__, SCHEMA_VERSION)
+    # A dimension more would make each state metric a new one, which the alarms do not watch.
+    assert emf_spec.dimensions_of(record) == [{"Pair": PAIR, "Node": "a"}]
+    assert not {"runtime", "schema"} & set(emf_spec.metrics_of(record))
 
 
 def test_haproxy_samples_become_one_record_per_listener_and_backend() -> None:

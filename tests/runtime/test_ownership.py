@@ -3,8 +3,10 @@ both against a moto server (DESIGN.md, "Who owns the VIP")."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -13,8 +15,9 @@ from typing import Any
 import pytest
 
 from haproxy_ha_runtime import agent, ownership, peer, routes
-from haproxy_ha_runtime.config import NodeConfig, parse_config
+from haproxy_ha_runtime.config import SCHEMA_VERSION, NodeConfig, parse_config
 from haproxy_ha_runtime.tags import OPERATOR_CHOICE_TAG
+from haproxy_ha_runtime.version import __version__
 from tests.conftest import VIP, World, client_for, make_world, targets
 from tests.runtime.samples import doc
 from tests.support import serving
@@ -69,6 +72,50 @@ def test_probe_reads_the_state_a_peer_serves() -> None:
         view = peer.probe_peer("127.0.0.1", server.port, 1.0)
         assert (view.reach, view.vrrp, view.healthy) == (peer.REACHED, "FAULT", False)
         assert view.unhealthy_haproxy and not view.healthy_haproxy
+    finally:
+        server.stop()
+
+
+# What a 0.1.0 agent answers at /state: no runtime, no schema.
+STATE_0_1_0 = {"node": "b", "vrrp": "BACKUP", "healthy": True, "stepped_down": False, "leaving": False,
+               "eni_id": PEER}
+
+
+def test_an_agent_answers_state_with_its_release_and_the_schema_it_reads(world: World, tmp_path: Path) -> None:
+    a = agent.Agent(node_a(world, tmp_path), world.client, world.eni_a, Log())
+    server = peer.StateServer(0, a.state_report).start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/state", timeout=2) as resp:
+            answer = json.loads(resp.read())
+    finally:
+        server.stop()
+        a.shutdown()
+    assert (answer["runtime"], answer["schema"]) == (__version__, SCHEMA_VERSION)
+    assert {k: v for k, v in answer.items() if k not in ("runtime", "schema")}.keys() == STATE_0_1_0.keys()
+
+
+@pytest.mark.parametrize("answer", [
+    STATE_0_1_0,
+    {**STATE_0_1_0, "runtime": "0.2.0", "schema": 2},
+    # A later release may add keys that this one does not know.
+    {**STATE_0_1_0, "runtime": "9.0.0", "schema": 9, "zone": "eu-west-1a", "extra": {"nested": [1]}},
+])
+def test_probe_reads_the_keys_it_knows_whatever_else_a_peer_of_another_release_sends(answer: dict[str, Any]) -> None:
+    server = peer.StateServer(0, lambda: answer).start()
+    try:
+        view = peer.probe_peer("127.0.0.1", server.port, 1.0)
+    finally:
+        server.stop()
+    assert (view.reach, view.vrrp, view.healthy, view.stepped_down, view.leaving) == (
+        peer.REACHED, "BACKUP", True, False, False)
+
+
+@pytest.mark.parametrize("answer", [[], None, "MASTER", 1])
+def test_probe_takes_an_answer_that_is_json_but_not_an_object_as_no_answer(answer: Any) -> None:
+    # Raised, it would end the peer poller's thread, and the agent would act on its last view for good.
+    server = peer.StateServer(0, lambda: answer).start()
+    try:
+        assert peer.probe_peer("127.0.0.1", server.port, 1.0).reach == peer.UNREACHABLE
     finally:
         server.stop()
 
