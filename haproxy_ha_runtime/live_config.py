@@ -41,12 +41,11 @@ from typing import Any, Callable
 
 from botocore.exceptions import ClientError
 
-from . import document_keys
+from . import document_keys, runtime_info
 from .apply import CheckFailed, apply_config
 from .config import SCHEMA_VERSION, ConfigError, NodeConfig, parse_config
 from .files import write_atomically
 from .tls import TlsStore
-from .version import __version__
 
 APPLIED = "applied"
 REFUSED = "refused"
@@ -291,7 +290,7 @@ class LiveConfig:
         status = {"node": self.cfg.node_name, "version": follows[oldest], "versions": follows,
                   "key": outcome.key or self.key, "state": outcome.state, "reason": outcome.reason,
                   "listeners": self.tls.problems(self.cfg) if self.tls is not None else {},
-                  "runtime": __version__, "schema": SCHEMA_VERSION, "release": self.cfg.release,
+                  **runtime_info.reported(), "release": self.cfg.release,
                   "instance_id": instance, "ts": round(time.time(), 3)}
         self.s3.put_object(Bucket=self.bucket, Key=self.status_key, Body=json.dumps(status).encode(),
                            ContentType="application/json")
