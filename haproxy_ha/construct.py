@@ -1107,6 +1107,9 @@ class HaproxyHa(Construct):
         )
         for n in self.nodes:
             n.auto_scaling_group.node.add_dependency(resource)
+            # The nodes read what the documents name (a new TLS listener's secret, a new key) with
+            # their roles' grants: those come first, or a running node is refused what it may read.
+            resource.node.add_dependency(n.role)
         return resource
 
     # --- VIP routes: the Lambda that owns and repairs them -----------------------------------------

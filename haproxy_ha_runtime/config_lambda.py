@@ -22,8 +22,9 @@ then every query interval.  A node is waited for on the newest document it can r
 object says which schema it reads (none said: schema 1, release 0.1.0).  A node whose group has no
 healthy instance in service is not waited for: it is being replaced (or not made yet, on create),
 and its new instance boots with the new document.  A node that refuses the version fails the deploy
-with its reason; CloudFormation then writes the previous documents back, and waits for them the
-same way.
+with its reason, and so does one that applied it but refused the certificate of a TLS listener
+this deploy added or changed (it keeps serving the last good one); CloudFormation then writes the
+previous documents back, and waits for them the same way.
 """
 
 from __future__ import annotations
@@ -252,6 +253,33 @@ class NodeRefused(RuntimeError):
     """A node in service refused the new version of its document."""
 
 
+class ListenerRefused(NodeRefused):
+    """A node in service applied the new version of its document, but refused the certificate of
+    a TLS listener that this deploy added or changed (it serves the last good one, or leaves the
+    listener out if it had none)."""
+
+
+def changed_tls_listeners(document: str, old_document: str | None) -> set[str]:
+    """The TLS listeners that `document` adds or changes (its secret, its policy) against
+    `old_document` (None: a new resource, every TLS listener is new)."""
+    def tls_of(text: str | None) -> dict[str, Any]:
+        try:
+            listeners = json.loads(text).get("listeners") or [] if text else []
+        except (ValueError, AttributeError):
+            return {}
+        return {str(lst.get("name")): lst.get("tls") for lst in listeners if isinstance(lst, dict) and lst.get("tls")}
+
+    new, old = tls_of(document), tls_of(old_document)
+    return {name for name, tls in new.items() if old.get(name) != tls}
+
+
+def _old_documents(event: dict[str, Any]) -> dict[str, str]:
+    """On an Update, each node's document before it, by node name."""
+    old = event.get("OldResourceProperties")
+    nodes = old.get("Nodes") if isinstance(old, dict) else None
+    return {str(n.get("Name")): str(n.get("Document")) for n in nodes or [] if isinstance(n, dict)}
+
+
 class NodesTooSlow(RuntimeError):
     """Not every node in service applied its new version in time."""
 
@@ -316,6 +344,7 @@ def check_nodes(s3: Any, autoscaling: Any, event: dict[str, Any], now: float) ->
     props = parse_properties(event.get("ResourceProperties"))
     data = event.get("Data") or {}
     in_service = instances_in_service(autoscaling, [n.group for n in props.nodes])
+    old_documents = _old_documents(event)
     waiting: list[str] = []
     states: dict[str, str] = {}
     for n in props.nodes:
@@ -333,6 +362,16 @@ def check_nodes(s3: Any, autoscaling: Any, event: dict[str, Any], now: float) ->
             continue
         if status is not None and "unreadable" not in status and honours(status, want.key, want.version):
             if status.get("state") == APPLIED:
+                listed = status.get("listeners")
+                problems: dict[str, Any] = listed if isinstance(listed, dict) else {}
+                refused = {name: why for name, why in sorted(problems.items())
+                           if name in changed_tls_listeners(n.document, old_documents.get(n.name))}
+                if refused:
+                    log_event("node_listener_refused", node=n.name, version=want.version, listeners=refused)
+                    raise ListenerRefused(_cut(
+                        f"node {n.name} ({status.get('instance_id')}) applied version {want.version} of its document "
+                        f"s3://{props.bucket}/{want.key}, but refused the certificate of TLS listener(s) this deploy "
+                        "added or changed: " + "; ".join(f"{name}: {why}" for name, why in refused.items())))
                 states[n.name] = f"applied by {status.get('instance_id')}"
                 continue
             if status.get("state") == REFUSED:

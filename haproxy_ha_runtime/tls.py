@@ -85,12 +85,22 @@ def check_bundle(path: str) -> None:
 @dataclass
 class SecretState:
     """What this node knows of one TLS listener's secret: the version last looked at, the version
-    it serves (None: none, the listener is left out), and why the last one was refused."""
+    it serves (None: none, the listener is left out), and why the last one was refused.  When the
+    listener moved to `secret` from another, the bundle of that other one (`served_secret`, version
+    `served`) serves until `secret`'s current version is read and checked."""
 
     secret: str
     version: str | None = None
     served: str | None = None
     problem: str | None = None
+    served_secret: str | None = None
+
+    def serving(self) -> str:
+        """What a problem adds about the certificate that still serves, if one does."""
+        if self.served is None:
+            return ""
+        of = f"secret {self.served_secret} " if self.served_secret else ""
+        return f"; still serving {of}version {self.served}"
 
 
 class TlsStore:
@@ -147,32 +157,33 @@ class TlsStore:
         secret = lst.tls.secret
         state = self.states.get(lst.name)
         if state is None or state.secret != secret:
-            # A new secret for this listener: what it served came from another one.
-            had = state is not None and state.served is not None
-            state = SecretState(secret=secret)
+            # A new secret for this listener: what it serves came from another one, and serves on
+            # until the new one's certificate is read and checked (a bad or unreadable new secret
+            # must not take the listener off the node).
+            before = state
+            served_secret = (before.served_secret or before.secret) if before is not None and before.served else None
+            state = SecretState(secret=secret, served=before.served if before is not None and served_secret else None,
+                                served_secret=served_secret)
             self.states[lst.name] = state
-            changed = had and self._drop_bundle(lst.name)
-        else:
-            changed = False
-        serving = f"; still serving version {state.served}" if state.served else ""
+        serving = state.serving()
         try:
             version = _current_version(self.client.describe_secret(SecretId=secret))
             if version is None:
                 raise InvalidMaterial("the secret has no AWSCURRENT version")
             if version == state.version:
-                if state.served == version and state.problem is not None:
+                if state.served == version and state.served_secret is None and state.problem is not None:
                     state.problem = None  # the secret answers again
                     self._save(lst.name, state)
-                return changed
+                return False
             value = self.client.get_secret_value(SecretId=secret, VersionId=version)
         except InvalidMaterial as e:
             state.problem = f"secret {secret}: {e}{serving}"
             self._save(lst.name, state)
-            return changed
+            return False
         except Exception as e:  # AccessDenied, not found, the endpoint does not answer: try again later
             state.problem = f"secret {secret}: cannot read it: {_error(e)}{serving}"
             self._save(lst.name, state)
-            return changed
+            return False
         state.version = version
         try:
             if "SecretString" not in value:
@@ -181,8 +192,8 @@ class TlsStore:
         except InvalidMaterial as e:
             state.problem = f"secret {secret} version {version}: {e}{serving}"
             self._save(lst.name, state)
-            return changed
-        state.served, state.problem = version, None
+            return False
+        state.served, state.served_secret, state.problem = version, None, None
         self._save(lst.name, state)
         return True
 
@@ -199,13 +210,6 @@ class TlsStore:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-
-    def _drop_bundle(self, listener: str) -> bool:
-        path = self.paths.tls_bundle(listener)
-        if os.path.exists(path):
-            os.unlink(path)
-            return True
-        return False
 
     def _state_path(self, listener: str) -> str:
         return f"{self.paths.tls_dir}/{listener}.json"

@@ -100,6 +100,16 @@ def test_the_documents_resource_names_each_nodes_fixed_keys_and_group(app_doc: d
         assert cfg.config_bucket == Resolver(app_doc).ref(bucket_id(app_doc))
 
 
+def test_the_node_roles_grants_come_before_the_documents(app_doc: dict[str, Any]) -> None:
+    # A deploy that adds a TLS listener (its secret) or a document key must grant the nodes first:
+    # the running nodes read what the new documents name as soon as they are written.
+    depends = documents_resource(app_doc)["DependsOn"]
+    for node in "AB":
+        role_id, _ = one(app_doc, "AWS::IAM::Role", f"HaproxyHaNode{node}Role")
+        policy_id, _ = one(app_doc, "AWS::IAM::Policy", f"HaproxyHaNode{node}RoleDefaultPolicy")
+        assert {role_id, policy_id} <= set(depends), depends
+
+
 @pytest.mark.parametrize("node", ["a", "b"])
 def test_each_node_reads_only_its_own_document_and_writes_only_its_own_status(
         app_doc: dict[str, Any], node: str) -> None:

@@ -19,6 +19,7 @@ import pytest
 from haproxy_ha_runtime import config, config_lambda, document_keys
 from haproxy_ha_runtime.config import parse_config
 from haproxy_ha_runtime.live_config import APPLIED, REFUSED, LiveConfig, Outcome
+from haproxy_ha_runtime.tls import TlsStore
 from haproxy_ha_runtime.version import __version__
 from tests.conftest import REPO
 from tests.runtime.samples import doc
@@ -109,19 +110,23 @@ def deploy(kind: str, reply: str, **extra: Any) -> dict[str, Any]:
 
 
 class NodeAgent:
-    """One node's side, with the node's own code: which document it follows, and the status object."""
+    """One node's side, with the node's own code: which document it follows, its TLS listeners'
+    secrets (with `tls`), and the status object."""
 
-    def __init__(self, cloud: Cloud, name: str, instance: str | None = None) -> None:
+    def __init__(self, cloud: Cloud, name: str, instance: str | None = None, tls: TlsStore | None = None) -> None:
         body = cloud.s3.get_object(Bucket=BUCKET, Key=f"nodes/{name}/node.json")["Body"].read()
         self.live = LiveConfig(parse_config(json.loads(body)), cloud.s3, "/nonexistent/node.json",
-                               instance_id=lambda: instance or cloud.in_service(f"group-{name}"))
+                               instance_id=lambda: instance or cloud.in_service(f"group-{name}"), tls=tls)
 
     def poll(self, state: str = APPLIED, reason: str | None = None) -> str | None:
         """Fetch the document; report a new version as `state` (the apply itself is not run)."""
         fetched = self.live.fetch()
         if fetched is None:
             return None
-        key, version, _, follows = fetched
+        key, version, body, follows = fetched
+        if self.live.tls is not None:  # what apply does first: fetch the TLS listeners' secrets
+            self.live.cfg = parse_config(json.loads(body))
+            self.live.tls.refresh(self.live.cfg)
         self.live.version, self.live.version_key, self.live.follows = version, key, follows
         self.live.report(Outcome(version, state, reason, key=key))
         return version
@@ -443,3 +448,70 @@ def test_delete_removes_both_schemas_documents(cloud: Cloud) -> None:
     event = request("Delete", ResourceProperties=properties_v2("v1"))
     handler.on_event(event, None)
     assert cloud.keys() == []
+
+
+# -- TLS listeners: a certificate refused on a node that applied the version --------------------
+
+def tls_properties(reply: str, secret: str, run_dir: str) -> dict[str, Any]:
+    """Both nodes' documents with a TLS listener `https` on `secret`."""
+    props = properties(reply)
+    for n in props["Nodes"]:
+        doc = json.loads(n["Document"])
+        doc["listeners"].append({"name": "https", "port": 443, "static_reply": "hello", "tls": {"secret": secret}})
+        doc["paths"] = {"run_dir": f"{run_dir}/{n['Name']}"}
+        n["Document"] = json.dumps(doc)
+    return props
+
+
+def tls_deploy(kind: str, reply: str, secret: str, run_dir: str, old: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+    event = request(kind, reply, ResourceProperties=tls_properties(reply, secret, run_dir),
+                    **({"OldResourceProperties": old} if old else {}))
+    return {**event, **handler.on_event(event, None)}
+
+
+def test_a_tls_listener_moved_to_a_secret_the_nodes_refuse_fails_the_deploy(
+        cloud: Cloud, moto: str, tmp_path: Any) -> None:
+    secrets = boto3.session.Session().client("secretsmanager", region_name="us-east-1", endpoint_url=moto)
+    secrets.create_secret(Name="lb/https", SecretString="{}")
+    secrets.create_secret(Name="lb/https-next", SecretString="{}")
+    cloud.group("group-a")
+    cloud.group("group-b")
+    run_dir = str(tmp_path)
+    first = tls_deploy("Create", "v1", "lb/https", run_dir)
+    a, b = (NodeAgent(cloud, n, tls=TlsStore(secrets, parse_config(json.loads(
+        first["ResourceProperties"]["Nodes"][i]["Document"])).paths)) for i, n in enumerate("ab"))
+    a.poll()
+    b.poll()
+    # A listener whose secret the deploy did not touch: its problem is the operator's to mend, and
+    # holds no other change (this one adds nothing to it).
+    unchanged = tls_deploy("Update", "v2", "lb/https", run_dir, old=first["ResourceProperties"])
+    a.poll()
+    b.poll()
+    assert "certificate is missing" in a.live.tls.problems(a.live.cfg)["https"]  # type: ignore[union-attr]
+    assert handler.is_complete(unchanged, None) == {"IsComplete": True}
+    # The deploy moves the listener to another secret, whose value is {}: the nodes apply the
+    # document, refuse the certificate, and the deploy fails with their reason.
+    moved = tls_deploy("Update", "v3", "lb/https-next", run_dir, old=unchanged["ResourceProperties"])
+    a.poll()
+    with pytest.raises(config_lambda.ListenerRefused) as e:
+        handler.is_complete(moved, None)
+    message = str(e.value)
+    assert message.startswith(f"node a ({cloud.in_service('group-a')}) applied version {moved['Data']['a.Version']}")
+    assert "TLS listener(s) this deploy added or changed: https: secret lb/https-next version " in message
+    assert "certificate is missing" in message
+
+
+def test_the_tls_listeners_a_deploy_adds_or_changes() -> None:
+    def doc(*listeners: dict[str, Any]) -> str:
+        return json.dumps({"listeners": list(listeners)})
+
+    plain = {"name": "web", "port": 80}
+    https = {"name": "https", "port": 443, "tls": {"secret": "a"}}
+    assert config_lambda.changed_tls_listeners(doc(plain, https), None) == {"https"}
+    assert config_lambda.changed_tls_listeners(doc(plain, https), doc(plain, https)) == set()
+    assert config_lambda.changed_tls_listeners(doc(https | {"tls": {"secret": "b"}}), doc(https)) == {"https"}
+    assert config_lambda.changed_tls_listeners(doc(https | {"tls": {"secret": "a", "policy": "p"}}),
+                                               doc(https)) == {"https"}
+    assert config_lambda.changed_tls_listeners(doc(plain), doc(plain, https)) == set()
+    assert config_lambda.changed_tls_listeners("not json", doc(https)) == set()

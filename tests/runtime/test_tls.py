@@ -265,3 +265,46 @@ def test_a_bad_rotation_while_serving_is_reported_by_the_poller_and_a_good_one_c
     secrets.rotate("lb/https", certs["two"].secret_string())
     assert live.poll_tls() == (True, None)
     assert status()["listeners"] == {} and reloads == [live_config.RELOAD_HAPROXY]
+
+
+def test_a_listener_moved_to_a_bad_secret_keeps_serving_the_last_good_certificate(
+        secrets: Secrets, certs: dict[str, Cert], tmp_path: Path) -> None:
+    v1 = secrets.create("lb/https", certs["one"].secret_string())
+    secrets.create("lb/tls13", certs["other"].secret_string())
+    secrets.create("lb/https-next", "{}")
+    first = parse_config(_doc(tmp_path))
+    store = TlsStore(secrets.client, first.paths)
+    store.refresh(first)
+    served = Path(first.paths.tls_bundle("https")).read_text()
+    moved = parse_config(_doc(tmp_path, listeners=[
+        {**lst, "tls": {**lst["tls"], "secret": "lb/https-next"}} if lst["name"] == "https" else lst
+        for lst in _doc(tmp_path)["listeners"]]))
+    assert store.refresh(moved) is False  # nothing new to serve: no reload
+    assert Path(moved.paths.tls_bundle("https")).read_text() == served
+    assert store.left_out(moved) == {}
+    problem = store.problems(moved)["https"]
+    assert problem.startswith("secret lb/https-next version ") and "certificate is missing" in problem
+    assert problem.endswith(f"; still serving secret lb/https version {v1}")
+    # A restarted agent knows the same (its state file), and serves the same.
+    assert TlsStore(secrets.client, moved.paths).left_out(moved) == {}
+    # Once the new secret holds a good certificate, it serves.
+    secrets.rotate("lb/https-next", certs["two"].secret_string())
+    assert store.refresh(moved) is True
+    assert Path(moved.paths.tls_bundle("https")).read_text() != served
+    assert store.problems(moved) == {} and store.states["https"].served_secret is None
+
+
+def test_a_listener_moved_to_an_unreadable_secret_keeps_serving_too(
+        secrets: Secrets, certs: dict[str, Cert], tmp_path: Path) -> None:
+    secrets.create("lb/https", certs["one"].secret_string())
+    secrets.create("lb/tls13", certs["other"].secret_string())
+    first = parse_config(_doc(tmp_path))
+    store = TlsStore(secrets.client, first.paths)
+    store.refresh(first)
+    moved = parse_config(_doc(tmp_path, listeners=[
+        {**lst, "tls": {**lst["tls"], "secret": "lb/no-such-secret"}} if lst["name"] == "https" else lst
+        for lst in _doc(tmp_path)["listeners"]]))
+    store.refresh(moved)
+    assert store.left_out(moved) == {}
+    assert "ResourceNotFoundException" in store.problems(moved)["https"]
+    assert "frontend https" in render_haproxy(moved, left_out=store.left_out(moved))
