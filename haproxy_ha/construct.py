@@ -426,7 +426,8 @@ class HaproxyHa(Construct):
         placement = _place(problems, vpc, node_subnets, client_subnets, extra_route_table_ids)
         if problems:
             raise HaproxyHaPropsError(self.node.path, problems.items)
-        self._warn_about_egress(vpc, placement.node_subnets, built_vpc, nat_gateways, ec2_endpoint)
+        self._warn_about_egress(vpc, placement.node_subnets, built_vpc, nat_gateways, ec2_endpoint,
+                                tls=any(lst.certificate is not None for lst in listeners))
         assert checked.vip is not None and checked.drain_timeout_s is not None and checked.config_poll_s is not None
         assert checked.tls_poll_s is not None
         assert observed.log_retention is not None and observed.degraded_after_minutes is not None
@@ -458,7 +459,8 @@ class HaproxyHa(Construct):
                              if ec2_endpoint else None)
         # A VPC built with no NAT gateway has nothing else: a deploy needs the nodes' signal to
         # CloudFormation, and a graceful replacement needs Auto Scaling.
-        isolated_endpoints = self._isolated_endpoints(vpc, placement.node_subnets) if s3_endpoint else []
+        tls = any(lst.certificate is not None for lst in listeners)
+        isolated_endpoints = self._isolated_endpoints(vpc, placement.node_subnets, tls) if s3_endpoint else []
         self.node_files = s3_assets.Asset(self, "NodeFiles", path=str(node_files_dir()))
         enis = self._network_interfaces(placement.node_subnets)
         functions = self._route_functions(enis)
@@ -545,7 +547,7 @@ class HaproxyHa(Construct):
             )
 
     def _warn_about_egress(self, vpc: ec2.IVpc, node_subnets: Sequence[ec2.ISubnet], built_vpc: bool,
-                           nat_gateways: int | None, ec2_endpoint: bool) -> None:
+                           nat_gateways: int | None, ec2_endpoint: bool, tls: bool) -> None:
         if built_vpc and nat_gateways is not None and 0 < nat_gateways < len(NODE_NAMES) and not ec2_endpoint:
             Annotations.of(self).add_warning_v2(
                 "haproxy-ha:nat-per-node-az",
@@ -557,13 +559,18 @@ class HaproxyHa(Construct):
         if not node_subnets or not all(s.subnet_id in isolated_ids for s in node_subnets):
             return
         s3_added = built_vpc and nat_gateways == 0
-        added_interfaces = (["EC2"] if ec2_endpoint else []) + (["CloudFormation", "Auto Scaling"] if s3_added else [])
+        added_interfaces = (["EC2"] if ec2_endpoint else []) + (
+            ["CloudFormation", "Auto Scaling", "CloudWatch Logs", *(["Secrets Manager"] if tls else [])]
+            if s3_added else [])
         added = (["an S3 gateway endpoint"] if s3_added else []) + (
             [f"{'interface endpoints' if len(added_interfaces) > 1 else 'an interface endpoint'} for "
              f"{_listed(added_interfaces)}"] if added_interfaces else [])
         interfaces = ([] if ec2_endpoint else ["ec2 (route moves)"]) + ([] if s3_added else [
             "cloudformation (a new node's ready signal: without it every deploy fails)",
-            "autoscaling (the termination hook and the health report)"]) + [
+            "autoscaling (the termination hook and the health report)",
+            "logs (the nodes' logs and metric records: without it no metric arrives and the alarms fire)",
+            *(["secretsmanager (the TLS listeners' certificates: without it no TLS listener is served, and a "
+               "new node is not ready)"] if tls else [])]) + [
             "ssm, ssmmessages and ec2messages (Session Manager)",
             "lambda (the agent asks the reconciler to create a missing route)"]
         needed = ([] if s3_added else ["an S3 gateway endpoint (node files, the nodes' documents and the Amazon "
@@ -619,15 +626,25 @@ class HaproxyHa(Construct):
         endpoint.connections.allow_default_port_from(self.security_group, f"haproxy-ha nodes: {what}")
         return endpoint
 
-    def _isolated_endpoints(self, vpc: ec2.IVpc, node_subnets: Sequence[ec2.ISubnet]) -> list[ec2.InterfaceVpcEndpoint]:
+    def _isolated_endpoints(self, vpc: ec2.IVpc, node_subnets: Sequence[ec2.ISubnet],
+                            tls: bool) -> list[ec2.InterfaceVpcEndpoint]:
         """What a new node needs in a VPC built with no NAT gateway, besides EC2 and S3: CloudFormation
-        for its ready signal (without it, every deploy fails), Auto Scaling for its termination hook."""
-        return [
+        for its ready signal (without it, every deploy fails), Auto Scaling for its termination hook,
+        CloudWatch Logs for its logs and metrics (without it the alarms fire), and, with a TLS
+        listener, Secrets Manager for its certificate (without it the listener is not served)."""
+        endpoints = [
             self._interface_endpoint("CloudFormationEndpoint", ec2.InterfaceVpcEndpointAwsService.CLOUDFORMATION,
                                      vpc, node_subnets, "the ready signal to CloudFormation"),
             self._interface_endpoint("AutoScalingEndpoint", ec2.InterfaceVpcEndpointAwsService.AUTOSCALING,
                                      vpc, node_subnets, "the termination hook and health report"),
+            self._interface_endpoint("LogsEndpoint", ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,
+                                     vpc, node_subnets, "the nodes' logs and metric records"),
         ]
+        if tls:
+            endpoints.append(self._interface_endpoint(
+                "SecretsManagerEndpoint", ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER, vpc, node_subnets,
+                "the TLS listeners' certificates"))
+        return endpoints
 
     def _security_group(
         self,

@@ -123,7 +123,9 @@ def _ready(cfg: NodeConfig, timeout_s: float) -> int:
             replaced = False  # EC2 does not answer: ready_problems says so below
         # A peer that is being replaced cannot be heard, and need not be.
         peer_view = peer.probe_peer(peer_cfg.ip, cfg.stats_port, 2.0) if peer_cfg and not replaced else None
-        problems = lifecycle.ready_problems(own, peer_view, replaced, lifecycle.ec2_works(cfg, client))
+        # The TLS listeners the agent could not serve yet (what it knows is in its state files).
+        not_served = tls.TlsStore(None, cfg.paths).left_out(cfg)
+        problems = lifecycle.ready_problems(own, peer_view, replaced, lifecycle.ec2_works(cfg, client), not_served)
         if not problems or time.monotonic() >= deadline:
             break
         time.sleep(2)

@@ -5,7 +5,7 @@ hook), and ask to be replaced when its HAProxy cannot be recovered."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -48,11 +48,13 @@ def drain(sessions: Callable[[], int], timeout_s: float, poll_s: float = 0.2) ->
 
 
 def ready_problems(own: peer.PeerView, peer_view: peer.PeerView | None, peer_replaced: bool,
-                   ec2_ok: bool) -> list[str]:
+                   ec2_ok: bool, not_served: Mapping[str, str] | None = None) -> list[str]:
     """What still keeps this node from being ready (empty: ready).  Ready means: the config was
     accepted (the caller got this far), HAProxy answers, keepalived is BACKUP or MASTER, the peer
-    is heard unless it is being replaced, and a read-only EC2 call works with our credentials."""
-    problems = []
+    is heard unless it is being replaced, a read-only EC2 call works with our credentials, and
+    every listener the document names is served (`not_served`: the TLS listeners left out, and
+    why: a node that would serve without them is not what the deploy asked for)."""
+    problems = [f"TLS listener {name} is not served: {why}" for name, why in sorted((not_served or {}).items())]
     if own.reach != peer.REACHED:
         problems.append(f"the agent does not answer at /state ({own.reach})")
     else:

@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 from aws_cdk import App, Stack
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk.assertions import Annotations, Match, Template
 from cdk_nag import AwsSolutionsChecks
 from template_tools import new_app, new_stack
 
-from haproxy_ha import HaproxyHa
+from haproxy_ha import HaproxyHa, Listener
 
 
 def _of_type(doc: dict[str, Any], rtype: str) -> dict[str, dict[str, Any]]:
@@ -81,9 +82,10 @@ def test_no_nat_gateway_builds_isolated_subnets_an_s3_gateway_and_the_endpoints_
     endpoints = _of_type(doc, "AWS::EC2::VPCEndpoint")
     interfaces = {str(v["Properties"]["ServiceName"]): v["Properties"] for v in endpoints.values()
                   if v["Properties"].get("VpcEndpointType") == "Interface"}
-    # EC2 for the route moves, CloudFormation for the ready signal, Auto Scaling for the hook.
+    # EC2 for the route moves, CloudFormation for the ready signal, Auto Scaling for the hook, Logs
+    # for the logs and metric records (no TLS listener here: no Secrets Manager).
     assert sorted(interfaces) == ["com.amazonaws.eu-west-1.autoscaling", "com.amazonaws.eu-west-1.cloudformation",
-                                  "com.amazonaws.eu-west-1.ec2"]
+                                  "com.amazonaws.eu-west-1.ec2", "com.amazonaws.eu-west-1.logs"]
     enis = _of_type(doc, "AWS::EC2::NetworkInterface").values()
     node_subnets = sorted(v["Properties"]["SubnetId"]["Ref"] for v in enis)
     (node_sg,) = [k for k, v in _of_type(doc, "AWS::EC2::SecurityGroup").items()
@@ -106,8 +108,8 @@ def test_no_nat_gateway_builds_isolated_subnets_an_s3_gateway_and_the_endpoints_
         assert set(endpoints) <= set(group["DependsOn"])
     warnings = Annotations.from_stack(stack).find_warning("/Test/Lb", Match.string_like_regexp("isolated subnets"))
     (text,) = [str(w.entry.data) for w in warnings]
-    assert ("This construct added an S3 gateway endpoint and interface endpoints for EC2, CloudFormation and "
-            "Auto Scaling." in text)
+    assert ("This construct added an S3 gateway endpoint and interface endpoints for EC2, CloudFormation, "
+            "Auto Scaling and CloudWatch Logs." in text)
     assert ("Still needed: interface endpoints for ssm, ssmmessages and ec2messages (Session Manager), lambda "
             "(the agent asks the reconciler to create a missing route)." in text)
 
@@ -133,8 +135,37 @@ def test_isolated_caller_vpc_warning_lists_every_endpoint_still_needed(stack: St
     assert ("Still needed: an S3 gateway endpoint (node files, the nodes' documents and the Amazon Linux "
             "repositories); ") in text
     assert ("interface endpoints for ec2 (route moves), cloudformation (a new node's ready signal: without it "
-            "every deploy fails), autoscaling (the termination hook and the health report), ssm, ssmmessages and "
+            "every deploy fails), autoscaling (the termination hook and the health report), logs (the nodes' logs "
+            "and metric records: without it no metric arrives and the alarms fire), ssm, ssmmessages and "
             "ec2messages" in text)
+    assert "secretsmanager" not in text  # no TLS listener
+
+
+def test_an_isolated_vpc_with_a_tls_listener_gets_a_secrets_manager_endpoint(stack: Stack) -> None:
+    secret = secretsmanager.Secret.from_secret_name_v2(stack, "Cert", "lb/https")
+    HaproxyHa(stack, "Lb", vip="192.168.254.10", nat_gateways=0, ec2_endpoint=True, listeners=[
+        Listener(port=443, name="https", backends=("10.0.9.9:8443",), certificate=secret)])
+    doc = Template.from_stack(stack).to_json()
+    services = sorted(str(v["Properties"]["ServiceName"]) for v in _of_type(doc, "AWS::EC2::VPCEndpoint").values()
+                      if v["Properties"].get("VpcEndpointType") == "Interface")
+    assert "com.amazonaws.eu-west-1.secretsmanager" in services and "com.amazonaws.eu-west-1.logs" in services
+    (warning,) = Annotations.from_stack(stack).find_warning("/Test/Lb", Match.string_like_regexp("isolated"))
+    assert "CloudWatch Logs and Secrets Manager." in str(warning.entry.data)
+
+
+def test_an_isolated_caller_vpc_with_a_tls_listener_is_told_it_needs_secrets_manager(stack: Stack) -> None:
+    vpc = ec2.Vpc.from_vpc_attributes(
+        stack, "Isolated", vpc_id="vpc-0123456789abcdef0", vpc_cidr_block="10.30.0.0/16",
+        availability_zones=["eu-west-1a", "eu-west-1b"],
+        isolated_subnet_ids=["subnet-0d00000000000000a", "subnet-0d00000000000000b"],
+        isolated_subnet_route_table_ids=["rtb-0d00000000000000a", "rtb-0d00000000000000b"],
+    )
+    secret = secretsmanager.Secret.from_secret_name_v2(stack, "Cert", "lb/https")
+    HaproxyHa(stack, "Lb", vip="192.168.254.10", vpc=vpc, listeners=[
+        Listener(port=443, name="https", backends=("10.30.9.9:8443",), certificate=secret)])
+    (warning,) = Annotations.from_stack(stack).find_warning("/Test/Lb", Match.string_like_regexp("isolated"))
+    assert ("secretsmanager (the TLS listeners' certificates: without it no TLS listener is served, and a new node "
+            "is not ready)") in str(warning.entry.data)
 
 
 def test_ec2_endpoint_has_no_unacknowledged_cdk_nag_findings(without_nat: Built) -> None:

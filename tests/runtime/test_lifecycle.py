@@ -24,6 +24,7 @@ from haproxy_ha_runtime import agent, lifecycle, peer
 from haproxy_ha_runtime.config import NodeConfig, parse_config
 from haproxy_ha_runtime.imds import Imds
 from haproxy_ha_runtime.render import render_haproxy
+from haproxy_ha_runtime.tls import TlsStore
 from tests.conftest import World, client_for, make_world, require, targets
 from tests.runtime.samples import doc
 from tests.support import serving
@@ -167,6 +168,21 @@ def test_ready_means_healthy_in_vrrp_hearing_the_peer_and_reaching_ec2(
         own: peer.PeerView, peer_view: peer.PeerView | None, peer_replaced: bool, ec2_ok: bool,
         expected: list[str]) -> None:
     assert lifecycle.ready_problems(own, peer_view, peer_replaced, ec2_ok) == expected
+
+
+def test_a_tls_listener_the_document_names_and_the_node_does_not_serve_keeps_it_from_ready() -> None:
+    not_served = {"https": "secret lb/https: cannot read it: ResourceNotFoundException: no such secret"}
+    assert lifecycle.ready_problems(OWN_READY, OWN_READY, False, True, not_served) == [
+        "TLS listener https is not served: secret lb/https: cannot read it: ResourceNotFoundException: no such secret"]
+
+
+def test_the_tls_listeners_the_agent_left_out_are_what_ready_sees(tmp_path: Path) -> None:
+    """ready reads what the agent knows from its state files, with no client of its own."""
+    cfg = parse_config(doc(listeners=[
+        {"name": "web", "port": 80, "backends": [{"name": "w1", "host": "192.0.2.50", "port": 8080}]},
+        {"name": "https", "port": 443, "static_reply": "hello", "tls": {"secret": "lb/https"}}],
+        paths={"run_dir": str(tmp_path)}))
+    assert TlsStore(None, cfg.paths).left_out(cfg) == {"https": "its secret has not been read yet"}
 
 
 # -- the termination hook, asking to be replaced, and the signal, with stand-ins -------------------
