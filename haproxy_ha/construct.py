@@ -49,7 +49,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import custom_resources as cr
 from constructs import Construct, IDependable, IValidation
 
-from haproxy_ha import observability, preview
+from haproxy_ha import limits, observability, preview
 from haproxy_ha.assets import (
     AFTER_BOOT_PATH,
     BOOT_ENV_PATH,
@@ -463,7 +463,7 @@ class HaproxyHa(Construct):
         isolated_endpoints = self._isolated_endpoints(vpc, placement.node_subnets, tls) if s3_endpoint else []
         self.node_files = s3_assets.Asset(self, "NodeFiles", path=str(node_files_dir()))
         enis = self._network_interfaces(placement.node_subnets)
-        functions = self._route_functions(enis)
+        functions = self._route_functions(enis, pair)
         self.route_function = functions.on_event
         self.reconcile_function = functions.reconcile
         instance_type = instance_type or ec2.InstanceType(DEFAULT_INSTANCE_TYPE)
@@ -505,8 +505,6 @@ class HaproxyHa(Construct):
                  ) -> tuple[observability.HaproxyHaAlarms, cloudwatch.Dashboard, observability.HaproxyHaLogQueries]:
         for n in self.nodes:
             observability.grant_node_telemetry(n.role, self.log_groups)
-        # The reconciler's metrics carry the Pair dimension too (the dashboard's last graph).
-        self.reconcile_function.add_environment(observability.RECONCILER_PAIR_VARIABLE, self.metrics_pair)
         names = tuple(n.name for n in self.nodes)
         pair_metrics = observability.PairMetrics(self.metrics_pair, names)
         alarms = observability.make_alarms(
@@ -519,6 +517,15 @@ class HaproxyHa(Construct):
                                                  self.detailed_metrics)
         queries = observability.make_log_queries(scope, self.metrics_pair, names, self.log_groups)
         return alarms, dashboard, queries
+
+    def _check_reconciler_environment(self, variables: dict[str, str]) -> None:
+        """Lambda's 4 KB environment: the reconciler's holds every route table ID."""
+        size = limits.environment_size(Stack.of(self), variables)
+        if size > limits.LAMBDA_ENVIRONMENT_LIMIT:
+            raise HaproxyHaPropsError(self.node.path, [
+                f"client_subnets and extra_route_table_ids: got {len(self.route_table_ids)} route tables, which make "
+                f"the reconciler's environment {size} bytes; allowed: at most {limits.LAMBDA_ENVIRONMENT_LIMIT} "
+                "(Lambda's limit), about 170 tables: fewer tables (a table shared by several subnets counts once)"])
 
     def _route_role(self) -> iam.IRole:
         role = self.route_function.role
@@ -1102,6 +1109,26 @@ class HaproxyHa(Construct):
         documents = self._documents(addresses, settings, route_table_ids=self.route_table_ids, region=stack.region,
                                     vpc_id=self.vpc.vpc_id, reconciler=reconcile.function_arn,
                                     lifecycles=self._lifecycles(self.nodes, Aws.STACK_ID), live=live)
+        properties = {
+            "Bucket": store.bucket.bucket_name,
+            "WaitSeconds": store.wait_s,
+            "Nodes": [{
+                "Name": n.name,
+                "Key": document_key(n.name),
+                "StatusKey": STATUS_KEY.format(node=n.name),
+                "AutoScalingGroupName": n.auto_scaling_group_name,
+                # JSON text: CloudFormation would hand every number and boolean over as a string.
+                "Document": stack.to_json_string(document),
+            } for n, document in zip(self.nodes, documents, strict=True)],
+        }
+        size = limits.waiter_input_size(stack, properties)
+        if size > limits.STEP_FUNCTIONS_INPUT_LIMIT:
+            raise HaproxyHaPropsError(self.node.path, [
+                f"listeners: got {len(settings.listeners)} listener(s) with "
+                f"{sum(len(lst.backends) for lst in settings.listeners)} backend(s), whose documents make a deploy's "
+                f"waiter input about {size} bytes; allowed: at most {limits.STEP_FUNCTIONS_INPUT_LIMIT} (Step "
+                "Functions' limit; an update carries both nodes' documents, old and new): fewer listeners or "
+                "backends, or backends by DNS name (one entry for many servers)"])
         resource = CustomResource(
             store.scope,
             "Documents",
@@ -1109,18 +1136,7 @@ class HaproxyHa(Construct):
             resource_type="Custom::HaproxyHaNodeDocuments",
             # After the framework's own timeout, which comes after the waiter's.
             service_timeout=Duration.seconds(store.total_s + CONFIG_SERVICE_MARGIN_S),
-            properties={
-                "Bucket": store.bucket.bucket_name,
-                "WaitSeconds": store.wait_s,
-                "Nodes": [{
-                    "Name": n.name,
-                    "Key": document_key(n.name),
-                    "StatusKey": STATUS_KEY.format(node=n.name),
-                    "AutoScalingGroupName": n.auto_scaling_group_name,
-                    # JSON text: CloudFormation would hand every number and boolean over as a string.
-                    "Document": stack.to_json_string(document),
-                } for n, document in zip(self.nodes, documents, strict=True)],
-            },
+            properties=properties,
         )
         for n in self.nodes:
             n.auto_scaling_group.node.add_dependency(resource)
@@ -1131,7 +1147,7 @@ class HaproxyHa(Construct):
 
     # --- VIP routes: the Lambda that owns and repairs them -----------------------------------------
 
-    def _route_functions(self, enis: Sequence[ec2.CfnNetworkInterface]) -> _RouteFunctions:
+    def _route_functions(self, enis: Sequence[ec2.CfnNetworkInterface], pair: str) -> _RouteFunctions:
         scope = Construct(self, "Routes")
         role = iam.Role(
             scope,
@@ -1154,14 +1170,18 @@ class HaproxyHa(Construct):
         nodes_json = Stack.of(self).to_json_string([
             {"name": name, "eni_id": eni.ref} for name, eni in zip(NODE_NAMES, enis, strict=True)
         ])
+        reconcile_env = {
+            "VIP": self.vip,
+            "ROUTE_TABLE_IDS": Fn.join(",", list(self.route_table_ids)),
+            "NODES": nodes_json,
+            # The reconciler's metrics carry the Pair dimension too (the dashboard's last graph).
+            observability.RECONCILER_PAIR_VARIABLE: pair,
+        }
+        self._check_reconciler_environment(reconcile_env)
         functions: dict[str, lambda_.Function] = {}
         for fid, handler, timeout, env in (
             ("OnEvent", "handler.on_event", ON_EVENT_TIMEOUT, {}),
-            ("Reconcile", "handler.reconcile", RECONCILE_TIMEOUT, {
-                "VIP": self.vip,
-                "ROUTE_TABLE_IDS": Fn.join(",", list(self.route_table_ids)),
-                "NODES": nodes_json,
-            }),
+            ("Reconcile", "handler.reconcile", RECONCILE_TIMEOUT, reconcile_env),
         ):
             log_group = logs.LogGroup(scope, f"{fid}Logs", retention=logs.RetentionDays.ONE_MONTH)
             fn = lambda_.Function(
