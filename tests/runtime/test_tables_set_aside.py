@@ -1,6 +1,7 @@
 """A route table that cannot be written (deleted, not this VPC's, or not the role's to write) is set
 aside after a bound, so that the others converge; a table that is only throttled, or only lacks
-its route, is never set aside (issue 20, item 6).
+its route, is never set aside; a node's state record counts and names the tables it set aside
+(issue 20, item 6).
 
 The route module runs against moto over HTTP: a deleted table there answers
 InvalidRouteTableID.NotFound as EC2 does.  The fault proxy throttles.  The codes moto never sends
@@ -10,13 +11,15 @@ see that something stopped: each counts the calls that named the table.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from botocore.stub import Stubber
 
-from haproxy_ha_runtime import routes
+from haproxy_ha_runtime import metrics, routes, telemetry
 from tests.conftest import VIP, client_for, make_world, targets
+from tests.support import emf_spec
 from tests.support.table_calls import TableCalls
 
 # Guards for the tests: a take_over that never set a table aside would otherwise write it for
@@ -110,3 +113,38 @@ def test_answers_that_say_nothing_about_the_table_never_set_it_aside(code: str, 
         stub.assert_no_pending_responses()
     assert result.converged and result.set_aside == {}
     assert result.tables[0].attempts == routes.SET_ASIDE_AFTER + 2
+
+
+# -- the state record ------------------------------------------------------------------------------
+
+PAIR = "set-aside"
+
+
+class StateRecords:
+    """Stands in for the metrics file: keeps each record, checked against the EMF specification."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def __call__(self, text: str) -> None:
+        assert emf_spec.problems(text) == [], text
+        self.records.append(json.loads(text))
+
+    @property
+    def last_state(self) -> dict[str, Any]:
+        return [r for r in self.records if r.get("record") == "state"][-1]
+
+
+def test_the_state_record_counts_and_names_the_tables_set_aside_only_while_there_are_some() -> None:
+    out = StateRecords()
+    t = telemetry.Telemetry(PAIR, "b", out)
+    assert t.state("MASTER", True, True, True)
+    assert t.state("MASTER", True, True, True, tables_set_aside=["rtb-1", "rtb-2"])  # a change
+    assert not t.state("MASTER", True, True, True, tables_set_aside=["rtb-1", "rtb-2"])
+    assert t.state("MASTER", True, True, True, tables_set_aside=["rtb-2"])
+    assert t.state("MASTER", True, True, True)
+    records = [r for r in out.records if r["record"] == "state"]
+    assert [emf_spec.metrics_of(r).get(metrics.ROUTE_TABLES_SET_ASIDE) for r in records] == [None, 2, 1, None]
+    assert [r.get("tables_set_aside") for r in records] == [None, ["rtb-1", "rtb-2"], ["rtb-2"], None]
+    # No new dimension: the same Pair and Node as every node metric.
+    assert all(emf_spec.dimensions_of(r) == [{"Pair": PAIR, "Node": "b"}] for r in records)
