@@ -190,8 +190,14 @@ class Agent:
         self.generation = 0
         # Own HAProxy health, as the run loop last judged it (None: not probed yet).
         self.healthy: bool | None = None
-        # Did the routes this agent last read (or wrote and verified) all point here?
+        # Did the routes this agent last read (or wrote and verified) all point here?  Tables set
+        # aside are left out of "all"; with every table set aside, no route points here.
         self.routes_here: bool | None = None
+        # The route tables that this node, as MASTER, found it cannot write (the route module set
+        # them aside: gone, or not its role's to write), with the answer that said so.  The other
+        # tables converge without them, and each repair tick tries them again.  Only a MASTER
+        # keeps any: they are the MASTER's to retry.
+        self.tables_set_aside: dict[str, str] = {}
         # Did the last read-only EC2 call with this node's credentials work (None: not tried yet)?
         self.ec2_ok: bool | None = None
         # Stepped down: the priority file holds STEP_DOWN_OFFSET.  Kept in that file, so that a
@@ -225,6 +231,8 @@ class Agent:
             self.generation += 1
             gen = self.generation
             self._state_changed_at = time.monotonic()
+            if new_state != MASTER:
+                self.tables_set_aside = {}
         self.log("transition", node=self.cfg.node_name, old=old, new=new_state, reason=reason)
         self.report_state()
         if new_state == MASTER and not self.leaving:
@@ -249,7 +257,8 @@ class Agent:
     def report_state(self, force: bool = False) -> None:
         """Write the state metrics if they changed (or `force`: the periodic record)."""
         if self.metrics is not None:
-            self.metrics.state(self.state, self.healthy, self.active, self.ec2_ok, force=force)
+            self.metrics.state(self.state, self.healthy, self.active, self.ec2_ok, force=force,
+                               tables_set_aside=sorted(self.tables_set_aside))
 
     def on_ec2_check(self, views: dict[str, routes.VipRoute] | None) -> None:
         """Take in the periodic read-only EC2 call: the routes it read (None: the call failed)."""
@@ -259,8 +268,38 @@ class Agent:
         self.ec2_ok = ok
         if views is not None and not self.busy:
             # The routes as read now (route work in progress will say so itself when it ends).
-            self.routes_here = _all_here(views, self.cfg.route_table_ids, self.eni_id)
+            self.routes_here = self._all_writable_here(views)
         self.report_state()
+
+    def _writable(self) -> list[str]:
+        """The route tables of the document that are not set aside."""
+        return [t for t in self.cfg.route_table_ids if t not in self.tables_set_aside]
+
+    def _all_writable_here(self, views: dict[str, routes.VipRoute]) -> bool:
+        """Does every table that is not set aside point here (and is there one)?"""
+        writable = self._writable()
+        return bool(writable) and _all_here(views, writable, self.eni_id)
+
+    def _note_tables(self, gen: int, set_aside: dict[str, str], writable: Sequence[str]) -> None:
+        """Keep `tables_set_aside` while this is still the MASTER of `gen`: add `set_aside`
+        (table: why), drop the tables just found `writable` (verified here).  A change is
+        logged and written to the state record."""
+        with self._lock:
+            if self.generation != gen or self.state != MASTER:
+                return
+            before = self.tables_set_aside
+            now = {t: why for t, why in before.items() if t not in writable}
+            now.update(set_aside)
+            self.tables_set_aside = now
+        added = {t: why for t, why in set_aside.items() if t not in before}
+        back = sorted(t for t in before if t not in now)
+        if added:
+            self.log("route_tables_set_aside", node=self.cfg.node_name, tables=added, set_aside=len(now),
+                     retry_every_s=self.cfg.timing.repair_interval_s)
+        if back:
+            self.log("route_tables_back", node=self.cfg.node_name, tables=back, set_aside=len(now))
+        if added or back:
+            self.report_state()
 
     @property
     def track_value(self) -> str:
@@ -324,11 +363,14 @@ class Agent:
         # This node is active now: it no longer stays below its peer.
         self.stepped_down = False
         # No deadline: a MASTER keeps trying until every table is its own, and stops the moment it
-        # is not MASTER any more (see the routes module for where the retries live).
+        # is not MASTER any more (see the routes module for where the retries live).  A table that
+        # cannot be written is set aside, so that it never holds the others (the repair tick
+        # tries it again).
         result = routes.take_over(
             self.client, self.cfg.vip, self.cfg.route_table_ids, self.eni_id,
             deadline_s=None, should_continue=still_master, on_first_write=partial(_stamp, first_write),
             on_missing=self._ask_reconciler_for)
+        self._note_tables(gen, result.set_aside, [t.route_table_id for t in result.tables if t.ok])
         self.log(
             "route_move", node=self.cfg.node_name, to_eni=self.eni_id,
             attempts=max((t.attempts for t in result.tables), default=0),
@@ -337,8 +379,12 @@ class Agent:
             first_write_after_s=round(first_write[0] - t0, 4) if first_write else None,
             since_transition_s=round(time.monotonic() - self._state_changed_at, 4),
             moved=len(result.moved), tables=len(result.tables),
-            failed={t.route_table_id: t.error for t in result.tables if not t.ok and t.error})
-        if result.converged and not result.cancelled:
+            failed={t.route_table_id: t.error for t in result.tables if not t.ok and t.error},
+            set_aside=sorted(result.set_aside))
+        # Done: every table is here, but those set aside, and at least one is.
+        settled = (not result.cancelled and any(t.ok for t in result.tables)
+                   and all(t.ok or t.action == routes.SET_ASIDE for t in result.tables))
+        if settled:
             self.routes_here = True
             self.report_state()
             if self.metrics is not None:
@@ -455,28 +501,32 @@ class Agent:
                        if OPERATOR_CHOICE_TAG in o.eni_tags), None)
         verdicts = {t: ownership.decide(v, self.eni_id, peer_eni, view, peer_running, choice)
                     for t, v in views.items()}
-        not_found = [t for t in self.cfg.route_table_ids if t not in views]
-        self.routes_here = _all_here(views, self.cfg.route_table_ids, self.eni_id)
+        here = [t for t, verdict in verdicts.items() if verdict == ownership.OK]
+        # A table that a describe by its ID leaves out is gone, or not this account's: set it aside.
+        self._note_tables(gen, {t: "route table not found" for t in self.cfg.route_table_ids if t not in views},
+                          here)
+        self.routes_here = self._all_writable_here(views)
         self.report_state()
-        if not_found:
-            self.log("repair_tables_not_found", node=self.cfg.node_name, tables=not_found)
         missing = [t for t, verdict in verdicts.items() if verdict == ownership.MISSING]
         if missing:
             self._ask_reconciler(missing)
         take = [t for t, verdict in verdicts.items() if verdict == ownership.TAKE]
         if take and still_master():
             self.stepped_down = False
-            result = routes.take_over(self.client, self.cfg.vip, take, self.eni_id,
-                                      deadline_s=self.cfg.timing.takeover_deadline_s,
-                                      should_continue=still_master, on_missing=self._ask_reconciler_for)
-            self.log("route_repair", node=self.cfg.node_name, to_eni=self.eni_id, tables=take,
-                     converged=result.converged, duration_s=round(result.elapsed_s, 4),
-                     peer=view.reach, peer_vrrp=view.vrrp, peer_running=peer_running)
+            # Tables set aside before, tried again and still not writable, are no news: no log line.
+            only_set_aside = all(t in self.tables_set_aside for t in take)
+            result = self._repair(gen, take, still_master)
             if result.moved and self.metrics is not None:
                 self.metrics.route_repair(len(result.moved), result.elapsed_s * 1000.0, converged=result.converged,
                                           peer_reach=view.reach, peer_vrrp=view.vrrp, peer_running=peer_running)
-            if result.converged and not not_found and all(v in (ownership.OK, ownership.TAKE)
-                                                          for v in verdicts.values()):
+            if result.moved or not only_set_aside:
+                self.log("route_repair", node=self.cfg.node_name, to_eni=self.eni_id, tables=take,
+                         converged=result.converged, duration_s=round(result.elapsed_s, 4),
+                         peer=view.reach, peer_vrrp=view.vrrp, peer_running=peer_running,
+                         set_aside=sorted(t for t in take if t in self.tables_set_aside))
+            here += [t.route_table_id for t in result.tables if t.ok]
+            writable = self._writable()
+            if writable and all(t in here for t in writable):
                 self.routes_here = True
                 self.report_state()
         elif ownership.STEP_DOWN in verdicts.values() and still_master():
@@ -484,6 +534,22 @@ class Agent:
         elif all(v == ownership.OK for v in verdicts.values()):
             # Every route is here and this node is MASTER: it is the active one, not stepped down.
             self.stepped_down = False
+
+    def _repair(self, gen: int, take: list[str], still_master: Callable[[], bool]) -> routes.MoveResult:
+        """Point the tables `take` here, each within the take-over deadline, but a table set aside
+        before with one write and one read back (deadline 0): a table that still cannot be written
+        costs one write a repair tick, and one that can again is repaired.  One result for both,
+        in `take`'s order."""
+        fresh = [t for t in take if t not in self.tables_set_aside]
+        again = [t for t in take if t in self.tables_set_aside]
+        parts = [routes.take_over(self.client, self.cfg.vip, tables, self.eni_id, deadline_s=deadline_s,
+                                  should_continue=still_master, on_missing=self._ask_reconciler_for)
+                 for tables, deadline_s in ((fresh, self.cfg.timing.takeover_deadline_s), (again, 0.0)) if tables]
+        by_table = {r.route_table_id: r for part in parts for r in part.tables}
+        result = routes.MoveResult(self.eni_id, [by_table[t] for t in take], sum(p.elapsed_s for p in parts),
+                                   any(p.cancelled for p in parts), [e for p in parts for e in p.errors])
+        self._note_tables(gen, result.set_aside, [t.route_table_id for t in result.tables if t.ok])
+        return result
 
     def maybe_repair(self) -> None:
         """Start a repair, if this node is MASTER and no route work is running."""

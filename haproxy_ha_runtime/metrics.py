@@ -41,6 +41,10 @@ PLANNED_MOVE_TIME = "PlannedMoveTime"
 # Routes the MASTER found wrong and rewrote (count), and how long that took (milliseconds).
 ROUTE_REPAIRS = "RouteRepairs"
 ROUTE_REPAIR_TIME = "RouteRepairTime"
+# Route tables the MASTER cannot write (gone, malformed, or not its role's to write), which it has
+# set aside so that the others converge; it tries them again at each repair tick.  In the state
+# record only while there are some, so that a pair whose tables are all fine pays for no metric.
+ROUTE_TABLES_SET_ASIDE = "RouteTablesSetAside"
 
 # -- from HAProxy (the stats socket), per listener or backend ----------------------------------
 # Per listener (PAIR, NODE, LISTENER): requests and 5xx answers since the last sample, sessions open.

@@ -11,6 +11,9 @@ Retries live in two layers, and nowhere else:
   The CLI and the Lambda give a deadline.  The agent gives none while it is MASTER, so it keeps
   trying for exactly as long as it is MASTER; its hand-over and repair give one (the new
   MASTER's take-over, or the next repair tick, tries again).
+  A table that keeps answering that it cannot be written (it is gone, or this principal may not
+  write it) is set aside after SET_ASIDE_AFTER such answers, so that it never holds the others;
+  whoever called tries it again later (the agent at each repair tick).
 `ensure_routes` and `delete_routes` make one call per table (with botocore's retries): the
 custom resource then fails, and CloudFormation says why.
 """
@@ -40,6 +43,22 @@ ROUTE_BLACKHOLE = "blackhole"
 _NOT_FOUND = {"InvalidRoute.NotFound"}
 _EXISTS = {"RouteAlreadyExists"}
 _TABLE_GONE = {"InvalidRouteTableID.NotFound", "InvalidRouteTableId.NotFound"}
+# Answers to a route write that say the table itself cannot be written: it is gone (or another
+# account's), its ID is malformed, or this principal may not write it.  Throttling and 5xx say
+# nothing about the table (botocore retries them), and a missing route (InvalidParameterValue,
+# DESIGN fact 15) is in a table that can be written.  EC2 spells them InvalidRouteTableID.NotFound
+# and InvalidRouteTableId.Malformed; both casings of each are taken.
+_TABLE_UNUSABLE = _TABLE_GONE | {"InvalidRouteTableId.Malformed", "InvalidRouteTableID.Malformed",
+                                 "UnauthorizedOperation", "AccessDenied"}
+# How many such answers one take_over takes from a table before it sets the table aside and lets
+# the others settle.  More than one, so that a single stray answer sets nothing aside; few, so
+# that a table that cannot be written holds a MASTER's take-over for three round trips and
+# take_over's first two pauses (at most 0.15 s), not for ever.  No bound here could wait out EC2's
+# and IAM's eventual consistency (seconds, after a table is made or a policy changes): whoever
+# called tries a set-aside table again later (the agent at each repair tick), and that covers it.
+SET_ASIDE_AFTER = 3
+# The action of a table that take_over set aside.
+SET_ASIDE = "set_aside"
 
 MAX_WORKERS = 32
 _FILTER_CHUNK = 100
@@ -108,7 +127,9 @@ class TableResult:
 
     route_table_id: str
     ok: bool
-    action: str  # unchanged, replaced, created, deleted, absent, failed, cancelled
+    # unchanged, replaced, created, deleted, absent, failed, cancelled, or set_aside (take_over
+    # gave up on a table that answered SET_ASIDE_AFTER times that it cannot be written; `error` says why)
+    action: str
     attempts: int = 0
     elapsed_s: float = 0.0
     error: str | None = None
@@ -133,6 +154,11 @@ class MoveResult:
     def moved(self) -> list[str]:
         """The tables whose VIP route this call replaced or created."""
         return [t.route_table_id for t in self.tables if t.action in ("replaced", "created")]
+
+    @property
+    def set_aside(self) -> dict[str, str]:
+        """The tables take_over set aside as tables it cannot write, each with the answer that said so."""
+        return {t.route_table_id: t.error or "" for t in self.tables if t.action == SET_ASIDE}
 
 
 def _code(err: ClientError) -> str:
@@ -318,12 +344,13 @@ def _pause(seconds: float, should_continue: Callable[[], bool]) -> None:
 
 def _write(pool: ThreadPoolExecutor, client: Any, table_ids: Sequence[str], vip_cidr: str, eni_id: str,
            results: dict[str, TableResult], should_continue: Callable[[], bool],
-           before_write: Callable[[], None], on_missing: Callable[[str], None] | None) -> None:
-    """Write each table's VIP route once, in parallel, and record the outcome in its result."""
-    def write(table_id: str) -> None:
+           before_write: Callable[[], None], on_missing: Callable[[str], None] | None) -> list[str]:
+    """Write each table's VIP route once, in parallel, and record the outcome in its result.
+    Returns the tables that answered that they cannot be written (_TABLE_UNUSABLE)."""
+    def write(table_id: str) -> bool:
         res = results[table_id]
         if not should_continue():
-            return
+            return False
         before_write()
         res.attempts += 1
         try:
@@ -336,8 +363,10 @@ def _write(pool: ThreadPoolExecutor, client: Any, table_ids: Sequence[str], vip_
         except (ClientError, BotoCoreError) as e:
             res.action = "failed"
             res.error = _describe_error(e)
+            return isinstance(e, ClientError) and _code(e) in _TABLE_UNUSABLE
+        return False
 
-    list(pool.map(write, table_ids))
+    return [t for t, unusable in zip(table_ids, pool.map(write, table_ids)) if unusable]
 
 
 def _verify(client: Any, vip: str, table_ids: Sequence[str], eni_id: str, results: dict[str, TableResult],
@@ -392,7 +421,9 @@ def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str
     checked before every write; once it returns False nothing more is written and the result
     says `cancelled`.  With `on_missing`, a missing route is never created: `on_missing(table)`
     is called instead (a node may only replace routes; it asks the reconciler to create them),
-    and the table is written again on the next round.
+    and the table is written again on the next round.  A table that has answered
+    SET_ASIDE_AFTER times that it cannot be written is set aside (action `set_aside`) and not
+    written again in this call; the others go on, and the result is not `converged`.
     """
     start = time.monotonic()
     deadline = None if deadline_s is None else start + deadline_s
@@ -401,6 +432,7 @@ def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str
     results = {t: TableResult(t, ok=False, action="failed") for t in tables}
     pending = list(tables)
     errors: list[str] = []
+    unusable: Counter[str] = Counter()
     first_write = threading.Event()
     pause = 0.05
 
@@ -412,10 +444,15 @@ def take_over(client: Any, vip: str, route_table_ids: Sequence[str], eni_id: str
 
     with ThreadPoolExecutor(max_workers=max(1, min(MAX_WORKERS, len(tables))), thread_name_prefix="route") as pool:
         while pending and should_continue():
-            _write(pool, client, pending, vip_cidr, eni_id, results, should_continue, before_write, on_missing)
+            unusable.update(_write(pool, client, pending, vip_cidr, eni_id, results, should_continue, before_write,
+                                   on_missing))
             if not should_continue():
                 break
             pending = _verify(client, vip, pending, eni_id, results, start, errors)
+            for t in [t for t in pending if unusable[t] >= SET_ASIDE_AFTER]:
+                results[t].action = SET_ASIDE
+                results[t].elapsed_s = time.monotonic() - start
+                pending.remove(t)
             if not pending or (deadline is not None and time.monotonic() + pause >= deadline):
                 break
             _pause(pause * random.uniform(0.5, 1.0), should_continue)

@@ -1,8 +1,9 @@
 """What the agent tells CloudWatch about its node, as EMF records (emf.py) under the names of
 metrics.py:
 - its state: VRRP MASTER, BACKUP or FAULT, its HAProxy's health, whether it is the active node,
-  whether the EC2 API answers, and (as properties, not metrics) its runtime's release and the
-  document schema it reads.  Written every minute and whenever it changes;
+  whether the EC2 API answers, the route tables it set aside as tables it cannot write (only
+  while there are some), and (as properties, not metrics) its runtime's release and the document
+  schema it reads.  Written every minute and whenever it changes;
 - each take-over when it happens, as a failover (a fault moved the VIP here) or as a planned move
   (the peer stepped down, for an operator's move or because its instance is leaving, or lost an
   election to this node), with its time; and each route repair, with its time;
@@ -76,11 +77,12 @@ class Telemetry:
             self._failing = True
 
     def state(self, vrrp: str, healthy: bool | None, active: bool, ec2_ok: bool | None,
-              force: bool = False) -> bool:
+              force: bool = False, tables_set_aside: Sequence[str] = ()) -> bool:
         """Write the node's state if it changed since the last record (or `force`: the periodic
         one).  What is not known yet (health before the first probe, the API before the first
-        call) is left out.  Returns whether it wrote."""
-        key = (vrrp, healthy, active, ec2_ok)
+        call) is left out, and so are set-aside tables while there are none.  Returns whether it
+        wrote."""
+        key = (vrrp, healthy, active, ec2_ok, tuple(tables_set_aside))
         with self._lock:
             if key == self._last_state and not force:
                 return False
@@ -95,7 +97,11 @@ class Telemetry:
                 values.append(emf.Metric(metrics.EC2_API_REACHABLE, int(ec2_ok)))
             # The release and schema ride along as properties, never as dimensions: a dimension
             # more would make every state metric a new one, and the alarms would watch the old.
-            self._emit(values, {"record": "state", "vrrp": vrrp, **runtime_info.reported()})
+            properties: dict[str, Any] = {"record": "state", "vrrp": vrrp, **runtime_info.reported()}
+            if tables_set_aside:
+                values.append(emf.Metric(metrics.ROUTE_TABLES_SET_ASIDE, len(tables_set_aside), emf.COUNT))
+                properties["tables_set_aside"] = list(tables_set_aside)
+            self._emit(values, properties)
         return True
 
     def take_over(self, kind: str, took_ms: float, reason: str, **properties: Any) -> None:

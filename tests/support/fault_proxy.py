@@ -5,7 +5,9 @@ answer with throttling (RequestLimitExceeded), a 5xx, or a delay instead, or los
 (`lose`: ReplaceRoute or CreateRoute answered 200 as EC2 does, but never forwarded: a write that
 succeeds and does not land).  It can also report a route as `blackhole` in DescribeRouteTables
 answers, which moto never does but AWS does when a route's target ENI belongs to a stopped or
-terminated instance.
+terminated instance.  And it can refuse the route writes to chosen route tables as IAM refuses
+a write to a table the role may not write (HTTP 403, `UnauthorizedOperation`), which moto never
+does (it checks no policy); lifting the refusal is a permission fixed.
 
 Always on, in every mode: a CreateRoute whose table already has a route for the same IPv4
 destination is refused as EC2 refuses it (HTTP 400, `RouteAlreadyExists`) and not forwarded.
@@ -17,7 +19,8 @@ cannot both pass.  IPv6 and prefix-list destinations are forwarded unchecked.
     python -m tests.support.fault_proxy --listen 127.0.0.1:5100 --upstream http://127.0.0.1:5000
 
 Control: POST /_fault {"mode": "throttle"|"5xx"|"delay"|"lose"|"none", "count": N,
-"actions": [...], "delay_s": S}; POST /_blackhole {"eni_ids": [...]}; GET /_stats ->
+"actions": [...], "delay_s": S}; POST /_blackhole {"eni_ids": [...]}; POST /_refuse
+{"route_table_ids": [...]} (an empty list lifts it); GET /_stats ->
 {"calls": {action: n}, "faults": {action: n}, "route_exists": n}; POST /_reset.
 
 In this process, `FaultState.on_call(action, hook, times=1)` runs `hook` before each of the next
@@ -47,6 +50,9 @@ _ERRORS = {
 }
 # The writes that `lose` answers without forwarding; EC2 answers both with <return>true</return>.
 _LOSABLE = {"ReplaceRoute", "CreateRoute"}
+# What EC2 answers a write that IAM does not allow (the message is shorter than EC2's, which also
+# carries an encoded authorization message).
+_UNAUTHORIZED = (403, "UnauthorizedOperation", "You are not authorized to perform this operation.")
 
 
 def _error_xml(code: str, message: str) -> bytes:
@@ -83,6 +89,8 @@ class FaultState:
             self.actions: set[str] = set()
             self.delay_s = 0.0
             self.blackhole: set[str] = set()
+            # Route tables whose route writes (_LOSABLE) are refused: UnauthorizedOperation.
+            self.refused: set[str] = set()
             self.calls.clear()
             self.faults.clear()
             self.arrivals.clear()
@@ -183,6 +191,9 @@ def make_handler(upstream: str, state: FaultState) -> type[BaseHTTPRequestHandle
                 elif self.path == "/_blackhole":
                     with state.lock:
                         state.blackhole = set(req.get("eni_ids", []))
+                elif self.path == "/_refuse":
+                    with state.lock:
+                        state.refused = set(req.get("route_table_ids", []))
                 elif self.path == "/_reset":
                     state.reset()
             except (ValueError, TypeError) as e:
@@ -247,6 +258,13 @@ def make_handler(upstream: str, state: FaultState) -> type[BaseHTTPRequestHandle
             elif fault is not None:
                 status, code, message = _ERRORS[fault]
                 self._reply(status, _error_xml(code, message))
+                return
+            with state.lock:
+                refused = action in _LOSABLE and params.get("RouteTableId") in state.refused
+                if refused:
+                    state.faults[action] += 1
+            if refused:
+                self._reply(_UNAUTHORIZED[0], _error_xml(*_UNAUTHORIZED[1:]))
                 return
             state.run_hook(action)
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
