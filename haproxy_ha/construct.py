@@ -75,7 +75,7 @@ from haproxy_ha.validation import (
     lookup_pending,
 )
 from haproxy_ha_cli import outputs
-from haproxy_ha_runtime import config
+from haproxy_ha_runtime import config, lifecycle
 from haproxy_ha_runtime.document_keys import STATUS_KEY, document_key
 from haproxy_ha_runtime.problems import Problems
 from haproxy_ha_runtime.tags import NODE_TAG, ROUTES_DELETED_TAG
@@ -119,8 +119,9 @@ CONFIG_WAITER_TIMEOUT = Duration.seconds(30)
 # pause, so a node that never signals fails the deploy in this time.
 SIGNAL_TIMEOUT = Duration.minutes(20)
 # The termination hook holds a leaving instance for its drain, plus this for the hand-over around
-# it (the routes move to the peer before the drain, the hook is completed after it).
-HANDOVER_MARGIN_S = 60
+# it (the routes move to the peer before the drain, the hook is completed after it): the agent's
+# own bound (haproxy_ha_runtime/lifecycle.py).
+HANDOVER_MARGIN_S = lifecycle.HANDOVER_MARGIN_S
 # Auto Scaling's bounds for a lifecycle hook's heartbeat timeout.
 HEARTBEAT_TIMEOUT_BOUNDS_S = (30, 7200)
 LIFECYCLE_HOOK_NAME = "haproxy-ha-drain"

@@ -472,14 +472,125 @@ class Agent:
         if self.yield_until and not self.leaving and self.state != MASTER and self._peer()[1].vrrp == MASTER:
             self.yield_until = 0.0
 
-    def leave(self) -> None:
-        """This instance is about to be terminated: step down for good.  Every route that points
-        here goes to the peer, and keepalived is told this node is unhealthy until the end, so
-        the peer is MASTER.  Returns once the routes have moved (or the hand-over gave up)."""
-        self.leaving = True
-        self.stepped_down = True
-        self.yield_until = float("inf")
-        self._give_routes_to_peer("instance terminating", lambda: True)
+    def leave(self, deadline: float, pause: Callable[[float], object] = time.sleep,
+              on_held: Callable[[str | None], None] | None = None) -> str | None:
+        """This instance is about to be terminated (`deadline`: time.monotonic() by which the hook
+        must be completed).  Returns None once every route is verified at the peer (or none was
+        here), else why not by the deadline.
+
+        It never takes the routes again, and a take-over still running is cancelled and waited
+        for, so that no late write points a table back here.  It hands the VIP only to a peer fit
+        to serve (peer_unfit); until then it keeps the VIP and serves, and says why.  Once the peer
+        is fit it steps down for good (keepalived hears "unhealthy" until the end, so the peer is
+        MASTER) and points every route at it, keeping at it while the API throttles or the peer
+        is slow, until every route is verified there.  `on_held` hears each new reason it holds
+        the VIP for, and None once it is handed over (the status object says so)."""
+        with self._lock:
+            self.leaving = True
+            self.generation += 1  # a running take-over sees it and stops
+        job = self._job
+        if job is not None:
+            try:
+                job.result(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception as e:  # a take-over that failed has stopped all the same
+                self.log("leave_wait_failed", node=self.cfg.node_name, error=str(e))
+        said: str | None = None
+        interval = min(1.0, self.cfg.timing.repair_interval_s)
+        while time.monotonic() < deadline:
+            why = self._routes_here_now()
+            if why is None:  # no route points here: nothing to hand over, whatever the peer's state
+                self.stepped_down = True
+                self.yield_until = float("inf")
+                if said is not None and on_held is not None:
+                    on_held(None)
+                return None
+            if why == "":
+                why = self.peer_unfit()
+            if why is None:
+                self.stepped_down = True
+                self.yield_until = float("inf")
+                why = self._hand_over_for_good(deadline)
+                if why is None:
+                    if said is not None and on_held is not None:
+                        on_held(None)
+                    return None
+            elif self.yield_until == float("inf"):
+                # The peer stopped being fit mid-way: serve again, and let keepalived elect us.
+                self.yield_until = 0.0
+            if why != said:
+                said = why
+                self.log("leave_held", node=self.cfg.node_name, reason=why,
+                         left_s=round(max(0.0, deadline - time.monotonic()), 1))
+                if self.metrics is not None:
+                    self.metrics.hand_over_held(why)
+                if on_held is not None:
+                    on_held(why)
+            pause(min(interval, max(0.0, deadline - time.monotonic())))
+        return said or "the hook's deadline came first"
+
+    def _routes_here_now(self) -> str | None:
+        """"" while a route points here, None when none does, or why the tables cannot be read."""
+        try:
+            views = routes.describe_vip_routes(self.client, self.cfg.vip, self.cfg.route_table_ids)
+        except Exception as e:
+            return f"the route tables cannot be read: {e}"
+        if any(v.eni_id == self.eni_id for v in views.values()):
+            return ""
+        self.routes_here = False
+        self.report_state()
+        return None
+
+    def peer_unfit(self) -> str | None:
+        """Why the peer cannot take the VIP from a leaving node (None: it can), by the rules of an
+        operator's move: its agent answers, its HAProxy is healthy, it is not leaving itself, and
+        its instance is running."""
+        p, view = self._peer()
+        if p is None or p.eni_id is None:
+            return "no one peer with an ENI to hand the VIP to"
+        if self.probe is not None:
+            view = self.probe(p)
+            self.peer_views[p.name] = view
+        if view.reach != peer.REACHED:
+            return f"peer {p.name} does not answer ({view.reach})"
+        if view.healthy is not True:
+            return f"peer {p.name}'s HAProxy is not healthy"
+        if view.leaving:
+            return f"peer {p.name} is leaving too"
+        try:
+            owner = routes.eni_owners(self.client, [p.eni_id]).get(p.eni_id)
+        except Exception as e:
+            return f"peer {p.name}'s instance cannot be read: {e}"
+        if owner is None or owner.instance_state != "running":
+            return f"peer {p.name}'s instance is not running ({owner.instance_state if owner else 'no instance'})"
+        return None
+
+    def _hand_over_for_good(self, deadline: float) -> str | None:
+        """Point every route that is here at the peer, and verify; None once none is here."""
+        p, _view = self._peer()
+        assert p is not None and p.eni_id is not None
+        try:
+            views = routes.describe_vip_routes(self.client, self.cfg.vip, self.cfg.route_table_ids)
+        except Exception as e:
+            return f"the route tables cannot be read: {e}"
+        mine = [t for t, v in views.items() if v.eni_id == self.eni_id]
+        if not mine:
+            self.routes_here = False
+            self.report_state()
+            return None
+        result = routes.take_over(self.client, self.cfg.vip, mine, p.eni_id,
+                                  deadline_s=max(0.0, min(self.cfg.timing.takeover_deadline_s,
+                                                          deadline - time.monotonic())))
+        if result.moved:
+            self.routes_here = False
+            self.report_state()
+        self.log("route_hand_over", node=self.cfg.node_name, reason="instance terminating", to_eni=p.eni_id,
+                 converged=result.converged, cancelled=result.cancelled, duration_s=round(result.elapsed_s, 4),
+                 moved=len(result.moved))
+        if result.converged:
+            return None
+        failed = {t.route_table_id: t.error for t in result.tables if not t.ok}
+        return f"{len(failed)} route table(s) not yet at peer {p.name}: " + "; ".join(
+            f"{t}: {e or 'not verified'}" for t, e in sorted(failed.items()))
 
     def check_routes(self, gen: int) -> None:
         """While MASTER: decide for every table who should own its route (ownership.decide),
@@ -671,7 +782,7 @@ def _watch_ec2(agent: Agent, interval_s: float, stop: threading.Event) -> None:
 
 
 def _watch_lifecycle(agent: Agent, platform: lifecycle.Platform, interval_s: float, stop: threading.Event,
-                     log: Callable[..., None]) -> None:
+                     log: Callable[..., None], live: live_config.LiveConfig | None = None) -> None:
     """When the group is about to terminate this instance: hand over, drain, complete the hook."""
     while not stop.wait(interval_s):
         cfg = agent.cfg  # live config may have changed the listeners
@@ -683,7 +794,12 @@ def _watch_lifecycle(agent: Agent, platform: lifecycle.Platform, interval_s: flo
         if state != lifecycle.TERMINATED:
             continue
         log("terminating", node=cfg.node_name, drain_timeout_s=cfg.drain_timeout_s)
-        agent.leave()
+        # The hook holds the instance for the drain plus HANDOVER_MARGIN_S: the hand-over may take
+        # the margin (less a few seconds to complete the hook), the drain its own time after it.
+        why = agent.leave(time.monotonic() + lifecycle.HANDOVER_MARGIN_S - lifecycle.COMPLETE_SLACK_S,
+                          on_held=live.note_leaving if live is not None else None)
+        if why is not None:
+            log("leave_gave_up", node=cfg.node_name, reason=why)
         drained, waited = lifecycle.drain(
             partial(lifecycle.requests_in_flight, cfg.paths.haproxy_socket,
                     [lst.name for lst in cfg.listeners if lst.backends and lst.static_reply is None]),
@@ -739,7 +855,7 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
     watcher = None
     if cfg.auto_scaling_group and cfg.lifecycle_hook and platform is not None:
         watcher = threading.Thread(target=_watch_lifecycle, name="lifecycle", daemon=True,
-                                   args=(agent, platform, min(5.0, t.repair_interval_s), poller_stop, log))
+                                   args=(agent, platform, min(5.0, t.repair_interval_s), poller_stop, log, live))
         watcher.start()
     # Metrics only: the state and HAProxy's numbers, and the periodic EC2 call.
     side_threads = [] if metrics is None else [

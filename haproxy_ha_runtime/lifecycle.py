@@ -14,6 +14,11 @@ from botocore.exceptions import ClientError
 from . import haproxy_stats, peer, routes
 from .config import NodeConfig
 
+# The termination hook holds a leaving instance for its drain_timeout plus this: the hand-over's
+# time.  The construct sets the hook's heartbeat timeout from it; the agent hands over within it,
+# less COMPLETE_SLACK_S to complete the hook before the group stops waiting.
+HANDOVER_MARGIN_S = 60
+COMPLETE_SLACK_S = 5
 # What IMDS says in autoscaling/target-lifecycle-state when the group is terminating us.
 TERMINATED = "Terminated"
 

@@ -29,6 +29,7 @@ the secrets every tls_poll_s, and a listener's change rewrites the status (same 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -156,6 +157,8 @@ class LiveConfig:
         self.last: Outcome | None = None
         # The document poller and the TLS poller both render and reload: one at a time.
         self.lock = threading.Lock()
+        # Why this node, leaving, still holds the VIP (None: it does not, or is not leaving).
+        self.leaving_held: str | None = None
 
     @property
     def source(self) -> str:
@@ -278,6 +281,16 @@ class LiveConfig:
         return Outcome(version, APPLIED, None, applied.haproxy_changed or tls_changed, applied.keepalived_changed,
                        restart, new, key)
 
+    def note_leaving(self, held: str | None) -> None:
+        """The instance is leaving, and still holds the VIP for `held` (None: no longer): say so in
+        the status object, beside the document's outcome."""
+        with self.lock:
+            self.leaving_held = held
+            if self.last is not None:
+                # The status is a report: the hand-over goes on without it.
+                with contextlib.suppress(Exception):
+                    self.report(self.last)
+
     def report(self, outcome: Outcome) -> None:
         """Write this node's status object beside its document."""
         try:
@@ -291,6 +304,7 @@ class LiveConfig:
                   "key": outcome.key or self.key, "state": outcome.state, "reason": outcome.reason,
                   "listeners": self.tls.problems(self.cfg) if self.tls is not None else {},
                   **runtime_info.reported(), "release": self.cfg.release,
+                  **({"leaving_held": self.leaving_held} if self.leaving_held is not None else {}),
                   "instance_id": instance, "ts": round(time.time(), 3)}
         self.s3.put_object(Bucket=self.bucket, Key=self.status_key, Body=json.dumps(status).encode(),
                            ContentType="application/json")

@@ -45,6 +45,8 @@ ROUTE_REPAIR_TIME = "RouteRepairTime"
 # set aside so that the others converge; it tries them again at each repair tick.  In the state
 # record only while there are some, so that a pair whose tables are all fine pays for no metric.
 ROUTE_TABLES_SET_ASIDE = "RouteTablesSetAside"
+# A leaving node kept the VIP, its peer not fit to take it (one record per reason).
+HAND_OVERS_HELD = "HandOversHeld"
 
 # -- from HAProxy (the stats socket), per listener or backend ----------------------------------
 # Per listener (PAIR, NODE, LISTENER): requests and 5xx answers since the last sample, sessions open.

@@ -119,6 +119,12 @@ class Telemetry:
                         emf.Metric(metrics.ROUTE_REPAIR_TIME, round(took_ms, 1), emf.MILLISECONDS)],
                        {"record": "route_repair", **properties})
 
+    def hand_over_held(self, reason: str) -> None:
+        """This node is leaving, and keeps the VIP: its peer is not fit to take it (`reason`)."""
+        with self._lock:
+            self._emit([emf.Metric(metrics.HAND_OVERS_HELD, 1, emf.COUNT)], {"record": "hand_over_held",
+                                                                            "reason": reason})
+
     def haproxy(self, listeners: Sequence[ListenerSample], backends: Sequence[BackendSample],
                 detailed: bool = True) -> None:
         """One record per listener and per backend.  A counter without a baseline yet (the first

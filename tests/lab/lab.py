@@ -837,8 +837,10 @@ class Lab:
         eni, old = self.state.eni[node], self.instance[node]
         t0 = time.time()
         self.lifecycle_file(node).write_text(lifecycle.TERMINATED)
+        # As long as the group would wait: the hand-over's margin and the drain (and a little).
         _wait(lambda: self.aws_calls("CompleteLifecycleAction", InstanceId=old),
-              self.options.drain_timeout_s + 30, f"node {node} to complete its termination hook", interval_s=0.05)
+              self.options.drain_timeout_s + lifecycle.HANDOVER_MARGIN_S + 10,
+              f"node {node} to complete its termination hook", interval_s=0.05)
         t_complete = time.time()
         # Shutdown stops keepalived (ordered after the agent) first, then the agent and HAProxy.
         for service in ("keepalived", "agent", "haproxy", "imds"):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from haproxy_ha_runtime import metrics
 from haproxy_ha_runtime.config import PROFILES
+from haproxy_ha_runtime.lifecycle import HANDOVER_MARGIN_S
 
 from .cloud import MAX_TABLES
 from .topology import NODES
@@ -199,7 +200,7 @@ class Scenario:
                 total += s.seconds or 0.0
             total += (s.seconds or CLI_DEFAULT_DEADLINE_S) + CLI_SLACK_S if s.kind == "cli" else 10.0
             if s.kind == "replace":
-                total += self.setup.drain_s + 30 + REPLACE_BOOT_S
+                total += self.setup.drain_s + HANDOVER_MARGIN_S + 10 + REPLACE_BOOT_S
             elif s.kind == "request":
                 total += s.seconds or 0.0
         return total

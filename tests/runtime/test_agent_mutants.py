@@ -203,11 +203,12 @@ def test_the_periodic_state_record_is_written_even_when_nothing_changed(world: W
 
 
 def test_a_leaving_node_says_so_at_its_state(world: World, tmp_path: Path) -> None:
-    a = agent.Agent(_node(world, tmp_path), world.client, world.eni_a, Log())
+    fit = peer.PeerView(peer.REACHED, vrrp="BACKUP", healthy=True, leaving=False)
+    a = agent.Agent(_node(world, tmp_path), world.client, world.eni_a, Log(), probe=lambda _p: fit)
     server = peer.StateServer(0, a.state_report).start()
     try:
         assert peer.probe_peer("127.0.0.1", server.port, 2.0).leaving is False
-        a.leave()
+        assert a.leave(time.monotonic() + 10) is None
         view = peer.probe_peer("127.0.0.1", server.port, 2.0)
     finally:
         server.stop()
@@ -358,23 +359,26 @@ def test_a_take_over_is_cancelled_by_a_new_state_even_when_master_comes_back(pro
     assert set(targets(world.client, world.tables).values()) == {world.eni_b}
 
 
-def test_a_hand_over_gives_up_at_the_take_over_deadline(proxy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """A terminating node hands its routes over, but not forever: the group is waiting."""
+def test_a_hand_over_keeps_trying_past_the_take_over_deadline_and_gives_up_at_the_hooks(  # type: ignore[no-untyped-def]
+        proxy, tmp_path: Path) -> None:
+    """A terminating node keeps handing its routes over while the API fails, but not beyond the
+    hook's own deadline: the group is waiting."""
     world = make_world(client_for(proxy.url), 2)
     proxy.state.set_fault("5xx", 1_000_000, ["ReplaceRoute"])
     log = Log()
     cfg = _node(world, tmp_path, timing={"takeover_deadline_s": 0.5})
-    a = agent.Agent(cfg, client_for(proxy.url, max_attempts=1), world.eni_a, log)
-    leaving = threading.Thread(target=a.leave, daemon=True)
+    fit = peer.PeerView(peer.REACHED, vrrp="BACKUP", healthy=True, leaving=False)
+    a = agent.Agent(cfg, client_for(proxy.url, max_attempts=1), world.eni_a, log, probe=lambda _p: fit)
     try:
-        leaving.start()
-        leaving.join(10)  # the deadline is 0.5 s: 10 s is a margin no loaded machine needs
-        assert not leaving.is_alive()
+        why = a.leave(time.monotonic() + 2.0)
     finally:
         proxy.state.set_fault("none", 0, [])
         a.shutdown()
-    (hand_over,) = log.of("route_hand_over")
-    assert hand_over["converged"] is False and hand_over["reason"] == "instance terminating"
+    hand_overs = log.of("route_hand_over")
+    assert len(hand_overs) >= 2  # once per take-over deadline (0.5 s), again and again until the hook's
+    assert all(h["converged"] is False and h["reason"] == "instance terminating" for h in hand_overs)
+    assert why is not None and why.startswith("2 route table(s) not yet at peer b: ")
+    assert set(targets(world.client, world.tables).values()) == {world.eni_a}
 
 
 def test_a_node_whose_haproxy_fails_says_why_it_hands_over(world: World, tmp_path: Path) -> None:
@@ -526,7 +530,8 @@ def test_the_termination_hook_logs_each_step_with_the_node(world: World, tmp_pat
         if event == "lifecycle_complete_failed":
             aws.fail.clear()  # the next try succeeds
 
-    a = agent.Agent(cfg, world.client, world.eni_a, events)
+    fit = peer.PeerView(peer.REACHED, vrrp="BACKUP", healthy=True, leaving=False)
+    a = agent.Agent(cfg, world.client, world.eni_a, events, probe=lambda _p: fit)
     platform = lifecycle.Platform(instance_id=lambda: "i-0aaaaaaaaaaaaaaa1", lifecycle_state=state,
                                   client=lambda _service: _autoscaling(aws))
     stop = threading.Event()

@@ -6,6 +6,7 @@ IMDS, CompleteLifecycleAction, SetInstanceHealth and SignalResource are stand-in
 from __future__ import annotations
 
 import http.client
+import json
 import shutil
 import socket
 import subprocess
@@ -20,7 +21,7 @@ import boto3
 import botocore.config
 import pytest
 
-from haproxy_ha_runtime import agent, lifecycle, peer
+from haproxy_ha_runtime import agent, lifecycle, peer, telemetry
 from haproxy_ha_runtime.config import NodeConfig, parse_config
 from haproxy_ha_runtime.imds import Imds
 from haproxy_ha_runtime.render import render_haproxy
@@ -30,6 +31,7 @@ from tests.runtime.samples import doc
 from tests.support import serving
 from tests.support.agent_tools import FakeHealth, Log, wait_for
 from tests.support.aws_stand_in import AwsStandIn
+from tests.support.fault_proxy import FaultProxy
 from tests.support.imds_stand_in import FakeImds
 from tests.support.moto_server import free_port
 
@@ -215,22 +217,41 @@ def _node_a(world: World, tmp: Path, health_port: int, **changes: Any) -> NodeCo
         "paths": {"run_dir": str(tmp / "run")}, **changes}))
 
 
-def _run(cfg: NodeConfig, world: World, platform: lifecycle.Platform, log: Log) -> tuple[threading.Thread,
-                                                                                           threading.Event]:
+class Peer:
+    """Node b's agent as node a hears it at GET /state: `view` is what it says (healthy BACKUP)."""
+
+    def __init__(self) -> None:
+        self.view: dict[str, Any] = {"node": "b", "vrrp": "BACKUP", "healthy": True, "stepped_down": False,
+                                     "leaving": False}
+        self.server = peer.StateServer(0, lambda: dict(self.view)).start()
+
+    def address(self, _p: Any) -> tuple[str, int]:
+        return "127.0.0.1", self.server.port
+
+
+@pytest.fixture
+def peer_b() -> Iterator[Peer]:
+    b = Peer()
+    yield b
+    b.server.stop()
+
+
+def _run(cfg: NodeConfig, world: World, platform: lifecycle.Platform, log: Log, peer_b: Peer,
+         client: Any = None) -> tuple[threading.Thread, threading.Event]:
     stop = threading.Event()
-    thread = threading.Thread(target=agent.run, args=(cfg, world.client, world.eni_a, stop, log), kwargs={
-        "platform": platform, "peer_address": lambda p: ("127.0.0.1", free_port())})
+    thread = threading.Thread(target=agent.run, args=(cfg, client or world.client, world.eni_a, stop, log), kwargs={
+        "platform": platform, "peer_address": peer_b.address})
     thread.start()
     return thread, stop
 
 
 def test_a_terminating_node_hands_over_drains_then_completes_the_hook(
-        moto: str, tmp_path: Path, stand_ins: tuple[FakeImds, AwsStandIn, FakeHealth]) -> None:
+        moto: str, tmp_path: Path, stand_ins: tuple[FakeImds, AwsStandIn, FakeHealth], peer_b: Peer) -> None:
     imds, aws, health = stand_ins
     world = make_world(client_for(moto), 3)  # the routes start at node a
     cfg = _node_a(world, tmp_path, health.port)
     log = Log()
-    thread, stop = _run(cfg, world, _platform(imds, aws), log)
+    thread, stop = _run(cfg, world, _platform(imds, aws), log, peer_b)
     try:
         wait_for(lambda: bool(log.of("health")))
         time.sleep(0.5)
@@ -252,13 +273,96 @@ def test_a_terminating_node_hands_over_drains_then_completes_the_hook(
     assert not thread.is_alive()
 
 
-def test_a_node_whose_haproxy_stays_down_asks_its_group_to_replace_it(
+def test_a_leaving_node_keeps_the_vip_while_its_peer_cannot_serve_and_hands_it_over_once_it_can(
+        moto: str, tmp_path: Path, stand_ins: tuple[FakeImds, AwsStandIn, FakeHealth], peer_b: Peer) -> None:
+    imds, aws, health = stand_ins
+    world = make_world(client_for(moto), 3)
+    cfg = _node_a(world, tmp_path, health.port)
+    log = Log()
+    peer_b.view["healthy"] = False  # b's HAProxy is down
+    thread, stop = _run(cfg, world, _platform(imds, aws), log, peer_b)
+    try:
+        wait_for(lambda: bool(log.of("health")))
+        imds.lifecycle_state = "Terminated"
+        wait_for(lambda: bool(log.of("leave_held")))
+        assert log.of("leave_held")[0]["reason"] == "peer b's HAProxy is not healthy"
+        # It keeps the VIP, and keeps serving: no route moved, no hook completed, not yielding.
+        assert set(targets(world.client, world.tables).values()) == {world.eni_a}
+        assert not aws.of("CompleteLifecycleAction")
+        assert Path(cfg.paths.track_file).read_text() == "0\n"
+        # b is leaving too, then fit: each reason is said once, and then the VIP goes to b.
+        peer_b.view.update(healthy=True, leaving=True)
+        wait_for(lambda: len(log.of("leave_held")) == 2)
+        assert log.of("leave_held")[1]["reason"] == "peer b is leaving too"
+        assert not aws.of("CompleteLifecycleAction")
+        peer_b.view["leaving"] = False
+        wait_for(lambda: bool(log.of("lifecycle_complete")))
+        assert set(targets(world.client, world.tables).values()) == {world.eni_b}
+        order = [e["event"] for e in log.events if e["event"] in ("route_hand_over", "drained", "lifecycle_complete")]
+        assert order == ["route_hand_over", "drained", "lifecycle_complete"]
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_a_leaving_node_completes_its_hook_only_once_the_routes_are_at_its_peer_while_the_api_throttles(
+        moto: str, proxy: FaultProxy, tmp_path: Path, stand_ins: tuple[FakeImds, AwsStandIn, FakeHealth],
+        peer_b: Peer) -> None:
+    imds, aws, health = stand_ins
+    world = make_world(client_for(moto), 3)
+    cfg = _node_a(world, tmp_path, health.port)
+    log = Log()
+    thread, stop = _run(cfg, world, _platform(imds, aws), log, peer_b, client=client_for(proxy.url))
+    try:
+        wait_for(lambda: bool(log.of("health")))
+        # Every EC2 call of the hand-over throttled, 40 answers in all: the first reads and writes,
+        # and the retries, fail for a while.
+        proxy.state.set_fault("throttle", 40, [])
+        imds.lifecycle_state = "Terminated"
+        wait_for(lambda: bool(log.of("lifecycle_complete")), timeout=60)
+        # Completed only once every route is verified at b, however long the API took.
+        assert set(targets(world.client, world.tables).values()) == {world.eni_b}
+        done = [e for e in log.events if e["event"] in ("route_hand_over", "leave_held", "lifecycle_complete")]
+        assert done[-1]["event"] == "lifecycle_complete" and any(
+            e["event"] == "route_hand_over" and e["converged"] for e in done)
+        assert sum(proxy.state.stats()["faults"].values()) == 40
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_a_leaving_node_gives_up_holding_the_vip_at_the_deadline_and_says_why(
         moto: str, tmp_path: Path, stand_ins: tuple[FakeImds, AwsStandIn, FakeHealth]) -> None:
+    _imds, _aws, health = stand_ins
+    world = make_world(client_for(moto), 2)
+    log = Log()
+    records: list[str] = []
+    a = agent.Agent(_node_a(world, tmp_path, health.port), world.client, world.eni_a, log,
+                    probe=lambda _p: peer.PeerView(peer.UNREACHABLE),
+                    metrics=telemetry.Telemetry("pair", "a", records.append, log))
+    held: list[str | None] = []
+    try:
+        why = a.leave(time.monotonic() + 0.3, on_held=held.append)
+    finally:
+        a.shutdown()
+    assert why == held[0] == "peer b does not answer (unreachable)"
+    # Said once, in the log and in one metric record (the reason as a property).
+    assert [e["reason"] for e in log.of("leave_held")] == [why]
+    (record,) = [json.loads(r) for r in records if '"hand_over_held"' in r]
+    assert record["HandOversHeld"] == 1 and record["reason"] == why
+    assert set(targets(world.client, world.tables).values()) == {world.eni_a}
+    assert a.leaving is True and a.yield_until == 0.0  # it never yielded: it kept the VIP
+
+
+def test_a_node_whose_haproxy_stays_down_asks_its_group_to_replace_it(
+        moto: str, tmp_path: Path, stand_ins: tuple[FakeImds, AwsStandIn, FakeHealth], peer_b: Peer) -> None:
     imds, aws, health = stand_ins
     world = make_world(client_for(moto), 1)
     cfg = _node_a(world, tmp_path, health.port, replace_unhealthy_after_s=1)
     log = Log()
-    thread, stop = _run(cfg, world, _platform(imds, aws), log)
+    thread, stop = _run(cfg, world, _platform(imds, aws), log, peer_b)
     try:
         wait_for(lambda: bool(log.of("health")))
         health.ok = False
@@ -274,12 +378,12 @@ def test_a_node_whose_haproxy_stays_down_asks_its_group_to_replace_it(
 
 
 def test_a_node_that_recovers_in_time_is_not_replaced(
-        moto: str, tmp_path: Path, stand_ins: tuple[FakeImds, AwsStandIn, FakeHealth]) -> None:
+        moto: str, tmp_path: Path, stand_ins: tuple[FakeImds, AwsStandIn, FakeHealth], peer_b: Peer) -> None:
     imds, aws, health = stand_ins
     world = make_world(client_for(moto), 1)
     cfg = _node_a(world, tmp_path, health.port, replace_unhealthy_after_s=2)
     log = Log()
-    thread, stop = _run(cfg, world, _platform(imds, aws), log)
+    thread, stop = _run(cfg, world, _platform(imds, aws), log, peer_b)
     try:
         wait_for(lambda: bool(log.of("health")))
         health.ok = False
@@ -323,3 +427,45 @@ def test_a_signal_nobody_waits_for_is_no_failure_but_other_errors_are(
     aws.fail.add("SignalResource")
     with pytest.raises(ClientError):
         lifecycle.signal(cfn, cfg, "i-0aaaaaaaaaaaaaaa1", success=True)
+
+
+class _SlowWrites:
+    """A client whose route writes each take `delay_s` before they reach EC2 (moto)."""
+
+    def __init__(self, client: Any, delay_s: float) -> None:
+        self._client, self._delay_s = client, delay_s
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name != "replace_route":
+            return attr
+
+        def slow(**kwargs: Any) -> Any:
+            time.sleep(self._delay_s)
+            return attr(**kwargs)
+
+        return slow
+
+
+def test_a_take_over_still_running_when_the_node_leaves_points_no_table_back_at_it(
+        moto: str, tmp_path: Path, stand_ins: tuple[FakeImds, AwsStandIn, FakeHealth]) -> None:
+    _imds, _aws, health = stand_ins
+    world = make_world(client_for(moto), 4)
+    for table in world.tables:  # b holds the VIP; a is about to take it
+        world.client.replace_route(RouteTableId=table, DestinationCidrBlock=f"{doc()['vip']}/32",
+                                   NetworkInterfaceId=world.eni_b)
+    log = Log()
+    fit = peer.PeerView(peer.REACHED, vrrp="BACKUP", healthy=True, leaving=False)
+    a = agent.Agent(_node_a(world, tmp_path, health.port), _SlowWrites(world.client, 0.4), world.eni_a, log,
+                    probe=lambda _p: fit)
+    try:
+        a.on_health(True)
+        a.on_state(agent.MASTER)
+        wait_for(lambda: a.busy)  # the take-over's writes are on their way
+        assert a.leave(time.monotonic() + 30) is None
+        assert not a.busy
+        time.sleep(0.6)  # longer than a write takes: one still in flight would have landed
+        assert set(targets(world.client, world.tables).values()) == {world.eni_b}
+    finally:
+        a.shutdown()
+    assert log.of("route_move")[0]["cancelled"] is True
