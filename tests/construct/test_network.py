@@ -121,13 +121,18 @@ def test_nodes_wait_for_the_ec2_endpoint_they_move_routes_through(with_endpoint:
         assert endpoint in group["DependsOn"]
 
 
-def test_isolated_caller_vpc_warning_lists_every_endpoint_still_needed(stack: Stack) -> None:
-    vpc = ec2.Vpc.from_vpc_attributes(
+def _isolated_caller_vpc(stack: Stack) -> ec2.IVpc:
+    """A caller's VPC with isolated subnets only, in two AZs."""
+    return ec2.Vpc.from_vpc_attributes(
         stack, "Isolated", vpc_id="vpc-0123456789abcdef0", vpc_cidr_block="10.30.0.0/16",
         availability_zones=["eu-west-1a", "eu-west-1b"],
         isolated_subnet_ids=["subnet-0d00000000000000a", "subnet-0d00000000000000b"],
         isolated_subnet_route_table_ids=["rtb-0d00000000000000a", "rtb-0d00000000000000b"],
     )
+
+
+def test_isolated_caller_vpc_warning_lists_every_endpoint_still_needed(stack: Stack) -> None:
+    vpc = _isolated_caller_vpc(stack)
     HaproxyHa(stack, "Lb", vip="192.168.254.10", vpc=vpc)
     (warning,) = Annotations.from_stack(stack).find_warning("/Test/Lb", Match.string_like_regexp("isolated"))
     text = str(warning.entry.data)
@@ -154,12 +159,7 @@ def test_an_isolated_vpc_with_a_tls_listener_gets_a_secrets_manager_endpoint(sta
 
 
 def test_an_isolated_caller_vpc_with_a_tls_listener_is_told_it_needs_secrets_manager(stack: Stack) -> None:
-    vpc = ec2.Vpc.from_vpc_attributes(
-        stack, "Isolated", vpc_id="vpc-0123456789abcdef0", vpc_cidr_block="10.30.0.0/16",
-        availability_zones=["eu-west-1a", "eu-west-1b"],
-        isolated_subnet_ids=["subnet-0d00000000000000a", "subnet-0d00000000000000b"],
-        isolated_subnet_route_table_ids=["rtb-0d00000000000000a", "rtb-0d00000000000000b"],
-    )
+    vpc = _isolated_caller_vpc(stack)
     secret = secretsmanager.Secret.from_secret_name_v2(stack, "Cert", "lb/https")
     HaproxyHa(stack, "Lb", vip="192.168.254.10", vpc=vpc, listeners=[
         Listener(port=443, name="https", backends=("10.30.9.9:8443",), certificate=secret)])

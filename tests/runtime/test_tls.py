@@ -267,18 +267,29 @@ def test_a_bad_rotation_while_serving_is_reported_by_the_poller_and_a_good_one_c
     assert status()["listeners"] == {} and reloads == [live_config.RELOAD_HAPROXY]
 
 
-def test_a_listener_moved_to_a_bad_secret_keeps_serving_the_last_good_certificate(
-        secrets: Secrets, certs: dict[str, Cert], tmp_path: Path) -> None:
+def _serving(secrets: Secrets, certs: dict[str, Cert], tmp_path: Path) -> tuple[TlsStore, str]:
+    """A node's TLS store serving both listeners of the sample; the https secret's version."""
     v1 = secrets.create("lb/https", certs["one"].secret_string())
     secrets.create("lb/tls13", certs["other"].secret_string())
-    secrets.create("lb/https-next", "{}")
     first = parse_config(_doc(tmp_path))
     store = TlsStore(secrets.client, first.paths)
     store.refresh(first)
-    served = Path(first.paths.tls_bundle("https")).read_text()
-    moved = parse_config(_doc(tmp_path, listeners=[
-        {**lst, "tls": {**lst["tls"], "secret": "lb/https-next"}} if lst["name"] == "https" else lst
+    return store, v1
+
+
+def _moved_to(tmp_path: Path, secret: str) -> NodeConfig:
+    """The sample's document with the https listener moved to `secret`."""
+    return parse_config(_doc(tmp_path, listeners=[
+        {**lst, "tls": {**lst["tls"], "secret": secret}} if lst["name"] == "https" else lst
         for lst in _doc(tmp_path)["listeners"]]))
+
+
+def test_a_listener_moved_to_a_bad_secret_keeps_serving_the_last_good_certificate(
+        secrets: Secrets, certs: dict[str, Cert], tmp_path: Path) -> None:
+    secrets.create("lb/https-next", "{}")
+    store, v1 = _serving(secrets, certs, tmp_path)
+    served = Path(store.paths.tls_bundle("https")).read_text()
+    moved = _moved_to(tmp_path, "lb/https-next")
     assert store.refresh(moved) is False  # nothing new to serve: no reload
     assert Path(moved.paths.tls_bundle("https")).read_text() == served
     assert store.left_out(moved) == {}
@@ -296,14 +307,8 @@ def test_a_listener_moved_to_a_bad_secret_keeps_serving_the_last_good_certificat
 
 def test_a_listener_moved_to_an_unreadable_secret_keeps_serving_too(
         secrets: Secrets, certs: dict[str, Cert], tmp_path: Path) -> None:
-    secrets.create("lb/https", certs["one"].secret_string())
-    secrets.create("lb/tls13", certs["other"].secret_string())
-    first = parse_config(_doc(tmp_path))
-    store = TlsStore(secrets.client, first.paths)
-    store.refresh(first)
-    moved = parse_config(_doc(tmp_path, listeners=[
-        {**lst, "tls": {**lst["tls"], "secret": "lb/no-such-secret"}} if lst["name"] == "https" else lst
-        for lst in _doc(tmp_path)["listeners"]]))
+    store, _ = _serving(secrets, certs, tmp_path)
+    moved = _moved_to(tmp_path, "lb/no-such-secret")
     store.refresh(moved)
     assert store.left_out(moved) == {}
     assert "ResourceNotFoundException" in store.problems(moved)["https"]
