@@ -508,8 +508,16 @@ class HaproxyHa(Construct):
     def _observe(self, scope: Construct, listeners: Sequence[config.Listener], degraded_after_minutes: int,
                  topic: sns.ITopic | None, cloudtrail_log_group: logs.ILogGroup | None,
                  ) -> tuple[observability.HaproxyHaAlarms, cloudwatch.Dashboard, observability.HaproxyHaLogQueries]:
+        stack = Stack.of(self)
+        old_groups = observability.release_0_1_0_log_group_arns(stack, self.metrics_pair)
         for n in self.nodes:
-            observability.grant_node_telemetry(n.role, self.log_groups)
+            observability.grant_node_telemetry(n.role, self.log_groups, old_groups)
+            Validations.of(n.role).acknowledge(*(
+                _ack(f"AwsSolutions-IAM5[Resource::{_nag_arn(stack, arn)}]",
+                     "Release 0.1.0's log groups of this pair, by their exact names, for a node of that release "
+                     "until an upgrade replaces it: the wildcard stands for their log streams, as in a log "
+                     "group's own ARN.")
+                for arn in old_groups))
         names = tuple(n.name for n in self.nodes)
         pair_metrics = observability.PairMetrics(self.metrics_pair, names)
         alarms = observability.make_alarms(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from aws_cdk import Duration, Fn, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, Duration, Fn, RemovalPolicy, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_iam as iam
@@ -197,13 +197,35 @@ def make_log_groups(scope: Construct, prefix: str, retention: logs.RetentionDays
         for kind in shipping.LOG_GROUPS})
 
 
-def grant_node_telemetry(role: iam.IRole, log_groups: HaproxyHaLogGroups) -> None:
+# What a node's CloudWatch agent does in a group it ships to.
+_SHIP_ACTIONS = ("logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams")
+
+
+def release_0_1_0_log_group_arns(stack: Stack, pair: str) -> tuple[str, ...]:
+    """The ARNs of the groups that release 0.1.0 made for the pair, LOG_GROUP_ROOT/<pair>/<kind>,
+    each with its streams (:*) as a log group's own ARN has them.  An upgrade from 0.1.0 replaces
+    them, and they stay, no longer the stack's."""
+    return tuple(stack.format_arn(service="logs", resource="log-group",
+                                  resource_name=f"{shipping.log_group(f'{LOG_GROUP_ROOT}/{pair}', kind)}:*",
+                                  arn_format=ArnFormat.COLON_RESOURCE_NAME)
+                 for kind in shipping.LOG_GROUPS)
+
+
+def grant_node_telemetry(role: iam.IRole, log_groups: HaproxyHaLogGroups, release_0_1_0_groups: Sequence[str]) -> None:
     """What a node's CloudWatch agent needs to ship its files: a stream of its own in each of the
     pair's groups, and its events there.  Nothing else: the groups exist (it creates none and sets
     no retention), its config has no metrics section, and the node's metrics are EMF lines in
-    PREFIX/metrics (no PutMetricData)."""
+    PREFIX/metrics (no PutMetricData).
+
+    The same on the groups that release 0.1.0 named (`release_0_1_0_groups`, by ARN).  A node of
+    that release ships there until an upgrade replaces it (its CloudWatch agent's config is
+    rendered at boot), and the upgrade changes the roles before it replaces the nodes: without
+    this, the old nodes' events during the upgrade (their hand-overs) and their EMF records,
+    which the alarms read, would stop reaching CloudWatch, and no_active_node would page.  Drop it
+    once 0.1.0 is no longer a release to upgrade from."""
     for group in log_groups.all():
-        group.grant(role, "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams")
+        group.grant(role, *_SHIP_ACTIONS)
+    role.add_to_principal_policy(iam.PolicyStatement(actions=list(_SHIP_ACTIONS), resources=list(release_0_1_0_groups)))
 
 
 @dataclass(frozen=True)

@@ -247,6 +247,23 @@ def test_a_stack_made_again_under_its_name_takes_no_name_that_an_earlier_one_lef
     assert not kept_names(release, STACK_ID) & first
 
 
+@pytest.mark.parametrize("node", ["A", "B"])
+def test_a_node_of_release_0_1_0_may_ship_to_that_releases_groups_until_an_upgrade_replaces_it(
+        app_doc: dict[str, Any], node: str) -> None:
+    """Its CloudWatch agent's config names them until the node is replaced, and the upgrade
+    changes the roles first: the grant on those names, exactly those of this stack's 0.1.0
+    template, keeps its events and the EMF records the alarms read shipping through the upgrade."""
+    release = json.loads((REPO / "releases" / "0.1.0" / "HaproxyHa.template.json").read_text())
+    old_names = {g["Properties"]["LogGroupName"] for g in pair_log_groups(release).values()}
+    (policy,) = [v for k, v in app_doc["Resources"].items()
+                 if v["Type"] == "AWS::IAM::Policy" and k.startswith(f"HaproxyHaNode{node}Role")]
+    by_name = [r for st in policy["Properties"]["PolicyDocument"]["Statement"]
+               if "logs:PutLogEvents" in st["Action"] for r in st["Resource"] if isinstance(r, str)]
+    arn = re.compile(r"arn:aws:logs:eu-west-1:123456789012:log-group:(?P<name>.+):\*")
+    assert {arn.fullmatch(r)["name"] for r in by_name} == old_names  # type: ignore[index]
+    assert len(by_name) == 4
+
+
 def test_the_documents_are_written_once_the_log_groups_they_name_exist(app_doc: dict[str, Any]) -> None:
     """The documents name the groups by the stack's ID, not by a reference to them: they wait for
     them, so that no node ships to a group that does not exist yet (an upgrade from 0.1.0 makes them)."""
