@@ -267,7 +267,9 @@ class HaproxyHa(Construct):
     detailed_metrics: bool
     """Whether the nodes publish HAProxy's per-listener requests, 5xx, response times and sessions."""
     log_group_prefix: str
-    """The prefix of the pair's log groups, ``/haproxy-ha/<metrics_pair>``, which both nodes' documents name."""
+    """The prefix of the pair's log groups, ``/haproxy-ha/<metrics_pair>/<stack instance>``, which both
+    nodes' documents name.  The stack instance is the first 8 hex digits of the stack's ID, so this
+    is a token: a stack made again under the same name gets new groups."""
     log_groups: observability.HaproxyHaLogGroups
     """The pair's four log groups, ``<log_group_prefix>/agent|metrics|haproxy|keepalived``."""
     alarms: observability.HaproxyHaAlarms
@@ -408,10 +410,11 @@ class HaproxyHa(Construct):
         observed = check_observability(
             problems, log_retention=log_retention, degraded_after=degraded_after, detailed_metrics=detailed_metrics,
             alarm_topic=alarm_topic, cloudtrail_log_group=cloudtrail_log_group)
-        # The pair's name (the Pair dimension of its metrics) and its log groups' prefix, which the
-        # nodes' documents carry: from the stack's name and the construct's path, so unique to the pair.
+        # The pair's name (the Pair dimension of its metrics), from the stack's name and the
+        # construct's path, so unique to the pair; and its log groups' prefix, which the nodes'
+        # documents carry: the pair's name and the stack's instance, so unique to this stack's life.
         pair = _group_name(stack.stack_name, _path_in_stack(self), PAIR_NAME_MAX)
-        log_group_prefix = observability.check_log_group_prefix(problems, pair)
+        log_group_prefix = observability.check_log_group_prefix(problems, stack, pair)
         built_vpc = vpc is None
         if problems and built_vpc:
             raise HaproxyHaPropsError(self.node.path, problems.items)
@@ -482,7 +485,8 @@ class HaproxyHa(Construct):
         self.nodes = self._nodes(
             enis, placement.node_subnets, instance_type, machine_image or _default_image(stack, instance_type),
             functions.reconcile, endpoints, store.bucket)
-        self.config_documents = self._config_documents(store, settings, functions.reconcile, checked.tls_poll_s)
+        self.config_documents = self._config_documents(store, settings, functions.reconcile, checked.tls_poll_s,
+                                                       self.log_groups)
         self.vip_routes = self._vip_routes(functions)
         self._reconcile_triggers(functions)
         self.alarms, self.dashboard, self.log_queries = self._observe(
@@ -504,8 +508,16 @@ class HaproxyHa(Construct):
     def _observe(self, scope: Construct, listeners: Sequence[config.Listener], degraded_after_minutes: int,
                  topic: sns.ITopic | None, cloudtrail_log_group: logs.ILogGroup | None,
                  ) -> tuple[observability.HaproxyHaAlarms, cloudwatch.Dashboard, observability.HaproxyHaLogQueries]:
+        stack = Stack.of(self)
+        old_groups = observability.release_0_1_0_log_group_arns(stack, self.metrics_pair)
         for n in self.nodes:
-            observability.grant_node_telemetry(n.role, self.log_groups)
+            observability.grant_node_telemetry(n.role, self.log_groups, old_groups)
+            Validations.of(n.role).acknowledge(*(
+                _ack(f"AwsSolutions-IAM5[Resource::{_nag_arn(stack, arn)}]",
+                     "Release 0.1.0's log groups of this pair, by their exact names, for a node of that release "
+                     "until an upgrade replaces it: the wildcard stands for their log streams, as in a log "
+                     "group's own ARN.")
+                for arn in old_groups))
         names = tuple(n.name for n in self.nodes)
         pair_metrics = observability.PairMetrics(self.metrics_pair, names)
         alarms = observability.make_alarms(
@@ -772,7 +784,11 @@ class HaproxyHa(Construct):
         """Each node's haproxy.cfg and keepalived.conf, rendered from its document with placeholders
         for what only the deploy knows (see haproxy_ha/preview.py)."""
         ips = preview.placeholder_ips(self.vip, len(NODE_NAMES))
-        settings = dataclasses.replace(settings, listeners=preview_secrets(settings.listeners))
+        # The log groups' prefix holds the stack's ID, which exists only once the stack does.
+        assert settings.metrics is not None
+        metrics = dataclasses.replace(settings.metrics,
+                                      log_group_prefix=observability.preview_log_group_prefix(settings.metrics.pair_name))
+        settings = dataclasses.replace(settings, listeners=preview_secrets(settings.listeners), metrics=metrics)
         addresses = [NodeAddress(name=name, eni_id=preview.placeholder_eni(name), ip=ip)
                      for name, ip in zip(NODE_NAMES, ips, strict=True)]
         # A lookup's stand-in IDs are placeholders too: the synthesis after the lookup checks the real ones.
@@ -1097,8 +1113,8 @@ class HaproxyHa(Construct):
             description=f"haproxy-ha {handler}: the nodes' documents of {self.node.path}"[:256],
         )
 
-    def _config_documents(self, store: _ConfigStore, settings: _NodeSettings,
-                          reconcile: lambda_.IFunction, tls_poll_s: float) -> CustomResource:
+    def _config_documents(self, store: _ConfigStore, settings: _NodeSettings, reconcile: lambda_.IFunction,
+                          tls_poll_s: float, log_groups: observability.HaproxyHaLogGroups) -> CustomResource:
         """The custom resource that writes each node's document to its fixed key and waits for the
         nodes in service; the groups depend on it, so a new instance boots with the new document."""
         stack = Stack.of(self)
@@ -1144,6 +1160,9 @@ class HaproxyHa(Construct):
             # The nodes read what the documents name (a new TLS listener's secret, a new key) with
             # their roles' grants: those come first, or a running node is refused what it may read.
             resource.node.add_dependency(n.role)
+        # The documents name the log groups by their prefix, which refers to the stack, not to
+        # them: the groups come first, or a node would ship to groups that do not exist yet.
+        resource.node.add_dependency(*log_groups.all())
         return resource
 
     # --- VIP routes: the Lambda that owns and repairs them -----------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from aws_cdk import Duration
+from aws_cdk import ArnFormat, Duration, Fn, RemovalPolicy, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_iam as iam
@@ -21,6 +21,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from constructs import Construct, IDependable
 
+from haproxy_ha import preview
 from haproxy_ha_runtime import config, metrics, reconcile_metrics, shipping
 from haproxy_ha_runtime.problems import Problems
 
@@ -38,7 +39,7 @@ ROLE = "Role"
 ROUTE_WRITE_EVENTS = ("CreateRoute", "ReplaceRoute", "DeleteRoute")
 # The reconciler finds the pair's name (its metrics' Pair dimension) in this environment variable.
 RECONCILER_PAIR_VARIABLE = reconcile_metrics.PAIR_NAME_ENV
-# The pair's log groups are LOG_GROUP_ROOT/<pair>/<kind> (shipping.LOG_GROUPS).
+# The pair's log groups are LOG_GROUP_ROOT/<pair>/<stack instance>/<kind> (shipping.LOG_GROUPS).
 LOG_GROUP_ROOT = "/haproxy-ha"
 # A node writes its state and samples HAProxy every 60 s, not on the minute: now and then a
 # minute holds no record of a node.  The alarms that count a missing node as 0 need two minutes
@@ -149,10 +150,32 @@ class PairMetrics:
                                          using_metrics=using, period=PERIOD, label=label)
 
 
-def check_log_group_prefix(problems: Problems, pair: str) -> str | None:
-    """The prefix of the pair's log groups, checked by the node's own rule."""
-    return config.check_log_group_prefix(problems, f"{LOG_GROUP_ROOT}/{pair}",
-                                         "log group prefix (from the stack's name and the construct's path)")
+def stack_instance(stack: Stack) -> str:
+    """The first 8 hex digits of the UUID that ends the stack's ID (arn:...:stack/NAME/UUID), a
+    token that CloudFormation resolves.  A stack made again under the same name, after a failed
+    create or a delete, has a new ID: its groups never take the names of those an earlier one left
+    behind.  An update keeps the ID, so a stack in service keeps its groups."""
+    return Fn.select(0, Fn.split("-", Fn.select(2, Fn.split("/", stack.stack_id))))
+
+
+def log_group_prefix(pair: str, instance: str) -> str:
+    """LOG_GROUP_ROOT/<pair>/<instance>: the prefix of the pair's log groups, which each node's
+    document carries (`log_group_prefix`)."""
+    return f"{LOG_GROUP_ROOT}/{pair}/{instance}"
+
+
+def preview_log_group_prefix(pair: str) -> str:
+    """The prefix as the synth-time preview shows it: the stack instance is its placeholder."""
+    return log_group_prefix(pair, preview.PLACEHOLDER_STACK_INSTANCE)
+
+
+def check_log_group_prefix(problems: Problems, stack: Stack, pair: str) -> str | None:
+    """The prefix of the pair's log groups in `stack` (a token), or None when the node's own rule
+    refuses it.  The rule reads it with the preview's placeholder, as long as a real stack
+    instance, in the instance's place."""
+    checked = config.check_log_group_prefix(
+        problems, preview_log_group_prefix(pair), "log group prefix (from the stack's name and the construct's path)")
+    return log_group_prefix(pair, stack_instance(stack)) if checked is not None else None
 
 
 # The construct IDs of the log groups, by kind (shipping.LOG_GROUPS).
@@ -163,20 +186,46 @@ _LOG_GROUP_IDS = {"agent": "AgentLogs", "metrics": "MetricsLogs", "haproxy": "Ha
 def make_log_groups(scope: Construct, prefix: str, retention: logs.RetentionDays) -> HaproxyHaLogGroups:
     """The groups the nodes ship to, PREFIX/agent|metrics|haproxy|keepalived (the names the node
     renders into the CloudWatch agent's config, which creates no group), each kept for `retention`.
-    They stay when the stack is deleted (the CDK's default for a log group)."""
+
+    They stay when the stack is deleted, or when an update replaces them: a pair's logs outlive
+    it, and expire by their retention.  So do those of a create that failed, which say why its
+    nodes never signalled.  What stays never blocks a later create, because PREFIX holds the stack
+    instance (stack_instance): a stack made again gets new names."""
     return HaproxyHaLogGroups(**{
         kind: logs.LogGroup(scope, _LOG_GROUP_IDS[kind], log_group_name=shipping.log_group(prefix, kind),
-                            retention=retention)
+                            retention=retention, removal_policy=RemovalPolicy.RETAIN)
         for kind in shipping.LOG_GROUPS})
 
 
-def grant_node_telemetry(role: iam.IRole, log_groups: HaproxyHaLogGroups) -> None:
+# What a node's CloudWatch agent does in a group it ships to.
+_SHIP_ACTIONS = ("logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams")
+
+
+def release_0_1_0_log_group_arns(stack: Stack, pair: str) -> tuple[str, ...]:
+    """The ARNs of the groups that release 0.1.0 made for the pair, LOG_GROUP_ROOT/<pair>/<kind>,
+    each with its streams (:*) as a log group's own ARN has them.  An upgrade from 0.1.0 replaces
+    them, and they stay, no longer the stack's."""
+    return tuple(stack.format_arn(service="logs", resource="log-group",
+                                  resource_name=f"{shipping.log_group(f'{LOG_GROUP_ROOT}/{pair}', kind)}:*",
+                                  arn_format=ArnFormat.COLON_RESOURCE_NAME)
+                 for kind in shipping.LOG_GROUPS)
+
+
+def grant_node_telemetry(role: iam.IRole, log_groups: HaproxyHaLogGroups, release_0_1_0_groups: Sequence[str]) -> None:
     """What a node's CloudWatch agent needs to ship its files: a stream of its own in each of the
     pair's groups, and its events there.  Nothing else: the groups exist (it creates none and sets
     no retention), its config has no metrics section, and the node's metrics are EMF lines in
-    PREFIX/metrics (no PutMetricData)."""
+    PREFIX/metrics (no PutMetricData).
+
+    The same on the groups that release 0.1.0 named (`release_0_1_0_groups`, by ARN).  A node of
+    that release ships there until an upgrade replaces it (its CloudWatch agent's config is
+    rendered at boot), and the upgrade changes the roles before it replaces the nodes: without
+    this, the old nodes' events during the upgrade (their hand-overs) and their EMF records,
+    which the alarms read, would stop reaching CloudWatch, and no_active_node would page.  Drop it
+    once 0.1.0 is no longer a release to upgrade from."""
     for group in log_groups.all():
-        group.grant(role, "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams")
+        group.grant(role, *_SHIP_ACTIONS)
+    role.add_to_principal_policy(iam.PolicyStatement(actions=list(_SHIP_ACTIONS), resources=list(release_0_1_0_groups)))
 
 
 @dataclass(frozen=True)

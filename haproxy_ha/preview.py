@@ -9,9 +9,10 @@ placeholder that passes the same checks:
   RFC 5737), or the next tens when the VIP is one of them;
 - ENI IDs ``eni-0000000000000000a`` and ``...b``, route tables ``rtb-00000000000000001`` and up,
   the VPC ``vpc-00000000000000000``, the region ``us-east-1``, the reconciler
-  ``haproxy-ha-reconciler``, the stack to signal ``haproxy-ha-stack`` and, where the stack's
-  name is a token, the group ``haproxy-ha-node-a``.  These keep the document valid; only the
-  addresses reach the files.
+  ``haproxy-ha-reconciler``, the stack to signal ``haproxy-ha-stack``, where the stack's name
+  is a token the group ``haproxy-ha-node-a``, and the stack instance in the log groups' prefix
+  ``00000000`` (the stack's ID exists only once the stack does).  These keep the document valid;
+  only the addresses reach the files.
 - while ``Vpc.from_lookup`` has not looked its VPC up yet, the VPC and its route tables are
   the CDK's stand-ins (``vpc-12345``, ``rtb-12345s``): they are placeholders too.
 """
@@ -35,6 +36,8 @@ PLACEHOLDER_VPC = "vpc-00000000000000000"
 PLACEHOLDER_REGION = "us-east-1"
 PLACEHOLDER_RECONCILER = "haproxy-ha-reconciler"
 PLACEHOLDER_STACK = "haproxy-ha-stack"
+# The 8 hex digits of the stack's ID in the log groups' prefix (observability.stack_instance).
+PLACEHOLDER_STACK_INSTANCE = "0" * 8
 SOURCE = "cdk synth: a preview in which deploy-time values are placeholders (node addresses 192.0.2.x)"
 
 

@@ -36,21 +36,25 @@ def new_stack(app: cdk.App | None = None, id: str = "Test") -> cdk.Stack:
     return cdk.Stack(app or new_app(), id, env=PLACEHOLDER_ENV)
 
 
-class Resolver:
-    """Stands in for CloudFormation: gives each Ref/GetAtt a realistic concrete value."""
+# The ID CloudFormation gives a stack named Test: its name, then a UUID of its own.
+STACK_ID = "arn:aws:cloudformation:eu-west-1:123456789012:stack/Test/51af3dc0-da77-11e4-872e-1234567db123"
 
-    def __init__(self, template: dict[str, Any]) -> None:
+
+class Resolver:
+    """Stands in for CloudFormation: gives each Ref/GetAtt a realistic concrete value.  `stack_id`
+    stands for one instance of the stack: another one, made under the same name, has another."""
+
+    def __init__(self, template: dict[str, Any], stack_id: str = STACK_ID) -> None:
         self.resources: dict[str, Any] = template.get("Resources", {})
         self.ips: dict[str, str] = {}
+        self.stack_id = stack_id
 
     def _hex(self, logical_id: str) -> str:
         return hashlib.sha1(logical_id.encode()).hexdigest()[:17]
 
     def ref(self, name: str) -> str:
         pseudo = {"AWS::Region": "eu-west-1", "AWS::AccountId": "123456789012", "AWS::Partition": "aws",
-                  "AWS::URLSuffix": "amazonaws.com", "AWS::StackName": "Test",
-                  "AWS::StackId": "arn:aws:cloudformation:eu-west-1:123456789012:stack/Test/"
-                                  "51af3dc0-da77-11e4-872e-1234567db123"}
+                  "AWS::URLSuffix": "amazonaws.com", "AWS::StackName": "Test", "AWS::StackId": self.stack_id}
         if name in pseudo:
             return pseudo[name]
         rtype = self.resources.get(name, {}).get("Type", "")
@@ -85,6 +89,10 @@ class Resolver:
                 return self.get_att(arg[0], arg[1])
             if key == "Fn::Join":
                 return arg[0].join(str(self.resolve(p)) for p in arg[1])
+            if key == "Fn::Split":
+                return str(self.resolve(arg[1])).split(arg[0])
+            if key == "Fn::Select":
+                return self.resolve(arg[1])[int(arg[0])]
             if key == "Fn::Sub" and isinstance(arg, str):
                 return re.sub(r"\$\{([^}!]+)\}", lambda m: self.ref(m.group(1)), arg)
             if key == "Fn::Base64":
@@ -114,10 +122,10 @@ def documents_resource(template: dict[str, Any]) -> dict[str, Any]:
     return resource
 
 
-def node_documents(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def node_documents(template: dict[str, Any], stack_id: str = STACK_ID) -> dict[str, dict[str, Any]]:
     """Each node's config document (intrinsics resolved) as the documents' custom resource writes
-    it to S3, by the logical ID of the node's launch template."""
-    resolver = Resolver(template)
+    it to S3 in the stack instance `stack_id`, by the logical ID of the node's launch template."""
+    resolver = Resolver(template, stack_id)
     documents = {n["Name"]: json.loads(resolver.resolve(n["Document"]))
                  for n in documents_resource(template)["Properties"]["Nodes"]}
     by_template = {}

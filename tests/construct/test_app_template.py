@@ -298,6 +298,7 @@ def test_each_node_role_grants_exactly_its_nodes_actions_each_on_its_exact_scope
         app_doc: dict[str, Any], node: str) -> None:
     _, group = node_resource(app_doc, "AWS::AutoScaling::AutoScalingGroup", node)
     group_name = group["Properties"]["AutoScalingGroupName"]
+    pair = next(iter(node_documents(app_doc).values()))["pair_name"]
     expected: dict[tuple[str, ...], Any] = {
         # ReplaceRoute only, on exactly the stack's tables: a missing route is the reconciler's to create.
         ("ec2:ReplaceRoute",): by_sorted_json(route_table_arns(app_doc)),
@@ -313,10 +314,14 @@ def test_each_node_role_grants_exactly_its_nodes_actions_each_on_its_exact_scope
         ("autoscaling:CompleteLifecycleAction", "autoscaling:SetInstanceHealth"):
             f"arn:aws:autoscaling:eu-west-1:123456789012:autoScalingGroup:*:autoScalingGroupName/{group_name}",
         ("cloudformation:SignalResource",): {"Ref": "AWS::StackId"},
-        # What the CloudWatch agent needs, on the pair's four log groups only.  No PutMetricData:
-        # the node's metrics are EMF lines that CloudWatch Logs makes into metrics.
+        # What the CloudWatch agent needs, on the pair's four log groups only, and on the four that
+        # release 0.1.0 named for this pair, where a node of that release ships until an upgrade
+        # replaces it.  No PutMetricData: the node's metrics are EMF lines that CloudWatch Logs
+        # makes into metrics.
         ("logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"):
-            by_sorted_json([{"Fn::GetAtt": [g, "Arn"]} for g in observability_log_groups(app_doc)]),
+            by_sorted_json([{"Fn::GetAtt": [g, "Arn"]} for g in observability_log_groups(app_doc)]
+                           + [f"arn:aws:logs:eu-west-1:123456789012:log-group:/haproxy-ha/{pair}/{kind}:*"
+                              for kind in ("agent", "metrics", "haproxy", "keepalived")]),
     }
     found: dict[tuple[str, ...], Any] = {}
     for st in statements(app_doc, f"HaproxyHaNode{node}Role"):

@@ -16,7 +16,7 @@ from aws_cdk import aws_sns as sns
 from aws_cdk.assertions import Template
 from cdk_nag import AwsSolutionsChecks
 from constructs import Construct
-from template_tools import PLACEHOLDER_ENV, REPO, Resolver, new_app, new_stack, node_documents
+from template_tools import PLACEHOLDER_ENV, REPO, STACK_ID, Resolver, new_app, new_stack, node_documents
 
 from haproxy_ha import HaproxyHa, HaproxyHaPropsError, Listener, observability
 from haproxy_ha.construct import PAIR_NAME_MAX
@@ -107,11 +107,13 @@ def test_the_pair_is_named_for_its_stack_and_path_and_goes_into_both_documents(a
     docs = node_documents(app_doc)
     pair = next(iter(docs.values()))["pair_name"]
     assert re.fullmatch(r"HaproxyHa-HaproxyHa-[0-9a-f]{8}", pair)
+    # The log groups' prefix adds the stack instance: the first 8 hex digits of the stack's ID.
+    prefix = f"/haproxy-ha/{pair}/{STACK_ID.rsplit('/', 1)[1][:8]}"
     assert [(d["pair_name"], d["detailed_metrics"], d["log_group_prefix"]) for d in docs.values()] == [
-        (pair, True, f"/haproxy-ha/{pair}")] * 2
+        (pair, True, prefix)] * 2
     assert "metrics_pair" not in next(iter(docs.values()))
     parsed = [parse_config(d) for d in docs.values()]
-    assert [(c.pair_name, c.log_group_prefix) for c in parsed] == [(pair, f"/haproxy-ha/{pair}")] * 2
+    assert [(c.pair_name, c.log_group_prefix) for c in parsed] == [(pair, prefix)] * 2
 
 
 def test_pair_names_differ_between_stacks_and_pairs_and_fit_with_the_longest_stack_name() -> None:
@@ -128,9 +130,14 @@ def test_pair_names_differ_between_stacks_and_pairs_and_fit_with_the_longest_sta
     assert names[:2] == ["One-Lb-" + names[0][-8:], "Two-Lb-" + names[1][-8:]]
     assert len(names[3]) <= PAIR_NAME_MAX and names[3].startswith("s" * 128 + "-Level0-")
     assert all(config.PAIR_NAME_RE.fullmatch(n) for n in names)
-    # Every prefix passes the node's own check, the longest too.
-    prefixes = [lb.log_group_prefix for lb in (first, second, third, longest)]
-    assert prefixes == [f"/haproxy-ha/{n}" for n in names]
+    # Each prefix is the pair's name and the stack instance, known at deploy time; with the
+    # preview's placeholder, as long as a real one, every prefix passes the node's own check,
+    # the longest too.
+    lbs = (first, second, third, longest)
+    assert [Stack.of(lb).resolve(lb.log_group_prefix)["Fn::Join"][1][0] for lb in lbs] == [
+        f"/haproxy-ha/{n}/" for n in names]
+    prefixes = [observability.preview_log_group_prefix(n) for n in names]
+    assert prefixes == [f"/haproxy-ha/{n}/00000000" for n in names]
     checked = Problems()
     assert [config.check_log_group_prefix(checked, p) for p in prefixes] == prefixes and not checked.items
     assert len(shipping.log_group(prefixes[3], "keepalived")) <= 512
@@ -151,33 +158,117 @@ def test_detailed_metrics_off_reaches_the_documents(lean: Synth) -> None:
 
 # --- log groups -----------------------------------------------------------------------------------
 
+# Another instance of the stack named Test: made again after the first failed to create, or was deleted.
+OTHER_STACK_ID = "arn:aws:cloudformation:eu-west-1:123456789012:stack/Test/9d3e1f70-e0a1-11f0-9a4b-0a1b2c3d4e5f"
+# What CloudFormation leaves behind when it deletes a resource under these policies.
+KEPT = ("Retain", "RetainExceptOnCreate")
+
+
+def pair_log_groups(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in doc["Resources"].items()
+            if v["Type"] == "AWS::Logs::LogGroup" and k.startswith("HaproxyHaObservability")}
+
+
+def log_group_names(doc: dict[str, Any], stack_id: str) -> set[str]:
+    """The pair's log groups' names in one instance of the stack."""
+    resolver = Resolver(doc, stack_id)
+    return {resolver.resolve(g["Properties"]["LogGroupName"]) for g in pair_log_groups(doc).values()}
+
+
+def kept_names(doc: dict[str, Any], stack_id: str) -> set[tuple[str, str]]:
+    """(type, name) of each resource that CloudFormation leaves behind when it deletes it, in one
+    instance of the stack: every name property it is given (one that CloudFormation makes up is
+    new each time)."""
+    resolver = Resolver(doc, stack_id)
+    return {(r["Type"], resolver.resolve(value)) for r in doc["Resources"].values()
+            if r.get("DeletionPolicy") in KEPT
+            for key, value in r.get("Properties", {}).items() if key.endswith("Name")}
+
+
 def test_four_log_groups_named_as_the_node_ships_keep_events_for_the_retention_given(
         app_doc: dict[str, Any], full: Synth) -> None:
-    default = {k: v for k, v in app_doc["Resources"].items()
-               if v["Type"] == "AWS::Logs::LogGroup" and k.startswith("HaproxyHaObservability")}
+    default = pair_log_groups(app_doc)
     assert sorted(re.sub(r"[0-9A-F]{8}$", "", k) for k in default) == [
         f"HaproxyHaObservability{s}" for s in ("AgentLogs", "HaproxyLogs", "KeepalivedLogs", "MetricsLogs")]
     prefix = next(iter(node_documents(app_doc).values()))["log_group_prefix"]
-    assert sorted(g["Properties"]["LogGroupName"] for g in default.values()) == sorted(
-        shipping.log_group(prefix, kind) for kind in shipping.LOG_GROUPS)
+    assert log_group_names(app_doc, STACK_ID) == {shipping.log_group(prefix, kind) for kind in shipping.LOG_GROUPS}
     assert [g["Properties"]["RetentionInDays"] for g in default.values()] == [30] * 4
     given = [full.doc["Resources"][full.stack.get_logical_id(g.node.default_child)]  # type: ignore[arg-type]
              for g in full.lb.log_groups.all()]
     assert [g["Properties"]["LogGroupName"] for g in given] == [
-        f"{full.lb.log_group_prefix}/{kind}" for kind in ("agent", "metrics", "haproxy", "keepalived")]
+        full.stack.resolve(f"{full.lb.log_group_prefix}/{kind}")
+        for kind in ("agent", "metrics", "haproxy", "keepalived")]
     assert [g["Properties"]["RetentionInDays"] for g in given] == [14] * 4
-    # Kept after the stack goes, as CDK keeps log groups by default: they expire by retention.
-    assert {g["DeletionPolicy"] for g in given} == {"Retain"}
 
 
-def test_the_node_ships_each_file_to_a_group_the_stack_made(app_doc: dict[str, Any]) -> None:
-    """The CloudWatch agent's config that a node renders from its document names only the stack's groups."""
-    made = {g["Properties"]["LogGroupName"] for k, g in app_doc["Resources"].items()
-            if g["Type"] == "AWS::Logs::LogGroup" and k.startswith("HaproxyHaObservability")}
-    for document in node_documents(app_doc).values():
+@pytest.mark.parametrize("stack_id", [STACK_ID, OTHER_STACK_ID])
+def test_the_node_ships_each_file_to_a_group_the_stack_made(app_doc: dict[str, Any], stack_id: str) -> None:
+    """The CloudWatch agent's config that a node renders from its document names only the stack's
+    groups, in whichever instance of the stack."""
+    made = log_group_names(app_doc, stack_id)
+    for document in node_documents(app_doc, stack_id).values():
         rendered = json.loads(shipping.render_cloudwatch_agent(parse_config(document)))
         shipped = {c["log_group_name"] for c in rendered["logs"]["logs_collected"]["files"]["collect_list"]}
         assert shipped == made
+
+
+def test_the_log_groups_are_named_for_the_stack_instance(app_doc: dict[str, Any]) -> None:
+    """PREFIX is /haproxy-ha/<pair>/<the first 8 hex digits of the UUID that ends the stack's ID>:
+    the same for the life of a stack (an update keeps its ID), new for a stack made again under
+    the same name."""
+    pair = next(iter(node_documents(app_doc).values()))["pair_name"]
+    for stack_id in (STACK_ID, OTHER_STACK_ID):
+        instance = stack_id.rsplit("/", 1)[1].split("-")[0]
+        assert re.fullmatch(r"[0-9a-f]{8}", instance)
+        assert log_group_names(app_doc, stack_id) == {f"/haproxy-ha/{pair}/{instance}/{kind}"
+                                                      for kind in shipping.LOG_GROUPS}
+
+
+def test_the_log_groups_outlive_the_stack_and_a_replacement(app_doc: dict[str, Any]) -> None:
+    """A pair's logs stay when its stack is deleted, or an update replaces its groups (an upgrade
+    from 0.1.0 does), and expire by their retention.  So do a failed create's, which say why its
+    nodes never signalled."""
+    groups = pair_log_groups(app_doc)
+    assert len(groups) == 4
+    assert {(g["DeletionPolicy"], g["UpdateReplacePolicy"]) for g in groups.values()} == {("Retain", "Retain")}
+
+
+def test_a_stack_made_again_under_its_name_takes_no_name_that_an_earlier_one_left_behind(
+        app_doc: dict[str, Any]) -> None:
+    """A retry after a failed first deploy, and a deploy after `cdk destroy`, make the stack anew
+    under the same name, with a new ID, while what the earlier one kept is still there: nothing
+    it keeps on delete may be named alike in both.  Nor may it take a name that release 0.1.0
+    kept, for a stack of that release deleted and made again with this one."""
+    first, again = kept_names(app_doc, STACK_ID), kept_names(app_doc, OTHER_STACK_ID)
+    assert {("AWS::Logs::LogGroup", n) for n in log_group_names(app_doc, STACK_ID)} <= first
+    assert not first & again
+    release = json.loads((REPO / "releases" / "0.1.0" / "HaproxyHa.template.json").read_text())
+    assert len(kept_names(release, STACK_ID)) == 4
+    assert not kept_names(release, STACK_ID) & first
+
+
+@pytest.mark.parametrize("node", ["A", "B"])
+def test_a_node_of_release_0_1_0_may_ship_to_that_releases_groups_until_an_upgrade_replaces_it(
+        app_doc: dict[str, Any], node: str) -> None:
+    """Its CloudWatch agent's config names them until the node is replaced, and the upgrade
+    changes the roles first: the grant on those names, exactly those of this stack's 0.1.0
+    template, keeps its events and the EMF records the alarms read shipping through the upgrade."""
+    release = json.loads((REPO / "releases" / "0.1.0" / "HaproxyHa.template.json").read_text())
+    old_names = {g["Properties"]["LogGroupName"] for g in pair_log_groups(release).values()}
+    (policy,) = [v for k, v in app_doc["Resources"].items()
+                 if v["Type"] == "AWS::IAM::Policy" and k.startswith(f"HaproxyHaNode{node}Role")]
+    by_name = [r for st in policy["Properties"]["PolicyDocument"]["Statement"]
+               if "logs:PutLogEvents" in st["Action"] for r in st["Resource"] if isinstance(r, str)]
+    arn = re.compile(r"arn:aws:logs:eu-west-1:123456789012:log-group:(?P<name>.+):\*")
+    assert {arn.fullmatch(r)["name"] for r in by_name} == old_names  # type: ignore[index]
+    assert len(by_name) == 4
+
+
+def test_the_documents_are_written_once_the_log_groups_they_name_exist(app_doc: dict[str, Any]) -> None:
+    """The documents name the groups by the stack's ID, not by a reference to them: they wait for
+    them, so that no node ships to a group that does not exist yet (an upgrade from 0.1.0 makes them)."""
+    (documents,) = [v for v in app_doc["Resources"].values() if v["Type"] == "Custom::HaproxyHaNodeDocuments"]
+    assert set(pair_log_groups(app_doc)) <= set(documents["DependsOn"])
 
 
 # --- alarms ---------------------------------------------------------------------------------------

@@ -45,6 +45,15 @@ def test_the_preview_shows_placeholders_where_deploy_time_values_go(assembly: Pa
     assert "haproxy-ha: served by node b" in (node_dir(assembly, "b") / "haproxy.cfg").read_text()
 
 
+def test_the_preview_ships_logs_as_a_node_does_though_the_stack_instance_is_unknown(assembly: Path) -> None:
+    """The log groups' prefix holds the stack's ID, known only at deploy time: the preview's
+    document names the placeholder prefix, so HAProxy logs to rsyslog's socket for the
+    CloudWatch agent, as on a node."""
+    for node in ("a", "b"):
+        text = (node_dir(assembly, node) / "haproxy.cfg").read_text()
+        assert "    log /run/haproxy-ha/syslog.sock local0\n" in text
+
+
 def test_placeholders_never_take_the_vip() -> None:
     assert placeholder_ips("203.0.113.10", 2) == ["192.0.2.10", "192.0.2.20"]
     assert placeholder_ips("192.0.2.10", 2) == ["192.0.2.20", "192.0.2.30"]

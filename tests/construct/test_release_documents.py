@@ -5,6 +5,8 @@ previous release for the same stack is that release's own document, field for fi
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,6 +18,14 @@ from tests.support.release_apps import STACKS, synthesize, template_path
 from tests.support.releases import previous_release
 
 FROZEN = REPO / "releases" / str(previous_release()["version"])
+# Fields whose change an upgrade from the previous release means, each with its CHANGELOG.md note.
+MEANT: dict[str, Callable[[str, str], bool]] = {
+    # "Migration: the pair's log groups are new": the prefix holds the stack instance since 0.2.0.
+    # A node of 0.1.0 restarts its agent on it (not a field it takes live), and goes on shipping to
+    # the old groups until it is replaced (its CloudWatch agent's config is rendered at boot).
+    # Drop it once 0.1.0 is no longer the previous release.
+    "log_group_prefix": lambda old, new: re.fullmatch(re.escape(old) + "/[0-9a-f]{8}", new) is not None,
+}
 
 
 def by_node(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -48,4 +58,6 @@ def test_an_older_node_is_handed_its_own_releases_document_for_the_same_stack(
         # What the writer also does: name the key the older node polls.
         handed["config_key"] = document_keys.document_key(node, int(previous_release()["schema"]))
         differing = {k for k in set(handed) | set(previous[node]) if handed.get(k) != previous[node].get(k)}
-        assert differing == set(), sorted(differing)
+        assert differing <= set(MEANT), sorted(differing - set(MEANT))
+        for key in differing:
+            assert MEANT[key](previous[node][key], handed[key]), (key, previous[node][key], handed[key])

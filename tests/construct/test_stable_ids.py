@@ -52,7 +52,16 @@ LOSING_IMPACTS = frozenset({"WILL_REPLACE", "MAY_REPLACE", "WILL_DESTROY", "WILL
 
 # Replacements that are meant: (stack, logical ID in the release) -> the CHANGELOG.md heading
 # (its text, without the #s) of the migration note that tells users what to do about it.
-ALLOWED: dict[tuple[str, str], str] = {}
+_LOG_GROUPS_RENAMED = "Migration: the pair's log groups are new"
+ALLOWED: dict[tuple[str, str], str] = {
+    # The pair's four log groups: their names hold the stack's ID since 0.2.0 (issue 20, item 4).
+    **{("HaproxyHa", logical_id): _LOG_GROUPS_RENAMED for logical_id in (
+        "HaproxyHaObservabilityAgentLogsE00601AA", "HaproxyHaObservabilityMetricsLogsCC9A4E3C",
+        "HaproxyHaObservabilityHaproxyLogs747F6CB4", "HaproxyHaObservabilityKeepalivedLogs60FCE6E0")},
+    **{(stack, logical_id): _LOG_GROUPS_RENAMED for stack in ("HaproxyHaConsumer", "HaproxyHaDns")
+       for logical_id in ("LbObservabilityAgentLogsC6047DB2", "LbObservabilityMetricsLogsA2837F90",
+                          "LbObservabilityHaproxyLogs0B65809D", "LbObservabilityKeepalivedLogsC63DD407")},
+}
 
 
 @dataclass(frozen=True)
