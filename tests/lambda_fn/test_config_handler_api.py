@@ -515,3 +515,16 @@ def test_the_tls_listeners_a_deploy_adds_or_changes() -> None:
                                                doc(https)) == {"https"}
     assert config_lambda.changed_tls_listeners(doc(plain), doc(plain, https)) == set()
     assert config_lambda.changed_tls_listeners("not json", doc(https)) == set()
+
+
+def test_a_refusal_whose_reason_is_longer_than_cloudformation_takes_is_cut(cloud: Cloud) -> None:
+    cloud.group("group-a")
+    cloud.group("group-b")
+    event = deploy("Update", "v2")
+    NodeAgent(cloud, "a").poll()
+    NodeAgent(cloud, "b").poll(REFUSED, "haproxy refused it: " + "[ALERT] line " * 1000)
+    with pytest.raises(config_lambda.NodeRefused) as e:
+        handler.is_complete(event, None)
+    # The framework puts the reason in its answer, which CloudFormation refuses over 4096 bytes.
+    assert len(str(e.value)) <= config_lambda.REASON_LIMIT
+    assert str(e.value).endswith(" [cut; the function's log has it all]")
