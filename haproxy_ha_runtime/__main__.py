@@ -174,6 +174,25 @@ def _ship(cfg: NodeConfig, source: str) -> None:
             print(f"{'wrote' if cfg.log_group_prefix else 'removed'} {path}", file=sys.stderr)
 
 
+# The oldest boto3 the runtime is built and tested for (pyproject.toml's own floor).  Amazon Linux
+# 2023's python3-boto3 has been known to resolve to an older one beside awscli-2: the commands that
+# call AWS refuse it by name rather than fail later in a way that names nothing.
+MIN_BOTO3 = (1, 26)
+
+
+def boto3_problem(version: str) -> str | None:
+    """Why this boto3 cannot run the agent or ready (None: it can)."""
+    try:
+        have = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return f"boto3: got version {version!r}; allowed: a release such as 1.34.0"
+    if have < MIN_BOTO3:
+        wanted = ".".join(str(n) for n in MIN_BOTO3)
+        return (f"boto3: got {version}; allowed: {wanted} or later (python3 -m pip install 'boto3>={wanted}', "
+                "or the distribution's newer python3-boto3)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """The node command line; returns the exit status (2: a bad document, or a rendered file that
     haproxy or keepalived refuses; 3: no ENI from IMDS; 4: not ready in time; 75: the agent
@@ -199,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{len(cfg.listeners)} listeners, profile {cfg.profile})")
         elif args.command == "render":
             _render(cfg, args.config)
+        elif args.command in ("ready", "agent") and (problem := boto3_problem(_boto3_version())) is not None:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
         elif args.command == "ready":
             return _ready(cfg, args.timeout)
         elif args.command == "ship":
@@ -212,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot learn this node's ENI: {e}; set eni_id in {args.config}", file=sys.stderr)
         return 3
     return 0
+
+
+def _boto3_version() -> str:
+    import boto3
+
+    return str(boto3.__version__)
 
 
 if __name__ == "__main__":
