@@ -313,3 +313,51 @@ def test_a_listener_moved_to_an_unreadable_secret_keeps_serving_too(
     assert store.left_out(moved) == {}
     assert "ResourceNotFoundException" in store.problems(moved)["https"]
     assert "frontend https" in render_haproxy(moved, left_out=store.left_out(moved))
+
+
+class _FailsOnce:
+    """Secrets Manager that fails the next call to describe_secret, as a throttled or unreachable
+    endpoint does, then answers as `client` does."""
+
+    def __init__(self, client: Any) -> None:
+        self._client, self.fail_next = client, False
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name == "describe_secret" and self.fail_next:
+            self.fail_next = False
+
+            def fail(**_: Any) -> Any:
+                raise ConnectionError("the endpoint did not answer")
+
+            return fail
+        return attr
+
+
+def test_a_read_error_clears_once_the_secret_answers_again(
+        secrets: Secrets, certs: dict[str, Cert], tmp_path: Path) -> None:
+    v1 = secrets.create("lb/https", certs["one"].secret_string())
+    secrets.create("lb/tls13", certs["other"].secret_string())
+    cfg = parse_config(_doc(tmp_path))
+    client = _FailsOnce(secrets.client)
+    store = TlsStore(client, cfg.paths)
+    store.refresh(cfg)
+    client.fail_next = True
+    assert store.refresh(cfg) is False
+    assert store.problems(cfg)["https"] == (f"secret lb/https: cannot read it: ConnectionError: the endpoint did "
+                                            f"not answer; still serving version {v1}")
+    assert store.left_out(cfg) == {}
+    assert store.refresh(cfg) is False  # the same version answers: nothing to reload
+    assert store.problems(cfg) == {}
+
+
+def test_a_removed_tls_listener_leaves_no_bundle_and_no_key_behind(
+        secrets: Secrets, certs: dict[str, Cert], tmp_path: Path) -> None:
+    store, _ = _serving(secrets, certs, tmp_path)
+    bundle = Path(store.paths.tls_bundle("https"))
+    assert bundle.exists() and Path(store.paths.tls_dir, "https.json").exists()
+    without = parse_config(_doc(tmp_path, listeners=[
+        lst for lst in _doc(tmp_path)["listeners"] if lst["name"] != "https"]))
+    store.refresh(without)
+    assert not bundle.exists() and not Path(store.paths.tls_dir, "https.json").exists()
+    assert "https" not in store.states and sorted(os.listdir(store.paths.tls_dir)) == ["tls13.json", "tls13.pem"]
