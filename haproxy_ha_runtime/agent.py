@@ -419,7 +419,10 @@ class Agent:
             self.log("hand_over_failed", node=self.cfg.node_name, reason=reason, error=str(e))
             return
         mine = [t for t, v in views.items() if v.eni_id == self.eni_id]
-        if not mine or not should_continue():
+        if not mine:
+            self.routes_here = False
+            return
+        if not should_continue():
             return
         result = routes.take_over(self.client, self.cfg.vip, mine, p.eni_id,
                                   deadline_s=self.cfg.timing.takeover_deadline_s, should_continue=should_continue)
@@ -439,18 +442,37 @@ class Agent:
         self.healthy = healthy
         self.report_state()
         _p, view = self._peer()
-        if not healthy and view.healthy_haproxy and not self.busy:
+        if not healthy and not view.unhealthy_haproxy and not self.busy:
+            self._submit(lambda _gen: self._hand_over_unhealthy(), self.generation)
+
+    def maybe_hand_over_unhealthy(self) -> None:
+        """On a repair tick: a node whose HAProxy does not serve, and which may still hold routes
+        (an earlier hand-over failed, or the peer could not take them then), tries again."""
+        if self.healthy is False and self.routes_here is not False and not self.leaving and not self.busy:
             self._submit(lambda _gen: self._hand_over_unhealthy(), self.generation)
 
     def _hand_over_unhealthy(self) -> None:
         p, view = self._peer()
-        if p is not None and self.probe is not None:
+        if p is None or p.eni_id is None:
+            return
+        if self.probe is not None:
             # The poller's view may be a fraction of a second old, and both HAProxies may have
             # failed together: ask the peer again before handing it anything.
             view = self.probe(p)
             self.peer_views[p.name] = view
-        if view.healthy_haproxy:
-            self._give_routes_to_peer("own HAProxy is unhealthy", lambda: self.healthy is False)
+        peer_running = None
+        reason = "own HAProxy is unhealthy"
+        if not view.healthy_haproxy and not view.unhealthy_haproxy:
+            # The peer cannot be heard: what EC2 says of its instance decides (ownership).
+            try:
+                owner = routes.eni_owners(self.client, [p.eni_id]).get(p.eni_id)
+                peer_running = None if owner is None else owner.instance_state == "running"
+            except Exception as e:
+                self.log("hand_over_failed", node=self.cfg.node_name, reason=reason, error=str(e))
+                return
+            reason = "own HAProxy is unhealthy, and the peer cannot be heard but its instance is running"
+        if ownership.unhealthy_gives_to_peer(view, peer_running):
+            self._give_routes_to_peer(reason, lambda: self.healthy is False)
 
     def step_down(self, gen: int) -> None:
         """The one way a healthy node gives up the VIP: point every route at the healthy peer,
@@ -926,6 +948,7 @@ def run(cfg: NodeConfig, client: Any, eni_id: str, stop: threading.Event | None 
                 next_health = max(next_health + t.health_interval_s, time.monotonic())
             if now >= next_repair:
                 agent.maybe_repair()
+                agent.maybe_hand_over_unhealthy()
                 next_repair = now + t.repair_interval_s
             timeout = max(0.0, min(next_health, next_repair) - time.monotonic())
             for _key, _ in sel.select(timeout):

@@ -49,3 +49,21 @@ def decide(view: routes.VipRoute, me: str, peer_eni: str | None, peer: PeerView,
     if operator_choice == peer_eni:
         return STEP_DOWN
     return TAKE
+
+
+def unhealthy_gives_to_peer(peer: PeerView, peer_running: bool | None) -> bool:
+    """Does a node whose own HAProxy does not serve hand the routes that point at it to the peer?
+    A node that knows it cannot serve never keeps them:
+
+    - a peer whose HAProxy serves takes them;
+    - a peer whose HAProxy is known not to serve does not: neither node serves, and a move would
+      only drop connections;
+    - a peer it cannot hear (a partition, or the peer's agent is down) takes them when EC2 says its
+      instance is running: a target known to be dead is the worst choice of all, and the peer may
+      well serve.  Not when its instance is not running, or EC2 cannot say.
+    """
+    if peer.healthy_haproxy:
+        return True
+    if peer.unhealthy_haproxy:
+        return False
+    return peer_running is True

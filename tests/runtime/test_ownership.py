@@ -360,3 +360,62 @@ def test_a_failing_node_asks_its_peer_again_before_it_hands_over(world: World, t
         a.shutdown()
     assert asked == ["b"] and not log.of("route_hand_over")
     assert set(targets(world.client, world.tables).values()) == {world.eni_a}
+
+
+# -- a node that knows it cannot serve never keeps the routes (issue 20, item 7) ---------------
+
+UNHEARD = peer.PeerView(peer.UNREACHABLE)
+
+
+@pytest.mark.parametrize(("peer_view", "running", "gives"), [
+    (HEALTHY_BACKUP, None, True),  # the peer serves: it takes them
+    (HEALTHY_MASTER, False, True),  # what it says of itself outweighs a stale EC2 view
+    (SICK, True, False),  # neither serves: a move would only drop connections
+    (peer.PeerView(peer.HAPROXY_DOWN), True, False),
+    (UNHEARD, True, True),  # a partition: a running peer is better than a node known to be dead
+    (UNHEARD, False, False),
+    (UNHEARD, None, False),  # EC2 cannot say either
+])
+def test_an_unhealthy_node_gives_its_routes_to_a_peer_that_may_serve(
+        peer_view: peer.PeerView, running: bool | None, gives: bool) -> None:
+    assert ownership.unhealthy_gives_to_peer(peer_view, running) is gives
+
+
+def _unhealthy_holder(world: World, tmp_path: Path, heard: peer.PeerView) -> tuple[agent.Agent, Log]:
+    """Node a holds every route; its HAProxy has just failed, and the peer answers as `heard`."""
+    log = Log()
+    a = agent.Agent(node_a(world, tmp_path), world.client, world.eni_a, log, probe=lambda _p: heard)
+    a.peer_views["b"] = heard
+    a.on_health(True)
+    a.on_health(False)
+    wait_for(lambda: not a.busy)
+    return a, log
+
+
+def test_a_dead_node_hands_its_routes_to_a_running_peer_it_cannot_hear(world: World, tmp_path: Path) -> None:
+    a, log = _unhealthy_holder(world, tmp_path, UNHEARD)
+    a.shutdown()
+    assert set(targets(world.client, world.tables).values()) == {world.eni_b}
+    (hand_over,) = log.of("route_hand_over")
+    assert hand_over["reason"] == ("own HAProxy is unhealthy, and the peer cannot be heard but its instance is "
+                                   "running")
+
+
+def test_a_dead_node_keeps_its_routes_when_the_peer_it_cannot_hear_is_stopped_and_tries_again_later(
+        world: World, tmp_path: Path) -> None:
+    world.client.stop_instances(InstanceIds=[world.instance_b])
+    a, log = _unhealthy_holder(world, tmp_path, UNHEARD)
+    try:
+        assert set(targets(world.client, world.tables).values()) == {world.eni_a}
+        assert not log.of("route_hand_over")
+        # The peer's instance runs again; the next repair tick hands the routes over.
+        world.client.start_instances(InstanceIds=[world.instance_b])
+        a.maybe_hand_over_unhealthy()
+        wait_for(lambda: not a.busy)
+        assert set(targets(world.client, world.tables).values()) == {world.eni_b}
+        # Nothing is here any more: later ticks make no call.
+        assert a.routes_here is False
+        a.maybe_hand_over_unhealthy()
+        assert not a.busy
+    finally:
+        a.shutdown()
