@@ -54,7 +54,8 @@ LOSING_IMPACTS = frozenset({"WILL_REPLACE", "MAY_REPLACE", "WILL_DESTROY", "WILL
 # (its text, without the #s) of the migration note that tells users what to do about it.
 _LOG_GROUPS_RENAMED = "Migration: the pair's log groups are new"
 ALLOWED: dict[tuple[str, str], str] = {
-    # The pair's four log groups: their names hold the stack's ID since 0.2.0 (issue 20, item 4).
+    # The pair's four log groups: their names hold the stack's ID since 0.2.0, so that a stack
+    # made again under its name never meets the groups an earlier one left behind.
     **{("HaproxyHa", logical_id): _LOG_GROUPS_RENAMED for logical_id in (
         "HaproxyHaObservabilityAgentLogsE00601AA", "HaproxyHaObservabilityMetricsLogsCC9A4E3C",
         "HaproxyHaObservabilityHaproxyLogs747F6CB4", "HaproxyHaObservabilityKeepalivedLogs60FCE6E0")},

@@ -1,5 +1,5 @@
-"""The node refuses a boto3 older than the runtime needs, by name, in the commands that call AWS
-(issue 20, item 10); check, render and ship load no AWS SDK and are not held to it."""
+"""The node refuses a boto3 older than the runtime needs, by name, in the commands that call AWS;
+check, render and ship load no AWS SDK and are not held to it."""
 
 from __future__ import annotations
 

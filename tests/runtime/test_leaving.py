@@ -1,6 +1,6 @@
 """What keeps a leaving node (its instance is being terminated) from taking the VIP back, and what
-counts as a request in flight while it drains: the guards that mutation testing found untested
-(issue 20, item 11).  EC2 is moto over HTTP."""
+counts as a request in flight while it drains: the guards that mutation testing found untested.
+EC2 is moto over HTTP."""
 
 from __future__ import annotations
 

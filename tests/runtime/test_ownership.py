@@ -362,7 +362,7 @@ def test_a_failing_node_asks_its_peer_again_before_it_hands_over(world: World, t
     assert set(targets(world.client, world.tables).values()) == {world.eni_a}
 
 
-# -- a node that knows it cannot serve never keeps the routes (issue 20, item 7) ---------------
+# -- a node that knows it cannot serve never keeps the routes --------------------------------
 
 UNHEARD = peer.PeerView(peer.UNREACHABLE)
 

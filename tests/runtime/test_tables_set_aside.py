@@ -2,7 +2,7 @@
 aside after a bound, so that the others converge and repair goes on; a table that is only
 throttled, or only lacks its route, is never set aside; a MASTER says which tables it set aside
 (a log event, and its state record), tries them again at each repair tick, and repairs one once
-it can be written (issue 20, item 6).
+it can be written.
 
 The route module and the agent run against moto over HTTP: a deleted table there answers
 InvalidRouteTableID.NotFound as EC2 does.  The fault proxy throttles, and refuses the writes to
