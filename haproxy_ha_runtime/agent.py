@@ -407,31 +407,50 @@ class Agent:
         self.metrics.take_over(kind, took_ms, reason, tables=tables, routes_were_here=routes_were_here,
                                peer_reach=view.reach, peer_vrrp=view.vrrp)
 
-    def _give_routes_to_peer(self, reason: str, should_continue: Callable[[], bool]) -> None:
-        """Point every route that targets this node at the peer."""
+    def _mine(self, views: dict[str, routes.VipRoute]) -> list[str]:
+        """The tables whose VIP route points at this node."""
+        return [t for t, v in views.items() if v.eni_id == self.eni_id]
+
+    def _give_routes_to_peer(self, reason: str, should_continue: Callable[[], bool],
+                             mine: list[str] | None = None, deadline_s: float | None = None
+                             ) -> routes.MoveResult | None:
+        """Point every route that targets this node at the peer (`mine`: those tables, when the
+        caller has just read them), within `deadline_s` (default: the take-over deadline).  The
+        move's result; None when none was here, or the move could not start (logged)."""
         p, _view = self._peer()
         if p is None:
-            return  # With several peers we cannot tell which one to give them to.
+            return None  # With several peers we cannot tell which one to give them to.
         assert p.eni_id is not None
-        try:
-            views = routes.describe_vip_routes(self.client, self.cfg.vip, self.cfg.route_table_ids)
-        except Exception as e:
-            self.log("hand_over_failed", node=self.cfg.node_name, reason=reason, error=str(e))
-            return
-        mine = [t for t, v in views.items() if v.eni_id == self.eni_id]
+        if mine is None:
+            try:
+                mine = self._mine(routes.describe_vip_routes(self.client, self.cfg.vip, self.cfg.route_table_ids))
+            except Exception as e:
+                self.log("hand_over_failed", node=self.cfg.node_name, reason=reason, error=str(e))
+                return None
         if not mine:
             self.routes_here = False
-            return
+            self.report_state()
+            return None
         if not should_continue():
-            return
-        result = routes.take_over(self.client, self.cfg.vip, mine, p.eni_id,
-                                  deadline_s=self.cfg.timing.takeover_deadline_s, should_continue=should_continue)
+            return None
+        result = routes.take_over(
+            self.client, self.cfg.vip, mine, p.eni_id,
+            deadline_s=self.cfg.timing.takeover_deadline_s if deadline_s is None else deadline_s,
+            should_continue=should_continue)
         if result.moved:
             self.routes_here = False
             self.report_state()
         self.log("route_hand_over", node=self.cfg.node_name, reason=reason, to_eni=p.eni_id,
                  converged=result.converged, cancelled=result.cancelled, duration_s=round(result.elapsed_s, 4),
                  moved=len(result.moved))
+        return result
+
+    def _peer_instance_state(self, p: Peer) -> str | None:
+        """The state of the instance that carries the peer's ENI (None: no instance does); EC2's
+        errors reach the caller."""
+        assert p.eni_id is not None
+        owner = routes.eni_owners(self.client, [p.eni_id]).get(p.eni_id)
+        return None if owner is None else owner.instance_state
 
     def _hand_over(self, gen: int) -> None:
         self._give_routes_to_peer("lost the election", self._current(gen, BACKUP))
@@ -465,8 +484,8 @@ class Agent:
         if not view.healthy_haproxy and not view.unhealthy_haproxy:
             # The peer cannot be heard: what EC2 says of its instance decides (ownership).
             try:
-                owner = routes.eni_owners(self.client, [p.eni_id]).get(p.eni_id)
-                peer_running = None if owner is None else owner.instance_state == "running"
+                state = self._peer_instance_state(p)
+                peer_running = None if state is None else state == "running"
             except Exception as e:
                 self.log("hand_over_failed", node=self.cfg.node_name, reason=reason, error=str(e))
                 return
@@ -517,28 +536,44 @@ class Agent:
             except Exception as e:  # a take-over that failed has stopped all the same
                 self.log("leave_wait_failed", node=self.cfg.node_name, error=str(e))
         said: str | None = None
+
+        def handed_over() -> None:
+            # For good: keepalived hears "unhealthy" until the end, so the peer stays MASTER.
+            self.stepped_down = True
+            self.yield_until = float("inf")
+            if said is not None and on_held is not None:
+                on_held(None)
+
         interval = min(1.0, self.cfg.timing.repair_interval_s)
         while time.monotonic() < deadline:
-            why = self._routes_here_now()
-            if why is None:  # no route points here: nothing to hand over, whatever the peer's state
-                self.stepped_down = True
-                self.yield_until = float("inf")
-                if said is not None and on_held is not None:
-                    on_held(None)
-                return None
-            if why == "":
-                why = self.peer_unfit()
-            if why is None:
-                self.stepped_down = True
-                self.yield_until = float("inf")
-                why = self._hand_over_for_good(deadline)
-                if why is None:
-                    if said is not None and on_held is not None:
-                        on_held(None)
+            try:
+                mine = self._mine(routes.describe_vip_routes(self.client, self.cfg.vip, self.cfg.route_table_ids))
+            except Exception as e:
+                why = f"the route tables cannot be read: {e}"
+            else:
+                if not mine:  # nothing to hand over, whatever the peer's state
+                    self.routes_here = False
+                    self.report_state()
+                    handed_over()
                     return None
-            elif self.yield_until == float("inf"):
-                # The peer stopped being fit mid-way: serve again, and let keepalived elect us.
-                self.yield_until = 0.0
+                unfit = self.peer_unfit()
+                if unfit is not None:
+                    why = unfit
+                    if self.yield_until == float("inf"):
+                        # The peer stopped being fit mid-way: serve again, and let keepalived elect us.
+                        self.yield_until = 0.0
+                else:
+                    self.stepped_down = True
+                    self.yield_until = float("inf")
+                    result = self._give_routes_to_peer(
+                        "instance terminating", lambda: True, mine=mine,
+                        deadline_s=max(0.0, min(self.cfg.timing.takeover_deadline_s, deadline - time.monotonic())))
+                    if result is None or result.converged:
+                        handed_over()
+                        return None
+                    failed = {t.route_table_id: t.error for t in result.tables if not t.ok}
+                    why = f"{len(failed)} route table(s) not yet at peer {self.cfg.peers[0].name}: " + "; ".join(
+                        f"{t}: {e or 'not verified'}" for t, e in sorted(failed.items()))
             if why != said:
                 said = why
                 self.log("leave_held", node=self.cfg.node_name, reason=why,
@@ -549,18 +584,6 @@ class Agent:
                     on_held(why)
             pause(min(interval, max(0.0, deadline - time.monotonic())))
         return said or "the hook's deadline came first"
-
-    def _routes_here_now(self) -> str | None:
-        """"" while a route points here, None when none does, or why the tables cannot be read."""
-        try:
-            views = routes.describe_vip_routes(self.client, self.cfg.vip, self.cfg.route_table_ids)
-        except Exception as e:
-            return f"the route tables cannot be read: {e}"
-        if any(v.eni_id == self.eni_id for v in views.values()):
-            return ""
-        self.routes_here = False
-        self.report_state()
-        return None
 
     def peer_unfit(self) -> str | None:
         """Why the peer cannot take the VIP from a leaving node (None: it can), by the rules of an
@@ -579,40 +602,12 @@ class Agent:
         if view.leaving:
             return f"peer {p.name} is leaving too"
         try:
-            owner = routes.eni_owners(self.client, [p.eni_id]).get(p.eni_id)
+            state = self._peer_instance_state(p)
         except Exception as e:
             return f"peer {p.name}'s instance cannot be read: {e}"
-        if owner is None or owner.instance_state != "running":
-            return f"peer {p.name}'s instance is not running ({owner.instance_state if owner else 'no instance'})"
+        if state != "running":
+            return f"peer {p.name}'s instance is not running ({state or 'no instance'})"
         return None
-
-    def _hand_over_for_good(self, deadline: float) -> str | None:
-        """Point every route that is here at the peer, and verify; None once none is here."""
-        p, _view = self._peer()
-        assert p is not None and p.eni_id is not None
-        try:
-            views = routes.describe_vip_routes(self.client, self.cfg.vip, self.cfg.route_table_ids)
-        except Exception as e:
-            return f"the route tables cannot be read: {e}"
-        mine = [t for t, v in views.items() if v.eni_id == self.eni_id]
-        if not mine:
-            self.routes_here = False
-            self.report_state()
-            return None
-        result = routes.take_over(self.client, self.cfg.vip, mine, p.eni_id,
-                                  deadline_s=max(0.0, min(self.cfg.timing.takeover_deadline_s,
-                                                          deadline - time.monotonic())))
-        if result.moved:
-            self.routes_here = False
-            self.report_state()
-        self.log("route_hand_over", node=self.cfg.node_name, reason="instance terminating", to_eni=p.eni_id,
-                 converged=result.converged, cancelled=result.cancelled, duration_s=round(result.elapsed_s, 4),
-                 moved=len(result.moved))
-        if result.converged:
-            return None
-        failed = {t.route_table_id: t.error for t in result.tables if not t.ok}
-        return f"{len(failed)} route table(s) not yet at peer {p.name}: " + "; ".join(
-            f"{t}: {e or 'not verified'}" for t, e in sorted(failed.items()))
 
     def check_routes(self, gen: int) -> None:
         """While MASTER: decide for every table who should own its route (ownership.decide),
