@@ -76,7 +76,7 @@ from haproxy_ha.validation import (
 )
 from haproxy_ha_cli import outputs
 from haproxy_ha_runtime import config, lifecycle
-from haproxy_ha_runtime.document_keys import STATUS_KEY, document_key
+from haproxy_ha_runtime.document_keys import STATUS_KEY, document_key, written_keys
 from haproxy_ha_runtime.problems import Problems
 from haproxy_ha_runtime.tags import NODE_TAG, ROUTES_DELETED_TAG
 
@@ -430,8 +430,8 @@ class HaproxyHa(Construct):
         placement = _place(problems, vpc, node_subnets, client_subnets, extra_route_table_ids)
         if problems:
             raise HaproxyHaPropsError(self.node.path, problems.items)
-        self._warn_about_egress(vpc, placement.node_subnets, built_vpc, nat_gateways, ec2_endpoint,
-                                tls=any(lst.certificate is not None for lst in listeners))
+        tls = any(lst.certificate is not None for lst in listeners)
+        self._warn_about_egress(vpc, placement.node_subnets, built_vpc, nat_gateways, ec2_endpoint, tls=tls)
         assert checked.vip is not None and checked.drain_timeout_s is not None and checked.config_poll_s is not None
         assert checked.tls_poll_s is not None
         assert observed.log_retention is not None and observed.degraded_after_minutes is not None
@@ -463,7 +463,6 @@ class HaproxyHa(Construct):
                              if ec2_endpoint else None)
         # A VPC built with no NAT gateway has nothing else: a deploy needs the nodes' signal to
         # CloudFormation, and a graceful replacement needs Auto Scaling.
-        tls = any(lst.certificate is not None for lst in listeners)
         isolated_endpoints = self._isolated_endpoints(vpc, placement.node_subnets, tls) if s3_endpoint else []
         self.node_files = s3_assets.Asset(self, "NodeFiles", path=str(node_files_dir()))
         enis = self._network_interfaces(placement.node_subnets)
@@ -938,7 +937,7 @@ class HaproxyHa(Construct):
         role.add_to_principal_policy(iam.PolicyStatement(
             actions=["s3:GetObject"],
             resources=[self.node_files.bucket.arn_for_objects(self.node_files.s3_object_key),
-                       *(bucket.arn_for_objects(key) for key in _document_keys(name))],
+                       *(bucket.arn_for_objects(key) for key in written_keys(document_key(name)))],
         ))
         role.add_to_principal_policy(iam.PolicyStatement(
             actions=["s3:PutObject"], resources=[bucket.arn_for_objects(STATUS_KEY.format(node=name))]))
@@ -1020,7 +1019,7 @@ class HaproxyHa(Construct):
             # is deleted after both groups (they depend on it), so no node writes after it.
             removal_policy=RemovalPolicy.DESTROY,
         )
-        documents = [bucket.arn_for_objects(key) for n in NODE_NAMES for key in _document_keys(n)]
+        documents = [bucket.arn_for_objects(key) for n in NODE_NAMES for key in written_keys(document_key(n))]
         statuses = [bucket.arn_for_objects(STATUS_KEY.format(node=n)) for n in NODE_NAMES]
         writer = self._config_function(scope, "Writer", "config_handler.on_event", CONFIG_WRITER_TIMEOUT,
                                        "write the nodes' documents; remove them and the status objects on delete", [
@@ -1360,13 +1359,6 @@ class _RenderUserData:
 
     def produce(self) -> str:
         return self._user_data.render()
-
-
-def _document_keys(node: str) -> tuple[str, ...]:
-    """A node's document keys: its schema's, and the one before (which older nodes read)."""
-    keys = [document_key(node, schema) for schema in (config.SCHEMA_VERSION - 1, config.SCHEMA_VERSION)
-            if schema >= config.OLDEST_READ_SCHEMA]
-    return tuple(keys)
 
 
 def _listed(items: Sequence[str]) -> str:

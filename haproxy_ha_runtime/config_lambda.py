@@ -206,14 +206,9 @@ def _write_node(s3: Any, bucket: str, node: NodeObjects, document: dict[str, Any
     return data
 
 
-def _document_keys(node: NodeObjects) -> list[str]:
-    legacy = document_keys.older_key(node.key)
-    return [node.key] + ([legacy] if legacy is not None else [])
-
-
 def _remove(s3: Any, props: Properties) -> None:
     for n in props.nodes:
-        for key in (*_document_keys(n), n.status_key):
+        for key in (*document_keys.written_keys(n.key), n.status_key):
             try:
                 s3.delete_object(Bucket=props.bucket, Key=key)
             except ClientError as e:

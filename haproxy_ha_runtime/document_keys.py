@@ -63,6 +63,13 @@ def older_key(key: str) -> str | None:
     return key_in(m.group("folder"), schema - 1)
 
 
+def written_keys(key: str) -> list[str]:
+    """The keys a write of the document at `key` puts: the schema before's, if a node reads it,
+    and `key`; a delete removes both."""
+    older = older_key(key)
+    return ([older] if older is not None else []) + [key]
+
+
 def legacy_key(key: str) -> str | None:
     """The key of the schema before this node's, beside `key`; None when there is none."""
     return older_key(own_key(key))
