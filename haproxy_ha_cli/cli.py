@@ -18,7 +18,6 @@ import dataclasses
 import ipaddress
 import json
 import math
-import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -29,13 +28,11 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
 from haproxy_ha_cli import health, node_status, outputs
-from haproxy_ha_runtime import routes
+from haproxy_ha_runtime import config, routes
 from haproxy_ha_runtime.tags import NODE_TAG, OPERATOR_CHOICE_TAG
 
 # CloudFormation tags every resource it makes with its stack; two pairs in one VPC differ by it.
 _STACK_ID_TAG = "aws:cloudformation:stack-id"
-# An S3 bucket name: 3 to 63 lowercase letters, digits, dots and hyphens, a letter or digit at each end.
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 class UsageError(Exception):
@@ -51,7 +48,7 @@ def _vip(text: str) -> str:
 
 
 def _bucket(text: str) -> str:
-    if not _BUCKET_RE.match(text):
+    if not config.BUCKET_RE.match(text):
         raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an S3 bucket name (3 to 63 lowercase letters, "
                                          "digits, dots and hyphens)")
     return text

@@ -657,12 +657,13 @@ def check_log_group_prefix(c: Problems, value: Any, where: str = "log_group_pref
 # A release's version, as PEP 440 writes it (0.2.0, 0.2.0.dev0, 1.0.0rc1+local).
 RELEASE_RE = re.compile(r"^[0-9][0-9A-Za-z.+!-]{0,63}$")
 RELEASE_ALLOWED = "a haproxy-ha release version such as 0.2.0, or null"
-# S3's rules for a bucket name: 3-63 lowercase letters, digits, dots and hyphens.
 # How often a node may poll its document in S3, in seconds.
 CONFIG_POLL_BOUNDS_S = (1.0, 3600.0)
 # How often a node may ask for its TLS listeners' secrets' versions, in seconds.
 TLS_POLL_BOUNDS_S = (1.0, 86400.0)
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# S3's rules for a bucket name: 3-63 lowercase letters, digits, dots and hyphens (the document's
+# config_bucket, and the operator CLI's --documents-bucket).
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 def _optional(c: Problems, doc: dict[str, Any], key: str, pattern: re.Pattern[str], allowed: str) -> str | None:
@@ -722,7 +723,7 @@ def parse_config(doc: Any, source: str = "node config") -> NodeConfig:
         c.bad("cfn_resource", cfn_resource, "set together with cfn_stack, or both null")
     if lifecycle_hook is not None and auto_scaling_group is None:
         c.bad("lifecycle_hook", lifecycle_hook, "null, or set together with auto_scaling_group")
-    config_bucket = _optional(c, doc, "config_bucket", _BUCKET_RE, "an S3 bucket name, or null")
+    config_bucket = _optional(c, doc, "config_bucket", BUCKET_RE, "an S3 bucket name, or null")
     object_key = re.compile(r"^[\x21-\x7e]{1,1024}$")
     config_key = _optional(c, doc, "config_key", object_key, "an S3 object key, or null")
     status_key = _optional(c, doc, "status_key", object_key, "an S3 object key other than config_key, or null")
