@@ -20,11 +20,9 @@ from haproxy_ha_runtime import runtime_info
 from haproxy_ha_runtime.document_keys import STATUS_KEY
 from haproxy_ha_runtime.live_config import REFUSED
 
-# A status object without "runtime" was written by release 0.1.0, which read schema 1 only:
-# 0.1.0 is the first release (releases/index.json), and every release after it writes both keys
-# into its status object (haproxy_ha_runtime.live_config), so no other release leaves them out.
-FIRST_RELEASE = "0.1.0"
-FIRST_RELEASE_SCHEMA = 1
+# A status object without "runtime" was written by the first release (runtime_info.FIRST_RELEASE).
+FIRST_RELEASE = runtime_info.FIRST_RELEASE
+FIRST_RELEASE_SCHEMA = runtime_info.FIRST_RELEASE_SCHEMA
 # The status comes second to the routes: a few quick tries, as for health.
 _CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=5, read_timeout=10)
 _ACCESS_DENIED_HINT = "; S3 answers AccessDenied also for a missing object when s3:ListBucket is not allowed"
@@ -67,10 +65,7 @@ def _text(value: Any) -> str | None:
 def parse(node: str, status: dict[str, Any]) -> NodeRelease:
     """A node's release from its status object."""
     if runtime_info.RUNTIME in status:
-        schema = status.get(runtime_info.SCHEMA)
-        runtime = _text(status[runtime_info.RUNTIME])
-        reported = True
-        schema = schema if isinstance(schema, int) and not isinstance(schema, bool) else None
+        runtime, reported, schema = _text(status[runtime_info.RUNTIME]), True, runtime_info.reported_schema(status)
     else:
         runtime, reported, schema = FIRST_RELEASE, False, FIRST_RELEASE_SCHEMA
     return NodeRelease(node, runtime=runtime, runtime_reported=reported, schema=schema,

@@ -38,7 +38,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from . import document_keys
+from . import document_keys, runtime_info
 from .config import ConfigError, DowngradeRefused, downgrade, parse_config
 from .live_config import APPLIED, REFUSED
 from .log import log_event
@@ -289,9 +289,9 @@ def honours(status: dict[str, Any], key: str, version: str) -> bool:
 
 
 def node_schema(status: dict[str, Any] | None) -> int:
-    """The schema the node that wrote `status` reads (release 0.1.0 said none: schema 1)."""
-    schema = (status or {}).get("schema", 1)
-    return schema if isinstance(schema, int) and not isinstance(schema, bool) else 1
+    """The schema the node that wrote `status` reads (release 0.1.0 said none: its schema)."""
+    schema = runtime_info.reported_schema(status or {})
+    return runtime_info.FIRST_RELEASE_SCHEMA if schema is None else schema
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
-from haproxy_ha_runtime import config_lambda, document_keys, lifecycle, routes
+from haproxy_ha_runtime import config_lambda, document_keys, lifecycle, routes, runtime_info
 from haproxy_ha_runtime.agent import HealthCheck
 from haproxy_ha_runtime.config import PROFILES, SCHEMA_VERSION
 from haproxy_ha_runtime.version import __version__
@@ -86,8 +86,6 @@ class LabError(RuntimeError):
 
 
 THIS, PREVIOUS = "this", "previous"
-# Release 0.1.0, the first, reports no runtime in its status objects; every later one does.
-FIRST_RELEASE = "0.1.0"
 
 
 @dataclass(frozen=True)
@@ -541,7 +539,7 @@ class Lab:
         status = self.config_status(node)
         if status is None or status.get("instance_id") != self.instance[node]:
             return None
-        return str(status.get("runtime", FIRST_RELEASE))
+        return str(status.get(runtime_info.RUNTIME, runtime_info.FIRST_RELEASE))
 
     @staticmethod
     def release_version(release: str) -> str:
