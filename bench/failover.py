@@ -62,7 +62,7 @@ def fmt(stats: dict[str, Any], unit: str = "s") -> str:
 
 
 def markdown_table(head: list[str], body: list[list[str]]) -> str:
-    """A Markdown table, as the README shows the benchmarks."""
+    """A Markdown table, as docs/lab.md shows the benchmarks."""
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(b) + " |" for b in body]
     return "\n".join(lines)

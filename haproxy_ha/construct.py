@@ -273,7 +273,7 @@ class HaproxyHa(Construct):
     log_groups: observability.HaproxyHaLogGroups
     """The pair's four log groups, ``<log_group_prefix>/agent|metrics|haproxy|keepalived``."""
     alarms: observability.HaproxyHaAlarms
-    """The pair's alarms (see README "Observability")."""
+    """The pair's alarms (see docs/observability.md)."""
     dashboard: cloudwatch.Dashboard
     """The pair's dashboard."""
     log_queries: observability.HaproxyHaLogQueries

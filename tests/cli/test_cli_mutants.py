@@ -273,7 +273,7 @@ def test_an_api_failure_exits_1_and_says_so(proxy, monkeypatch, capsys) -> None:
     assert _err(capsys).startswith("haproxy-ha: error: an AWS API call failed: An error occurred (InternalError)")
 
 
-# -- found by the sampled run of scripts/mutate (README, "Mutation score") ---------------------------
+# -- found by the sampled run of scripts/mutate (docs/testing.md, "Mutation score") ---------------------------
 
 def test_a_stack_with_no_outputs_at_all_is_refused_with_what_it_lacks(endpoint: str,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:

@@ -42,7 +42,7 @@ def test_the_health_check_reaches_both_documents(synthesized: tuple[dict[str, ob
         assert web["check_path"] == "/ready"
         assert web["health_check"] == {"interval_s": 10.0, "timeout_s": 2.5, "healthy_threshold": 3,
                                        "unhealthy_threshold": 5, "status_codes": "200,204"}
-        # The defaults, which the README gives (a tcp check only connects).
+        # The defaults, which docs/construct.md gives (a tcp check only connects).
         assert pg["health_check"] == {"interval_s": 1.0, "timeout_s": 1.0, "healthy_threshold": 2,
                                       "unhealthy_threshold": 2, "status_codes": "200-399"}
 

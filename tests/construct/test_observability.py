@@ -437,7 +437,7 @@ def test_without_detailed_metrics_the_dashboard_keeps_backend_health_and_drops_t
 
 # --- saved queries ---------------------------------------------------------------------------------
 
-def test_the_saved_queries_are_the_readmes_and_read_the_right_log_groups(full: Synth) -> None:
+def test_the_saved_queries_are_the_docs_and_read_the_right_log_groups(full: Synth) -> None:
     pair, q = full.pair(), full.lb.log_queries
     group = {k: {"Ref": full.stack.get_logical_id(g.node.default_child)}  # type: ignore[arg-type]
              for k, g in (("agent", full.lb.log_groups.agent), ("haproxy", full.lb.log_groups.haproxy))}
@@ -448,7 +448,7 @@ def test_the_saved_queries_are_the_readmes_and_read_the_right_log_groups(full: S
         *((q.state_changes[n], f"haproxy-ha/{pair}/node {n} states", observability.state_changes_query(n),
            group["agent"]) for n in "ab"),
     ]
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "observability.md").read_text()
     for definition, name, query, log_group in expected:
         props = full.doc["Resources"][full.stack.get_logical_id(definition.node.default_child)]["Properties"]  # type: ignore[arg-type]
         assert (props["Name"], props["QueryString"], props["LogGroupNames"]) == (name, query.to_string(), [log_group])

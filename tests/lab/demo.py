@@ -6,7 +6,7 @@ its time, the nodes' transitions and the route moves.
     sudo scripts/demo [--fault haproxy|keepalived|link] [--profile fast|default] [--json OUT]
     scripts/demo --script FILE --check      # only check the script (no root needed)
 
-The script's steps are in README.md ("Try your own failure") and tests/lab/scenario.py.  Exit
+The script's steps are in docs/lab.md ("Try your own failure") and tests/lab/scenario.py.  Exit
 codes: 0 every expect held and the lab converged; 1 it did not, or the lab failed; 2 a bad
 script or bad options (before anything is built).
 """

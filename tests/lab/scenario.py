@@ -6,7 +6,7 @@ naming the file, the line, the step, what was given and what is allowed:
     scenario.txt:4: expect: got 'routes at c'; allowed: routes at a|b within DURATION
 
 Needs no root and starts nothing, so its tests run with the unit tests.  `SYNTAX` lists every
-step; the README copies it.
+step; docs/lab.md copies it.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ NODE_METRICS = (metrics.VRRP_MASTER, metrics.VRRP_BACKUP, metrics.VRRP_FAULT, me
                 metrics.HTTP_5XX, metrics.CURRENT_SESSIONS, metrics.RESPONSE_TIME, metrics.SERVERS_UP, metrics.SERVERS)
 _NUMBER = r"-?\d+(?:\.\d+)?"
 
-# Every step, as the errors and the README show it.
+# Every step, as the errors and docs/lab.md show it.
 SYNTAX: dict[str, str] = {
     "lab": f"lab [profile={'|'.join(PROFILES)}] [preempt=on|off] [tables=1..{MAX_TABLES}] [drain=DURATION] "
            f"[backends=ip|dns] [tls=on|off] [release={_RELEASE}]",
@@ -101,8 +101,8 @@ EXPECT_SYNTAX: dict[str, str] = {
 }
 # The expects of the HTTPS client (a lab with tls=on): named by their first two words.
 HTTPS_EXPECTS = ("https at", "https failed", "https cert")
-# A request whose connection straddles the instant the VIP's next hop changes is reset (README,
-# "Node lifecycle", graceful hand-over): a count of failures may leave those out, by saying so.
+# A request whose connection straddles the instant the VIP's next hop changes is reset
+# (docs/lifecycle.md, graceful hand-over): a count of failures may leave those out, by saying so.
 _APART = r"(?P<apart> apart from resets at a route switch)?"
 _EXPECT_FORMS: dict[str, re.Pattern[str]] = {
     "routes": re.compile(rf"routes at (?P<node>{_NODE}) within (?P<dur>{_DUR})"),

@@ -1,4 +1,4 @@
-"""The node agent's promises that mutation testing found untested (README, "Mutation score"):
+"""The node agent's promises that mutation testing found untested (docs/testing.md, "Mutation score"):
 the FIFO reader, the health probe, what the agent logs and reports, route work cancelled by a new
 state, the hand-over's deadline, and the run loop's threads, against moto over HTTP."""
 

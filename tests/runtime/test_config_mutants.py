@@ -1,6 +1,6 @@
 """The node config document's promises that the mutation run (scripts/mutate) found no test for.
 
-README: every problem is named, `where: got X; allowed: Y`, all at once.  So each case here checks
+docs/runtime.md: every problem is named, `where: got X; allowed: Y`, all at once.  So each case here checks
 the whole list of problems, word for word, and each accepted value what it becomes.
 """
 
